@@ -1,0 +1,213 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* manager.c - the event loop, signals, sd_notify and the graceful shutdown of every subsystem.
+ *
+ * Start-up order: data dir, then the member (RocksDB + Raft), then the listeners, then READY=1.
+ * Shutdown on SIGTERM/SIGINT: close the listeners, give in-flight proposals up to STOP_DRAIN_USEC to
+ * become durable and be answered, then free the HTTP side, then the member (which closes RocksDB
+ * cleanly). As etcd2 does, the process then dies by the signal that stopped it. */
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "config-build.h"
+#include "log.h"
+#include "manager.h"
+
+#define STATUS_INTERVAL_USEC (5 * USEC_PER_SEC)
+#define STOP_DRAIN_USEC (5 * USEC_PER_SEC)
+#define DRAIN_POLL_USEC (10 * USEC_PER_MSEC)
+
+static void manager_update_status(Manager *m) {
+        if (!m->server)
+                return;
+        (void) sd_notifyf(false,
+                          "STATUS=%s member %" PRIx64 " of cluster %" PRIx64 ", term %" PRIu64
+                          ", index %" PRIu64 ", leader %" PRIx64,
+                          m->stopping ? "Stopping:" : "Serving:",
+                          server_member_id(m->server), server_cluster_id(m->server),
+                          server_raft_term(m->server), server_raft_index(m->server),
+                          server_leader_id(m->server));
+}
+
+static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        manager_update_status(m);
+        (void) sd_event_source_set_time(s, usec + STATUS_INTERVAL_USEC);
+        return 0;
+}
+
+static int on_drain_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        unsigned n = m->server ? server_n_pending(m->server) : 0;
+
+        if (n > 0 && usec < m->stop_deadline_usec) {
+                (void) sd_event_source_set_time(s, usec + DRAIN_POLL_USEC);
+                return 0;
+        }
+        if (n > 0)
+                log_warning("%u proposals still pending at shutdown, answering them with an error", n);
+        return sd_event_exit(m->event, 0);
+}
+
+static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+        uint64_t now;
+        int r;
+
+        if (m->stopping) {
+                log_notice("Received signal %u again, exiting at once", si->ssi_signo);
+                return sd_event_exit(m->event, 0);
+        }
+        m->stopping = true;
+        m->exit_signal = si->ssi_signo;
+        log_notice("Received %s, shutting down", strsignal(si->ssi_signo));
+        (void) sd_notify(false, "STOPPING=1");
+        manager_update_status(m);
+
+        if (m->http)
+                http_server_stop_listening(m->http);
+
+        r = sd_event_now(m->event, CLOCK_MONOTONIC, &now);
+        if (r < 0)
+                return sd_event_exit(m->event, 0);
+        m->stop_deadline_usec = now + STOP_DRAIN_USEC;
+        r = sd_event_add_time(m->event, &m->drain_timer, CLOCK_MONOTONIC, now, 1000, on_drain_timer, m);
+        if (r < 0)
+                return sd_event_exit(m->event, 0);
+        (void) sd_event_source_set_description(m->drain_timer, "shutdown-drain");
+        return 0;
+}
+
+static void raise_nofile_limit(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                return;
+        if (rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        log_warning_errno(-errno, "Failed to raise RLIMIT_NOFILE, ignoring: %m");
+        }
+        if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur <= 150)
+                log_warning("RLIMIT_NOFILE is %llu, too low for serving clients", (unsigned long long) rl.rlim_cur);
+}
+
+/* etcd2's data dir rules (reference §1.4): "member" -> member, "proxy" -> proxy, both -> fatal. */
+static int manager_check_data_dir(Manager *m) {
+        const char *d = m->config->data_dir;
+        struct stat st;
+        bool has_member, has_proxy;
+        char *p;
+
+        if (mkdir(d, 0700) < 0 && errno != EEXIST)
+                return log_error_errno(-errno, "Failed to create data dir '%s': %m", d);
+        if (stat(d, &st) < 0)
+                return log_error_errno(-errno, "Failed to stat data dir '%s': %m", d);
+        if (!S_ISDIR(st.st_mode))
+                return log_error_errno(-ENOTDIR, "Data dir '%s' is not a directory", d);
+
+        if (asprintf(&p, "%s/member", d) < 0)
+                return log_oom();
+        has_member = access(p, F_OK) >= 0;
+        free(p);
+        if (asprintf(&p, "%s/proxy", d) < 0)
+                return log_oom();
+        has_proxy = access(p, F_OK) >= 0;
+        free(p);
+
+        if (has_member && has_proxy)
+                return log_error_errno(-EINVAL, "Invalid datadir '%s': both member and proxy directories exist", d);
+        if (has_proxy)
+                return log_error_errno(-EOPNOTSUPP,
+                                       "Data dir '%s' holds a proxy's state; proxy mode is not supported yet by this etcd2", d);
+        return 0;
+}
+
+int manager_new(Config *config, Manager **ret) {
+        Manager *m;
+        int r;
+
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return log_oom();
+        m->config = config;
+
+        r = sd_event_default(&m->event);
+        if (r < 0) {
+                manager_free(m);
+                return log_error_errno(r, "Failed to allocate event loop: %m");
+        }
+        (void) sd_event_set_watchdog(m->event, true);
+
+        r = sd_event_add_signal(m->event, &m->sigterm_source, SIGTERM | SD_EVENT_SIGNAL_PROCMASK, on_stop_signal, m);
+        if (r >= 0)
+                r = sd_event_add_signal(m->event, &m->sigint_source, SIGINT | SD_EVENT_SIGNAL_PROCMASK, on_stop_signal, m);
+        if (r < 0) {
+                manager_free(m);
+                return log_error_errno(r, "Failed to install signal handlers: %m");
+        }
+        (void) signal(SIGPIPE, SIG_IGN);
+
+        *ret = m;
+        return 0;
+}
+
+int manager_start(Manager *m) {
+        int r;
+
+        raise_nofile_limit();
+
+        r = manager_check_data_dir(m);
+        if (r < 0)
+                return r;
+
+        r = server_new(m->event, m->config, &m->server);
+        if (r < 0)
+                return r;
+
+        r = http_server_new(m->event, m->config, m->server, &m->http);
+        if (r < 0)
+                return r;
+
+        r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, STATUS_INTERVAL_USEC,
+                                       USEC_PER_SEC, on_status_timer, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to add status timer: %m");
+        (void) sd_event_source_set_description(m->status_timer, "status");
+        (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_ON);
+
+        log_info("etcd2 %s: member %" PRIx64 " of cluster %" PRIx64 " serving client requests",
+                 ETCD2_VERSION, server_member_id(m->server), server_cluster_id(m->server));
+        (void) sd_notify(false, "READY=1");
+        manager_update_status(m);
+        if (!getenv("NOTIFY_SOCKET"))
+                log_debug("Not started by systemd with Type=notify; READY=1 not sent");
+        return 0;
+}
+
+int manager_run(Manager *m) {
+        return sd_event_loop(m->event);
+}
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+
+        m->http = http_server_free(m->http);
+        m->server = server_free(m->server);
+        m->status_timer = sd_event_source_disable_unref(m->status_timer);
+        m->drain_timer = sd_event_source_disable_unref(m->drain_timer);
+        m->sigterm_source = sd_event_source_disable_unref(m->sigterm_source);
+        m->sigint_source = sd_event_source_disable_unref(m->sigint_source);
+        m->event = sd_event_unref(m->event);
+        m->config = config_free(m->config);
+        free(m);
+        return NULL;
+}

@@ -1,0 +1,30 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* manager.h - owns the event loop and every subsystem; signals, sd_notify, watchdog, shutdown. */
+#pragma once
+
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "http-server.h"
+#include "server.h"
+
+typedef struct Manager {
+        sd_event *event;
+        Config *config;               /* owned */
+        Server *server;
+        HttpServer *http;
+
+        sd_event_source *sigterm_source;
+        sd_event_source *sigint_source;
+        sd_event_source *status_timer;
+        sd_event_source *drain_timer;
+
+        int exit_signal;              /* the signal that stopped us, re-raised on exit as etcd2 does */
+        uint64_t stop_deadline_usec;
+        bool stopping;
+} Manager;
+
+int manager_new(Config *config, Manager **ret);
+int manager_start(Manager *m);
+int manager_run(Manager *m);
+Manager *manager_free(Manager *m);
