@@ -57,7 +57,7 @@ typedef struct Config {
         /* clustering */
         EtcdUrlList initial_advertise_peer_urls;
         char *initial_cluster;   /* the raw string as given (or the default) */
-        ClusterMember *initial_members;
+        ClusterMember *initial_members; /* sorted by id; from --initial-cluster (or, with --discovery, self) */
         size_t n_initial_members;
         ClusterState initial_cluster_state;
         char *initial_cluster_token;
@@ -93,7 +93,7 @@ typedef struct Config {
         unsigned experimental_auto_compaction_retention;
         bool enable_pprof;
 
-        /* not flags: for the D-Bus issue, a bus address override (ETCD2_BUS_ADDRESS / --bus-address) */
+        /* not an etcd2 flag: for the D-Bus issue, a bus address override (--bus-address / ETCD_BUS_ADDRESS) */
         char *bus_address;
 
         /* derived */
@@ -119,3 +119,12 @@ uint64_t etcd_cluster_id(const uint64_t *member_ids, size_t n);
 int etcd_url_parse(const char *s, EtcdUrl *ret, char **ret_error);
 void etcd_url_done(EtcdUrl *u);
 void etcd_url_list_done(EtcdUrlList *l);
+
+/* etcdserver's bootstrap sanity checks (VerifyBootstrap / VerifyJoinExisting): the local name is in the
+ * initial cluster, its URLs equal --initial-advertise-peer-urls (state new), no peer URL twice, no zero or
+ * duplicate member ID. Logs etcd2's message and returns -EINVAL on failure. config_load() already runs it
+ * when <data-dir>/member does not exist; exported for callers that know better whether a member exists. */
+int config_verify_bootstrap(const Config *c);
+/* Logs "<feature> is not supported yet by this etcd2" and returns -EOPNOTSUPP for configurations this
+ * etcd2 cannot run yet (proxy, discovery, TLS, multi-member, ...); config_load() calls it last. */
+int config_check_supported(const Config *c);

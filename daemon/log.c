@@ -20,7 +20,7 @@ void log_set_prefix(bool on) {
         log_prefix = on;
 }
 
-static int log_vline(int level, int error, const char *format, va_list ap) {
+_printf_(3, 0) static int log_vline(int level, int error, const char *format, va_list ap) {
         char buf[4096];
         int saved = errno;
 
