@@ -124,6 +124,7 @@ struct StoreEvent {
         uint64_t index;          /* modifiedIndex of the event's node (the event's etcd index) */
         bool refresh;            /* refresh events are kept in history but never delivered */
         bool prev_dir;           /* delete/expire of a directory (matches watchers below it) */
+        bool has_prev;           /* the event has a prevNode (a "set" without one answers 201) */
         char *json;              /* {"action":...,"node":{...},"prevNode":{...}}\n (with the newline) */
         size_t json_len;
 };
