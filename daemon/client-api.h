@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* client-api.h - the v2 client API (/v2/keys, /v2/members, /v2/stats, /version, ...) and the peer
+ * endpoints, on top of one libmicrohttpd request. Internal to the HTTP side (http-server.c). */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <microhttpd.h>
+
+#include "http-server.h"
+#include "http-util.h"
+#include "server.h"
+#include "store.h"
+
+/* Request bodies larger than this are refused with 413 (etcd2's Go form parser allowed 10 MB; a raft
+ * entry of that size would stall the log for everyone). */
+#define HTTP_BODY_MAX ((size_t) 4 * 1024 * 1024)
+
+typedef enum HttpListenerKind {
+        HTTP_LISTENER_CLIENT,
+        HTTP_LISTENER_PEER,
+        _HTTP_LISTENER_KIND_MAX,
+} HttpListenerKind;
+
+typedef struct HttpDaemon HttpDaemon;
+typedef struct HttpRequest HttpRequest;
+
+typedef enum HttpRequestState {
+        HTTP_REQUEST_NEW,        /* headers seen; a body may still arrive */
+        HTTP_REQUEST_PROPOSING,  /* suspended until the proposal's callback */
+        HTTP_REQUEST_ANSWERED,   /* the proposal's result is in `result`: queue it on the next call */
+        HTTP_REQUEST_WATCHING,   /* a watch response is queued; events go out through the reader */
+        HTTP_REQUEST_QUEUED,     /* a response is queued; nothing more to do */
+} HttpRequestState;
+
+struct HttpRequest {
+        HttpDaemon *daemon;
+        struct MHD_Connection *connection;
+        HttpRequest *free_next;
+        HttpRequest *suspended_prev, *suspended_next;
+
+        char *uri;               /* raw request target, as received (path and query, still escaped) */
+        char uri_buf[192];
+        bool started;
+        bool suspended;
+        bool hung_up;
+        bool head;
+
+        HttpBuf body;            /* form bodies of PUT/POST, application/json bodies of /v2/members */
+        bool want_body;
+        bool body_too_large;
+
+        HttpRequestState state;
+
+        /* writes and quorum reads */
+        ServerProposal *proposal;
+        StoreResult result;
+        bool no_value_on_success;
+
+        /* watches */
+        StoreWatcher *watcher;
+        bool stream;
+        bool watch_done;         /* no more events will come: end the body after the queue drains */
+        StoreEvent **queue;
+        size_t n_queue, queue_alloc;
+        size_t queue_offset;     /* bytes of queue[0]->json already written */
+};
+
+/* Provided by http-server.c for client-api.c. */
+Server *http_daemon_server(HttpDaemon *d);
+const Config *http_daemon_config(HttpDaemon *d);
+HttpListenerKind http_daemon_kind(HttpDaemon *d);
+/* Suspends the connection and watches its socket for a hang-up; resume wakes the daemon. */
+void http_request_suspend(HttpRequest *r);
+void http_request_resume(HttpRequest *r);
+
+/* Provided by client-api.c for http-server.c. */
+/* First call for a request: decide whether its body is wanted (r->want_body). */
+void client_api_begin(HttpRequest *r, const char *method);
+/* The body is complete (or the connection was resumed): answer, propose or watch. */
+enum MHD_Result client_api_handle(HttpRequest *r, const char *method);
+/* The client hung up while suspended: cancel the proposal, drop the watcher. */
+void client_api_hangup(HttpRequest *r);
+/* The request is over: release everything it holds (the struct itself is reused). */
+void client_api_request_done(HttpRequest *r);

@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* http-util.h - pure helpers of the HTTP side: Go-compatible URL, form, path, JSON and time text [no I/O]. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A growable byte buffer, always NUL-terminated when data != NULL. */
+typedef struct HttpBuf {
+        char *data;
+        size_t len;
+        size_t alloc;
+} HttpBuf;
+
+int http_buf_reserve(HttpBuf *b, size_t extra);
+int http_buf_append(HttpBuf *b, const void *p, size_t n);
+int http_buf_puts(HttpBuf *b, const char *s);
+int http_buf_printf(HttpBuf *b, const char *fmt, ...) __attribute__((__format__(printf, 2, 3)));
+/* Appends s as a JSON string literal (with quotes), escaped as Go's encoding/json does. */
+int http_buf_json_string(HttpBuf *b, const char *s, size_t n);
+void http_buf_done(HttpBuf *b);
+
+/* Percent-decoding as Go's url.PathUnescape (plus=false) or url.QueryUnescape (plus=true: '+' is a
+ * space). Returns -EINVAL on a bad escape; then *ret_bad (if non-NULL) points at the bad '%'. The result
+ * is malloc'd and NUL-terminated; *ret_len excludes the NUL (values may contain NUL bytes). */
+int http_unescape(const char *s, size_t n, bool plus, char **ret, size_t *ret_len, const char **ret_bad);
+
+/* Go's path.Clean. */
+char *http_path_clean(const char *p);
+/* Go's http.ServeMux cleanPath(): a leading "/", path.Clean, trailing slash kept. */
+char *http_mux_clean_path(const char *p);
+/* Escapes a path for a Location header as Go's url.URL.EscapedPath() does. */
+int http_buf_escape_path(HttpBuf *b, const char *p);
+
+/* A parsed form (query string and/or x-www-form-urlencoded body), in order of appearance. */
+typedef struct HttpFormField {
+        char *key;
+        char *value;
+        size_t value_len;
+} HttpFormField;
+
+typedef struct HttpForm {
+        HttpFormField *fields;
+        size_t n;
+        size_t alloc;
+} HttpForm;
+
+/* Parses "a=1&b=2;c" as Go's url.ParseQuery (separators '&' and ';' as Go 1.7 did) and appends the
+ * fields. A bad escape skips that field and the first such error is reported in *ret_error (malloc'd,
+ * Go's text: invalid URL escape "%zz"); the function still returns 0 then. < 0 only on OOM. */
+int http_form_parse(HttpForm *f, const char *s, size_t n, char **ret_error);
+/* First value of key: the field, or NULL if absent. */
+const HttpFormField *http_form_get(const HttpForm *f, const char *key);
+void http_form_done(HttpForm *f);
+
+/* Go's strconv.ParseBool and strconv.ParseUint(s, 10, 64). -EINVAL/-ERANGE on failure. */
+int go_parse_bool(const char *s, bool *ret);
+int go_parse_uint64(const char *s, uint64_t *ret);
+
+/* Go's time.Duration.String() for a duration given in nanoseconds, e.g. "1m23.456789012s". */
+int http_buf_go_duration(HttpBuf *b, uint64_t nsec);
+/* Go's time.Time JSON form (RFC 3339 with nanoseconds, trailing zeros trimmed) for a wall-clock time in
+ * microseconds, in the local time zone ("Z" for UTC). */
+int http_buf_rfc3339(HttpBuf *b, uint64_t usec);

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* raft-io.h - our struct raft_io for libraft: sd-event ticks, group commit to RocksDB, send stub. */
+#pragma once
+
+#include <stdint.h>
+
+#include <raft.h>
+#include <systemd/sd-event.h>
+
+#include "persist.h"
+
+typedef struct RaftIo RaftIo;
+
+/* Called after the io delivered something to libraft from the event loop (a tick, a completed
+ * group commit, a received message): libraft may have changed state, committed or applied entries.
+ * Never called from inside a libraft call. */
+typedef void (*RaftIoEventCallback)(RaftIo *io, void *userdata);
+
+/* Called right before a group's batch is sealed for writing: the last chance to add state that must
+ * be written atomically with what the batch holds (e.g. the applied index). */
+typedef void (*RaftIoBatchCallback)(RaftIo *io, PersistBatch *batch, void *userdata);
+
+int raft_io_new(sd_event *event, Persist *persist, RaftIo **ret);
+RaftIo *raft_io_free(RaftIo *io);
+static inline void raft_io_freep(RaftIo **io) {
+        if (*io)
+                raft_io_free(*io);
+}
+
+struct raft_io *raft_io_get(RaftIo *io);
+void raft_io_set_event_callback(RaftIo *io, RaftIoEventCallback cb, RaftIoBatchCallback batch_cb,
+                                void *userdata);
+
+/* The write batch of the group being accumulated: state written here (the applied store) becomes
+ * durable with, and atomically with, the next group of log entries, without blocking the loop. Call
+ * raft_io_kick() after adding to it. The pointer changes between groups: fetch it each time. */
+PersistBatch *raft_io_batch(RaftIo *io);
+void raft_io_kick(RaftIo *io);
+
+/* Transport between members. `send` must copy/serialize the message before returning (libraft's
+ * buffers are valid only until the completion) and later report the outcome with
+ * raft_io_send_done() (which defers libraft's callback to the loop); returning < 0 fails the send
+ * with RAFT_NOCONNECTION. Without a transport every send fails that way. */
+typedef int (*RaftIoSendFunc)(RaftIo *io, struct raft_io_send *req, const struct raft_message *m,
+                              void *userdata);
+void raft_io_set_transport(RaftIo *io, RaftIoSendFunc send, void *userdata);
+void raft_io_send_done(RaftIo *io, struct raft_io_send *req, int status);
+/* Hands a received message to libraft (which takes ownership of its raft_malloc'd payload). Call it
+ * from the event loop, never from inside a libraft callback. */
+void raft_io_deliver(RaftIo *io, struct raft_message *message);
+
+/* Completes all queued work (group commit, deferred callbacks, close) synchronously, without the
+ * event loop; used at shutdown, when the loop may no longer run. Returns the number of work items. */
+unsigned raft_io_drain(RaftIo *io);
+/* Number of appended entries not yet durable. */
+unsigned raft_io_n_pending_appends(RaftIo *io);
+
+/* Configuration encoding for the snapshot record (libraft exports only the encoder of its own). */
+int raft_io_configuration_encode(const struct raft_configuration *c, void **ret, size_t *ret_len);
+int raft_io_configuration_decode(const void *buf, size_t len, struct raft_configuration *ret);

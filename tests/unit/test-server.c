@@ -1,0 +1,723 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test-server.c - the single-member server end to end: proposals, restart, snapshots, kill -9. */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <rocksdb/c.h>
+
+#include "log.h"
+#include "persist.h"
+#include "server.h"
+
+#define MEMBER_ID UINT64_C(0xce2a822cea30bfca)
+#define CLUSTER_ID UINT64_C(0x7e27652122e8b2ae)
+
+static EtcdUrl peer_url = { .str = (char *) "http://127.0.0.1:2380", .scheme = (char *) "http",
+                            .host = (char *) "127.0.0.1", .port = 2380 };
+static EtcdUrl client_url = { .str = (char *) "http://127.0.0.1:2379", .scheme = (char *) "http",
+                              .host = (char *) "127.0.0.1", .port = 2379 };
+
+typedef struct Fixture {
+        char dir[64];
+        Config config;
+        sd_event *event;
+} Fixture;
+
+static int setup(void **state) {
+        Fixture *f = calloc(1, sizeof(*f));
+
+        assert_non_null(f);
+        strcpy(f->dir, "/tmp/test-server-XXXXXX");
+        assert_non_null(mkdtemp(f->dir));
+        f->config = (Config) {
+                .name = (char *) "default",
+                .data_dir = f->dir,
+                .snapshot_count = 10000,
+                .heartbeat_interval_ms = 100,
+                .election_timeout_ms = 1000,
+                .initial_advertise_peer_urls = { &peer_url, 1 },
+                .advertise_client_urls = { &client_url, 1 },
+                .member_id = MEMBER_ID,
+                .cluster_id = CLUSTER_ID,
+        };
+        assert_int_equal(sd_event_new(&f->event), 0);
+        *state = f;
+        return 0;
+}
+
+static int teardown(void **state) {
+        Fixture *f = *state;
+        char cmd[128];
+
+        sd_event_unref(f->event);
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+        assert_int_equal(system(cmd), 0);
+        free(f);
+        return 0;
+}
+
+static uint64_t now_usec(clockid_t c) {
+        struct timespec ts;
+
+        clock_gettime(c, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+typedef struct Wait {
+        bool done;
+        EtcdError error;
+        uint64_t index;       /* modifiedIndex of the event */
+        char action[32];
+        char cause[128];
+} Wait;
+
+static void wait_cb(StoreResult *res, void *userdata) {
+        Wait *w = userdata;
+
+        assert_false(w->done);
+        w->done = true;
+        w->error = res->error;
+        w->index = res->event ? res->event->index : 0;
+        snprintf(w->action, sizeof(w->action), "%s",
+                 res->event ? store_action_to_string(res->event->action) : "");
+        snprintf(w->cause, sizeof(w->cause), "%s", strempty(res->cause));
+}
+
+static void run_until(sd_event *e, const bool *flag, uint64_t timeout_usec) {
+        uint64_t end = now_usec(CLOCK_MONOTONIC) + timeout_usec;
+
+        while (!*flag) {
+                assert_true(now_usec(CLOCK_MONOTONIC) < end);
+                assert_true(sd_event_run(e, 10000) >= 0);
+        }
+}
+
+static void run_for(sd_event *e, uint64_t usec) {
+        uint64_t end = now_usec(CLOCK_MONOTONIC) + usec;
+
+        while (now_usec(CLOCK_MONOTONIC) < end)
+                assert_true(sd_event_run(e, 10000) >= 0);
+}
+
+static Wait put(Fixture *f, Server *s, const char *path, const char *value, uint64_t expiration_usec) {
+        StoreRequest req = {
+                .method = STORE_METHOD_PUT,
+                .path = path,
+                .value = value,
+                .value_len = strlen(value),
+                .prev_exist = -1,
+                .expiration_usec = expiration_usec,
+        };
+        Wait w = {};
+        ServerProposal *p = NULL;
+
+        assert_int_equal(server_propose(s, &req, wait_cb, &w, &p), 0);
+        assert_non_null(p);
+        assert_false(w.done);   /* never from inside server_propose() */
+        run_until(f->event, &w.done, 10 * 1000000);
+        return w;
+}
+
+static const char *value_of(Server *s, const char *path) {
+        const StoreNode *n = store_lookup(server_store(s), path);
+
+        return n ? store_node_value(n, NULL) : NULL;
+}
+
+static void test_fresh_then_restart(void **state) {
+        Fixture *f = *state;
+        Server *s = NULL;
+        Wait w;
+
+        assert_int_equal(server_new(f->event, &f->config, &s), 0);
+        assert_int_equal(server_member_id(s), MEMBER_ID);
+        assert_int_equal(server_cluster_id(s), CLUSTER_ID);
+
+        w = put(f, s, "/1/foo", "bar", 0);
+        assert_int_equal(w.error, ETCD_OK);
+        assert_string_equal(w.action, "set");
+        /* etcd2: raftAttributes (1), attributes (2), version (3): the first user key is 4 */
+        assert_int_equal(w.index, 4);
+        assert_int_equal(server_role(s), SERVER_ROLE_LEADER);
+        assert_int_equal(server_leader_id(s), MEMBER_ID);
+        assert_true(server_raft_term(s) >= 1);
+        assert_true(server_raft_index(s) >= 6);   /* conf + barrier + 3 internal + ours */
+        assert_string_equal(value_of(s, "/0/members/ce2a822cea30bfca/raftAttributes"),
+                            "{\"peerURLs\":[\"http://127.0.0.1:2380\"]}");
+        assert_string_equal(value_of(s, "/0/members/ce2a822cea30bfca/attributes"),
+                            "{\"name\":\"default\",\"clientURLs\":[\"http://127.0.0.1:2379\"]}");
+        assert_string_equal(value_of(s, "/0/version"), "2.3.0");
+        assert_string_equal(value_of(s, "/1/foo"), "bar");
+        assert_int_equal(server_n_pending(s), 0);
+        s = server_free(s);
+
+        /* A different --initial-cluster does not matter any more: the data dir wins. */
+        f->config.member_id = 0x1234;
+        f->config.cluster_id = 0x5678;
+        assert_int_equal(server_new(f->event, &f->config, &s), 0);
+        assert_int_equal(server_member_id(s), MEMBER_ID);
+        assert_int_equal(server_cluster_id(s), CLUSTER_ID);
+        assert_string_equal(value_of(s, "/1/foo"), "bar");
+        w = put(f, s, "/1/foo2", "baz", 0);
+        /* attributes are published again on every start (5), so the next key gets 6 */
+        assert_int_equal(w.index, 6);
+        assert_int_equal(store_index(server_store(s)), 6);
+        {
+                const StoreNode *n = store_lookup(server_store(s), "/0/members/ce2a822cea30bfca/raftAttributes");
+                assert_non_null(n);
+        }
+        s = server_free(s);
+}
+
+static void test_qget_and_errors(void **state) {
+        Fixture *f = *state;
+        StoreRequest req = { .method = STORE_METHOD_QGET, .path = "/1/foo", .prev_exist = -1 };
+        Server *s = NULL;
+        Wait w = {};
+
+        assert_int_equal(server_new(f->event, &f->config, &s), 0);
+        put(f, s, "/1/foo", "bar", 0);
+        assert_int_equal(server_propose(s, &req, wait_cb, &w, NULL), 0);
+        run_until(f->event, &w.done, 5000000);
+        assert_int_equal(w.error, ETCD_OK);
+        assert_string_equal(w.action, "get");
+
+        /* a store-level failure is an answer like any other */
+        memset(&w, 0, sizeof(w));
+        req = (StoreRequest) { .method = STORE_METHOD_PUT, .path = "/1/foo", .value = "x", .value_len = 1,
+                               .prev_exist = 1, .prev_value = "nope" };
+        assert_int_equal(server_propose(s, &req, wait_cb, &w, NULL), 0);
+        run_until(f->event, &w.done, 5000000);
+        assert_int_equal(w.error, ETCD_ERROR_TEST_FAILED);
+        s = server_free(s);
+}
+
+static void test_cancel(void **state) {
+        Fixture *f = *state;
+        StoreRequest req = { .method = STORE_METHOD_PUT, .path = "/1/c", .value = "v", .value_len = 1,
+                             .prev_exist = -1 };
+        ServerProposal *p = NULL;
+        Server *s = NULL;
+        Wait w = {}, w2;
+
+        assert_int_equal(server_new(f->event, &f->config, &s), 0);
+        assert_int_equal(server_propose(s, &req, wait_cb, &w, &p), 0);
+        server_proposal_cancel(p);
+        w2 = put(f, s, "/1/d", "v", 0);
+        assert_int_equal(w2.error, ETCD_OK);
+        assert_false(w.done);
+        assert_string_equal(value_of(s, "/1/c"), "v");
+        s = server_free(s);
+}
+
+/* Proposals made before the server leads and right before server_free() are answered. */
+static void test_free_answers_pending(void **state) {
+        Fixture *f = *state;
+        Wait w[8] = {};
+        Server *s = NULL;
+        char path[32];
+
+        assert_int_equal(server_new(f->event, &f->config, &s), 0);
+        for (int i = 0; i < 8; i++) {
+                StoreRequest req = { .method = STORE_METHOD_PUT, .path = path, .value = "v", .value_len = 1,
+                                     .prev_exist = -1 };
+
+                snprintf(path, sizeof(path), "/1/p%d", i);
+                assert_int_equal(server_propose(s, &req, wait_cb, &w[i], NULL), 0);
+        }
+        assert_int_equal(server_n_pending(s), 8);
+        s = server_free(s);
+        for (int i = 0; i < 8; i++)
+                assert_true(w[i].done);
+
+        /* whatever was acknowledged OK is there after a restart */
+        assert_int_equal(server_new(f->event, &f->config, &s), 0);
+        for (int i = 0; i < 8; i++) {
+                snprintf(path, sizeof(path), "/1/p%d", i);
+                if (w[i].error == ETCD_OK)
+                        assert_non_null(value_of(s, path));
+                else
+                        assert_int_equal(w[i].error, ETCD_ERROR_RAFT_INTERNAL);
+        }
+        assert_int_equal(server_propose(s, &(StoreRequest) { .method = STORE_METHOD_PUT, .path = "/1/x" },
+                                        NULL, NULL, NULL), 0);
+        s = server_free(s);
+}
+
+static int dummy_watch_cb(StoreWatcher *w, StoreEvent *e, void *userdata) {
+        return 0;
+}
+
+static void test_ttl_expires(void **state) {
+        Fixture *f = *state;
+        Server *s = NULL;
+        StoreWatcher *watcher = NULL;
+        StoreEvent *ev = NULL;
+        char *cause = NULL;
+        Wait w;
+
+        assert_int_equal(server_new(f->event, &f->config, &s), 0);
+        w = put(f, s, "/1/ttl", "v", now_usec(CLOCK_REALTIME) + 300000);
+        assert_int_equal(w.error, ETCD_OK);
+        assert_non_null(value_of(s, "/1/ttl"));
+        run_for(f->event, 800000);
+        assert_null(value_of(s, "/1/ttl"));
+        /* the expiry is an event in history */
+        assert_int_equal(store_watch(server_store(s), "/1/ttl", false, false, w.index + 1, dummy_watch_cb, NULL,
+                                     &watcher, &ev, &cause), 0);
+        assert_non_null(ev);
+        assert_int_equal(ev->action, STORE_ACTION_EXPIRE);
+        store_event_unref(ev);
+        s = server_free(s);
+}
+
+static int count_entries(uint64_t index, uint64_t term, unsigned type, const void *data, size_t len, void *u) {
+        (*(unsigned *) u)++;
+        return 0;
+}
+
+static void test_snapshot_compacts_and_restarts(void **state) {
+        Fixture *f = *state;
+        Persist *p = NULL;
+        Server *s = NULL;
+        uint64_t first, last, index = 0;
+        unsigned n = 0;
+        char path[32], value[32];
+
+        f->config.snapshot_count = 16;
+        assert_int_equal(server_new(f->event, &f->config, &s), 0);
+        for (int i = 0; i < 1300; i++) {
+                Wait w;
+
+                snprintf(path, sizeof(path), "/1/dir/k%03d", i);
+                snprintf(value, sizeof(value), "v%d", i);
+                w = put(f, s, path, value, 0);
+                assert_int_equal(w.error, ETCD_OK);
+                index = w.index;
+        }
+        s = server_free(s);
+
+        assert_int_equal(persist_open(f->dir, NULL, &p), 0);
+        assert_int_equal(persist_log_bounds(p, &first, &last), 0);
+        assert_true(first > 1200);
+        assert_true(last - first < 64);
+        assert_int_equal(persist_log_foreach(p, 1, count_entries, &n), 0);
+        assert_int_equal(n, last - first + 1);
+        p = persist_free(p);
+
+        for (int round = 0; round < 2; round++) {
+                assert_int_equal(server_new(f->event, &f->config, &s), 0);
+                for (int i = 0; i < 1300; i++) {
+                        snprintf(path, sizeof(path), "/1/dir/k%03d", i);
+                        snprintf(value, sizeof(value), "v%d", i);
+                        assert_string_equal(value_of(s, path), value);
+                }
+                /* the 1000-event window is served after the restart, and nothing older */
+                {
+                        StoreWatcher *watcher = NULL;
+                        StoreEvent *ev = NULL;
+                        char *cause = NULL;
+                        uint64_t cur = store_index(server_store(s));
+
+                        assert_int_equal(store_watch(server_store(s), "/1/dir", true, false, cur - 999,
+                                                     dummy_watch_cb, NULL, &watcher, &ev, &cause), 0);
+                        assert_non_null(ev);
+                        assert_int_equal(ev->index, cur - 999);
+                        store_event_unref(ev);
+                        ev = NULL;
+                        assert_int_equal(store_watch(server_store(s), "/1/dir", true, false, cur - 1000,
+                                                     dummy_watch_cb, NULL, &watcher, &ev, &cause),
+                                         ETCD_ERROR_EVENT_INDEX_CLEARED);
+                        free(cause);
+                }
+                /* history survives: the last write is still watchable by index */
+                {
+                        StoreWatcher *watcher = NULL;
+                        StoreEvent *ev = NULL;
+                        char *cause = NULL;
+
+                        assert_int_equal(store_watch(server_store(s), "/1/dir/k1299", false, false, index,
+                                                     dummy_watch_cb, NULL, &watcher, &ev, &cause), 0);
+                        assert_non_null(ev);
+                        assert_int_equal(ev->index, index);
+                        store_event_unref(ev);
+                }
+                {
+                        Wait w = put(f, s, "/1/after", "x", 0);
+                        /* one attributes publish per start, then this key */
+                        assert_int_equal(w.index, index + 2 + 2 * (uint64_t) round);
+                }
+                s = server_free(s);
+        }
+}
+
+static void write_file(const char *path, const char *content) {
+        FILE *fp = fopen(path, "we");
+
+        assert_non_null(fp);
+        fputs(content, fp);
+        fclose(fp);
+}
+
+static void test_foreign_data_dirs(void **state) {
+        Fixture *f = *state;
+        char path[256];
+        Server *s = NULL;
+
+        /* etcd's WAL layout */
+        snprintf(path, sizeof(path), "%s/member", f->dir);
+        assert_int_equal(mkdir(path, 0700), 0);
+        snprintf(path, sizeof(path), "%s/member/wal", f->dir);
+        assert_int_equal(mkdir(path, 0700), 0);
+        snprintf(path, sizeof(path), "%s/member/snap", f->dir);
+        assert_int_equal(mkdir(path, 0700), 0);
+        assert_true(server_new(f->event, &f->config, &s) < 0);
+        assert_null(s);
+        snprintf(path, sizeof(path), "rm -rf '%s/member'", f->dir);
+        assert_int_equal(system(path), 0);
+
+        /* garbage */
+        snprintf(path, sizeof(path), "%s/member", f->dir);
+        assert_int_equal(mkdir(path, 0700), 0);
+        snprintf(path, sizeof(path), "%s/member/garbage", f->dir);
+        write_file(path, "hello");
+        assert_true(server_new(f->event, &f->config, &s) < 0);
+        /* a CURRENT file that is garbage */
+        snprintf(path, sizeof(path), "%s/member/CURRENT", f->dir);
+        write_file(path, "MANIFEST-000999\n");
+        assert_true(server_new(f->event, &f->config, &s) < 0);
+        snprintf(path, sizeof(path), "rm -rf '%s/member'", f->dir);
+        assert_int_equal(system(path), 0);
+
+        /* a RocksDB with other column families */
+        {
+                rocksdb_options_t *o = rocksdb_options_create();
+                const char *names[] = { "default", "foo" };
+                const rocksdb_options_t *opts[] = { o, o };
+                rocksdb_column_family_handle_t *h[2];
+                char *err = NULL;
+                rocksdb_t *db;
+
+                rocksdb_options_set_create_if_missing(o, 1);
+                rocksdb_options_set_create_missing_column_families(o, 1);
+                snprintf(path, sizeof(path), "%s/member", f->dir);
+                db = rocksdb_open_column_families(o, path, 2, names, opts, h, &err);
+                assert_null(err);
+                rocksdb_column_family_handle_destroy(h[0]);
+                rocksdb_column_family_handle_destroy(h[1]);
+                rocksdb_close(db);
+                rocksdb_options_destroy(o);
+        }
+        assert_true(server_new(f->event, &f->config, &s) < 0);
+        snprintf(path, sizeof(path), "rm -rf '%s/member'", f->dir);
+        assert_int_equal(system(path), 0);
+
+        /* our layout, but a format marker from the future */
+        assert_int_equal(server_new(f->event, &f->config, &s), 0);
+        s = server_free(s);
+        {
+                rocksdb_options_t *o = rocksdb_options_create();
+                const char *names[] = { "default", "log", "hardstate", "snapshot", "nodes", "history", "meta" };
+                const rocksdb_options_t *opts[7] = { o, o, o, o, o, o, o };
+                rocksdb_column_family_handle_t *h[7];
+                rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+                char *err = NULL;
+                rocksdb_t *db;
+
+                snprintf(path, sizeof(path), "%s/member", f->dir);
+                db = rocksdb_open_column_families(o, path, 7, names, opts, h, &err);
+                assert_null(err);
+                rocksdb_put_cf(db, wo, h[6], "format", 6, "etcd2-rocksdb-99", 16, &err);
+                assert_null(err);
+                for (int i = 0; i < 7; i++)
+                        rocksdb_column_family_handle_destroy(h[i]);
+                rocksdb_close(db);
+                rocksdb_writeoptions_destroy(wo);
+                rocksdb_options_destroy(o);
+        }
+        assert_true(server_new(f->event, &f->config, &s) < 0);
+}
+
+/* kill -9 at a random moment: every acknowledged write is there afterwards, with its index. */
+#define KILL_KEYS 100000
+#define KILL_WINDOW 32
+#define KILL_ROUNDS 8
+#define KILL_SNAPSHOT_COUNT 128   /* snapshots (and log compaction) happen all the time */
+
+typedef struct Child {
+        Server *server;
+        int fd;
+        unsigned next, base;
+        Wait w[KILL_WINDOW];
+        unsigned slot_key[KILL_WINDOW];
+} Child;
+
+static void child_propose(Child *c, unsigned slot);
+
+typedef struct Slot {
+        Child *child;
+        unsigned slot;
+} Slot;
+
+static Slot slots[KILL_WINDOW];
+
+static void slot_cb(StoreResult *res, void *userdata) {
+        Slot *sl = userdata;
+        Child *c = sl->child;
+        char line[64];
+        int n;
+
+        if (res->error != ETCD_OK || !res->event)
+                _exit(3);
+        n = snprintf(line, sizeof(line), "%u %" PRIu64 "\n", c->slot_key[sl->slot], res->event->index);
+        if (write(c->fd, line, n) != n)
+                _exit(4);
+        child_propose(c, sl->slot);
+}
+
+static void child_propose(Child *c, unsigned slot) {
+        char path[32], value[32];
+        StoreRequest req = { .method = STORE_METHOD_PUT, .path = path, .value = value, .prev_exist = -1 };
+        unsigned k = c->base + c->next++;
+
+        snprintf(path, sizeof(path), "/1/kill/k%u", k);
+        snprintf(value, sizeof(value), "value-%u", k);
+        req.value_len = strlen(value);
+        c->slot_key[slot] = k;
+        if (server_propose(c->server, &req, slot_cb, &slots[slot], NULL) < 0)
+                _exit(5);
+}
+
+/* The child side of test_kill9: proposes KILL_WINDOW writes at a time forever, reports each ack. */
+static int kill9_child(void) {
+        static Child c;
+        Fixture *f;
+
+        log_set_max_level(LOG_WARNING);
+        c.fd = atoi(getenv("TEST_SERVER_KILL9_FD"));
+        c.base = (unsigned) atoi(getenv("TEST_SERVER_KILL9_BASE"));
+        if (setup((void **) &f) < 0)
+                return 1;
+        (void) rmdir(f->dir);
+        f->config.data_dir = getenv("TEST_SERVER_KILL9_DIR");
+        f->config.snapshot_count = KILL_SNAPSHOT_COUNT;
+        if (server_new(f->event, &f->config, &c.server) < 0)
+                return 2;
+        for (unsigned i = 0; i < KILL_WINDOW; i++) {
+                slots[i] = (Slot) { &c, i };
+                child_propose(&c, i);
+        }
+        for (;;)
+                if (sd_event_run(f->event, UINT64_MAX) < 0)
+                        return 6;
+}
+
+static void test_kill9(void **state) {
+        Fixture *f = *state;
+        static uint64_t acked_index[KILL_ROUNDS * KILL_KEYS];
+        static bool acked[KILL_ROUNDS * KILL_KEYS];
+        unsigned seed = (unsigned) time(NULL) ^ (unsigned) getpid();
+        uint64_t max_index = 0;
+        unsigned total_acked = 0;
+
+        f->config.snapshot_count = KILL_SNAPSHOT_COUNT;
+        printf("# kill9 seed %u\n", seed);
+        for (unsigned round = 0; round < KILL_ROUNDS; round++) {
+                int fds[2];
+                pid_t pid;
+                /* some kills hit the start-up (the very first one: the creation of the data dir) */
+                bool early = round == 0 || rand_r(&seed) % 3 == 0;
+                unsigned kill_after = early ? rand_r(&seed) % 3 : 200 + rand_r(&seed) % 3000, got = 0;
+                FILE *in;
+                char line[64];
+                Server *s = NULL;
+
+                assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+                pid = fork();
+                assert_true(pid >= 0);
+                if (pid == 0) {
+                        /* A fresh process: RocksDB's background threads do not survive fork(). */
+                        char fdstr[16], basestr[16];
+
+                        snprintf(fdstr, sizeof(fdstr), "%d", fds[1]);
+                        snprintf(basestr, sizeof(basestr), "%u", round * KILL_KEYS);
+                        (void) fcntl(fds[1], F_SETFD, 0);
+                        setenv("TEST_SERVER_KILL9_FD", fdstr, 1);
+                        setenv("TEST_SERVER_KILL9_BASE", basestr, 1);
+                        setenv("TEST_SERVER_KILL9_DIR", f->dir, 1);
+                        execl("/proc/self/exe", "test-server", NULL);
+                        _exit(7);
+                }
+                close(fds[1]);
+                in = fdopen(fds[0], "r");
+                assert_non_null(in);
+                while (got < kill_after && fgets(line, sizeof(line), in)) {
+                        unsigned k;
+                        uint64_t idx;
+
+                        assert_int_equal(sscanf(line, "%u %" SCNu64, &k, &idx), 2);
+                        acked[k] = true;
+                        acked_index[k] = idx;
+                        got++;
+                }
+                /* a random extra delay, then SIGKILL mid-flight */
+                usleep(rand_r(&seed) % (early ? 40000 : 3000));
+                assert_int_equal(kill(pid, SIGKILL), 0);
+                while (fgets(line, sizeof(line), in)) {
+                        unsigned k;
+                        uint64_t idx;
+
+                        assert_int_equal(sscanf(line, "%u %" SCNu64, &k, &idx), 2);
+                        acked[k] = true;
+                        acked_index[k] = idx;
+                        got++;
+                }
+                fclose(in);
+                {
+                        int status;
+
+                        assert_int_equal(waitpid(pid, &status, 0), pid);
+                        assert_true(WIFSIGNALED(status));
+                }
+                assert_true(got >= kill_after || early);
+                total_acked += got;
+
+                assert_int_equal(server_new(f->event, &f->config, &s), 0);
+                for (unsigned k = 0; k < KILL_ROUNDS * KILL_KEYS; k++) {
+                        char path[32], value[32];
+                        const StoreNode *n;
+
+                        if (!acked[k])
+                                continue;
+                        snprintf(path, sizeof(path), "/1/kill/k%u", k);
+                        snprintf(value, sizeof(value), "value-%u", k);
+                        n = store_lookup(server_store(s), path);
+                        if (!n)
+                                fail_msg("acknowledged key %s (index %" PRIu64 ") lost in round %u", path,
+                                         acked_index[k], round);
+                        assert_string_equal(store_node_value(n, NULL), value);
+                        max_index = MAX(max_index, acked_index[k]);
+                }
+                assert_true(store_index(server_store(s)) >= max_index);
+                /* the indexes continue */
+                {
+                        Wait w = put(f, s, "/1/kill/after", "x", 0);
+
+                        assert_int_equal(w.error, ETCD_OK);
+                        assert_true(w.index > max_index);
+                }
+                s = server_free(s);
+        }
+        printf("# kill9: %u acknowledged writes survived %u kills\n", total_acked, KILL_ROUNDS);
+}
+
+
+/* Throughput with N proposals in flight (BENCH=1 to run; prints writes/s). */
+typedef struct Bench {
+        Server *server;
+        unsigned next, done, total;
+        char value[257];
+} Bench;
+
+static void bench_propose(Bench *b);
+
+static void bench_cb(StoreResult *res, void *userdata) {
+        Bench *b = userdata;
+
+        assert_int_equal(res->error, ETCD_OK);
+        b->done++;
+        if (b->next < b->total)
+                bench_propose(b);
+}
+
+static void bench_propose(Bench *b) {
+        char path[32];
+        StoreRequest req = { .method = STORE_METHOD_PUT, .path = path, .value = b->value, .value_len = 256,
+                             .prev_exist = -1 };
+
+        snprintf(path, sizeof(path), "/1/bench/k%u", b->next++);
+        assert_int_equal(server_propose(b->server, &req, bench_cb, b, NULL), 0);
+}
+
+static void print_rss(const char *what) {
+        char line[256];
+        FILE *fp = fopen("/proc/self/status", "re");
+
+        while (fp && fgets(line, sizeof(line), fp))
+                if (strneq(line, "VmRSS:", 6))
+                        printf("# %s %s", what, line);
+        if (fp)
+                fclose(fp);
+}
+
+static void test_bench(void **state) {
+        Fixture *f = *state;
+        static const unsigned windows[] = { 1, 64 };
+        Bench b = {};
+
+        if (!getenv("BENCH"))
+                skip();
+        memset(b.value, 'x', 256);
+        assert_int_equal(server_new(f->event, &f->config, &b.server), 0);
+        put(f, b.server, "/1/warmup", "x", 0);
+        print_rss("idle");
+        for (size_t i = 0; i < ELEMENTSOF(windows); i++) {
+                uint64_t t0, t1;
+                bool fin = false;
+
+                b.total = b.next + (windows[i] == 1 ? 5000 : (getenv("BENCH_N") ? (unsigned) atoi(getenv("BENCH_N")) : 100000));
+                b.done = 0;
+                t0 = now_usec(CLOCK_MONOTONIC);
+                for (unsigned k = 0; k < windows[i]; k++)
+                        bench_propose(&b);
+                while (!fin) {
+                        assert_true(sd_event_run(f->event, 10000) >= 0);
+                        fin = b.next >= b.total && server_n_pending(b.server) == 0;
+                }
+                t1 = now_usec(CLOCK_MONOTONIC);
+                printf("# %u in flight: %u writes in %.3f s = %.0f/s\n", windows[i], b.done,
+                       (t1 - t0) / 1e6, b.done * 1e6 / (t1 - t0));
+        }
+        print_rss("after");
+        b.server = server_free(b.server);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_fresh_then_restart, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_qget_and_errors, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_free_answers_pending, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ttl_expires, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_snapshot_compacts_and_restarts, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_foreign_data_dirs, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_kill9, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_bench, setup, teardown),
+        };
+
+        log_set_max_level(getenv("TEST_DEBUG") ? LOG_DEBUG : LOG_WARNING);
+        if (getenv("TEST_SERVER_KILL9_FD"))
+                return kill9_child();
+        if (getenv("BENCH")) {
+                const struct CMUnitTest bench[] = {
+                        cmocka_unit_test_setup_teardown(test_bench, setup, teardown),
+                };
+                return cmocka_run_group_tests(bench, NULL, NULL);
+        }
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
