@@ -23,7 +23,8 @@
  * CurlRequest: an easy handle with our defaults (CURLOPT_NOSIGNAL, CURLOPT_TCP_NODELAY, http/https
  * only), a timeout, and the response body either collected into a buffer with a size cap or streamed
  * through a callback (long-poll watches, streaming connections). A request can be started again once
- * it finished. The CurlGlue must outlive its requests... or, if it does not, it detaches them.
+ * it finished. Requests are children of the glue: freeing the glue first detaches them (they stop,
+ * without callback, and can then only be freed).
  *
  * Reentrancy: stream callbacks run inside libcurl. From there only curl_request_cancel(),
  * curl_glue_cancel() and curl_glue_add()/curl_request_start() of other handles may be called (the

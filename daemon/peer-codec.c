@@ -611,24 +611,24 @@ int peer_frame_decode(const void *buf, size_t size, PeerFrame *ret) {
         _cleanup_(freep) char *address = NULL;
         const char *addr;
         size_t addr_len = 0;
-        Reader r;
-        int k;
+        Reader rd;
+        int r;
 
         assert(buf || size == 0);
         assert(ret);
 
-        k = peer_frame_header_parse(buf, size, &h);
-        if (k == -EAGAIN)
+        r = peer_frame_header_parse(buf, size, &h);
+        if (r == -EAGAIN)
                 return -EBADMSG;
-        if (k < 0)
-                return k;
+        if (r < 0)
+                return r;
         if (size - PEER_FRAME_HEADER_SIZE != h.body_size)
                 return -EBADMSG;
 
-        r = (Reader) { .p = (const uint8_t *) buf + PEER_FRAME_HEADER_SIZE, .left = h.body_size };
+        rd = (Reader) { .p = (const uint8_t *) buf + PEER_FRAME_HEADER_SIZE, .left = h.body_size };
 
-        addr = r_string(&r, &addr_len);
-        if (r.bad)
+        addr = r_string(&rd, &addr_len);
+        if (rd.bad)
                 return -EBADMSG;
 
         m.type = h.type;
@@ -637,11 +637,11 @@ int peer_frame_decode(const void *buf, size_t size, PeerFrame *ret) {
         case RAFT_IO_REQUEST_VOTE: {
                 uint8_t flags;
 
-                m.request_vote.term = r_varint(&r);
-                m.request_vote.candidate_id = r_varint(&r);
-                m.request_vote.last_log_index = r_varint(&r);
-                m.request_vote.last_log_term = r_varint(&r);
-                flags = r_u8(&r);
+                m.request_vote.term = r_varint(&rd);
+                m.request_vote.candidate_id = r_varint(&rd);
+                m.request_vote.last_log_index = r_varint(&rd);
+                m.request_vote.last_log_term = r_varint(&rd);
+                flags = r_u8(&rd);
                 if (flags & ~3u)
                         return -EBADMSG;
                 m.request_vote.disrupt_leader = flags & 1;
@@ -652,9 +652,9 @@ int peer_frame_decode(const void *buf, size_t size, PeerFrame *ret) {
         case RAFT_IO_REQUEST_VOTE_RESULT: {
                 uint8_t t;
 
-                m.request_vote_result.term = r_varint(&r);
-                m.request_vote_result.vote_granted = r_bool(&r);
-                t = r_u8(&r);
+                m.request_vote_result.term = r_varint(&rd);
+                m.request_vote_result.vote_granted = r_bool(&rd);
+                t = r_u8(&rd);
                 if (t > raft_tribool_false)
                         return -EBADMSG;
                 m.request_vote_result.pre_vote = (raft_tribool) t;
@@ -662,27 +662,27 @@ int peer_frame_decode(const void *buf, size_t size, PeerFrame *ret) {
         }
 
         case RAFT_IO_APPEND_ENTRIES_RESULT:
-                m.append_entries_result.term = r_varint(&r);
-                m.append_entries_result.rejected = r_varint(&r);
-                m.append_entries_result.last_log_index = r_varint(&r);
+                m.append_entries_result.term = r_varint(&rd);
+                m.append_entries_result.rejected = r_varint(&rd);
+                m.append_entries_result.last_log_index = r_varint(&rd);
                 break;
 
         case RAFT_IO_TIMEOUT_NOW:
-                m.timeout_now.term = r_varint(&r);
-                m.timeout_now.last_log_index = r_varint(&r);
-                m.timeout_now.last_log_term = r_varint(&r);
+                m.timeout_now.term = r_varint(&rd);
+                m.timeout_now.last_log_index = r_varint(&rd);
+                m.timeout_now.last_log_term = r_varint(&rd);
                 break;
 
         case RAFT_IO_APPEND_ENTRIES:
-                k = decode_append_entries(&r, &m.append_entries);
-                if (k < 0)
-                        return k;
+                r = decode_append_entries(&rd, &m.append_entries);
+                if (r < 0)
+                        return r;
                 break;
 
         case RAFT_IO_INSTALL_SNAPSHOT:
-                k = decode_install_snapshot(&r, &m.install_snapshot);
-                if (k < 0)
-                        return k;
+                r = decode_install_snapshot(&rd, &m.install_snapshot);
+                if (r < 0)
+                        return r;
                 break;
 
         default:
@@ -690,7 +690,7 @@ int peer_frame_decode(const void *buf, size_t size, PeerFrame *ret) {
         }
 
         /* The variable-size decoders consume everything on success; the fixed ones must end exactly. */
-        if (r.bad || r.left > 0) {
+        if (rd.bad || rd.left > 0) {
                 assert(h.type != RAFT_IO_APPEND_ENTRIES && h.type != RAFT_IO_INSTALL_SNAPSHOT);
                 return -EBADMSG;
         }
@@ -742,15 +742,8 @@ PeerDecoder *peer_decoder_free(PeerDecoder *d) {
         return NULL;
 }
 
-int peer_decoder_feed(PeerDecoder *d, const void *data, size_t size) {
-        assert(d);
-        assert(data || size == 0);
-
-        if (d->error < 0)
-                return d->error;
-        if (size == 0)
-                return 0;
-
+/* Makes room for `size` more bytes after d->end. */
+static int decoder_reserve(PeerDecoder *d, size_t size) {
         if (d->start == d->end) {
                 d->start = d->end = 0;
                 /* Do not keep a snapshot-sized buffer around after the snapshot went through. */
@@ -784,10 +777,54 @@ int peer_decoder_feed(PeerDecoder *d, const void *data, size_t size) {
                         d->allocated = want;
                 }
         }
+        return 0;
+}
+
+int peer_decoder_feed(PeerDecoder *d, const void *data, size_t size) {
+        int r;
+
+        assert(d);
+        assert(data || size == 0);
+
+        if (d->error < 0)
+                return d->error;
+        if (size == 0)
+                return 0;
+
+        r = decoder_reserve(d, size);
+        if (r < 0)
+                return r;
 
         memcpy(d->buf + d->end, data, size);
         d->end += size;
         return 0;
+}
+
+int peer_decoder_get_space(PeerDecoder *d, size_t min_size, void **ret, size_t *ret_size) {
+        int r;
+
+        assert(d);
+        assert(min_size > 0);
+        assert(ret);
+        assert(ret_size);
+
+        if (d->error < 0)
+                return d->error;
+
+        r = decoder_reserve(d, min_size);
+        if (r < 0)
+                return r;
+
+        *ret = d->buf + d->end;
+        *ret_size = d->allocated - d->end;
+        return 0;
+}
+
+void peer_decoder_commit(PeerDecoder *d, size_t n) {
+        assert(d);
+        assert(n <= d->allocated - d->end);
+
+        d->end += n;
 }
 
 int peer_decoder_next(PeerDecoder *d, PeerFrame *ret) {

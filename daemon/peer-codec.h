@@ -28,7 +28,7 @@
 #define PEER_FRAME_BODY_MAX_DEFAULT ((size_t) 512 * 1024 * 1024)
 /* Longest sender/server address carried, and most servers in a snapshot's configuration. */
 #define PEER_ADDRESS_MAX 1024
-#define PEER_SERVERS_MAX 4096
+#define PEER_SERVERS_MAX 1024
 
 typedef struct PeerFrameHeader {
         uint8_t version;
@@ -95,6 +95,12 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(PeerDecoder *, peer_decoder_free);
 /* Appends arbitrary bytes of the stream (any chunking). Memory grows with the bytes given, never
  * with a length announced by the peer. */
 int peer_decoder_feed(PeerDecoder *d, const void *data, size_t size);
+
+/* Zero-copy variant of feed for read(2)/recv(2): returns a buffer of at least `min_size` writable
+ * bytes at the end of the stream (its size in *ret_size); after reading n bytes into it, call
+ * peer_decoder_commit(d, n). */
+int peer_decoder_get_space(PeerDecoder *d, size_t min_size, void **ret, size_t *ret_size);
+void peer_decoder_commit(PeerDecoder *d, size_t n);
 
 /* Returns 1 and fills *ret with the next whole frame, 0 when more bytes are needed, < 0 when the
  * stream is corrupt (the connection must be dropped: the decoder stays failed). Header errors are

@@ -551,6 +551,89 @@ static void test_body_cap(void **state) {
         assert_int_equal(n, 100000);
 }
 
+typedef struct RawResult {
+        unsigned n;
+        CURLcode code;
+        bool done;
+} RawResult;
+
+static void on_raw_finished(CurlGlue *g, CURL *easy, CURLcode code, void *userdata) {
+        RawResult *r = userdata;
+
+        r->code = code;
+        /* Re-add from the completion callback, three times in all. */
+        if (++r->n < 3 && code == CURLE_OK)
+                assert_int_equal(curl_glue_add(g, easy, on_raw_finished, r), 0);
+        else
+                r->done = true;
+}
+
+static size_t count_bytes(char *p, size_t size, size_t nmemb, void *userdata) {
+        *(size_t *) userdata += size * nmemb;
+        return size * nmemb;
+}
+
+static void test_raw_easy_handle(void **state) {
+        Fixture *f = *state;
+        RawResult res = {};
+        CURL *easy = NULL;
+        size_t n_bytes = 0;
+        int accepted = atomic_load(&n_accepted);
+
+        assert_int_equal(curl_glue_make_easy(url("/hello"), &easy), 0);
+        assert_int_equal(curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, count_bytes), CURLE_OK);
+        assert_int_equal(curl_easy_setopt(easy, CURLOPT_WRITEDATA, &n_bytes), CURLE_OK);
+        assert_int_equal(curl_glue_add(f->glue, easy, on_raw_finished, &res), 0);
+        assert_int_equal(curl_glue_add(f->glue, easy, on_raw_finished, &res), -EBUSY);
+        assert_int_equal(curl_glue_n_running(f->glue), 1);
+
+        assert_true(run_until(f->event, &res.done, 5 * USEC_PER_SEC));
+        assert_int_equal(res.code, CURLE_OK);
+        assert_int_equal(res.n, 3);
+        assert_int_equal(curl_glue_n_running(f->glue), 0);
+        assert_int_equal(curl_glue_cancel(f->glue, easy), 0);
+        assert_int_equal(atomic_load(&n_accepted) - accepted, 1);
+        assert_int_equal(n_bytes, 3 * 11);
+        curl_easy_cleanup(easy);
+}
+
+typedef struct StartFromCallback {
+        StreamTest t;
+        CurlRequest *other;
+        Result other_res;
+        int start_result;
+} StartFromCallback;
+
+static int on_stream_start_other(CurlRequest *req, const void *p, size_t n, void *userdata) {
+        StartFromCallback *x = userdata;
+
+        /* Inside libcurl: the glue queues the add for the next loop iteration. */
+        if (x->t.stream.n_calls++ == 0)
+                x->start_result = curl_request_start(x->other, on_done);
+        return 0;
+}
+
+static void test_start_from_stream_callback(void **state) {
+        Fixture *f = *state;
+        _cleanup_(curl_request_freep) CurlRequest *req = NULL;
+        StartFromCallback x = { .start_result = 1 };
+
+        assert_int_equal(curl_request_new(f->glue, url("/stream"), &req), 0);
+        assert_int_equal(curl_request_new(f->glue, url("/hello"), &x.other), 0);
+        curl_request_set_userdata(req, &x);
+        curl_request_set_userdata(x.other, &x.other_res);
+        curl_request_set_stream(req, on_stream_start_other);
+        assert_int_equal(curl_request_start(req, on_done), 0);
+
+        assert_true(run_until(f->event, &x.t.res.done, 5 * USEC_PER_SEC));
+        assert_true(run_until(f->event, &x.other_res.done, 5 * USEC_PER_SEC));
+        assert_int_equal(x.start_result, 0);
+        assert_int_equal(x.t.res.code, CURLE_OK);
+        assert_int_equal(x.other_res.code, CURLE_OK);
+        assert_string_equal(x.other_res.body, "hello world");
+        curl_request_free(x.other);
+}
+
 static int on_cancel_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         assert_int_equal(curl_request_cancel(userdata), 1);
         return 0;
@@ -642,6 +725,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_stream_pieces, fixture_setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_stream_abort_from_callback, fixture_setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_body_cap, fixture_setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_raw_easy_handle, fixture_setup, fixture_teardown),
+                cmocka_unit_test_setup_teardown(test_start_from_stream_callback, fixture_setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_cancel_mid_request, fixture_setup, fixture_teardown),
                 cmocka_unit_test_setup_teardown(test_free_with_requests_in_flight, fixture_setup, fixture_teardown),
         };

@@ -656,7 +656,18 @@ static void test_stream_random_chunks(void **state) {
                 PeerFrame f = {};
                 int r;
 
-                assert_int_equal(peer_decoder_feed(d, stream + off, chunk), 0);
+                /* Alternate between copying in and reading "into" the decoder. */
+                if (xorshift(&s) & 1)
+                        assert_int_equal(peer_decoder_feed(d, stream + off, chunk), 0);
+                else {
+                        void *space;
+                        size_t avail;
+
+                        assert_int_equal(peer_decoder_get_space(d, chunk, &space, &avail), 0);
+                        assert_true(avail >= chunk);
+                        memcpy(space, stream + off, chunk);
+                        peer_decoder_commit(d, chunk);
+                }
                 off += chunk;
                 while ((r = peer_decoder_next(d, &f)) > 0) {
                         assert_true(got < count);
