@@ -303,12 +303,11 @@ static int on_lazy(sd_event_source *s, uint64_t usec, void *userdata) {
 static unsigned fire_completions(RaftIo *rio) {
         unsigned done = 0;
 
-        /* Callbacks may add completions: take them one by one from the front. */
-        while (rio->n_completions > 0) {
-                Completion c = rio->completions[0];
+        /* Callbacks may add completions (and move the array): index it afresh each time; the ones
+         * added meanwhile run in this round too. */
+        for (size_t i = 0; i < rio->n_completions; i++) {
+                Completion c = rio->completions[i];
 
-                memmove(rio->completions, rio->completions + 1, (rio->n_completions - 1) * sizeof(Completion));
-                rio->n_completions--;
                 done++;
 
                 switch (c.kind) {
@@ -328,6 +327,7 @@ static unsigned fire_completions(RaftIo *rio) {
                 }
                 }
         }
+        rio->n_completions = 0;
         return done;
 }
 
@@ -494,7 +494,7 @@ int raft_io_configuration_decode(const void *buf, size_t len, struct raft_config
         len -= 4;
         raft_configuration_init(&c);
         for (unsigned i = 0; i < n; i++) {
-                char addr[65536];
+                _cleanup_(freep) char *addr = NULL;
                 size_t al;
 
                 if (len < 11)
@@ -502,8 +502,9 @@ int raft_io_configuration_decode(const void *buf, size_t len, struct raft_config
                 al = ((size_t) p[9] << 8) | p[10];
                 if (len < 11 + al)
                         goto fail;
-                memcpy(addr, p + 11, al);
-                addr[al] = 0;
+                addr = strndup((const char *) p + 11, al);
+                if (!addr || strlen(addr) != al)
+                        goto fail;
                 if (raft_configuration_add(&c, codec_get_be64(p), addr, p[8]) != 0)
                         goto fail;
                 p += 11 + al;

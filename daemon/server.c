@@ -45,6 +45,7 @@
 #define SERVER_SNAPSHOT_TRAILING_MAX 5000U
 #define SERVER_DEFAULT_SNAPSHOT_COUNT 10000U
 #define SERVER_SNAPSHOT_MAGIC "E2SNAP01"
+#define SERVER_SYNC_RETRY_USEC (500 * USEC_PER_MSEC)
 
 #define ERR_TIMEOUT "etcdserver: request timed out"
 #define ERR_LEADER_FAIL "etcdserver: request timed out, possibly due to previous leader failure"
@@ -103,6 +104,7 @@ struct Server {
         /* TTL */
         sd_event_source *sync_source;
         bool sync_in_flight;
+        uint64_t last_sync_usec;  /* wall clock of the last SYNC proposed */
 
         bool closing;
 };
@@ -713,6 +715,10 @@ static void sync_rearm(Server *s) {
                 (void) sd_event_source_set_enabled(s->sync_source, SD_EVENT_OFF);
                 return;
         }
+        /* Something the last SYNC should have expired is still there (it cannot expire, or clocks
+         * disagree): do not spin, retry at a relaxed pace. */
+        if (next <= s->last_sync_usec)
+                next = s->last_sync_usec + SERVER_SYNC_RETRY_USEC;
         (void) sd_event_source_set_time(s->sync_source, next);
         (void) sd_event_source_set_enabled(s->sync_source, SD_EVENT_ONESHOT);
 }
@@ -738,6 +744,7 @@ static int on_sync_timer(sd_event_source *source, uint64_t usec, void *userdata)
 
         if (!s->leader || s->sync_in_flight || s->closing)
                 return 0;
+        s->last_sync_usec = req.time_usec;
         r = propose_internal(s, &req, false, sync_cb);
         if (r < 0) {
                 log_warning_errno(r, "Failed to propose TTL sync, ignoring: %m");
