@@ -356,7 +356,8 @@ static int method_remove_member(sd_bus_message *m, void *userdata, sd_bus_error 
         if (r < 0)
                 return r;
         if (id_from_string(s, &id) < 0)
-                return bus_error_setf(error, -EINVAL, "Invalid member ID '%s': expected up to 16 hex digits.", s);
+                return bus_error_setf(error, -EINVAL,
+                                      "Invalid member ID '%s': expected up to 16 hex digits.", s);
 
         r = bus_members(b, &members, &n);
         if (r < 0)
@@ -367,7 +368,8 @@ static int method_remove_member(sd_bus_message *m, void *userdata, sd_bus_error 
                 return bus_error_setf(error, -ENOENT, "Member %s not found in the cluster.", s);
 
         if (!b->has_ops || !b->ops.remove_member)
-                return bus_error_setf(error, -EOPNOTSUPP, "Removing members is not supported by this etcd2.");
+                return bus_error_setf(error, -EOPNOTSUPP,
+                                      "Removing members is not supported by this etcd2.");
         r = b->ops.remove_member(b->ops.userdata, m, id, error);
         if (r < 0)
                 return bus_error_set_default(error, r, "RemoveMember");
@@ -506,11 +508,13 @@ static int member_property_get(sd_bus *bus, const char *path, const char *interf
         else if (streq(property, "ClientURLs"))
                 r = append_strv(reply, mb->client_urls);
         else if (streq(property, "IsLeader"))
-                r = sd_bus_message_append(reply, "b", (int) (mb->id == b->provider.leader_id(b->provider.userdata)));
+                r = sd_bus_message_append(reply, "b",
+                                          (int) (mb->id == b->provider.leader_id(b->provider.userdata)));
         else if (streq(property, "Reachable"))
                 r = sd_bus_message_append(reply, "b", (int) mb->reachable);
         else
-                r = sd_bus_error_setf(error, SD_BUS_ERROR_UNKNOWN_PROPERTY, "Unknown property %s.", property);
+                r = sd_bus_error_setf(error, SD_BUS_ERROR_UNKNOWN_PROPERTY, "Unknown property %s.",
+                                      property);
         bus_member_list_free(members, n);
         return r;
 }
@@ -577,22 +581,14 @@ static bool member_ids_equal(const BusState *x, const BusState *y) {
         return true;
 }
 
-static bool members_changed(const BusState *old, const BusState *cur) {
-        for (size_t i = 0; i < cur->n_members; i++) {
-                const BusMember *now = &cur->members[i], *was = member_find(old->members, old->n_members, now->id);
-
-                if (!was || was->reachable != now->reachable || !streq(strempty(was->name), strempty(now->name)) ||
-                    !strv_equal(was->peer_urls, now->peer_urls) || !strv_equal(was->client_urls, now->client_urls))
-                        return true;
-        }
-        return false;
-}
-
-static void emit_member_changes(Bus *b, const BusState *old, const BusState *cur) {
+/* Returns whether anything was sent. */
+static bool emit_member_changes(Bus *b, const BusState *old, const BusState *cur) {
+        bool sent = false;
         int r;
 
         for (size_t i = 0; i < cur->n_members; i++) {
-                const BusMember *now = &cur->members[i], *was = member_find(old->members, old->n_members, now->id);
+                const BusMember *now = &cur->members[i];
+                const BusMember *was = member_find(old->members, old->n_members, now->id);
                 _cleanup_(freep) char *path = NULL;
                 const char *changed[6];
                 size_t k = 0;
@@ -601,9 +597,11 @@ static void emit_member_changes(Bus *b, const BusState *old, const BusState *cur
                 if (r < 0)
                         continue;
                 if (!was) {
+                        sent = true;
                         r = sd_bus_emit_interfaces_added(b->bus, path, BUS_MEMBER_INTERFACE, NULL);
                         if (r < 0)
-                                log_debug_errno(r, "Failed to emit InterfacesAdded for %s, ignoring: %m", path);
+                                log_debug_errno(r, "Failed to emit InterfacesAdded for %s, ignoring: %m",
+                                                path);
                         continue;
                 }
                 if (!streq(strempty(was->name), strempty(now->name)))
@@ -619,7 +617,9 @@ static void emit_member_changes(Bus *b, const BusState *old, const BusState *cur
                 changed[k] = NULL;
                 if (k == 0)
                         continue;
-                r = sd_bus_emit_properties_changed_strv(b->bus, path, BUS_MEMBER_INTERFACE, (char **) changed);
+                sent = true;
+                r = sd_bus_emit_properties_changed_strv(b->bus, path, BUS_MEMBER_INTERFACE,
+                                                        (char **) changed);
                 if (r < 0)
                         log_debug_errno(r, "Failed to emit PropertiesChanged for %s, ignoring: %m", path);
         }
@@ -632,16 +632,19 @@ static void emit_member_changes(Bus *b, const BusState *old, const BusState *cur
                 r = member_path(old->members[i].id, &path);
                 if (r < 0)
                         continue;
+                sent = true;
                 r = sd_bus_emit_interfaces_removed(b->bus, path, BUS_MEMBER_INTERFACE, NULL);
                 if (r < 0)
                         log_debug_errno(r, "Failed to emit InterfacesRemoved for %s, ignoring: %m", path);
         }
+        return sent;
 }
 
 static void bus_flush_changes(Bus *b) {
         BusState cur = {}, *old = &b->sent;
         const char *changed[16];
         size_t k = 0;
+        bool sent;
         uint64_t now;
         int r;
 
@@ -670,23 +673,25 @@ static void bus_flush_changes(Bus *b) {
         changed[k] = NULL;
 
         if (k > 0) {
-                r = sd_bus_emit_properties_changed_strv(b->bus, BUS_PATH, BUS_CLUSTER_INTERFACE, (char **) changed);
+                r = sd_bus_emit_properties_changed_strv(b->bus, BUS_PATH, BUS_CLUSTER_INTERFACE,
+                                                        (char **) changed);
                 if (r < 0)
                         log_debug_errno(r, "Failed to emit PropertiesChanged, ignoring: %m");
         }
-        emit_member_changes(b, old, &cur);
+        sent = emit_member_changes(b, old, &cur);
 
         if (cur.leader_id != old->leader_id) {
                 char a[ID_STRING_MAX], c[ID_STRING_MAX];
 
                 r = sd_bus_emit_signal(b->bus, BUS_PATH, BUS_CLUSTER_INTERFACE, "LeaderChanged", "ss",
-                                       leader_to_string(old->leader_id, a), leader_to_string(cur.leader_id, c));
+                                       leader_to_string(old->leader_id, a),
+                                       leader_to_string(cur.leader_id, c));
                 if (r < 0)
                         log_debug_errno(r, "Failed to emit LeaderChanged, ignoring: %m");
         }
 
         /* The rate limit counts batches actually sent, not calls that found nothing new. */
-        if ((k > 0 || members_changed(old, &cur)) && sd_event_now(b->event, CLOCK_MONOTONIC, &now) >= 0)
+        if ((k > 0 || sent) && sd_event_now(b->event, CLOCK_MONOTONIC, &now) >= 0)
                 b->last_emit_usec = now;
 
         bus_state_done(old);
@@ -749,7 +754,8 @@ static int on_name_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_er
 
         e = sd_bus_message_get_error(m);
         if (e) {
-                log_warning("Failed to acquire D-Bus name %s, ignoring: %s", BUS_NAME, e->message ?: e->name);
+                log_warning("Failed to acquire D-Bus name %s, ignoring: %s", BUS_NAME,
+                            e->message ?: e->name);
                 return 0;
         }
         r = sd_bus_message_read(m, "u", &ret);
@@ -798,14 +804,16 @@ static int bus_setup(Bus *b, sd_bus *bus) {
         (void) sd_bus_error_add_map(bus_error_map);
 
         b->bus = sd_bus_ref(bus);
-        r = sd_bus_add_object_vtable(bus, &b->cluster_slot, BUS_PATH, BUS_CLUSTER_INTERFACE, cluster_vtable, b);
+        r = sd_bus_add_object_vtable(bus, &b->cluster_slot, BUS_PATH, BUS_CLUSTER_INTERFACE,
+                                     cluster_vtable, b);
         if (r < 0)
                 return log_error_errno(r, "Failed to add D-Bus object %s: %m", BUS_PATH);
         r = sd_bus_add_fallback_vtable(bus, &b->member_slot, BUS_MEMBER_PREFIX, BUS_MEMBER_INTERFACE,
                                        member_vtable, member_object_find, b);
         if (r < 0)
                 return log_error_errno(r, "Failed to add D-Bus member objects: %m");
-        r = sd_bus_add_node_enumerator(bus, &b->enumerator_slot, BUS_MEMBER_PREFIX, member_node_enumerator, b);
+        r = sd_bus_add_node_enumerator(bus, &b->enumerator_slot, BUS_MEMBER_PREFIX,
+                                       member_node_enumerator, b);
         if (r < 0)
                 return log_error_errno(r, "Failed to add D-Bus member enumerator: %m");
         /* GetManagedObjects and InterfacesAdded/Removed for the member objects. */
@@ -852,7 +860,7 @@ int bus_new_with_bus(sd_event *event, sd_bus *bus, const char *name, const BusPr
 int bus_new(sd_event *event, const Config *config, const BusProvider *provider, const BusOps *ops,
             Bus **ret) {
         _cleanup_(bus_freep) Bus *b = NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
         const char *address = config ? config->bus_address : NULL;
         int r;
 

@@ -12,7 +12,9 @@
  *   /io/etcd/etcd2/member/<escaped>   io.etcd.etcd2.Member, <escaped> = sd_bus_path_encode() of the
  *                                     member ID in lowercase hex as etcd prints it ("8e9e05c52164694d"
  *                                     becomes "_38e9e05c52164694d": a leading digit is escaped)
- * Cluster.Members is "as": the member IDs in hex, in the provider's order.
+ * Cluster.Members is "as": the member IDs in hex, in the provider's order. LeaderID is "" without a
+ * leader. /io/etcd/etcd2 is also an org.freedesktop.DBus.ObjectManager (GetManagedObjects,
+ * InterfacesAdded/Removed as members come and go).
  *
  * Without a bus (no system bus socket, as in CI) bus_new() warns once and returns a disabled Bus:
  * every other call is then a no-op. The daemon never fails because of D-Bus.

@@ -19,10 +19,27 @@ void log_set_prefix(bool on);
 int log_internal(int level, int error, const char *file, int line, const char *func,
                  const char *format, ...) _printf_(6, 7);
 
-/* Structured variant: fields are "KEY=value" strings, NULL-terminated, passed on to journald when
- * available (sd_journal_send); the plain line goes to stderr either way. */
+/* Structured variant: fields are "KEY=value" strings (upper-case journal field names), NULL-terminated.
+ * If stderr is connected to journald ($JOURNAL_STREAM matches stderr's st_dev:st_ino) the message goes to
+ * the journal only, via sd_journal_sendv(), with PRIORITY, MESSAGE, CODE_FILE/LINE/FUNC,
+ * SYSLOG_IDENTIFIER=etcd2, ERRNO (if error != 0) and the fields; otherwise (or if that send fails) the plain
+ * prefixed line goes to stderr only, as log_internal() writes it. Same return value as log_internal(). */
 int log_struct_internal(int level, int error, const char *file, int line, const char *func,
                         const char *const *fields, const char *format, ...) _printf_(7, 8);
+
+/* Overrides the $JOURNAL_STREAM detection: 1 journal, 0 stderr, -1 detect again on next use (tests). */
+void log_set_journal(int mode);
+
+/* log_struct(LOG_INFO, LOG_FIELDS("ETCD_MEMBER_ID=8e9e05c52164694d", "ETCD_TERM=3"), "Became leader.") */
+#define LOG_FIELDS(...) ((const char *const[]) { __VA_ARGS__, NULL })
+#define log_struct_errno(level, error, fields, ...)                                             \
+        ({                                                                                      \
+                int _sl = (level), _se = (error);                                               \
+                _sl <= log_max_level ? log_struct_internal(_sl, _se, __FILE__, __LINE__, __func__, \
+                                                           (fields), __VA_ARGS__)                \
+                                     : -abs(_se);                                               \
+        })
+#define log_struct(level, fields, ...) (void) log_struct_errno(level, 0, fields, __VA_ARGS__)
 
 #define log_full_errno(level, error, ...)                                                       \
         ({                                                                                      \

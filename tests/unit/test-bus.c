@@ -18,7 +18,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -43,7 +48,8 @@ typedef struct Signal {
         char *path;
         char *interface;      /* PropertiesChanged: the changed interface; else the signal's interface */
         char *member;         /* "PropertiesChanged", "LeaderChanged", "InterfacesAdded", ... */
-        char *props;          /* PropertiesChanged: changed names, space separated; LeaderChanged: "old new" */
+        char *props;          /* PropertiesChanged: changed names, space separated;
+                               * LeaderChanged: "old new"; InterfacesAdded/Removed: the path */
         uint64_t raft_index;  /* RaftIndex value if it was in the PropertiesChanged dict */
         uint64_t at_usec;
 } Signal;
@@ -113,7 +119,8 @@ static int fake_members(void *u, BusMember **ret, size_t *ret_n) {
         return 0;
 }
 
-static int fake_add_member(void *u, sd_bus_message *m, char **peer_urls, uint64_t *ret_id, sd_bus_error *error) {
+static int fake_add_member(void *u, sd_bus_message *m, char **peer_urls, uint64_t *ret_id,
+                           sd_bus_error *error) {
         Fixture *f = u;
         size_t n = strv_length(peer_urls);
 
@@ -191,6 +198,13 @@ typedef struct CallState {
         sd_bus_message *reply;
         bool done;
 } CallState;
+
+static void wait_done(Fixture *f, CallState *st) {
+        uint64_t end = now_usec() + 5 * USEC_PER_SEC;
+
+        while (!st->done && now_usec() < end)
+                assert_true(sd_event_run(f->event, 100 * USEC_PER_MSEC) >= 0);
+}
 
 static int on_reply(sd_bus_message *m, void *userdata, sd_bus_error *e) {
         CallState *st = userdata;
@@ -364,6 +378,15 @@ static int on_signal(sd_bus_message *m, void *userdata, sd_bus_error *e) {
         return 0;
 }
 
+/* Runs the loop until n signals arrived (or 5 s), then 20 ms more so that extra ones would be seen too. */
+static void wait_signals(Fixture *f, size_t n) {
+        uint64_t end = now_usec() + 5 * USEC_PER_SEC;
+
+        while (f->n_signals < n && now_usec() < end)
+                assert_true(sd_event_run(f->event, 100 * USEC_PER_MSEC) >= 0);
+        run_for(f, 20 * USEC_PER_MSEC);
+}
+
 static void clear_signals(Fixture *f) {
         for (size_t i = 0; i < f->n_signals; i++) {
                 free(f->signals[i].path);
@@ -446,7 +469,8 @@ static int setup_common(void **state, bool with_ops) {
 
         p = fake_provider(f);
         ops.userdata = f;
-        assert_int_equal(bus_new_with_bus(f->event, f->server, "node1", &p, with_ops ? &ops : NULL, &f->bus), 0);
+        assert_int_equal(bus_new_with_bus(f->event, f->server, "node1", &p, with_ops ? &ops : NULL,
+                                          &f->bus), 0);
         assert_true(bus_is_enabled(f->bus));
         assert_false(bus_has_name(f->bus)); /* no bus driver on a socketpair */
         /* Finish the authentication handshake before the tests look at timings. */
@@ -528,7 +552,8 @@ static void test_cluster_properties(void **state) {
 
 static void test_member_objects(void **state) {
         Fixture *f = *state;
-        _cleanup_(freep) char *p1 = member_path(0x8e9e05c52164694dULL), *p2 = member_path(0x91bc3c398fb3c146ULL);
+        _cleanup_(freep) char *p1 = member_path(0x8e9e05c52164694dULL);
+        _cleanup_(freep) char *p2 = member_path(0x91bc3c398fb3c146ULL);
         _cleanup_(freep) char *p3 = member_path(0x1234);
         sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
@@ -544,7 +569,8 @@ static void test_member_objects(void **state) {
         assert_true(get_bool(f, p1, BUS_MEMBER_INTERFACE, "IsLeader"));
         assert_true(get_bool(f, p1, BUS_MEMBER_INTERFACE, "Reachable"));
         assert_string_prop(f, p2, BUS_MEMBER_INTERFACE, "Name", "node2");
-        assert_strv_prop(f, p2, BUS_MEMBER_INTERFACE, "PeerURLs", "http://127.0.0.1:12380 http://127.0.0.2:12380");
+        assert_strv_prop(f, p2, BUS_MEMBER_INTERFACE, "PeerURLs",
+                         "http://127.0.0.1:12380 http://127.0.0.2:12380");
         assert_false(get_bool(f, p2, BUS_MEMBER_INTERFACE, "IsLeader"));
         assert_false(get_bool(f, p2, BUS_MEMBER_INTERFACE, "Reachable"));
 
@@ -595,7 +621,7 @@ static void test_properties_changed(void **state) {
         f->index = 11;
         f->etcd_index = 8;
         bus_notify_changed(f->bus);
-        run_for(f, 20 * USEC_PER_MSEC);
+        wait_signals(f, 1);
         assert_int_equal(count_signals(f, BUS_PATH, "PropertiesChanged"), 1);
         s = find_signal(f, BUS_PATH, "PropertiesChanged", 0);
         assert_string_equal(s->interface, BUS_CLUSTER_INTERFACE);
@@ -613,9 +639,10 @@ static void test_properties_changed(void **state) {
         f->term = 3;
         f->healthy = false;
         bus_notify_changed(f->bus);
-        run_for(f, 30 * USEC_PER_MSEC);
+        for (int i = 0; i < 5; i++)
+                assert_true(sd_event_run(f->event, 0) >= 0);
         assert_int_equal(f->n_signals, 0);
-        run_for(f, 200 * USEC_PER_MSEC);
+        wait_signals(f, 1);
         assert_int_equal(count_signals(f, BUS_PATH, "PropertiesChanged"), 1);
         s = find_signal(f, BUS_PATH, "PropertiesChanged", 0);
         assert_string_equal(s->props, "RaftTerm RaftIndex EtcdIndex Healthy");
@@ -629,7 +656,7 @@ static void test_properties_changed(void **state) {
         f->members[1].reachable = true;
         f->members[1].client[1] = "http://127.0.0.1:22379";
         bus_notify_changed(f->bus);
-        run_for(f, 20 * USEC_PER_MSEC);
+        wait_signals(f, 1);
         {
                 _cleanup_(freep) char *p2 = member_path(0x91bc3c398fb3c146ULL);
 
@@ -643,24 +670,29 @@ static void test_properties_changed(void **state) {
 
 static void test_leader_changed(void **state) {
         Fixture *f = *state;
-        _cleanup_(freep) char *p1 = member_path(0x8e9e05c52164694dULL), *p2 = member_path(0x91bc3c398fb3c146ULL);
+        _cleanup_(freep) char *p1 = member_path(0x8e9e05c52164694dULL);
+        _cleanup_(freep) char *p2 = member_path(0x91bc3c398fb3c146ULL);
         const Signal *s;
+        uint64_t t0;
 
         /* An index change just now, so the next batch would be delayed... */
         f->index++;
         bus_notify_changed(f->bus);
-        run_for(f, 10 * USEC_PER_MSEC);
+        wait_signals(f, 1);
         clear_signals(f);
 
         /* ...but a leader change goes out at once. */
         f->leader_id = 0x91bc3c398fb3c146ULL;
         f->role = BUS_ROLE_FOLLOWER;
         f->term = 3;
+        t0 = now_usec();
         bus_notify_changed(f->bus);
-        run_for(f, 20 * USEC_PER_MSEC);
+        wait_signals(f, 4);
+        assert_int_equal(f->n_signals, 4);
 
         s = find_signal(f, BUS_PATH, "LeaderChanged", 0);
         assert_non_null(s);
+        assert_true(s->at_usec - t0 < 60 * USEC_PER_MSEC); /* the rate limit would hold it ~80 ms */
         assert_string_equal(s->interface, BUS_CLUSTER_INTERFACE);
         assert_string_equal(s->props, "8e9e05c52164694d 91bc3c398fb3c146");
         s = find_signal(f, BUS_PATH, "PropertiesChanged", 0);
@@ -679,7 +711,7 @@ static void test_leader_changed(void **state) {
         /* Leader lost: "" for none. */
         f->leader_id = 0;
         bus_notify_changed(f->bus);
-        run_for(f, 20 * USEC_PER_MSEC);
+        wait_signals(f, 3);
         s = find_signal(f, BUS_PATH, "LeaderChanged", 0);
         assert_non_null(s);
         assert_string_equal(s->props, "91bc3c398fb3c146 -");
@@ -694,7 +726,7 @@ static void test_membership_signals(void **state) {
         run_for(f, 150 * USEC_PER_MSEC);
         f->members[1] = (FakeMember) { 0xfeedULL, "", { "http://127.0.0.1:32380" }, {}, false };
         bus_notify_changed(f->bus);
-        run_for(f, 20 * USEC_PER_MSEC);
+        wait_signals(f, 3);
 
         s = find_signal(f, BUS_PATH, "PropertiesChanged", 0);
         assert_non_null(s);
@@ -709,8 +741,8 @@ static void test_membership_signals(void **state) {
 }
 
 /* Calls a method; returns the error name ("" on success) and leaves the message in *ret_message. */
-static char *call_method(Fixture *f, const char *method, const char *sig, const void *arg, char **ret_message,
-                         sd_bus_message **ret_reply) {
+static char *call_method(Fixture *f, const char *method, const char *sig, const void *arg,
+                         char **ret_message, sd_bus_message **ret_reply) {
         sd_bus_message *m = new_call(f, BUS_PATH, BUS_CLUSTER_INTERFACE, method);
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         int r;
@@ -814,7 +846,7 @@ static void test_method_async(void **state) {
 
         assert_true(bus_reply_method(f->pending, 0, 0x42, NULL) >= 0);
         f->pending = sd_bus_message_unref(f->pending);
-        run_for(f, 50 * USEC_PER_MSEC);
+        wait_done(f, &st);
         assert_true(st.done);
         assert_null(sd_bus_message_get_error(st.reply));
         assert_true(sd_bus_message_read(st.reply, "s", &id) > 0);
@@ -832,7 +864,7 @@ static void test_method_async(void **state) {
         assert_non_null(f->pending);
         assert_true(bus_reply_method(f->pending, -ETIMEDOUT, 0, "etcdserver: request timed out") >= 0);
         f->pending = sd_bus_message_unref(f->pending);
-        run_for(f, 50 * USEC_PER_MSEC);
+        wait_done(f, &st);
         assert_true(st.done);
         assert_non_null(sd_bus_message_get_error(st.reply));
         assert_string_equal(sd_bus_message_get_error(st.reply)->name, BUS_ERROR_FAILED);
@@ -892,6 +924,15 @@ static void test_introspection_xml(void **state) {
                                                   "Introspect"), &reply, NULL), 0);
                 assert_true(sd_bus_message_read(reply, "s", &xml) > 0);
                 served = extract_interface(xml, ifaces[i]);
+                if (getenv("BUS_XML_DUMP")) {
+                        /* Regenerating the shipped file:
+                         * BUS_XML_DUMP=/tmp/x TEST_FILTER=test_introspection_xml test-bus */
+                        FILE *out = fopen(getenv("BUS_XML_DUMP"), i == 0 ? "we" : "ae");
+
+                        assert_non_null(out);
+                        fprintf(out, "%s\n", xml);
+                        fclose(out);
+                }
                 shipped = extract_interface(file, ifaces[i]);
                 assert_non_null(served);
                 assert_non_null(shipped);
@@ -983,32 +1024,58 @@ static char *run_capture(sd_event *e, char *const argv[]) {
         return c.out ?: strdup("");
 }
 
+typedef struct DaemonFixture {
+        char *address;
+        long pid;
+} DaemonFixture;
+
+static int daemon_setup(void **state) {
+        DaemonFixture *d = calloc(1, sizeof(DaemonFixture));
+        char line[512];
+        FILE *fp;
+
+        assert_non_null(d);
+        *state = d;
+        if (access("/usr/bin/dbus-daemon", X_OK) < 0 || access("/usr/bin/busctl", X_OK) < 0)
+                return 0; /* the test skips */
+        fp = popen("dbus-daemon --session --fork --print-address=1 --print-pid=1", "re");
+        if (!fp)
+                return -1;
+        if (fgets(line, sizeof(line), fp)) {
+                line[strcspn(line, "\n")] = 0;
+                d->address = strdup(line);
+        }
+        if (fgets(line, sizeof(line), fp))
+                d->pid = strtol(line, NULL, 10);
+        (void) pclose(fp);
+        return d->address && d->pid > 1 ? 0 : -1;
+}
+
+static int daemon_teardown(void **state) {
+        DaemonFixture *d = *state;
+
+        if (d->pid > 1)
+                (void) kill((pid_t) d->pid, SIGTERM);
+        free(d->address);
+        free(d);
+        return 0;
+}
+
 /* Against a private dbus-daemon: the name is taken and busctl sees the member objects. */
 static void test_dbus_daemon(void **state) {
+        DaemonFixture *d = *state;
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
         _cleanup_(freep) char *tree = NULL, *xml = NULL, *file = NULL, *address = NULL, *arg = NULL;
-        char line[512];
         Fixture fake = {};
         BusProvider p;
         Config c = { .name = (char *) "node1" };
         Bus *b = NULL;
-        FILE *fp;
-        long daemon_pid = 0;
         uint64_t end;
 
-        if (access("/usr/bin/dbus-daemon", X_OK) < 0 || access("/usr/bin/busctl", X_OK) < 0)
+        if (!d->address)
                 skip();
-
-        fp = popen("dbus-daemon --session --fork --print-address=1 --print-pid=1", "re");
-        assert_non_null(fp);
-        assert_non_null(fgets(line, sizeof(line), fp));
-        line[strcspn(line, "\n")] = 0;
-        address = strdup(line);
-        assert_non_null(fgets(line, sizeof(line), fp));
-        daemon_pid = strtol(line, NULL, 10);
-        pclose(fp);
-        assert_true(daemon_pid > 1);
-        assert_non_null(strstr(address, "unix:"));
+        address = strdup(d->address);
+        assert_non_null(address);
 
         fixture_init_values(&fake);
         p = fake_provider(&fake);
@@ -1040,7 +1107,128 @@ static void test_dbus_daemon(void **state) {
         }
 
         b = bus_free(b);
-        assert_int_equal(kill((pid_t) daemon_pid, SIGTERM), 0);
+}
+
+/* ---- journald structured logging (log.c), in a child with a private /run and a fake journal socket ---- */
+
+static char journal_buf[65536];
+
+/* Reads one datagram from the fake journal socket into journal_buf; 0 if none. */
+static ssize_t journal_recv(int sock) {
+        ssize_t n = recv(sock, journal_buf, sizeof(journal_buf) - 1, MSG_DONTWAIT);
+
+        if (n < 0)
+                return errno == EAGAIN ? 0 : -1;
+        journal_buf[n] = 0;
+        return n;
+}
+
+/* The captured stderr so far (NUL-terminated, static), then cleared. */
+static const char *stderr_take(int fd) {
+        static char buf[8192];
+        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+
+        buf[n < 0 ? 0 : n] = 0;
+        (void) ftruncate(fd, 0);
+        (void) lseek(fd, 0, SEEK_SET);
+        return buf;
+}
+
+/* Returns 0 if everything held, 77 if namespaces are not available, else the number of the failed check. */
+static int log_child(void) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = "/run/systemd/journal/socket" };
+        char env[64];
+        struct stat st;
+        int sock, err, r;
+
+        if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+            mount("tmpfs", "/run", "tmpfs", 0, "mode=0755") < 0)
+                return 77;
+        if (mkdir("/run/systemd", 0755) < 0 || mkdir("/run/systemd/journal", 0755) < 0)
+                return 2;
+        sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (sock < 0 || bind(sock, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return 3;
+        err = memfd_create("stderr", MFD_CLOEXEC);
+        if (err < 0 || dup2(err, STDERR_FILENO) < 0)
+                return 4;
+        setvbuf(stderr, NULL, _IONBF, 0);
+        log_set_prefix(true);
+        log_set_max_level(LOG_INFO);
+
+        /* No JOURNAL_STREAM: the plain line on stderr only. */
+        (void) unsetenv("JOURNAL_STREAM");
+        log_set_journal(-1);
+        log_struct(LOG_WARNING, LOG_FIELDS("ETCD_MEMBER_ID=abc"), "hello %d", 1);
+        if (!streq(stderr_take(err), "<4>etcd2: hello 1\n"))
+                return 10;
+        if (journal_recv(sock) != 0)
+                return 11;
+
+        /* JOURNAL_STREAM names another stream: still stderr. */
+        (void) setenv("JOURNAL_STREAM", "1:2", 1);
+        log_set_journal(-1);
+        log_struct(LOG_WARNING, LOG_FIELDS("ETCD_MEMBER_ID=abc"), "hello %d", 2);
+        if (!streq(stderr_take(err), "<4>etcd2: hello 2\n") || journal_recv(sock) != 0)
+                return 12;
+
+        /* JOURNAL_STREAM is our stderr: the journal only, with every field. */
+        if (fstat(STDERR_FILENO, &st) < 0)
+                return 5;
+        (void) snprintf(env, sizeof(env), "%llu:%llu", (unsigned long long) st.st_dev,
+                        (unsigned long long) st.st_ino);
+        (void) setenv("JOURNAL_STREAM", env, 1);
+        log_set_journal(-1);
+        r = log_struct_errno(LOG_ERR, -ENOENT, LOG_FIELDS("ETCD_MEMBER_ID=8e9e05c52164694d", "ETCD_TERM=3"),
+                             "Failed to open '%s': %m", "x");
+        if (r != -ENOENT)
+                return 20;
+        if (*stderr_take(err) != 0)
+                return 21;
+        if (journal_recv(sock) <= 0)
+                return 22;
+        if (!strstr(journal_buf, "PRIORITY=3\n") ||
+            !strstr(journal_buf, "MESSAGE=Failed to open 'x': No such file or directory\n") ||
+            !strstr(journal_buf, "SYSLOG_IDENTIFIER=etcd2\n") ||
+            !strstr(journal_buf, "CODE_FUNC=log_child\n") ||
+            !strstr(journal_buf, "test-bus.c\n") || !strstr(journal_buf, "CODE_LINE=") ||
+            !strstr(journal_buf, "ERRNO=2\n") ||
+            !strstr(journal_buf, "ETCD_MEMBER_ID=8e9e05c52164694d\n") ||
+            !strstr(journal_buf, "ETCD_TERM=3\n"))
+                return 23;
+        /* Below the threshold: nowhere. */
+        log_struct(LOG_DEBUG, LOG_FIELDS("ETCD_X=1"), "quiet");
+        if (*stderr_take(err) != 0 || journal_recv(sock) != 0)
+                return 24;
+        /* log_internal() is unchanged: stderr, even with journald. */
+        log_warning("plain %s", "line");
+        if (!streq(stderr_take(err), "<4>etcd2: plain line\n") || journal_recv(sock) != 0)
+                return 25;
+
+        /* No journal socket: stderr rather than a silent loss. */
+        (void) unlink(sa.sun_path);
+        log_set_journal(-1);
+        log_struct(LOG_NOTICE, LOG_FIELDS("ETCD_X=1"), "fallback");
+        if (!streq(stderr_take(err), "<5>etcd2: fallback\n"))
+                return 30;
+        return 0;
+}
+
+static void test_log_struct_journal(void **state) {
+        int status;
+        pid_t pid;
+
+        if (geteuid() != 0)
+                skip();
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0)
+                _exit(log_child());
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        if (WEXITSTATUS(status) == 77)
+                skip();
+        assert_int_equal(WEXITSTATUS(status), 0);
 }
 
 int main(void) {
@@ -1055,7 +1243,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_methods_without_ops, setup_no_ops, teardown),
                 cmocka_unit_test_setup_teardown(test_introspection_xml, setup, teardown),
                 cmocka_unit_test(test_no_bus),
-                cmocka_unit_test(test_dbus_daemon),
+                cmocka_unit_test_setup_teardown(test_dbus_daemon, daemon_setup, daemon_teardown),
+                cmocka_unit_test(test_log_struct_journal),
         };
 
         if (getenv("TEST_FILTER"))
