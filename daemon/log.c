@@ -23,6 +23,8 @@ void log_set_prefix(bool on) {
         log_prefix = on;
 }
 
+static bool log_stderr_is_journal(void);
+
 _printf_(3, 0) static int log_vline(int level, int error, const char *format, va_list ap) {
         char buf[4096];
         int saved = errno;
@@ -32,7 +34,10 @@ _printf_(3, 0) static int log_vline(int level, int error, const char *format, va
         if (error != 0)
                 errno = abs(error);
         (void) vsnprintf(buf, sizeof(buf), format, ap);
-        if (log_prefix)
+        /* journald already knows us as SYSLOG_IDENTIFIER=etcd2: do not repeat the name in MESSAGE=. */
+        if (log_prefix && log_stderr_is_journal())
+                (void) fprintf(stderr, "<%d>%s\n", LOG_PRI(level), buf);
+        else if (log_prefix)
                 (void) fprintf(stderr, "<%d>etcd2: %s\n", LOG_PRI(level), buf);
         else
                 (void) fprintf(stderr, "etcd2: %s\n", buf);
