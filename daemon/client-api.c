@@ -29,6 +29,7 @@
 #include "log.h"
 #include "macro.h"
 
+#define STRLEN(s) (sizeof(s) - 1)
 #define WATCH_QUEUE_MAX 100      /* etcd2: each watcher's channel holds 100 events, then it is dropped */
 #define CONTENT_TYPE_JSON "application/json"
 #define CONTENT_TYPE_TEXT "text/plain; charset=utf-8"
@@ -50,12 +51,6 @@ static bool strv_isempty(char **l) {
 static void *mfree_ptr(void *p) {
         free(p);
         return NULL;
-}
-
-/* noValueOnSuccess drops node and prevNode for these actions (etcdhttp writeKeyEvent). */
-static bool action_drops_nodes(StoreAction a) {
-        return a == STORE_ACTION_SET || a == STORE_ACTION_COMPARE_AND_SWAP || a == STORE_ACTION_CREATE ||
-               a == STORE_ACTION_UPDATE;
 }
 
 static uint64_t now_usec(void) {
@@ -247,25 +242,18 @@ static bool event_has_prev_node(const StoreEvent *e) {
         return memmem(e->json, e->json_len, "\"prevNode\":", 11) != NULL;
 }
 
-static enum MHD_Result reply_event(HttpRequest *r, StoreEvent *e, uint64_t etcd_index, bool no_value_on_success) {
+static enum MHD_Result reply_event(HttpRequest *r, StoreEvent *e, uint64_t etcd_index) {
         struct MHD_Response *resp;
         unsigned status = MHD_HTTP_OK;
 
         if (e->action == STORE_ACTION_CREATE || (e->action == STORE_ACTION_SET && !event_has_prev_node(e)))
                 status = MHD_HTTP_CREATED;
 
-        if (no_value_on_success && action_drops_nodes(e->action)) {
-                char buf[64];
-                int n = snprintf(buf, sizeof buf, "{\"action\":\"%s\"}\n", store_action_to_string(e->action));
-                resp = resp_copy(buf, (size_t) n);
-        } else {
-                resp = MHD_create_response_from_buffer_with_free_callback_cls(e->json_len, e->json,
-                                                                             event_unref_cb, e);
-                if (resp)
-                        store_event_ref(e);
-        }
+        /* The rendered event is the body as it is: shared, one reference per response. */
+        resp = MHD_create_response_from_buffer_with_free_callback_cls(e->json_len, e->json, event_unref_cb, e);
         if (!resp)
                 return MHD_NO;
+        store_event_ref(e);
 
         (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
         add_cluster_id(r, resp);
@@ -276,10 +264,12 @@ static enum MHD_Result reply_event(HttpRequest *r, StoreEvent *e, uint64_t etcd_
 
 static enum MHD_Result reply_result(HttpRequest *r, StoreResult *res) {
         if (res->error != ETCD_OK)
-                return reply_etcd_error(r, res->error, res->cause, res->index, 0);
+                /* etcd2 turns server errors (timeouts, stopped, ...) into errorCode 300 with index 0 */
+                return reply_etcd_error(r, res->error, res->cause,
+                                        res->error == ETCD_ERROR_RAFT_INTERNAL ? 0 : res->index, 0);
         if (!res->event)
                 return reply_etcd_error(r, ETCD_ERROR_RAFT_INTERNAL, "received response with no Event/Watcher!", 0, 0);
-        return reply_event(r, res->event, res->index, r->no_value_on_success);
+        return reply_event(r, res->event, res->index);
 }
 
 /* --- /v2/keys: parameters ------------------------------------------------------------------- */
@@ -288,7 +278,7 @@ typedef struct KeyParams {
         char *path;              /* internal path, "/1/..." */
         const HttpFormField *value;
         uint64_t prev_index, wait_index;
-        bool recursive, sorted, wait, dir, quorum, stream, no_value_on_success;
+        bool recursive, sorted, wait, dir, quorum, stream;
         const char *prev_value;
         bool have_ttl;
         uint64_t ttl;
@@ -339,8 +329,7 @@ static EtcdError parse_key_params(const HttpForm *f, const char *method, KeyPara
         CHECK(v && v->value_len == 0 ? -1 : 0, ETCD_ERROR_VALUE_REQUIRED, "\"prevValue\" cannot be empty");
         p->prev_value = v ? v->value : NULL;
 
-        CHECK(form_bool(f, "noValueOnSuccess", &p->no_value_on_success), ETCD_ERROR_INVALID_FIELD,
-              "invalid value for \"noValueOnSuccess\"");
+        /* noValueOnSuccess came with etcd 3.1: 2.3.8 ignores it, whatever its value. */
 
         /* ttl: absent or empty means "no TTL" */
         v = http_form_get(f, "ttl");
@@ -462,8 +451,11 @@ static enum MHD_Result start_watch(HttpRequest *r, const KeyParams *p) {
                 if (k < 0)
                         return reply_etcd_error(r, ETCD_ERROR_RAFT_INTERNAL, "etcdserver: out of memory", 0, 0);
                 if (k > 0) {
-                        if (r->n_queue > 0)
-                                break; /* a stream already has events: just end it */
+                        if (r->n_queue > 0) {
+                                /* a stream already has events: send them, then end it */
+                                r->watch_done = true;
+                                break;
+                        }
                         return reply_etcd_error(r, (EtcdError) k, cause, store_index(st), 0);
                 }
                 if (w) {
@@ -499,7 +491,7 @@ static enum MHD_Result start_watch(HttpRequest *r, const KeyParams *p) {
 
 static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const char *key, const char *query) {
         _cleanup_(http_form_done) HttpForm form = {};
-        _cleanup_(freep) char *form_error = NULL, *joined = NULL;
+        _cleanup_(freep) char *form_error = NULL;
         KeyParams p = {};
         const char *cause = NULL;
         StoreRequest req = {};
@@ -510,8 +502,7 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
                 return reply_method_not_allowed(r, "HEAD,GET,PUT,POST,DELETE");
 
         if (r->body_too_large)
-                return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, "http: request body too large", 0,
-                                        MHD_HTTP_CONTENT_TOO_LARGE);
+                return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, "http: POST too large", 0, 0);
 
         /* Go's ParseForm: the form body (POST/PUT only) comes first, then the query. */
         if (r->body.len > 0 && (streq(method, "PUT") || streq(method, "POST"))) {
@@ -534,12 +525,18 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
         if (e != ETCD_OK)
                 return reply_etcd_error(r, e, cause, 0, 0);
 
-        if (asprintf(&joined, STORE_KEYS_PREFIX "/%s", key) < 0)
-                return MHD_NO;
-        p.path = http_path_clean(joined);
-        if (!p.path)
-                return MHD_NO;
-        r->no_value_on_success = p.no_value_on_success;
+        /* path.Join("/1", key): the mux left key clean ("" or "/..." with at most a trailing slash) */
+        {
+                size_t kl = strlen(key);
+                if (kl > 0 && key[kl - 1] == '/')
+                        kl--;
+                p.path = malloc(STRLEN(STORE_KEYS_PREFIX) + kl + 1);
+                if (!p.path)
+                        return MHD_NO;
+                memcpy(p.path, STORE_KEYS_PREFIX, STRLEN(STORE_KEYS_PREFIX));
+                memcpy(p.path + STRLEN(STORE_KEYS_PREFIX), key, kl);
+                p.path[STRLEN(STORE_KEYS_PREFIX) + kl] = 0;
+        }
 
         if (streq(method, "HEAD") || (streq(method, "GET") && !p.quorum)) {
                 StoreResult res = {};
@@ -581,14 +578,20 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
                 req.expiration_usec = now_usec() + ttl * USEC_PER_SEC;
         }
 
+        r->state = HTTP_REQUEST_PROPOSING;
         k = server_propose(req_server(r), &req, on_proposal_done, r, &r->proposal);
         free(p.path);
         if (k < 0) {
-                errno = -k;
+                r->state = HTTP_REQUEST_NEW;
                 return reply_etcd_error(r, ETCD_ERROR_RAFT_INTERNAL, strerror(-k), 0, 0);
         }
+        if (r->state == HTTP_REQUEST_ANSWERED) {
+                /* The contract says the callback never runs inside server_propose(); cope anyway. */
+                enum MHD_Result ret = reply_result(r, &r->result);
+                store_result_done(&r->result);
+                return ret;
+        }
 
-        r->state = HTTP_REQUEST_PROPOSING;
         http_request_suspend(r);
         return MHD_YES;
 }
@@ -643,7 +646,16 @@ static json_object *node_json(Store *st, const char *dir, const char *leaf) {
         if (!n || store_node_is_dir(n))
                 return NULL;
         v = store_node_value(n, &len);
-        return v ? json_tokener_parse(v) : NULL;
+        if (!v)
+                return NULL;
+
+        /* values are byte strings, not necessarily NUL-terminated */
+        json_tokener *tok = json_tokener_new();
+        if (!tok)
+                return NULL;
+        json_object *o = json_tokener_parse_ex(tok, v, (int) MIN(len, (size_t) INT32_MAX));
+        json_tokener_free(tok);
+        return o;
 }
 
 typedef struct MemberCollect {
@@ -1051,19 +1063,23 @@ static enum MHD_Result handle_stats(HttpRequest *r, const char *method, const ch
 static enum MHD_Result handle_version(HttpRequest *r, const char *method) {
         const StoreNode *n = req_store(r) ? store_lookup(req_store(r), "/0/version") : NULL;
         const char *cluster = ETCD2_CLUSTER_VERSION;
+        size_t cluster_len = strlen(cluster);
         HttpBuf b = {};
 
         if (!streq(method, "GET"))
                 return reply_method_not_allowed(r, "GET");
 
+        /* the cluster version the members agreed on, if one was recorded */
         if (n && !store_node_is_dir(n)) {
                 size_t l;
                 const char *v = store_node_value(n, &l);
-                if (v && l > 0)
+                if (v && l > 0) {
                         cluster = v;
+                        cluster_len = l;
+                }
         }
         if (http_buf_puts(&b, "{\"etcdserver\":\"" ETCD2_VERSION "\",\"etcdcluster\":") < 0 ||
-            http_buf_json_string(&b, cluster, strlen(cluster)) < 0 || http_buf_puts(&b, "}") < 0) {
+            http_buf_json_string(&b, cluster, cluster_len) < 0 || http_buf_puts(&b, "}") < 0) {
                 http_buf_done(&b);
                 return MHD_NO;
         }
@@ -1136,8 +1152,67 @@ static enum MHD_Result handle_auth(HttpRequest *r, const char *method, const cha
                                 add_cluster_id(r, resp);
                         return queue(r, MHD_HTTP_OK, resp);
                 }
+                /* Auth is never on and no root user can exist: what etcd2 answers then. */
+                if (streq(method, "DELETE"))
+                        return reply_message(r, MHD_HTTP_CONFLICT, "auth: already disabled", true);
+                return reply_message(r, MHD_HTTP_CONFLICT, "auth: No root user available, please create one", true);
         }
         return reply_message(r, MHD_HTTP_NOT_IMPLEMENTED, AUTH_NOT_SUPPORTED, true);
+}
+
+/* PUT /config/local/log {"Level":"DEBUG"} (2.2+): capnslog's level names, mapped to syslog levels. */
+static enum MHD_Result handle_config_log(HttpRequest *r, const char *method) {
+        static const struct {
+                const char *names[3];
+                int level;
+        } levels[] = {
+                { { "CRITICAL", "C", NULL }, LOG_CRIT },
+                { { "ERROR", "0", "E" }, LOG_ERR },
+                { { "WARNING", "1", "W" }, LOG_WARNING },
+                { { "NOTICE", "2", "N" }, LOG_NOTICE },
+                { { "INFO", "3", "I" }, LOG_INFO },
+                { { "DEBUG", "4", "D" }, LOG_DEBUG },
+                { { "TRACE", "5", "T" }, LOG_DEBUG },
+        };
+        _cleanup_(freep) char *upper = NULL, *msg = NULL;
+        const char *level = "";
+        json_object *o;
+
+        if (!streq(method, "PUT"))
+                return reply_method_not_allowed(r, "PUT");
+
+        o = r->body_too_large ? NULL : json_tokener_parse(r->body.data ?: "");
+        if (!o || !json_object_is_type(o, json_type_object)) {
+                json_object_put(o);
+                return reply_message(r, MHD_HTTP_BAD_REQUEST, "Invalid json body", false);
+        }
+        /* encoding/json matches field names case-insensitively */
+        json_object_object_foreach(o, k, v)
+                if (strcasecmp(k, "level") == 0) {
+                        if (!json_object_is_type(v, json_type_string) && !json_object_is_type(v, json_type_null)) {
+                                json_object_put(o);
+                                return reply_message(r, MHD_HTTP_BAD_REQUEST, "Invalid json body", false);
+                        }
+                        level = strempty(json_object_get_string(v));
+                }
+        upper = strdup(level);
+        if (!upper || asprintf(&msg, "Invalid log level %s", level) < 0) {
+                json_object_put(o);
+                return MHD_NO;
+        }
+        json_object_put(o);
+        for (char *c = upper; *c; c++)
+                *c = (char) toupper((unsigned char) *c);
+
+        for (size_t i = 0; i < ELEMENTSOF(levels); i++)
+                for (size_t j = 0; j < ELEMENTSOF(levels[i].names) && levels[i].names[j]; j++)
+                        if (streq(upper, levels[i].names[j])) {
+                                log_notice("Global log level set to %s.", levels[i].names[0]);
+                                log_set_max_level(levels[i].level);
+                                return queue(r, MHD_HTTP_NO_CONTENT, resp_copy("", 0));
+                        }
+
+        return reply_message(r, MHD_HTTP_BAD_REQUEST, msg, false);
 }
 
 /* --- peer endpoints ------------------------------------------------------------------------- */
@@ -1240,8 +1315,9 @@ static const char *strip_prefix(const char *s, const char *prefix) {
 }
 
 static enum MHD_Result route(HttpRequest *r, const char *method) {
-        _cleanup_(freep) char *path = NULL, *clean = NULL;
-        const char *target = r->uri, *q, *rest;
+        _cleanup_(freep) char *decoded = NULL;
+        char stack_path[256];
+        const char *target = r->uri, *q, *rest, *path;
         size_t path_len, dlen;
         bool client = http_daemon_kind(r->daemon) == HTTP_LISTENER_CLIENT;
         int k;
@@ -1262,17 +1338,32 @@ static enum MHD_Result route(HttpRequest *r, const char *method) {
         if (q)
                 q++;
 
-        k = http_unescape(target, path_len, false, &path, &dlen, NULL);
-        if (k == -ENOMEM)
-                return MHD_NO;
-        if (k < 0 || strlen(path) != dlen)
-                return reply_bad_request(r);
+        if (memchr(target, '%', path_len)) {
+                k = http_unescape(target, path_len, false, &decoded, &dlen, NULL);
+                if (k == -ENOMEM)
+                        return MHD_NO;
+                if (k < 0 || strlen(decoded) != dlen)
+                        return reply_bad_request(r);
+                path = decoded;
+        } else if (path_len < sizeof(stack_path)) {
+                /* the common case: no escapes, no allocation */
+                memcpy(stack_path, target, path_len);
+                stack_path[path_len] = 0;
+                path = stack_path;
+        } else {
+                decoded = strndup(target, path_len);
+                if (!decoded)
+                        return MHD_NO;
+                path = decoded;
+        }
 
-        clean = http_mux_clean_path(path);
-        if (!clean)
-                return MHD_NO;
-        if (!streq(clean, path))
-                return reply_redirect(r, method, clean, q);
+        if (!http_mux_path_is_clean(path)) {
+                _cleanup_(freep) char *clean = http_mux_clean_path(path);
+                if (!clean)
+                        return MHD_NO;
+                if (!streq(clean, path))
+                        return reply_redirect(r, method, clean, q);
+        }
 
         if (!client) {
                 if (streq(path, "/members"))
@@ -1294,6 +1385,8 @@ static enum MHD_Result route(HttpRequest *r, const char *method) {
                 return handle_version(r, method);
         if (streq(path, "/health"))
                 return handle_health(r, method);
+        if (streq(path, "/config/local/log"))
+                return handle_config_log(r, method);
         if ((rest = strip_prefix(path, "/v2/auth/")) &&
             (streq(rest, "enable") || streq(rest, "users") || streq(rest, "roles") ||
              strneq(rest, "users/", 6) || strneq(rest, "roles/", 6)))
@@ -1311,7 +1404,8 @@ void client_api_begin(HttpRequest *r, const char *method) {
         if (!streq(method, "PUT") && !streq(method, "POST"))
                 return;
         req_media_type(r, mt, sizeof mt);
-        r->want_body = streq(mt, CONTENT_TYPE_FORM) || streq(mt, "application/json");
+        r->want_body = streq(mt, CONTENT_TYPE_FORM) || streq(mt, "application/json") ||
+                       strneq(r->uri, "/config/", 8);
 }
 
 enum MHD_Result client_api_handle(HttpRequest *r, const char *method) {

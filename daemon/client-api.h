@@ -13,9 +13,9 @@
 #include "server.h"
 #include "store.h"
 
-/* Request bodies larger than this are refused with 413 (etcd2's Go form parser allowed 10 MB; a raft
- * entry of that size would stall the log for everyone). */
-#define HTTP_BODY_MAX ((size_t) 4 * 1024 * 1024)
+/* Go's form parser reads at most 10 MiB of a form body ("http: POST too large", errorCode 210); other
+ * bodies we read (JSON for /v2/members, /config/local/log) are capped the same. */
+#define HTTP_BODY_MAX ((size_t) 10 * 1024 * 1024)
 
 typedef enum HttpListenerKind {
         HTTP_LISTENER_CLIENT,
@@ -56,7 +56,6 @@ struct HttpRequest {
         /* writes and quorum reads */
         ServerProposal *proposal;
         StoreResult result;
-        bool no_value_on_success;
 
         /* watches */
         StoreWatcher *watcher;

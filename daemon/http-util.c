@@ -317,6 +317,24 @@ char *http_mux_clean_path(const char *p) {
         return c;
 }
 
+bool http_mux_path_is_clean(const char *p) {
+        if (p[0] != '/')
+                return false;
+
+        /* every segment after a '/' must be non-empty and not "." or "..", except an empty last one
+         * (a trailing slash, which the mux keeps) */
+        for (const char *s = p + 1;; ) {
+                const char *e = strchrnul(s, '/');
+                size_t l = e - s;
+
+                if (*e == 0)
+                        return !(l == 1 && s[0] == '.') && !(l == 2 && s[0] == '.' && s[1] == '.');
+                if (l == 0 || (l == 1 && s[0] == '.') || (l == 2 && s[0] == '.' && s[1] == '.'))
+                        return false;
+                s = e + 1;
+        }
+}
+
 int http_buf_escape_path(HttpBuf *b, const char *p) {
         static const char hex[] = "0123456789ABCDEF";
         int r;

@@ -30,6 +30,8 @@ int http_unescape(const char *s, size_t n, bool plus, char **ret, size_t *ret_le
 char *http_path_clean(const char *p);
 /* Go's http.ServeMux cleanPath(): a leading "/", path.Clean, trailing slash kept. */
 char *http_mux_clean_path(const char *p);
+/* True if http_mux_clean_path(p) would return p unchanged (the common case: no allocation needed). */
+bool http_mux_path_is_clean(const char *p);
 /* Escapes a path for a Location header as Go's url.URL.EscapedPath() does. */
 int http_buf_escape_path(HttpBuf *b, const char *p);
 

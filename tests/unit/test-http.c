@@ -77,6 +77,21 @@ static void test_mux_clean_path(void **state) {
         check_mux("/..", "/");
 }
 
+static void test_mux_path_is_clean(void **state) {
+        const char *paths[] = { "/", "/v2/keys", "/v2/keys/", "//v2", "/v2//keys", "/v2/./k", "/v2/k/.",
+                                "/v2/k/..", "/..", "/.", "/v2/k/../x", "v2", "", "/v2/.k", "/v2/..k/", "/a/b/c/" };
+
+        for (size_t i = 0; i < ELEMENTSOF(paths); i++) {
+                char *c = http_mux_clean_path(paths[i]);
+                assert_non_null(c);
+                /* must agree with the slow path on every input */
+                assert_int_equal(http_mux_path_is_clean(paths[i]), streq(c, paths[i]));
+                free(c);
+        }
+        assert_true(http_mux_path_is_clean("/v2/keys/foo/"));
+        assert_false(http_mux_path_is_clean("/v2/keys//foo"));
+}
+
 static void test_unescape(void **state) {
         const char *bad = NULL;
         char *s = NULL;
@@ -239,6 +254,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_path_clean),
                 cmocka_unit_test(test_mux_clean_path),
+                cmocka_unit_test(test_mux_path_is_clean),
                 cmocka_unit_test(test_unescape),
                 cmocka_unit_test(test_form),
                 cmocka_unit_test(test_go_parse),
