@@ -220,3 +220,40 @@ int codec_request_decode(const void *buf, size_t len, StoreRequest *ret) {
         *ret = req;
         return 0;
 }
+
+size_t codec_envelope_write_header(uint64_t origin, uint64_t id, void *buf) {
+        uint8_t *p = buf;
+
+        *p++ = CODEC_ENVELOPE_VERSION;
+        p += codec_varint_put(p, origin);
+        p += codec_varint_put(p, id);
+        return (size_t) (p - (uint8_t *) buf);
+}
+
+int codec_envelope_decode(const void *buf, size_t len, uint64_t *ret_origin, uint64_t *ret_id,
+                          const void **ret_inner, size_t *ret_inner_len) {
+        Reader r = { .p = buf, .left = len };
+        uint64_t origin, id;
+
+        if (!buf || len < 1)
+                return -EBADMSG;
+        if (r.p[0] == CODEC_REQUEST_VERSION) {
+                *ret_origin = *ret_id = 0;
+                *ret_inner = buf;
+                *ret_inner_len = len;
+                return 0;
+        }
+        if (r.p[0] != CODEC_ENVELOPE_VERSION)
+                return -EBADMSG;
+        r.p++;
+        r.left--;
+        if (read_varint(&r, &origin) < 0 || read_varint(&r, &id) < 0)
+                return -EBADMSG;
+        if (r.left < 1 || r.p[0] != CODEC_REQUEST_VERSION)
+                return -EBADMSG;
+        *ret_origin = origin;
+        *ret_id = id;
+        *ret_inner = r.p;
+        *ret_inner_len = r.left;
+        return 0;
+}

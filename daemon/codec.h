@@ -43,3 +43,17 @@ static inline uint64_t codec_get_be64(const void *p) {
 /* Unsigned LEB128 varints. codec_varint_get() returns the number of bytes consumed, 0 on error. */
 size_t codec_varint_put(void *p, uint64_t v);
 size_t codec_varint_get(const void *p, size_t len, uint64_t *ret);
+
+/* Envelope of a replicated entry (and of a proposal forwarded to the leader): who proposed it and
+ * the proposer's request ID, so that the proposing member answers its client when IT applies the
+ * entry (etcd2's wait-by-ID). Layout: u8 CODEC_ENVELOPE_VERSION, varint origin member ID, varint
+ * request ID, then the request as codec_request_write() encodes it. Entries written before the
+ * envelope existed (a bare request, version byte 1) decode with origin = id = 0. */
+#define CODEC_ENVELOPE_VERSION 2
+#define CODEC_ENVELOPE_HEADER_MAX 21
+
+/* Writes the envelope header into buf (at most CODEC_ENVELOPE_HEADER_MAX bytes); returns its length. */
+size_t codec_envelope_write_header(uint64_t origin, uint64_t id, void *buf);
+/* Splits an entry into origin, ID and the encoded request (pointing into buf). -EBADMSG on garbage. */
+int codec_envelope_decode(const void *buf, size_t len, uint64_t *ret_origin, uint64_t *ret_id,
+                          const void **ret_inner, size_t *ret_inner_len);

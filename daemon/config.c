@@ -1647,12 +1647,6 @@ int config_check_supported(const Config *c) {
                 what = "--peer-trusted-ca-file";
         else if (c->peer_client_cert_auth)
                 what = "--peer-client-cert-auth";
-        else if (c->n_initial_members > 1)
-                what = "--initial-cluster with more than one member";
-        else if (c->initial_cluster_state == CLUSTER_STATE_EXISTING)
-                what = "--initial-cluster-state=existing";
-        else if (c->force_new_cluster)
-                what = "--force-new-cluster";
         else if (c->experimental_v3demo)
                 what = "--experimental-v3demo";
         else if (c->enable_pprof)

@@ -18,10 +18,17 @@
 #include "config-build.h"
 #include "log.h"
 #include "manager.h"
+#include "members.h"
 
 #define STATUS_INTERVAL_USEC (5 * USEC_PER_SEC)
 #define STOP_DRAIN_USEC (5 * USEC_PER_SEC)
 #define DRAIN_POLL_USEC (10 * USEC_PER_MSEC)
+#define READY_POLL_USEC (2 * USEC_PER_MSEC)
+/* etcd2 serves clients before the member has published its attributes, but only says READY=1 after.
+ * We hold the listeners back for a short while so that the first request already sees this member
+ * (with socket activation, clients simply wait in the listen backlog meanwhile). */
+#define SERVE_BEFORE_PUBLISH_USEC (2 * USEC_PER_SEC)
+#define BUS_POLL_USEC (100 * USEC_PER_MSEC)
 
 static void manager_update_status(Manager *m) {
         if (!m->server)
@@ -130,6 +137,137 @@ static int manager_check_data_dir(Manager *m) {
         return 0;
 }
 
+/* The bus reads the member's state through these; all cheap. */
+static uint64_t bus_cluster_id(void *userdata) {
+        Manager *m = userdata;
+        return server_cluster_id(m->server);
+}
+
+static uint64_t bus_member_id(void *userdata) {
+        Manager *m = userdata;
+        return server_member_id(m->server);
+}
+
+static uint64_t bus_leader_id(void *userdata) {
+        Manager *m = userdata;
+        return server_leader_id(m->server);
+}
+
+static int bus_members(void *userdata, BusMember **ret, size_t *ret_n) {
+        Manager *m = userdata;
+        Member *ms = NULL;
+        BusMember *bm;
+        size_t n = 0;
+        int r;
+
+        r = members_load(server_store(m->server), &ms, &n);
+        if (r < 0)
+                return r;
+        bm = calloc(MAX(n, (size_t) 1), sizeof(BusMember));
+        if (!bm) {
+                members_free(ms, n);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+                bm[i] = (BusMember) {
+                        .id = ms[i].id,
+                        .name = TAKE_PTR(ms[i].name),
+                        .peer_urls = TAKE_PTR(ms[i].peer_urls),
+                        .client_urls = TAKE_PTR(ms[i].client_urls),
+                        /* a single member reaches itself; per-peer reachability comes with the transport */
+                        .reachable = ms[i].id == server_member_id(m->server),
+                };
+        }
+        members_free(ms, n);
+        *ret = bm;
+        *ret_n = n;
+        return 0;
+}
+
+static uint64_t bus_raft_term(void *userdata) {
+        Manager *m = userdata;
+        return server_raft_term(m->server);
+}
+
+static uint64_t bus_raft_index(void *userdata) {
+        Manager *m = userdata;
+        return server_raft_index(m->server);
+}
+
+static uint64_t bus_etcd_index(void *userdata) {
+        Manager *m = userdata;
+        return store_index(server_store(m->server));
+}
+
+static BusRole bus_role(void *userdata) {
+        Manager *m = userdata;
+        return (BusRole) server_role(m->server);
+}
+
+static bool bus_healthy(void *userdata) {
+        Manager *m = userdata;
+        return server_leader_id(m->server) != 0;
+}
+
+static int on_bus_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        bus_notify_changed(m->bus);
+        (void) sd_event_source_set_time(s, usec + BUS_POLL_USEC);
+        return 0;
+}
+
+/* Has this member's own attributes (name, client URLs) been written through the log? */
+static bool manager_member_published(Manager *m) {
+        char path[128];
+
+        (void) snprintf(path, sizeof(path), STORE_MEMBERS_PREFIX "/%" PRIx64 "/attributes",
+                        server_member_id(m->server));
+        return store_lookup(server_store(m->server), path) != NULL;
+}
+
+static int manager_start_serving(Manager *m) {
+        int r;
+
+        if (m->http)
+                return 0;
+        r = http_server_new(m->event, m->config, m->server, &m->http);
+        if (r < 0)
+                return r;
+        log_info("etcd2 %s: member %" PRIx64 " of cluster %" PRIx64 " serving client requests",
+                 ETCD2_VERSION, server_member_id(m->server), server_cluster_id(m->server));
+        return 0;
+}
+
+static void manager_notify_ready(Manager *m) {
+        if (m->ready)
+                return;
+        m->ready = true;
+        (void) sd_notify(false, "READY=1");
+        manager_update_status(m);
+        if (!getenv("NOTIFY_SOCKET"))
+                log_debug("Not started by systemd with Type=notify; READY=1 not sent");
+}
+
+static int on_ready_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        bool published = manager_member_published(m);
+        int r;
+
+        if (published || usec >= m->start_usec + SERVE_BEFORE_PUBLISH_USEC) {
+                r = manager_start_serving(m);
+                if (r < 0)
+                        return sd_event_exit(m->event, r);
+        }
+        if (published) {
+                manager_notify_ready(m);
+                m->ready_timer = sd_event_source_disable_unref(m->ready_timer);
+                return 0;
+        }
+        (void) sd_event_source_set_time(s, usec + READY_POLL_USEC);
+        return 0;
+}
+
 int manager_new(Config *config, Manager **ret) {
         Manager *m;
         int r;
@@ -172,9 +310,50 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
 
-        r = http_server_new(m->event, m->config, m->server, &m->http);
+        {
+                const BusProvider provider = {
+                        .cluster_id = bus_cluster_id,
+                        .member_id = bus_member_id,
+                        .leader_id = bus_leader_id,
+                        .members = bus_members,
+                        .raft_term = bus_raft_term,
+                        .raft_index = bus_raft_index,
+                        .etcd_index = bus_etcd_index,
+                        .role = bus_role,
+                        .healthy = bus_healthy,
+                        .userdata = m,
+                };
+
+                /* Without a bus (no system bus here) this warns and gives a disabled object. */
+                r = bus_new(m->event, m->config, &provider, NULL, &m->bus);
+                if (r < 0)
+                        return r;
+        }
+        if (bus_is_enabled(m->bus)) {
+                r = sd_event_add_time_relative(m->event, &m->bus_timer, CLOCK_MONOTONIC, BUS_POLL_USEC,
+                                               10 * USEC_PER_MSEC, on_bus_timer, m);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to add bus timer: %m");
+                (void) sd_event_source_set_description(m->bus_timer, "bus-notify");
+                (void) sd_event_source_set_enabled(m->bus_timer, SD_EVENT_ON);
+        }
+
+        r = sd_event_now(m->event, CLOCK_MONOTONIC, &m->start_usec);
         if (r < 0)
-                return r;
+                return log_error_errno(r, "Failed to read the clock: %m");
+        if (manager_member_published(m)) {
+                r = manager_start_serving(m);
+                if (r < 0)
+                        return r;
+                manager_notify_ready(m);
+        } else {
+                r = sd_event_add_time(m->event, &m->ready_timer, CLOCK_MONOTONIC, m->start_usec + READY_POLL_USEC,
+                                      USEC_PER_MSEC, on_ready_timer, m);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to add ready timer: %m");
+                (void) sd_event_source_set_description(m->ready_timer, "wait-published");
+                (void) sd_event_source_set_enabled(m->ready_timer, SD_EVENT_ON);
+        }
 
         r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, STATUS_INTERVAL_USEC,
                                        USEC_PER_SEC, on_status_timer, m);
@@ -182,13 +361,6 @@ int manager_start(Manager *m) {
                 return log_error_errno(r, "Failed to add status timer: %m");
         (void) sd_event_source_set_description(m->status_timer, "status");
         (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_ON);
-
-        log_info("etcd2 %s: member %" PRIx64 " of cluster %" PRIx64 " serving client requests",
-                 ETCD2_VERSION, server_member_id(m->server), server_cluster_id(m->server));
-        (void) sd_notify(false, "READY=1");
-        manager_update_status(m);
-        if (!getenv("NOTIFY_SOCKET"))
-                log_debug("Not started by systemd with Type=notify; READY=1 not sent");
         return 0;
 }
 
@@ -201,6 +373,9 @@ Manager *manager_free(Manager *m) {
                 return NULL;
 
         m->http = http_server_free(m->http);
+        m->ready_timer = sd_event_source_disable_unref(m->ready_timer);
+        m->bus_timer = sd_event_source_disable_unref(m->bus_timer);
+        m->bus = bus_free(m->bus);
         m->server = server_free(m->server);
         m->status_timer = sd_event_source_disable_unref(m->status_timer);
         m->drain_timer = sd_event_source_disable_unref(m->drain_timer);

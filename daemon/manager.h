@@ -4,6 +4,7 @@
 
 #include <systemd/sd-event.h>
 
+#include "bus.h"
 #include "config.h"
 #include "http-server.h"
 #include "server.h"
@@ -13,11 +14,16 @@ typedef struct Manager {
         Config *config;               /* owned */
         Server *server;
         HttpServer *http;
+        Bus *bus;
 
         sd_event_source *sigterm_source;
         sd_event_source *sigint_source;
         sd_event_source *status_timer;
         sd_event_source *drain_timer;
+        sd_event_source *ready_timer;   /* until this member has published itself */
+        sd_event_source *bus_timer;     /* PropertiesChanged for the bus, coalesced */
+        uint64_t start_usec;
+        bool ready;
 
         int exit_signal;              /* the signal that stopped us, re-raised on exit as etcd2 does */
         uint64_t stop_deadline_usec;

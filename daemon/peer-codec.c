@@ -220,7 +220,7 @@ int peer_frame_header_parse(const void *buf, size_t size, PeerFrameHeader *ret) 
         };
         if (h.version != PEER_FRAME_VERSION)
                 return -EPROTONOSUPPORT;
-        if (get_be(p + 6, 2) != 0 || !type_valid(h.type))
+        if (get_be(p + 6, 2) != 0 || (!type_valid(h.type) && h.type != PEER_FRAME_TYPE_OPAQUE))
                 return -EBADMSG;
 
         *ret = h;
@@ -431,6 +431,19 @@ int peer_frame_encode(const struct raft_message *m, uint64_t cluster_id, uint64_
         return 0;
 }
 
+void peer_frame_write_opaque_header(uint64_t cluster_id, uint64_t sender_id, uint32_t body_size, void *buf) {
+        uint8_t *p = buf;
+
+        assert(buf);
+        put_be32(p, PEER_FRAME_MAGIC);
+        p[4] = PEER_FRAME_VERSION;
+        p[5] = PEER_FRAME_TYPE_OPAQUE;
+        put_be16(p + 6, 0);
+        put_be32(p + 8, body_size);
+        put_be64(p + 12, sender_id);
+        put_be64(p + 20, cluster_id);
+}
+
 static void payload_free(struct raft_message *m) {
         switch (m->type) {
 
@@ -461,6 +474,7 @@ void peer_frame_done(PeerFrame *f) {
 
         if (f->owns_payload)
                 payload_free(&f->message);
+        free(f->opaque);
         free(f->sender_address);
         *f = (PeerFrame) {};
 }
@@ -624,6 +638,28 @@ int peer_frame_decode(const void *buf, size_t size, PeerFrame *ret) {
                 return r;
         if (size - PEER_FRAME_HEADER_SIZE != h.body_size)
                 return -EBADMSG;
+
+        if (h.type == PEER_FRAME_TYPE_OPAQUE) {
+                _cleanup_(freep) void *body = NULL;
+
+                body = malloc(MAX(h.body_size, (uint32_t) 1));
+                address = strdup("");
+                if (!body || !address)
+                        return -ENOMEM;
+                memcpy(body, (const uint8_t *) buf + PEER_FRAME_HEADER_SIZE, h.body_size);
+                m.type = PEER_FRAME_TYPE_OPAQUE;
+                m.server_id = h.sender_id;
+                m.server_address = address;
+                *ret = (PeerFrame) {
+                        .cluster_id = h.cluster_id,
+                        .sender_id = h.sender_id,
+                        .sender_address = TAKE_PTR(address),
+                        .message = m,
+                        .opaque = TAKE_PTR(body),
+                        .opaque_size = h.body_size,
+                };
+                return 0;
+        }
 
         rd = (Reader) { .p = (const uint8_t *) buf + PEER_FRAME_HEADER_SIZE, .left = h.body_size };
 

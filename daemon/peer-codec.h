@@ -50,7 +50,19 @@ typedef struct PeerFrame {
         char *sender_address;   /* malloc'd, NUL-terminated, owned by the frame in every case */
         struct raft_message message;
         bool owns_payload;
+        /* PEER_FRAME_TYPE_OPAQUE only (message.type is then PEER_FRAME_TYPE_OPAQUE and the rest of
+         * `message` is zero): the body as sent, malloc'd, owned by the frame. */
+        void *opaque;
+        size_t opaque_size;
 } PeerFrame;
+
+/* A frame of the member layer rather than a raft message (proposals forwarded to the leader and
+ * their refusals): the body is opaque bytes, not interpreted here; sender_address is "". */
+#define PEER_FRAME_TYPE_OPAQUE 64
+
+/* Writes the header of an opaque frame with a body of `body_size` bytes into buf
+ * (PEER_FRAME_HEADER_SIZE bytes); the body follows it. */
+void peer_frame_write_opaque_header(uint64_t cluster_id, uint64_t sender_id, uint32_t body_size, void *buf);
 
 /* Parses the fixed header. Returns 0, -EAGAIN if fewer than PEER_FRAME_HEADER_SIZE bytes were given,
  * -EBADMSG on a bad magic, nonzero flags or unknown type, -EPROTONOSUPPORT on another version. */

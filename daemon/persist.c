@@ -891,3 +891,85 @@ int persist_write(PersistBatch *b, bool sync) {
         rocksdb_writebatch_clear(b->wb);
         return r;
 }
+
+static int export_family(Persist *p, rocksdb_readoptions_t *ro, unsigned cf, char kind, const char *from,
+                         size_t from_len, PersistExportCallback cb, void *userdata) {
+        rocksdb_iterator_t *it;
+        char *err = NULL;
+        int r = 0;
+
+        it = rocksdb_create_iterator_cf(p->db, ro, p->cf[cf]);
+        if (from)
+                rocksdb_iter_seek(it, from, from_len);
+        else
+                rocksdb_iter_seek_to_first(it);
+        for (; rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+                const char *k, *v;
+                size_t klen, vlen;
+
+                k = rocksdb_iter_key(it, &klen);
+                v = rocksdb_iter_value(it, &vlen);
+                r = cb(kind, k, klen, v, vlen, userdata);
+                if (r < 0)
+                        break;
+        }
+        if (r >= 0) {
+                rocksdb_iter_get_error(it, &err);
+                if (err)
+                        r = rocks_error(&err, "iterate for export");
+        }
+        rocksdb_iter_destroy(it);
+        return r;
+}
+
+int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, PersistExportCallback cb,
+                   void *userdata) {
+        const rocksdb_snapshot_t *snap;
+        rocksdb_readoptions_t *ro, *saved;
+        uint64_t applied, etcd_index;
+        char from[8];
+        int r;
+
+        snap = rocksdb_create_snapshot(p->db);
+        ro = rocksdb_readoptions_create();
+        if (!snap || !ro) {
+                if (ro)
+                        rocksdb_readoptions_destroy(ro);
+                if (snap)
+                        rocksdb_release_snapshot(p->db, snap);
+                return -ENOMEM;
+        }
+        rocksdb_readoptions_set_snapshot(ro, snap);
+
+        /* get_applied() reads through p->read: point it at the snapshot for this one read. */
+        saved = p->read;
+        p->read = ro;
+        r = get_applied(p, &applied, &etcd_index);
+        p->read = saved;
+        if (r < 0)
+                goto finish;
+        *ret_applied = applied;
+        *ret_etcd_index = etcd_index;
+        r = cb(0, NULL, 0, NULL, 0, userdata);   /* the header is known */
+        if (r < 0)
+                goto finish;
+        r = export_family(p, ro, CF_NODES, 'n', NULL, 0, cb, userdata);
+        if (r < 0)
+                goto finish;
+        codec_put_be64(from, etcd_index >= STORE_HISTORY_MAX ? etcd_index - STORE_HISTORY_MAX + 1 : 0);
+        r = export_family(p, ro, CF_HISTORY, 'h', from, sizeof(from), cb, userdata);
+
+finish:
+        rocksdb_readoptions_destroy(ro);
+        rocksdb_release_snapshot(p->db, snap);
+        return r;
+}
+
+void persist_batch_state_clear(PersistBatch *b) {
+        persist_batch_node_delete(b, "/");
+        persist_batch_history_drop_upto(b, UINT64_MAX - 1);
+}
+
+void persist_batch_history_put_raw(PersistBatch *b, const void *key, size_t key_len, const void *record, size_t len) {
+        rocksdb_writebatch_put_cf(b->wb, b->persist->cf[CF_HISTORY], key, key_len, record, len);
+}

@@ -99,3 +99,15 @@ void persist_batch_snapshot_put(PersistBatch *b, const PersistSnapshot *s, uint6
 /* Writes and clears the batch. sync=true: fdatasync'ed before returning. Thread-safe with respect to
  * other batches (RocksDB serializes writers). */
 int persist_write(PersistBatch *b, bool sync);
+
+/* A consistent export of the applied state, read from one RocksDB snapshot: the applied Raft index
+ * and etcd index, then every node record (kind 'n', key order) and the history window's events
+ * (kind 'h', key = 8-byte big-endian index). For a follower's InstallSnapshot. */
+typedef int (*PersistExportCallback)(char kind, const void *key, size_t key_len, const void *value,
+                                     size_t value_len, void *userdata);
+int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, PersistExportCallback cb,
+                   void *userdata);
+/* Drops every node and history record (a snapshot from the leader replaces the state). */
+void persist_batch_state_clear(PersistBatch *b);
+/* A history record as exported (8-byte big-endian index key). */
+void persist_batch_history_put_raw(PersistBatch *b, const void *key, size_t key_len, const void *record, size_t len);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* raft-io.c - our struct raft_io for libraft: sd-event ticks, group commit to RocksDB, send stub. */
+/* raft-io.c - our struct raft_io for libraft: sd-event ticks, group commit to RocksDB, transport hooks. */
 
 /*
  * libraft drives all I/O through this object and expects every request to complete
@@ -18,6 +18,10 @@
  *    reports completion with raft_io_send_done(); without one (a single member never sends) it
  *    completes with RAFT_NOCONNECTION. Received messages come in through raft_io_deliver().
  *  - snapshot_put()/snapshot_get(), close(): done synchronously inside the call, callback deferred.
+ *    snapshot_get() (only used to send a snapshot to a follower) returns an export of the applied
+ *    state read from one RocksDB snapshot; snapshot_put() of such an export replaces our state in
+ *    the same batch as the snapshot record (see raft-io.h).
+ *  - recover() (--force-new-cluster) appends a configuration entry synchronously.
  *
  * set_term()/set_vote() are synchronous and synced, as Raft requires them durable before the
  * reply that depends on them (Raft thesis, Figure 3.1). The log's last index is tracked here, since
@@ -659,8 +663,41 @@ static int io_bootstrap(struct raft_io *io, const struct raft_configuration *con
         return 0;
 }
 
+/* --force-new-cluster: a configuration entry after the last one, in the current term, written at
+ * once (before raft_start() loads the log); it takes effect as the latest configuration. */
 static int io_recover(struct raft_io *io, const struct raft_configuration *conf) {
-        return RAFT_NOTFOUND; /* --force-new-cluster is not supported yet */
+        RaftIo *rio = io->impl;
+        _cleanup_(persist_snapshot_done) PersistSnapshot ps = {};
+        struct raft_buffer buf;
+        uint64_t t, v, first, last;
+        int r;
+
+        r = persist_hard_state_load(rio->persist, &t, &v);
+        if (r < 0)
+                return RAFT_IOERR;
+        r = persist_log_bounds(rio->persist, &first, &last);
+        if (r < 0)
+                return RAFT_IOERR;
+        if (last == 0) {
+                r = persist_snapshot_load(rio->persist, &ps);
+                if (r < 0)
+                        return RAFT_IOERR;
+                last = ps.index;
+        }
+        if (t == 0 && last == 0)
+                return RAFT_NOTFOUND;
+
+        r = raft_configuration_encode(conf, &buf);
+        if (r != 0)
+                return r;
+        persist_batch_log_append(rio->acc->batch, last + 1, MAX(t, (uint64_t) 1), RAFT_CHANGE, buf.base, buf.len);
+        raft_free(buf.base);
+        r = persist_write(rio->acc->batch, true);
+        if (r < 0)
+                return RAFT_IOERR;
+        rio->last_index = last + 1;
+        log_info("Appended a configuration of %u member(s) at Raft index %" PRIu64 ".", conf->n, last + 1);
+        return 0;
 }
 
 static int io_set_term(struct raft_io *io, raft_term term) {
@@ -748,6 +785,114 @@ static int io_truncate(struct raft_io *io, raft_index index) {
         return 0;
 }
 
+int raft_io_snapshot_export_parse(const void *buf, size_t len, uint64_t *ret_applied, uint64_t *ret_etcd_index,
+                                  RaftIoExportRecordFunc cb, void *userdata) {
+        const uint8_t *p = buf;
+        size_t off = RAFT_IO_SNAPSHOT_EXPORT_HEADER;
+
+        if (len < RAFT_IO_SNAPSHOT_EXPORT_HEADER || memcmp(p, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8) != 0)
+                return -EBADMSG;
+        if (ret_applied)
+                *ret_applied = codec_get_be64(p + 8);
+        if (ret_etcd_index)
+                *ret_etcd_index = codec_get_be64(p + 16);
+        while (off < len) {
+                uint64_t klen, vlen;
+                const uint8_t *k, *v;
+                char kind = (char) p[off++];
+                size_t n;
+                int r;
+
+                if (kind != 'n' && kind != 'h')
+                        return -EBADMSG;
+                n = codec_varint_get(p + off, len - off, &klen);
+                if (n == 0 || klen > len - off - n)
+                        return -EBADMSG;
+                off += n;
+                k = p + off;
+                off += klen;
+                n = codec_varint_get(p + off, len - off, &vlen);
+                if (n == 0 || vlen > len - off - n)
+                        return -EBADMSG;
+                off += n;
+                v = p + off;
+                off += vlen;
+                if (kind == 'h' && klen != 8)
+                        return -EBADMSG;
+                if (cb) {
+                        r = cb(kind, k, klen, v, vlen, userdata);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+typedef struct ExportBuf {
+        uint8_t *p;
+        size_t n, alloc;
+        uint64_t *applied, *etcd_index;
+} ExportBuf;
+
+static int export_reserve(ExportBuf *b, size_t more) {
+        if (b->n + more > b->alloc) {
+                size_t a = MAX(b->alloc * 2, b->n + more + 4096);
+                uint8_t *q = raft_realloc(b->p, a);
+
+                if (!q)
+                        return -ENOMEM;
+                b->p = q;
+                b->alloc = a;
+        }
+        return 0;
+}
+
+static int export_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
+                         void *userdata) {
+        ExportBuf *b = userdata;
+
+        if (kind == 0) {
+                /* The header: the applied and etcd index are known now. */
+                if (export_reserve(b, RAFT_IO_SNAPSHOT_EXPORT_HEADER) < 0)
+                        return -ENOMEM;
+                memcpy(b->p, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8);
+                codec_put_be64(b->p + 8, *b->applied);
+                codec_put_be64(b->p + 16, *b->etcd_index);
+                b->n = RAFT_IO_SNAPSHOT_EXPORT_HEADER;
+                return 0;
+        }
+        if (export_reserve(b, 1 + 20 + key_len + value_len) < 0)
+                return -ENOMEM;
+        b->p[b->n++] = (uint8_t) kind;
+        b->n += codec_varint_put(b->p + b->n, key_len);
+        memcpy(b->p + b->n, key, key_len);
+        b->n += key_len;
+        b->n += codec_varint_put(b->p + b->n, value_len);
+        if (value_len > 0)
+                memcpy(b->p + b->n, value, value_len);
+        b->n += value_len;
+        return 0;
+}
+
+typedef struct InstallCtx {
+        PersistBatch *batch;
+} InstallCtx;
+
+static int install_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
+                          void *userdata) {
+        InstallCtx *c = userdata;
+
+        if (kind == 'n') {
+                char k[key_len + 1];
+
+                memcpy(k, key, key_len);
+                k[key_len] = 0;
+                persist_batch_node_put(c->batch, k, value, value_len);
+        } else
+                persist_batch_history_put_raw(c->batch, key, key_len, value, value_len);
+        return 0;
+}
+
 static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io_snapshot_put *req,
                            const struct raft_snapshot *snapshot, raft_io_snapshot_put_cb cb) {
         RaftIo *rio = io->impl;
@@ -778,6 +923,37 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
                 p += snapshot->bufs[i].len;
         }
         ps.data_len = total;
+
+        if (total >= RAFT_IO_SNAPSHOT_EXPORT_HEADER && memcmp(ps.data, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8) == 0) {
+                /* A leader's export: its state replaces ours in the same write as the snapshot record,
+                 * which keeps only a marker. What the FSM applied before goes first. */
+                InstallCtx ctx = { .batch = rio->acc->batch };
+                uint64_t applied = 0, etcd_index = 0;
+                uint8_t *marker;
+
+                if (raft_io_snapshot_export_parse(ps.data, total, &applied, &etcd_index, NULL, NULL) < 0) {
+                        log_error("Received a malformed snapshot, refusing it.");
+                        persist_snapshot_done(&ps);
+                        return RAFT_CORRUPT;
+                }
+                if (rio->batch_cb)
+                        rio->batch_cb(rio, rio->acc->batch, rio->event_userdata);
+                persist_batch_state_clear(rio->acc->batch);
+                (void) raft_io_snapshot_export_parse(ps.data, total, NULL, NULL, install_record, &ctx);
+                persist_batch_applied(rio->acc->batch, applied, etcd_index);
+                marker = malloc(16);
+                if (!marker) {
+                        persist_snapshot_done(&ps);
+                        return RAFT_NOMEM;
+                }
+                memcpy(marker, RAFT_IO_SNAPSHOT_MARKER_MAGIC, 8);
+                codec_put_be64(marker + 8, applied);
+                free(ps.data);
+                ps.data = marker;
+                ps.data_len = 16;
+                log_info("Installing a snapshot of the leader: Raft index %llu, state as of %" PRIu64 " (etcd index %"
+                         PRIu64 ", %zu bytes).", snapshot->index, applied, etcd_index, total);
+        }
 
         /* trailing == 0: an installed snapshot replaces the whole log. */
         if (trailing == 0) {
@@ -816,6 +992,26 @@ static int io_snapshot_get(struct raft_io *io, struct raft_io_snapshot_get *req,
         r = snapshot_from_persist(&ps, &snap);
         if (r != 0)
                 return r;
+        {
+                /* For a follower: the applied state itself (see raft-io.h), not our marker. */
+                uint64_t applied = 0, etcd_index = 0;
+                ExportBuf b = { .applied = &applied, .etcd_index = &etcd_index };
+
+                r = persist_export(rio->persist, &applied, &etcd_index, export_record, &b);
+                if (r < 0) {
+                        raft_free(b.p);
+                        raft_configuration_close(&snap->configuration);
+                        raft_free(snap->bufs[0].base);
+                        raft_free(snap->bufs);
+                        raft_free(snap);
+                        return r == -ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
+                }
+                raft_free(snap->bufs[0].base);
+                snap->bufs[0].base = b.p;
+                snap->bufs[0].len = b.n;
+                log_info("Sending a snapshot: Raft index %llu, state as of %" PRIu64 " (%zu bytes).",
+                         snap->index, applied, b.n);
+        }
         req->cb = cb;
         r = completion_add(rio, COMPLETION_SNAPSHOT_GET, req, (void *) cb, snap, 0);
         if (r != 0) {

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* raft-io.h - our struct raft_io for libraft: sd-event ticks, group commit to RocksDB, send stub. */
+/* raft-io.h - our struct raft_io for libraft: sd-event ticks, group commit to RocksDB, transport hooks. */
 #pragma once
 
 #include <stdint.h>
@@ -58,3 +58,20 @@ unsigned raft_io_n_pending_appends(RaftIo *io);
 /* Configuration encoding for the snapshot record (libraft exports only the encoder of its own). */
 int raft_io_configuration_encode(const struct raft_configuration *c, void **ret, size_t *ret_len);
 int raft_io_configuration_decode(const void *buf, size_t len, struct raft_configuration *ret);
+
+/* Snapshot data. Locally a snapshot is a marker (the state is in RocksDB already): MARKER magic and
+ * the 8-byte big-endian Raft index it covers. A snapshot sent to a follower (snapshot_get) is an
+ * export of the applied state instead: EXPORT magic, be64 applied Raft index, be64 etcd index, then
+ * records (u8 kind 'n' node / 'h' history event, varint key length, key, varint value length,
+ * value). libraft carries InstallSnapshot data as one buffer, so the export is one buffer too
+ * (records in the store's compact encoding). Installing one (snapshot_put) replaces the applied
+ * state in RocksDB atomically with the snapshot record, which then holds a marker only. */
+#define RAFT_IO_SNAPSHOT_MARKER_MAGIC "E2SNAP01"
+#define RAFT_IO_SNAPSHOT_EXPORT_MAGIC "E2SNAP02"
+#define RAFT_IO_SNAPSHOT_EXPORT_HEADER 24
+
+typedef int (*RaftIoExportRecordFunc)(char kind, const void *key, size_t key_len, const void *value,
+                                      size_t value_len, void *userdata);
+/* Validates an export and calls `cb` for each record. -EBADMSG on garbage (nothing is trusted). */
+int raft_io_snapshot_export_parse(const void *buf, size_t len, uint64_t *ret_applied, uint64_t *ret_etcd_index,
+                                  RaftIoExportRecordFunc cb, void *userdata);

@@ -35,7 +35,9 @@ ROWS = [
     ('watch_p99',     '1000 watchers p99',    'ms',    'lower',  ('<=', 1 / 3, '<= 1/3'),  '~40'),
     ('watch_last',    '1000 watchers last',   'ms',    'lower',  ('<=', 1 / 3, '<= 1/3'),  ''),
     ('rss_idle',      'RSS idle',             'MB',    'lower',  ('<=', 1 / 5, '<= 1/5'),  '24'),
+    ('rss_idle_anon', '  of which RssAnon',   'MB',    'lower',  None,                      ''),
     ('rss_100k',      'RSS 100k keys x 256 B', 'MB',   'lower',  ('<=', 1 / 4, '<= 1/4'),  '~390'),
+    ('rss_100k_anon', '  of which RssAnon',   'MB',    'lower',  None,                      ''),
     ('restart_100k',  'restart w/ 100k keys', 'ms',    'lower',  ('<=', 1 / 3, '<= 1/3'),  '~1000'),
 ]
 
@@ -121,12 +123,12 @@ class Server:
                 raise RuntimeError(f'{self.impl}: /health not 200 after {timeout:.0f} s')
             time.sleep(0.005)
 
-    def rss_mb(self):
+    def rss_mb(self, field='VmRSS'):
         with open(f'/proc/{self.proc.pid}/status') as f:
             for line in f:
-                if line.startswith('VmRSS:'):
+                if line.startswith(field + ':'):
                     return int(line.split()[1]) / 1024.0
-        raise RuntimeError('no VmRSS')
+        raise RuntimeError(f'no {field}')
 
     def stop(self, timeout=15.0):
         if self.proc is None:
@@ -196,16 +198,17 @@ class Bench:
         if group == 'watch':
             r = self.lg(srv, '--mode', 'watch', '-w', a.watchers, '-d', 10)
             if r['notified'] != a.watchers:
-                log(f'  watch: only {r["notified"]}/{a.watchers} notified '
-                    f'(errors {r["errors"]}, early {r["early"]})')
+                raise RuntimeError(f'only {r["notified"]} of {a.watchers} watchers notified '
+                                   f'(errors {r["errors"]}, answered before the PUT {r["early"]}, '
+                                   f'PUT status {r["put_status"]})')
             return {'watch_p99': (r['p99_ms'], r), 'watch_last': (r['last_ms'], r)}
         if group == 'rss_idle':
             time.sleep(a.settle)
-            return {'rss_idle': (srv.rss_mb(), {})}
+            return {'rss_idle': (srv.rss_mb(), {}), 'rss_idle_anon': (srv.rss_mb('RssAnon'), {})}
         if group == 'keys100k':
             p = self.preload(srv, 'k', a.big_keys)
             time.sleep(a.settle)
-            rss = srv.rss_mb()
+            rss, anon = srv.rss_mb(), srv.rss_mb('RssAnon')
             srv.stop()
             t = srv.start()
             # the data must have survived the restart
@@ -214,7 +217,8 @@ class Bench:
             detail = {'preload_rps': p['rps'], 'key_after_restart': st}
             if st != 200:
                 log(f'  restart: GET {last} after restart gave {st}')
-            return {'rss_100k': (rss, detail), 'restart_100k': (t * 1000.0, detail)}
+            return {'rss_100k': (rss, detail), 'rss_100k_anon': (anon, {}),
+                    'restart_100k': (t * 1000.0, detail)}
         raise ValueError(group)
 
     def run(self):
@@ -230,6 +234,7 @@ class Bench:
                     work = tempfile.mkdtemp(prefix=f'bench-{impl}-{group}-', dir=a.tmpdir)
                     srv = Server(impl, binaries[impl], work)
                     ok = False
+                    load1 = os.getloadavg()[0]      # the machine is shared: note how busy it was
                     try:
                         srv.start()
                         vals = self.run_group(group, srv)
@@ -242,7 +247,7 @@ class Bench:
                     for row, (v, d) in vals.items():
                         results.setdefault(row, {}).setdefault(impl, []).append(v)
                         details.setdefault(row, {}).setdefault(impl, []).append(d)
-                        log(f'  {row:13s} {impl:4s} round {rnd + 1}: {fmt(v)} {brief(d)}')
+                        log(f'  {row:13s} {impl:4s} round {rnd + 1}: {fmt(v)} load1={load1:.2f} {brief(d)}')
                     if ok and not a.keep:
                         shutil.rmtree(work, ignore_errors=True)
                     elif not ok:
@@ -380,6 +385,8 @@ def main():
           f'median of {args.rounds} round(s); {args.duration:g} s per throughput figure; '
           f'values {args.size} B; took {secs:.0f} s')
     print('ratio is always ours/etcd; "better" says whether a higher or lower ratio is better.')
+    print(f'load average at the end: {" ".join(f"{x:.2f}" for x in os.getloadavg())} '
+          f'(anything else running on the 2 cores skews the figures)')
     print(table(results, details, args))
     print(latency_table(details))
     if args.json:

@@ -78,6 +78,7 @@ class Daemon:
         self.session = requests.Session()
         self.starts = 0
         self.exit_expected = False  # set when the daemon is stopped/killed on purpose
+        self.keep_log = False       # set when a test failed while this daemon was alive
         _live.append(self)
         self.start(wait=wait)
 
@@ -197,6 +198,11 @@ class Daemon:
             _live.remove(self)
         if self.own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        if not self.keep_log:
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass
 
     def log_tail(self, n=20000):
         try:
@@ -328,6 +334,7 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.failed and _live:
         for d in list(_live):
+            d.keep_log = True
             rep.sections.append((f"daemon log {d.log_path} ({'reference' if d.reference else 'etcd2'})",
                                  d.log_tail(3000)))
 

@@ -7,7 +7,6 @@ import subprocess
 import tempfile
 
 import pytest
-import requests
 
 from conftest import OUR_BINARY, only_ours, free_ports, unique
 

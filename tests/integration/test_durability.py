@@ -181,3 +181,73 @@ def test_dirs_and_inorder_survive_restart(make_daemon):
     assert before == after
     nxt = d.post("/v2/keys/" + base, data={"value": "next"}).json()["node"]
     assert int(nxt["key"].rsplit("/", 1)[1]) > int(made[-1]["key"].rsplit("/", 1)[1])
+
+
+def test_snapshot_and_replay(make_daemon):
+    """With a small --snapshot-count the restart goes through snapshot load + log replay."""
+    d = make_daemon(extra_args=["--snapshot-count", "100"])
+    base = unique("snap")
+    acked = {}
+    with requests.Session() as s:
+        for i in range(1200):
+            r = s.put(d.k(f"{base}/k{i % 300}"), data={"value": f"v{i}"}, timeout=10)
+            assert r.status_code in (200, 201)
+            acked[f"/{base}/k{i % 300}"] = (f"v{i}", r.json()["node"]["modifiedIndex"])
+    last = max(i for _, i in acked.values())
+    d.restart(kill=True)
+    have = _read_tree(d, "/" + base)
+    assert have == acked
+    # the event history (last 1000 events) survives snapshot + replay
+    r = d.get("/v2/keys/" + base, params={"wait": "true", "recursive": "true", "waitIndex": str(last - 500)})
+    assert r.status_code == 200, r.text
+    assert r.json()["node"]["modifiedIndex"] == last - 500
+    d.restart(kill=False)
+    assert _read_tree(d, "/" + base) == acked
+    assert d.put("/v2/keys/" + base + "/after", data={"value": "x"}).json()["node"]["modifiedIndex"] > last
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.01, 0.03])
+def test_kill9_during_recursive_delete_is_atomic(make_daemon, delay):
+    d = make_daemon()
+    base = unique("tree")
+    with requests.Session() as s:
+        for i in range(500):
+            assert s.put(d.k(f"{base}/d{i % 10}/k{i}"), data={"value": "x"}, timeout=10).status_code == 201
+    box = {}
+
+    def delete():
+        try:
+            box["r"] = requests.delete(d.k(base), params={"recursive": "true"}, timeout=10)
+        except requests.RequestException as e:
+            box["e"] = e
+
+    import threading as _t
+    t = _t.Thread(target=delete)
+    t.start()
+    time.sleep(delay)
+    d.kill9()
+    t.join(15)
+    d.start()
+    have = _read_tree(d, "/" + base)
+    if "r" in box and box["r"].status_code == 200:
+        assert have == {}, "acknowledged recursive delete lost"
+    assert len(have) in (0, 500), f"recursive delete half-applied: {len(have)} of 500 keys left"
+
+
+def test_sigterm_with_open_watches(make_daemon):
+    d = make_daemon()
+    import socket
+    socks = []
+    try:
+        for i in range(20):
+            s = socket.create_connection(("127.0.0.1", d.client_ports[0]), timeout=10)
+            s.sendall(f"GET /v2/keys/w{i}?wait=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            socks.append(s)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        rc = d.stop(timeout=15)
+        assert rc in (0, -signal.SIGTERM), rc
+        assert time.monotonic() - t0 < 10
+    finally:
+        for s in socks:
+            s.close()

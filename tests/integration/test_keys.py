@@ -981,6 +981,7 @@ def test_no_value_on_success(daemon, method, extra, action):
     if REFERENCE:
         assert r.text == json.dumps({"action": action}, separators=(",", ":")) + "\n"
     else:
+        assert "node" in r.json(), f"etcd 2.3.8 ignores noValueOnSuccess (a 3.1 addition); got {r.text!r}"
         assert r.json()["action"] == action and r.json()["node"]["value"] == "n"
 
 
@@ -1489,3 +1490,44 @@ def test_watch_index_header_is_current(daemon):
     cur = daemon.index()
     r = daemon.get(P(daemon, key), params={"wait": "true", "waitIndex": str(a["node"]["modifiedIndex"])})
     assert int(r.headers["X-Etcd-Index"]) == cur
+
+
+def test_ttl_is_ceiling_and_expiration_format(daemon):
+    key = unique()
+    t0 = time.time()
+    r = daemon.put(P(daemon, key), data={"value": "t", "ttl": "100"})
+    took = time.time() - t0
+    n = r.json()["node"]
+    if took < 0.5:
+        assert n["ttl"] == 100, n  # ceil(remaining) right after the write
+    frac = re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d+))?Z", n["expiration"])
+    assert frac, n["expiration"]
+    if frac.group(1):
+        assert len(frac.group(1)) <= 9 and not frac.group(1).endswith("0"), n["expiration"]  # RFC3339Nano
+    import datetime
+    exp = datetime.datetime.strptime(n["expiration"][:19], "%Y-%m-%dT%H:%M:%S").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    assert abs(exp - (t0 + 100)) < 3, (n["expiration"], t0)
+
+
+def test_fresh_root_is_empty_and_internal_events_hidden(fresh):
+    r = fresh.get("/v2/keys/", params={"recursive": "true"})
+    assert r.json() == {"action": "get", "node": {"dir": True}}
+    assert r.text == '{"action":"get","node":{"dir":true}}\n'
+    s = fresh.set("first", "1")
+    # the bootstrap events (indexes 1-3) are internal: a root watcher from index 1 sees the first user key
+    r = fresh.get("/v2/keys/", params={"wait": "true", "recursive": "true", "waitIndex": "1"})
+    assert r.json()["node"] == s["node"]
+
+
+@only_23
+def test_semicolon_query_separator(daemon):
+    # Go 1.6's url.ParseQuery (etcd 2.3.8) treats ";" like "&"
+    key = unique()
+    daemon.set(key + "/b/deep", "2")
+    daemon.set(key + "/a", "1")
+    r = daemon.get(P(daemon, key) + "?recursive=true;sorted=true")
+    assert r.status_code == 200, r.text
+    nodes = r.json()["node"]["nodes"]
+    assert [n["key"] for n in nodes] == [f"/{key}/a", f"/{key}/b"]
+    assert nodes[1]["nodes"][0]["value"] == "2"

@@ -1200,9 +1200,9 @@ static int log_child(void) {
         log_struct(LOG_DEBUG, LOG_FIELDS("ETCD_X=1"), "quiet");
         if (*stderr_take(err) != 0 || journal_recv(sock) != 0)
                 return 24;
-        /* log_internal() is unchanged: stderr, even with journald. */
+        /* log_internal(): stderr, even with journald, without repeating the identifier journald has. */
         log_warning("plain %s", "line");
-        if (!streq(stderr_take(err), "<4>etcd2: plain line\n") || journal_recv(sock) != 0)
+        if (!streq(stderr_take(err), "<4>plain line\n") || journal_recv(sock) != 0)
                 return 25;
 
         /* No journal socket: stderr rather than a silent loss. */

@@ -190,6 +190,44 @@ static void test_fuzz_mutations(void **state) {
         free(buf);
 }
 
+static void test_envelope(void **state) {
+        StoreRequest req = { .method = STORE_METHOD_PUT, .path = "/1/a", .value = "b", .value_len = 1, .prev_exist = -1 };
+        uint8_t buf[256], h[CODEC_ENVELOPE_HEADER_MAX];
+        uint64_t origin = 1, id = 1;
+        const void *inner;
+        size_t n, len, inner_len;
+        StoreRequest out;
+
+        /* An envelope: origin and request ID in front of the request. */
+        n = codec_envelope_write_header(UINT64_C(0xfedcba9876543210), UINT64_MAX, h);
+        assert_true(n <= CODEC_ENVELOPE_HEADER_MAX);
+        memcpy(buf, h, n);
+        len = n + codec_request_write(&req, buf + n);
+        assert_int_equal(codec_envelope_decode(buf, len, &origin, &id, &inner, &inner_len), 0);
+        assert_true(origin == UINT64_C(0xfedcba9876543210));
+        assert_true(id == UINT64_MAX);
+        assert_ptr_equal(inner, buf + n);
+        assert_int_equal(inner_len, len - n);
+        assert_int_equal(codec_request_decode(inner, inner_len, &out), 0);
+        assert_string_equal(out.path, "/1/a");
+
+        /* A bare request (entries of before the envelope): origin and ID 0. */
+        len = codec_request_write(&req, buf);
+        assert_int_equal(codec_envelope_decode(buf, len, &origin, &id, &inner, &inner_len), 0);
+        assert_true(origin == 0 && id == 0);
+        assert_ptr_equal(inner, buf);
+
+        /* Garbage: unknown version, truncated varints, no request after the header. */
+        buf[0] = 9;
+        assert_int_equal(codec_envelope_decode(buf, len, &origin, &id, &inner, &inner_len), -EBADMSG);
+        assert_int_equal(codec_envelope_decode(h, 1, &origin, &id, &inner, &inner_len), -EBADMSG);
+        assert_int_equal(codec_envelope_decode(h, n, &origin, &id, &inner, &inner_len), -EBADMSG);
+        assert_int_equal(codec_envelope_decode(h, 0, &origin, &id, &inner, &inner_len), -EBADMSG);
+        memcpy(buf, h, n);
+        buf[n] = 7;
+        assert_int_equal(codec_envelope_decode(buf, n + 1, &origin, &id, &inner, &inner_len), -EBADMSG);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_roundtrip_full),
@@ -199,6 +237,7 @@ int main(void) {
                 cmocka_unit_test(test_reject_bad_fields),
                 cmocka_unit_test(test_varint),
                 cmocka_unit_test(test_fuzz_mutations),
+                cmocka_unit_test(test_envelope),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -276,6 +276,68 @@ static void test_wal_dir(void **state) {
         assert_int_equal(persist_open(data, "/tmp", &p), -EUCLEAN);
 }
 
+typedef struct ExportSeen {
+        unsigned n_header, n_nodes, n_history;
+        char keys[8][32];
+} ExportSeen;
+
+static int export_cb(char kind, const void *key, size_t key_len, const void *value, size_t value_len, void *userdata) {
+        ExportSeen *e = userdata;
+
+        if (kind == 0)
+                e->n_header++;
+        else if (kind == 'n') {
+                assert_true(e->n_nodes < 8 && key_len < 32);
+                memcpy(e->keys[e->n_nodes], key, key_len);
+                e->keys[e->n_nodes][key_len] = 0;
+                e->n_nodes++;
+        } else {
+                assert_int_equal(kind, 'h');
+                assert_int_equal(key_len, 8);
+                e->n_history++;
+        }
+        return 0;
+}
+
+static void test_export_and_clear(void **state) {
+        Fixture *f = *state;
+        PersistBatch *b = NULL;
+        ExportSeen e = {};
+        uint64_t applied = 0, etcd_index = 0;
+
+        assert_int_equal(persist_batch_new(f->p, &b), 0);
+        persist_batch_node_put(b, "/1", "d", 1);
+        persist_batch_node_put(b, "/1/a", "x", 1);
+        persist_batch_node_put(b, "/1/b", "y", 1);
+        persist_batch_history_add(b, 5, "e5", 2);
+        persist_batch_history_add(b, 6, "e6", 2);
+        persist_batch_applied(b, 40, 6);
+        assert_int_equal(persist_write(b, true), 0);
+
+        assert_int_equal(persist_export(f->p, &applied, &etcd_index, export_cb, &e), 0);
+        assert_int_equal(applied, 40);
+        assert_int_equal(etcd_index, 6);
+        assert_int_equal(e.n_header, 1);
+        assert_int_equal(e.n_nodes, 3);
+        assert_string_equal(e.keys[0], "/1");
+        assert_string_equal(e.keys[2], "/1/b");
+        assert_int_equal(e.n_history, 2);
+
+        /* Clearing drops nodes and history, not the meta. */
+        persist_batch_state_clear(b);
+        persist_batch_node_put(b, "/2", "d", 1);
+        persist_batch_history_put_raw(b, "\0\0\0\0\0\0\0\7", 8, "e7", 2);
+        persist_batch_applied(b, 50, 7);
+        assert_int_equal(persist_write(b, true), 0);
+        e = (ExportSeen) {};
+        assert_int_equal(persist_export(f->p, &applied, &etcd_index, export_cb, &e), 0);
+        assert_int_equal(applied, 50);
+        assert_int_equal(e.n_nodes, 1);
+        assert_string_equal(e.keys[0], "/2");
+        assert_int_equal(e.n_history, 1);
+        persist_batch_free(b);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_meta_and_hard_state, setup, teardown),
@@ -283,6 +345,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_snapshot_record, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_node_delete_ranges, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_wal_dir, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_export_and_clear, setup, teardown),
         };
 
         log_set_max_level(LOG_WARNING);

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* peer.h - the transport between members: persistent upgraded HTTP/1.1 streams of peer-codec frames. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <raft.h>
+#include <systemd/sd-event.h>
+
+#include "macro.h"
+#include "peer-codec.h"
+
+/*
+ * One outbound connection per destination member, opened by the sender:
+ *
+ *   POST /raft/stream HTTP/1.1
+ *   Host: <host:port>
+ *   X-Etcd-Cluster-ID: <hex>
+ *   X-Server-From: <hex>
+ *   Connection: Upgrade
+ *   Upgrade: etcd2-raft/1
+ *
+ * answered "HTTP/1.1 101 Switching Protocols" (412 cluster ID mismatch, 410 removed sender, 404
+ * unknown sender); then frames flow from the sender only. Each direction of a member pair has its
+ * own connection. All sockets sit behind one inner epoll fd, which is the only fd sd-event sees.
+ */
+
+typedef struct PeerTransport PeerTransport;
+
+/* A frame arrived (its cluster and sender checked). The callback may take the raft payload with
+ * peer_frame_hand_over(); the transport calls peer_frame_done() afterwards. */
+typedef void (*PeerRecvFunc)(PeerTransport *t, PeerFrame *frame, void *userdata);
+/* May `from` open a stream to us? 0 = yes, else the HTTP status to refuse it with (404, 410). */
+typedef int (*PeerCheckFunc)(PeerTransport *t, uint64_t from, void *userdata);
+/* A peer refused us with `status` (410: we were removed from the cluster). */
+typedef void (*PeerRefusedFunc)(PeerTransport *t, uint64_t peer_id, int status, void *userdata);
+
+/* Default cap of the bytes queued for one peer; beyond it messages are dropped (and counted). */
+#define PEER_QUEUE_MAX_DEFAULT ((size_t) 64 * 1024 * 1024)
+#define PEER_BACKOFF_MIN_USEC (50 * USEC_PER_MSEC)
+#define PEER_BACKOFF_MAX_USEC (1 * USEC_PER_SEC)
+
+int peer_transport_new(sd_event *event, uint64_t member_id, uint64_t cluster_id, const char *self_address,
+                       PeerTransport **ret);
+PeerTransport *peer_transport_free(PeerTransport *t);
+DEFINE_TRIVIAL_CLEANUP_FUNC(PeerTransport *, peer_transport_free);
+
+void peer_transport_set_handlers(PeerTransport *t, PeerRecvFunc recv, PeerCheckFunc check,
+                                 PeerRefusedFunc refused, void *userdata);
+void peer_transport_set_queue_max(PeerTransport *t, size_t max);
+/* For a member joining an existing cluster, the IDs are known only after server_new() started. */
+void peer_transport_set_ids(PeerTransport *t, uint64_t member_id, uint64_t cluster_id);
+
+/* Queues a raft message for message->server_id at message->server_address (serialized now; the
+ * message's buffers may be released on return). -ENOBUFS if dropped for backpressure. */
+int peer_transport_send_raft(PeerTransport *t, const struct raft_message *m);
+/* Queues an opaque member-layer frame for `to` at `address` (NULL: the last address used). `tag`
+ * (nonzero) identifies it for peer_transport_cancel_unsent(). */
+int peer_transport_send_opaque(PeerTransport *t, uint64_t to, const char *address, const void *body, size_t size,
+                               uint64_t tag);
+/* Drops the frames queued for `to` that have not been written to a socket at all (so they certainly
+ * never arrived), calling `cb` with the tag of each tagged one. */
+void peer_transport_cancel_unsent(PeerTransport *t, uint64_t to, void (*cb)(uint64_t tag, void *userdata),
+                                  void *userdata);
+/* Forgets `id`: closes the stream to it and streams from it (safe from inside the recv callback:
+ * the stream being delivered from is closed after the callback). */
+void peer_transport_drop(PeerTransport *t, uint64_t id);
+/* Where `id` lives from now on (its peer URLs were updated), whatever raft's configuration says. */
+int peer_transport_set_address(PeerTransport *t, uint64_t id, const char *address);
+
+/* Own accept path: the transport accepts on `fd` (a listening socket, taken over) and parses the
+ * upgrade request itself. The daemon's peer listeners belong to the HTTP server instead, which
+ * hands over upgraded sockets with peer_transport_accept(). */
+int peer_transport_listen(PeerTransport *t, int fd);
+
+/* For the HTTP server: the status to answer `POST /raft/stream` with, from its X-Server-From and
+ * X-Etcd-Cluster-ID headers: 101 to upgrade, else 400/404/410/412. */
+int peer_transport_check(PeerTransport *t, const char *from_hex, const char *cluster_hex);
+/* For the HTTP server, after it answered 101: takes the upgraded socket `fd`. `extra` holds bytes
+ * that arrived after the request head. `release` (may be NULL: then the transport close()s fd) is
+ * called exactly once when the stream ends, instead of closing fd. */
+int peer_transport_accept(PeerTransport *t, int fd, const char *from_hex, const char *cluster_hex,
+                          const void *extra, size_t extra_size, void (*release)(void *userdata),
+                          void *release_userdata);
+
+/* Ends every stream handed over with peer_transport_accept() (their release callbacks run): the HTTP
+ * server calls it before it stops its daemon. */
+void peer_transport_close_accepted(PeerTransport *t);
+
+typedef struct PeerStats {
+        bool connected;
+        uint64_t n_sent, n_failed, n_dropped;   /* frames */
+        uint64_t bytes_sent;
+        uint64_t n_received, bytes_received;    /* frames/bytes from this peer */
+} PeerStats;
+/* -ENOENT if the peer is unknown. */
+int peer_transport_stats(PeerTransport *t, uint64_t id, PeerStats *ret);
+/* Whether `id` has a stream open to us. */
+bool peer_transport_has_inbound(PeerTransport *t, uint64_t id);
+/* Number of inbound streams currently established (for tests). */
+unsigned peer_transport_n_inbound(PeerTransport *t);
