@@ -4,6 +4,7 @@ Debian's etcd 3.4 with --enable-v2 when ETCD2_REFERENCE=1) on 127.0.0.1 with fre
 fresh data dir, wait for /health, and always kill it at teardown. The daemon's log is attached to the
 report of a failing test."""
 
+import atexit
 import os
 import shutil
 import signal
@@ -337,6 +338,25 @@ def pytest_runtest_makereport(item, call):
             d.keep_log = True
             rep.sections.append((f"daemon log {d.log_path} ({'reference' if d.reference else 'etcd2'})",
                                  d.log_tail(3000)))
+
+
+def _kill_all_live():
+    for d in list(_live):
+        try:
+            d.cleanup()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def pytest_configure(config):
+    # meson's timeout (and `timeout`) send SIGTERM: daemons run in their own sessions, so kill them
+    # here instead of leaving them behind.
+    def on_term(signum, frame):
+        _kill_all_live()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    atexit.register(_kill_all_live)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -291,6 +291,11 @@ SCENARIOS = {
         S("PUT", K(s, "/bad"), data="value=%zz", headers={"Content-Type": "application/x-www-form-urlencoded"}),
         S("PUT", K(s, "/nv"), data={"value": "n", "noValueOnSuccess": "true"}),
         S("GET", K(s), params={"sorted": "true"}),
+        S("PUT", K(s, "/d/e"), data={"value": "deep"}),
+        S("GET", K(s), data={"recursive": "true", "sorted": "true"}),
+        S("POST", K(s, "/q"), data="value=raw&dir=false", headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}),
+        S("PUT", K(s, "/mp"), data="value=x", headers={"Content-Type": "multipart/form-data; boundary=zz"}),
+        S("PUT", K(s, "/tp"), data="value=x", headers={"Content-Type": "text/plain"}),
     ],
     "bad_params": lambda s: [
         S("PUT", K(s, "/p"), data={"value": "1", "ttl": "abc"}),

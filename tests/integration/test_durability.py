@@ -251,3 +251,32 @@ def test_sigterm_with_open_watches(make_daemon):
     finally:
         for s in socks:
             s.close()
+
+
+def test_restart_keeps_identity_and_raft_progress(make_daemon):
+    d = make_daemon()
+    members = d.get("/v2/members").json()
+    r = d.put("/v2/keys/" + unique(), data={"value": "x"})
+    raft_index, term = int(r.headers["X-Raft-Index"]), int(r.headers["X-Raft-Term"])
+    cid = r.headers["X-Etcd-Cluster-Id"]
+    d.restart(kill=True)
+    assert d.get("/v2/members").json() == members
+    r = d.put("/v2/keys/" + unique(), data={"value": "y"})
+    assert r.headers["X-Etcd-Cluster-Id"] == cid
+    assert int(r.headers["X-Raft-Index"]) > raft_index
+    assert int(r.headers["X-Raft-Term"]) >= term
+
+
+def test_ttl_expires_while_down(make_daemon):
+    d = make_daemon()
+    key = unique("down")
+    s = d.put("/v2/keys/" + key, data={"value": "t", "ttl": "1"}).json()
+    d.kill9()
+    time.sleep(2.0)
+    d.start()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and d.get("/v2/keys/" + key).status_code != 404:
+        time.sleep(0.1)
+    assert d.get("/v2/keys/" + key).status_code == 404
+    r = d.get("/v2/keys/" + key, params={"wait": "true", "waitIndex": str(s["node"]["modifiedIndex"] + 1)})
+    assert r.json()["action"] == "expire"

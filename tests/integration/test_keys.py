@@ -3,6 +3,7 @@
 
 import json
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -1531,3 +1532,61 @@ def test_semicolon_query_separator(daemon):
     nodes = r.json()["node"]["nodes"]
     assert [n["key"] for n in nodes] == [f"/{key}/a", f"/{key}/b"]
     assert nodes[1]["nodes"][0]["value"] == "2"
+
+
+def test_ttl_not_early_not_late(daemon):
+    key = unique()
+    t0 = time.monotonic()
+    daemon.put(P(daemon, key), data={"value": "t", "ttl": "2"})
+    time.sleep(max(0, 1.2 - (time.monotonic() - t0)))
+    r = daemon.get(P(daemon, key))
+    assert r.status_code == 200, "ttl=2 key gone after 1.2 s"
+    assert r.json()["node"]["ttl"] in (1, 2)
+    while time.monotonic() - t0 < 4.5 and daemon.get(P(daemon, key)).status_code == 200:
+        time.sleep(0.05)
+    gone = time.monotonic() - t0
+    assert daemon.get(P(daemon, key)).status_code == 404, "ttl=2 key still there after 4.5 s"
+    assert gone >= 1.9, f"expired after {gone:.2f}s"
+
+
+def test_refresh_extends_life(daemon):
+    key = unique()
+    t0 = time.monotonic()
+    daemon.put(P(daemon, key), data={"value": "t", "ttl": "2"})
+    time.sleep(1.0)
+    r = daemon.put(P(daemon, key), data={"refresh": "true", "ttl": "4", "prevExist": "true"})
+    assert r.status_code == 200
+    time.sleep(max(0, 3.0 - (time.monotonic() - t0)))
+    r = daemon.get(P(daemon, key))
+    assert r.status_code == 200 and r.json()["node"]["value"] == "t"
+
+
+def test_stream_watch_from_history_is_one_shot(daemon):
+    """etcd quirk (store/watcher_hub.go): a watch whose waitIndex hits the event history gets that one
+    event and is never registered with the hub, so even with stream=true nothing else arrives."""
+    key = unique()
+    a = daemon.set(key, "h1")
+    daemon.set(key, "h2")
+    got = []
+    s = socket.create_connection(("127.0.0.1", daemon.client_ports[0]), timeout=10)
+    try:
+        s.sendall((f"GET /v2/keys/{key}?wait=true&stream=true&waitIndex={a['node']['modifiedIndex']} "
+                   f"HTTP/1.1\r\nHost: x\r\n\r\n").encode())
+        s.settimeout(0.5)
+        data = b""
+        deadline = time.monotonic() + 3
+        fired = False
+        while time.monotonic() < deadline:
+            try:
+                c = s.recv(65536)
+            except socket.timeout:
+                c = b""
+            if c:
+                data += c
+            if b'"h1"' in data and not fired:
+                fired = True
+                daemon.set(key, "live")
+        got = re.findall(rb'"value":"([^"]*)"', data)
+    finally:
+        s.close()
+    assert got == [b"h1"], got
