@@ -45,6 +45,8 @@ struct HttpRequest {
         bool started;
         bool suspended;
         bool hung_up;
+        bool hangup_watched;     /* the socket is in the hang-up epoll set */
+        bool hangup_pending;     /* briefly suspended, to be watched if that lasts */
         bool head;
 
         HttpBuf body;            /* form bodies of PUT/POST, application/json bodies of /v2/members */
@@ -72,6 +74,8 @@ const Config *http_daemon_config(HttpDaemon *d);
 HttpListenerKind http_daemon_kind(HttpDaemon *d);
 /* Suspends the connection and watches its socket for a hang-up; resume wakes the daemon. */
 void http_request_suspend(HttpRequest *r);
+/* The same for a wait expected to be short (a proposal): the hang-up watch starts only if it lasts. */
+void http_request_suspend_brief(HttpRequest *r);
 void http_request_resume(HttpRequest *r);
 
 /* Provided by client-api.c for http-server.c. */

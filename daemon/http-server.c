@@ -7,12 +7,18 @@
  * or bound from the configured URLs) and hand the connections over with MHD_add_connection(). Each
  * daemon's epoll fd is one io source in sd-event; a timer armed from MHD_get_timeout() in the source's
  * prepare callback drives connection timeouts; a one-shot defer source runs the daemon after a
- * connection was resumed, because MHD_resume_connection() does not wake an external loop.
+ * connection was resumed, because MHD_resume_connection() does not wake an external loop, and whenever
+ * MHD_get_timeout() says 0 (work is ready now: the next request of a keep-alive connection, the next
+ * step of a resumed one), since the 1 ms timer would add one to two milliseconds to every such step.
  *
  * Long polls and pending proposals suspend their connection. libmicrohttpd does not look at suspended
  * sockets at all, so a client that goes away would go unnoticed: while suspended, each socket is in one
  * inner epoll set (EPOLLRDHUP) that is a single io source in sd-event, so that thousands of waiting
- * connections cost one source (sd-event dispatches one source per iteration).
+ * connections cost one source (sd-event dispatches one source per iteration). Proposals are usually
+ * answered within a millisecond: their sockets join that set only if they are still waiting 100 ms later.
+ *
+ * Connections that libmicrohttpd closes with unread input (a refused oversized request) get a lingering
+ * close, so that the client reads our error answer instead of a connection reset.
  *
  * Requests are pooled: the struct of a finished request is reused by the next one.
  */
@@ -26,6 +32,7 @@
 #include <stdio.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -48,6 +55,20 @@
 #define HTTP_ACCEPT_BATCH 64
 #define HTTP_POOL_MAX 1024
 #define HTTP_ACCEPT_RETRY_USEC (100 * USEC_PER_MSEC)
+#define HTTP_LATE_WATCH_USEC (100 * USEC_PER_MSEC) /* a brief suspension watched for hang-up after this */
+/* Lingering close: a connection closed with unread input is drained this long / this much at most. */
+#define HTTP_LINGER_USEC (5 * USEC_PER_SEC)
+#define HTTP_LINGER_BYTES_MAX ((uint64_t) 64 * 1024 * 1024)
+#define HTTP_LINGER_MAX 64
+
+typedef struct HttpLinger HttpLinger;
+struct HttpLinger {
+        HttpServer *server;
+        HttpLinger *prev, *next;
+        int fd;
+        uint64_t drained;
+        sd_event_source *io, *timer;
+};
 
 typedef struct HttpListener {
         HttpServer *server;
@@ -77,9 +98,14 @@ struct HttpServer {
         int hangup_fd;
         sd_event_source *hangup_source;
         HttpRequest *suspended;  /* list of suspended requests (for shutdown) */
+        unsigned n_unwatched;    /* of which briefly suspended ones not yet watched for hang-up */
+        sd_event_source *late_watch;
 
         HttpRequest *pool;
         unsigned n_pool;
+
+        HttpLinger *lingering;
+        unsigned n_lingering;
 };
 
 Server *http_daemon_server(HttpDaemon *d) {
@@ -111,15 +137,40 @@ static int connection_fd(HttpRequest *r) {
         return ci ? ci->connect_fd : -1;
 }
 
-void http_request_suspend(HttpRequest *r) {
-        HttpServer *h = r->daemon->server;
+static void request_watch_hangup(HttpServer *h, HttpRequest *r) {
         struct epoll_event ev = { .events = EPOLLRDHUP, .data.ptr = r };
         int fd;
+
+        fd = connection_fd(r);
+        if (fd < 0 || epoll_ctl(h->hangup_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+                log_debug_errno(fd < 0 ? -EBADF : -errno, "Failed to watch suspended connection for hang-up, ignoring: %m");
+                return;
+        }
+        r->hangup_watched = true;
+}
+
+static int on_late_watch(sd_event_source *s, uint64_t usec, void *userdata) {
+        HttpServer *h = userdata;
+
+        /* Brief suspensions that lasted: from now on notice their client going away. */
+        for (HttpRequest *r = h->suspended; r && h->n_unwatched > 0; r = r->suspended_next)
+                if (r->hangup_pending) {
+                        r->hangup_pending = false;
+                        h->n_unwatched--;
+                        request_watch_hangup(h, r);
+                }
+        h->n_unwatched = 0;
+        return 0;
+}
+
+static void request_suspend(HttpRequest *r, bool brief) {
+        HttpServer *h = r->daemon->server;
 
         assert(!r->suspended);
 
         MHD_suspend_connection(r->connection);
         r->suspended = true;
+        r->hangup_watched = r->hangup_pending = false;
 
         r->suspended_prev = NULL;
         r->suspended_next = h->suspended;
@@ -127,9 +178,37 @@ void http_request_suspend(HttpRequest *r) {
                 h->suspended->suspended_prev = r;
         h->suspended = r;
 
-        fd = connection_fd(r);
-        if (fd < 0 || epoll_ctl(h->hangup_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
-                log_debug_errno(fd < 0 ? -EBADF : -errno, "Failed to watch suspended connection for hang-up, ignoring: %m");
+        if (!brief) {
+                request_watch_hangup(h, r);
+                return;
+        }
+
+        /* Two epoll_ctl() per request (add, then remove on resume) cost ~7 % of a PUT's CPU; a proposal is
+         * usually answered within a millisecond, so only those still waiting after a while get watched. */
+        r->hangup_pending = true;
+        h->n_unwatched++;
+        if (h->n_unwatched == 1) {
+                uint64_t now;
+
+                if (sd_event_now(h->event, CLOCK_MONOTONIC, &now) < 0)
+                        now = 0;
+                if (!h->late_watch) {
+                        if (sd_event_add_time(h->event, &h->late_watch, CLOCK_MONOTONIC, now + HTTP_LATE_WATCH_USEC,
+                                              10 * USEC_PER_MSEC, on_late_watch, h) < 0)
+                                request_watch_hangup(h, r); /* no timer: watch right away */
+                } else if (sd_event_source_get_enabled(h->late_watch, NULL) == 0) {
+                        (void) sd_event_source_set_time(h->late_watch, now + HTTP_LATE_WATCH_USEC);
+                        (void) sd_event_source_set_enabled(h->late_watch, SD_EVENT_ONESHOT);
+                }
+        }
+}
+
+void http_request_suspend(HttpRequest *r) {
+        request_suspend(r, false);
+}
+
+void http_request_suspend_brief(HttpRequest *r) {
+        request_suspend(r, true);
 }
 
 /* Forgets the hang-up watch of a suspended request, without touching libmicrohttpd. */
@@ -137,9 +216,16 @@ static void request_unwatch(HttpRequest *r) {
         HttpServer *h = r->daemon->server;
         int fd;
 
-        fd = connection_fd(r);
-        if (fd >= 0)
-                (void) epoll_ctl(h->hangup_fd, EPOLL_CTL_DEL, fd, NULL);
+        if (r->hangup_watched) {
+                fd = connection_fd(r);
+                if (fd >= 0)
+                        (void) epoll_ctl(h->hangup_fd, EPOLL_CTL_DEL, fd, NULL);
+                r->hangup_watched = false;
+        }
+        if (r->hangup_pending) {
+                r->hangup_pending = false;
+                h->n_unwatched--;
+        }
 
         if (r->suspended_prev)
                 r->suspended_prev->suspended_next = r->suspended_next;
@@ -182,6 +268,103 @@ static int on_hangup(sd_event_source *s, int fd, uint32_t revents, void *userdat
                 http_request_resume(r);
         }
         return 0;
+}
+
+/* --- lingering close ----------------------------------------------------------------------- */
+
+/*
+ * libmicrohttpd closes a connection it refuses (e.g. a request line larger than the pool) right after
+ * queueing the error answer, while the client may still be sending: close() with unread input makes the
+ * kernel send a RST, and the client loses the answer it had not read yet. So when a connection is closed
+ * with input pending, we keep a duplicate of its socket, so that libmicrohttpd's close() does not release
+ * it, and drain the input until the client closes (or for a while), as Go's server and Apache do.
+ */
+
+static HttpLinger *linger_free(HttpLinger *l) {
+        HttpServer *h = l->server;
+
+        l->io = sd_event_source_disable_unref(l->io);
+        l->timer = sd_event_source_disable_unref(l->timer);
+        if (l->fd >= 0)
+                (void) close(l->fd);
+        if (l->prev)
+                l->prev->next = l->next;
+        else
+                h->lingering = l->next;
+        if (l->next)
+                l->next->prev = l->prev;
+        h->n_lingering--;
+        free(l);
+        return NULL;
+}
+
+static int on_linger_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        HttpLinger *l = userdata;
+        char buf[16384];
+
+        for (;;) {
+                ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == EAGAIN)
+                        return 0;
+                if (n <= 0) /* EOF or error: the client is done */
+                        break;
+                l->drained += (uint64_t) n;
+                if (l->drained > HTTP_LINGER_BYTES_MAX)
+                        break;
+        }
+        linger_free(l);
+        return 0;
+}
+
+static int on_linger_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        linger_free(userdata);
+        return 0;
+}
+
+static void linger_start(HttpServer *h, int fd) {
+        HttpLinger *l;
+        uint64_t now;
+
+        if (h->n_lingering >= HTTP_LINGER_MAX || sd_event_now(h->event, CLOCK_MONOTONIC, &now) < 0)
+                return;
+        l = calloc(1, sizeof(HttpLinger));
+        if (!l)
+                return;
+        l->server = h;
+        l->next = h->lingering;
+        if (h->lingering)
+                h->lingering->prev = l;
+        h->lingering = l;
+        h->n_lingering++;
+
+        l->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (l->fd < 0 ||
+            sd_event_add_io(h->event, &l->io, l->fd, EPOLLIN | EPOLLRDHUP, on_linger_io, l) < 0 ||
+            sd_event_add_time(h->event, &l->timer, CLOCK_MONOTONIC, now + HTTP_LINGER_USEC, 10 * USEC_PER_MSEC,
+                              on_linger_timer, l) < 0) {
+                linger_free(l);
+                return;
+        }
+        (void) sd_event_source_set_description(l->io, "http-linger");
+        /* Our answer is complete: send the FIN now, whatever happens to libmicrohttpd's descriptor. */
+        (void) shutdown(l->fd, SHUT_WR);
+}
+
+static void on_connection_notify(void *cls, struct MHD_Connection *connection, void **socket_context,
+                                 enum MHD_ConnectionNotificationCode toe) {
+        HttpDaemon *d = cls;
+        const union MHD_ConnectionInfo *ci;
+        int pending = 0;
+
+        if (toe != MHD_CONNECTION_NOTIFY_CLOSED)
+                return;
+        /* Called before libmicrohttpd closes the socket. One ioctl() per closed connection. */
+        ci = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci && ioctl(ci->connect_fd, FIONREAD, &pending) >= 0 && pending > 0)
+                linger_start(d->server, ci->connect_fd);
 }
 
 /* --- request lifecycle ---------------------------------------------------------------------- */
@@ -374,6 +557,13 @@ static int on_daemon_prepare(sd_event_source *s, void *userdata) {
                 return 0;
         }
 
+        if (ms == 0) {
+                /* Work is ready right now (a connection with unread data, a resumed one): run in this
+                 * iteration instead of on the timer, which would fire a loop round and up to 1 ms late. */
+                daemon_wake(d);
+                return 0;
+        }
+
         if (sd_event_now(d->server->event, CLOCK_MONOTONIC, &now) < 0)
                 return 0;
         when = now + (uint64_t) ms * USEC_PER_MSEC;
@@ -401,6 +591,7 @@ static int daemon_start(HttpServer *h, HttpListenerKind kind) {
                                   0, NULL, NULL, on_access, d,
                                   MHD_OPTION_URI_LOG_CALLBACK, on_uri_log, d,
                                   MHD_OPTION_NOTIFY_COMPLETED, on_completed, d,
+                                  MHD_OPTION_NOTIFY_CONNECTION, on_connection_notify, d,
                                   MHD_OPTION_CONNECTION_MEMORY_LIMIT, HTTP_CONNECTION_MEMORY_LIMIT,
                                   MHD_OPTION_CONNECTION_LIMIT, (unsigned) 1000000,
                                   MHD_OPTION_CONNECTION_TIMEOUT, HTTP_CONNECTION_TIMEOUT_SEC,
@@ -723,12 +914,16 @@ HttpServer *http_server_free(HttpServer *h) {
                 daemon_stop(&h->daemons[k]);
         }
 
+        while (h->lingering)
+                linger_free(h->lingering);
+
         while (h->pool) {
                 HttpRequest *r = h->pool;
                 h->pool = r->free_next;
                 free(r);
         }
 
+        h->late_watch = sd_event_source_disable_unref(h->late_watch);
         h->hangup_source = sd_event_source_disable_unref(h->hangup_source);
         if (h->hangup_fd >= 0)
                 (void) close(h->hangup_fd);
