@@ -24,7 +24,10 @@
 
 #include <json-c/json.h>
 
+#include <sys/socket.h>
+
 #include "client-api.h"
+#include "peer.h"
 #include "config-build.h"
 #include "log.h"
 #include "macro.h"
@@ -722,6 +725,96 @@ static bool member_id_removed(Store *st, const char *idstr) {
         return store_lookup(st, path) != NULL;
 }
 
+/* --- membership changes through the server (issue 3) --- */
+
+static void on_member_done(int error, uint64_t id, void *userdata) {
+        HttpRequest *r = userdata;
+
+        r->member_error = error;
+        r->member_id = id;
+        r->state = HTTP_REQUEST_ANSWERED;
+        http_request_resume(r);
+}
+
+/* etcd2's writeError() for the members endpoints. */
+static enum MHD_Result reply_member(HttpRequest *r) {
+        _cleanup_(freep) char *msg = NULL;
+        char idstr[32];
+
+        snprintf(idstr, sizeof idstr, "%" PRIx64, r->member_id);
+        switch (r->member_error) {
+        case 0:
+                if (r->member_urls) {
+                        Member m = { .id = r->member_id, .name = (char *) "", .peer_urls = r->member_urls };
+                        HttpBuf b = {};
+
+                        if (buf_member(&b, &m) < 0 || http_buf_puts(&b, "\n") < 0) {
+                                http_buf_done(&b);
+                                return MHD_NO;
+                        }
+                        return reply_json_buf(r, MHD_HTTP_CREATED, &b, true);
+                }
+                {
+                        struct MHD_Response *resp = resp_copy("", 0);
+
+                        if (resp)
+                                add_cluster_id(r, resp);
+                        return queue(r, MHD_HTTP_NO_CONTENT, resp);
+                }
+        case -EEXIST:
+                return reply_message(r, MHD_HTTP_CONFLICT, "etcdserver: member ID already exist", true);
+        case -EADDRINUSE:
+                return reply_message(r, MHD_HTTP_CONFLICT, "etcdserver: peerURL exists", true);
+        case -ENOENT:
+                if (asprintf(&msg, "No such member: %s", idstr) < 0)
+                        return MHD_NO;
+                return reply_message(r, MHD_HTTP_NOT_FOUND, msg, true);
+        case -EIDRM:
+                if (r->member_urls)   /* an add: etcd2 answers 500 here, not the documented 409/410 */
+                        break;
+                if (asprintf(&msg, "Member permanently removed: %s", idstr) < 0)
+                        return MHD_NO;
+                return reply_message(r, MHD_HTTP_GONE, msg, true);
+        default:
+                break;
+        }
+        return reply_message(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "Internal Server Error", true);
+}
+
+static int member_url_cmp(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+static enum MHD_Result member_change(HttpRequest *r, const char *method, uint64_t id, char **urls) {
+        Server *s = req_server(r);
+        int k;
+
+        /* etcd2 answers (and stores) the peer URLs sorted. */
+        if (urls)
+                qsort(urls, strv_length(urls), sizeof(char *), member_url_cmp);
+
+        r->member_op = true;
+        r->member_id = id;
+        r->state = HTTP_REQUEST_PROPOSING;
+        if (streq(method, "POST")) {
+                r->member_urls = urls;
+                k = server_member_add(s, urls, strv_length(urls), on_member_done, r);
+        } else if (streq(method, "PUT")) {
+                k = server_member_update(s, id, urls, strv_length(urls), on_member_done, r);
+                strv_free(urls);
+        } else {
+                strv_free(urls);
+                k = server_member_remove(s, id, on_member_done, r);
+        }
+        if (k < 0) {
+                r->member_error = k;
+                r->state = HTTP_REQUEST_NEW;
+                return reply_member(r);
+        }
+        http_request_suspend(r);
+        return MHD_YES;
+}
+
 static enum MHD_Result handle_members(HttpRequest *r, const char *method, const char *rest) {
         Store *st = req_store(r);
         Member *ms = NULL;
@@ -795,11 +888,9 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
                                                 break;
                                         }
                 }
-                if (status == 0) {
-                        status = MHD_HTTP_INTERNAL_SERVER_ERROR;
-                        msg = strdup(MEMBERSHIP_NOT_SUPPORTED);
-                }
                 members_free(ms, n);
+                if (status == 0)
+                        return member_change(r, method, 0, TAKE_PTR(urls));
                 return reply_message(r, status, msg ?: "Internal Server Error", true);
         }
 
@@ -856,11 +947,9 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
                         status = MHD_HTTP_NOT_FOUND;
                         (void) asprintf(&msg, "No such member: %s", idstr);
                 }
-                if (status == 0) {
-                        status = MHD_HTTP_INTERNAL_SERVER_ERROR;
-                        msg = strdup(MEMBERSHIP_NOT_SUPPORTED);
-                }
                 members_free(ms, n);
+                if (status == 0)
+                        return member_change(r, method, id, TAKE_PTR(urls));
                 ret = reply_message(r, status, msg ?: "Internal Server Error", true);
         }
         return ret;
@@ -894,10 +983,29 @@ static enum MHD_Result handle_stats(HttpRequest *r, const char *method, const ch
         if (streq(which, "leader")) {
                 if (server_role(s) != SERVER_ROLE_LEADER)
                         return reply_message(r, MHD_HTTP_FORBIDDEN, "not current leader", false);
-                /* A one-member cluster has no followers. */
-                k = http_buf_printf(&b, "{\"leader\":\"%" PRIx64 "\",\"followers\":{}}", server_member_id(s));
-                if (k < 0)
-                        return MHD_NO;
+                {
+                        ServerFollowerStats *fs = NULL;
+                        size_t nf = 0;
+
+                        if (server_follower_stats(s, &fs, &nf) < 0)
+                                return reply_message(r, MHD_HTTP_FORBIDDEN, "not current leader", false);
+                        k = http_buf_printf(&b, "{\"leader\":\"%" PRIx64 "\",\"followers\":{", server_member_id(s));
+                        for (size_t i = 0; k >= 0 && i < nf; i++)
+                                k = http_buf_printf(&b, "%s\"%" PRIx64 "\":{\"latency\":{\"current\":%g,\"average\":%g,"
+                                                    "\"standardDeviation\":%g,\"minimum\":%g,\"maximum\":%g},"
+                                                    "\"counts\":{\"fail\":%" PRIu64 ",\"success\":%" PRIu64 "}}",
+                                                    i > 0 ? "," : "", fs[i].id, fs[i].latency_current_ms,
+                                                    fs[i].latency_average_ms, fs[i].latency_stddev_ms,
+                                                    fs[i].latency_min_ms, fs[i].latency_max_ms, fs[i].n_fail,
+                                                    fs[i].n_success);
+                        free(fs);
+                        if (k >= 0)
+                                k = http_buf_puts(&b, "}}");
+                        if (k < 0) {
+                                http_buf_done(&b);
+                                return MHD_NO;
+                        }
+                }
                 return reply_json_buf(r, MHD_HTTP_OK, &b, false);
         }
 
@@ -926,8 +1034,13 @@ static enum MHD_Result handle_stats(HttpRequest *r, const char *method, const ch
                         k = http_buf_puts(&b, "\",\"startTime\":\"");
                 if (k >= 0)
                         k = lstart > 0 ? http_buf_rfc3339(&b, lstart) : http_buf_puts(&b, "0001-01-01T00:00:00Z");
-                if (k >= 0)
-                        k = http_buf_puts(&b, "\"},\"recvAppendRequestCnt\":0,\"sendAppendRequestCnt\":0}");
+                if (k >= 0) {
+                        ServerSelfStats st;
+
+                        server_self_stats(s, &st);
+                        k = http_buf_printf(&b, "\"},\"recvAppendRequestCnt\":%" PRIu64 ",\"sendAppendRequestCnt\":%" PRIu64 "}",
+                                            st.recv_append_requests, st.send_append_requests);
+                }
                 if (k < 0) {
                         http_buf_done(&b);
                         return MHD_NO;
@@ -1133,6 +1246,73 @@ static enum MHD_Result handle_peer_members(HttpRequest *r, const char *method) {
         return reply_json_buf(r, MHD_HTTP_OK, &b, true);
 }
 
+/* --- peer stream (issue 3): `POST /raft/stream` upgraded to the peer transport (peer.h) ------- */
+
+typedef struct PeerStreamRelease {
+        struct MHD_UpgradeResponseHandle *urh;
+        HttpDaemon *daemon;
+        int fd;
+} PeerStreamRelease;
+
+static void peer_stream_release(void *userdata) {
+        PeerStreamRelease *u = userdata;
+
+        /* The peer sees the end now, not when libmicrohttpd gets round to closing the socket. */
+        (void) shutdown(u->fd, SHUT_RDWR);
+        (void) MHD_upgrade_action(u->urh, MHD_UPGRADE_ACTION_CLOSE);
+        http_daemon_wake(u->daemon);
+        free(u);
+}
+
+static void on_peer_upgrade(void *cls, struct MHD_Connection *connection, void *req_cls, const char *extra_in,
+                            size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh) {
+        HttpDaemon *d = cls;
+        PeerTransport *t = server_peer_transport(http_daemon_server(d));
+        PeerStreamRelease *u = malloc(sizeof(PeerStreamRelease));
+
+        if (!t || !u) {
+                free(u);
+                (void) MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+                http_daemon_wake(d);
+                return;
+        }
+        *u = (PeerStreamRelease) { .urh = urh, .daemon = d, .fd = sock };
+        /* On refusal peer_transport_accept() calls peer_stream_release() itself. */
+        (void) peer_transport_accept(t, sock,
+                                     MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Server-From"),
+                                     MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Etcd-Cluster-ID"),
+                                     extra_in, extra_in_size, peer_stream_release, u);
+}
+
+static enum MHD_Result handle_peer_stream(HttpRequest *r, const char *method) {
+        PeerTransport *t = server_peer_transport(req_server(r));
+        const char *upgrade = MHD_lookup_connection_value(r->connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_UPGRADE);
+        struct MHD_Response *resp;
+        int status;
+
+        if (!streq(method, "POST"))
+                return reply_method_not_allowed(r, "POST");
+        if (!t)
+                return reply_not_found(r);
+        if (!upgrade || !streq(upgrade, "etcd2-raft/1"))
+                status = MHD_HTTP_BAD_REQUEST;
+        else
+                status = peer_transport_check(t,
+                                              MHD_lookup_connection_value(r->connection, MHD_HEADER_KIND, "X-Server-From"),
+                                              MHD_lookup_connection_value(r->connection, MHD_HEADER_KIND, "X-Etcd-Cluster-ID"));
+        if (status != MHD_HTTP_SWITCHING_PROTOCOLS) {
+                resp = resp_copy("", 0);
+                if (resp && status == MHD_HTTP_PRECONDITION_FAILED)
+                        add_cluster_id(r, resp);
+                return queue(r, (unsigned) status, resp);
+        }
+        resp = MHD_create_response_for_upgrade(on_peer_upgrade, r->daemon);
+        if (!resp)
+                return MHD_NO;
+        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "etcd2-raft/1");
+        return queue(r, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
+}
+
 /* --- routing -------------------------------------------------------------------------------- */
 
 static enum MHD_Result reply_redirect(HttpRequest *r, const char *method, const char *clean, const char *query) {
@@ -1242,6 +1422,8 @@ static enum MHD_Result route(HttpRequest *r, const char *method) {
         }
 
         if (!client) {
+                if (streq(path, "/raft/stream"))
+                        return handle_peer_stream(r, method);
                 if (streq(path, "/members"))
                         return handle_peer_members(r, method);
                 if (streq(path, "/version"))
@@ -1294,6 +1476,8 @@ enum MHD_Result client_api_handle(HttpRequest *r, const char *method) {
         case HTTP_REQUEST_NEW:
                 return route(r, method);
         case HTTP_REQUEST_ANSWERED:
+                if (r->member_op)
+                        return reply_member(r);
                 ret = reply_result(r, &r->result);
                 store_result_done(&r->result);
                 return ret;
@@ -1306,6 +1490,8 @@ enum MHD_Result client_api_handle(HttpRequest *r, const char *method) {
 }
 
 void client_api_hangup(HttpRequest *r) {
+        if (r->member_op && r->state == HTTP_REQUEST_PROPOSING)
+                server_member_cancel(req_server(r), r);
         if (r->proposal) {
                 server_proposal_cancel(r->proposal);
                 r->proposal = NULL;
@@ -1316,6 +1502,8 @@ void client_api_hangup(HttpRequest *r) {
 
 void client_api_request_done(HttpRequest *r) {
         client_api_hangup(r);
+        r->member_op = false;
+        r->member_urls = strv_free(r->member_urls);
         store_result_done(&r->result);
         for (size_t i = 0; i < r->n_queue; i++)
                 store_event_unref(r->queue[i]);

@@ -55,6 +55,12 @@ struct HttpRequest {
 
         HttpRequestState state;
 
+        /* membership changes (server_member_*()): answered like a proposal */
+        bool member_op;
+        int member_error;
+        uint64_t member_id;
+        char **member_urls;
+
         /* writes and quorum reads */
         ServerProposal *proposal;
         StoreResult result;
@@ -77,6 +83,8 @@ void http_request_suspend(HttpRequest *r);
 /* The same for a wait expected to be short (a proposal): the hang-up watch starts only if it lasts. */
 void http_request_suspend_brief(HttpRequest *r);
 void http_request_resume(HttpRequest *r);
+/* Runs the daemon on the next loop iteration (after an upgraded connection was closed). */
+void http_daemon_wake(HttpDaemon *d);
 
 /* Provided by client-api.c for http-server.c. */
 /* First call for a request: decide whether its body is wanted (r->want_body). */

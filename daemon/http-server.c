@@ -40,6 +40,7 @@
 
 #include "client-api.h"
 #include "http-server.h"
+#include "peer.h"
 #include "log.h"
 #include "macro.h"
 
@@ -128,6 +129,10 @@ static void daemon_run(HttpDaemon *d) {
 static void daemon_wake(HttpDaemon *d) {
         if (d->defer)
                 (void) sd_event_source_set_enabled(d->defer, SD_EVENT_ONESHOT);
+}
+
+void http_daemon_wake(HttpDaemon *d) {
+        daemon_wake(d);
 }
 
 static int connection_fd(HttpRequest *r) {
@@ -586,8 +591,9 @@ static int daemon_start(HttpServer *h, HttpListenerKind kind) {
         d->kind = kind;
         d->timer_usec = UINT64_MAX;
 
+        /* Peer listeners: `POST /raft/stream` upgrades to the peer transport (client-api.c). */
         d->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET |
-                                  MHD_USE_TURBO,
+                                  MHD_USE_TURBO | (kind == HTTP_LISTENER_PEER ? MHD_ALLOW_UPGRADE : 0),
                                   0, NULL, NULL, on_access, d,
                                   MHD_OPTION_URI_LOG_CALLBACK, on_uri_log, d,
                                   MHD_OPTION_NOTIFY_COMPLETED, on_completed, d,
@@ -900,6 +906,10 @@ HttpServer *http_server_free(HttpServer *h) {
         for (size_t i = 0; i < h->n_listeners; i++)
                 free(h->listeners[i]);
         free(h->listeners);
+
+        /* Upgraded peer streams belong to libmicrohttpd: end them before it stops. */
+        if (h->server && server_peer_transport(h->server))
+                peer_transport_close_accepted(server_peer_transport(h->server));
 
         /* libmicrohttpd refuses to stop with suspended connections: wake them all, let them fail. */
         while (h->suspended) {

@@ -598,11 +598,11 @@ static void apply_cb(struct raft_apply *req, int status, void *result) {
 }
 
 static int proposal_submit(Server *s, ServerProposal *p) {
+        struct raft_buffer buf = p->buf;   /* a local array of one (GCC's access checks like that better) */
         int r;
 
-
         p->req.data = p;
-        r = raft_apply(&s->raft, &p->req, &p->buf, 1, apply_cb);
+        r = raft_apply(&s->raft, &p->req, &buf, 1, apply_cb);
         if (r != 0)
                 return r;
         p->buf = (struct raft_buffer) {};   /* libraft owns it now */
@@ -1475,6 +1475,13 @@ static void member_change_cb(struct raft_change *req, int status) {
         MemberOp *op = req->data;
 
         op->server->change_in_flight = false;
+        if (status != 0 && op->kind == MEMBER_OP_REMOVE && op->member_id == op->server->member_id) {
+                /* A leader that removes itself steps down before it sees the change through (alone, it
+                 * cannot); the store says removed already, and it is leaving anyway. */
+                log_info("Removed ourselves (%s).", raft_strerror(status));
+                member_op_finish(op, 0);
+                return;
+        }
         if (status != 0) {
                 log_warning("Membership change for %" PRIx64 " failed: %s", op->member_id, raft_strerror(status));
                 member_op_finish(op, -ETIMEDOUT);
@@ -1633,6 +1640,12 @@ static void member_ops_check(Server *s) {
                 if (op->deadline_usec <= now) {
                         member_op_finish(op, -ETIMEDOUT);
                         continue;
+                }
+                if (!op->forwarded && s->leader && s->ready) {
+                        /* We lead now: run it here. */
+                        member_op_unlink(s, op);
+                        member_op_execute(op);
+                        return;   /* the list may have changed */
                 }
                 if (!op->forwarded && member_op_forward(s, op) >= 0)
                         op->forwarded = true;
@@ -2194,6 +2207,54 @@ static bool url_sets_equal(const EtcdUrlList *a, json_object *urls) {
         return true;
 }
 
+/* GET <peer URL>/members: the JSON array and the X-Etcd-Cluster-ID header. 0, or < 0 (logged at debug). */
+static int fetch_members(const char *peer_url, long timeout_ms, json_object **ret, uint64_t *ret_cluster) {
+        _cleanup_(freep) char *body = NULL, *url = NULL;
+        size_t body_len = 0;
+        uint64_t cluster = 0;
+        json_object *j;
+        CURL *curl;
+        FILE *f;
+        long code = 0;
+        CURLcode cr;
+
+        if (asprintf(&url, "%s/members", peer_url) < 0)
+                return -ENOMEM;
+        f = open_memstream(&body, &body_len);
+        if (!f)
+                return -ENOMEM;
+        curl = curl_easy_init();
+        if (!curl) {
+                fclose(f);
+                return -ENOMEM;
+        }
+        (void) curl_easy_setopt(curl, CURLOPT_URL, url);
+        (void) curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+        (void) curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
+        (void) curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, curl_collect);
+        (void) curl_easy_setopt(curl, CURLOPT_WRITEDATA, f);
+        (void) curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, curl_header);
+        (void) curl_easy_setopt(curl, CURLOPT_HEADERDATA, &cluster);
+        cr = curl_easy_perform(curl);
+        (void) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
+        curl_easy_cleanup(curl);
+        fclose(f);
+        if (cr != CURLE_OK || code != 200 || !body) {
+                log_debug("Could not get the member list from %s: %s", url,
+                          cr != CURLE_OK ? curl_easy_strerror(cr) : "bad status");
+                return -EHOSTUNREACH;
+        }
+        j = json_tokener_parse(body);
+        if (!j || !json_object_is_type(j, json_type_array)) {
+                json_object_put(j);
+                log_warning("Could not parse the member list from %s.", url);
+                return -EBADMSG;
+        }
+        *ret = j;
+        *ret_cluster = cluster;
+        return 0;
+}
+
 /* --initial-cluster-state existing: ask the other members (GET <peer>/members) for the cluster; our
  * ID and the cluster ID come from there, not from hashing (etcd2's GetClusterFromRemotePeers). */
 static int fetch_existing_cluster(const Config *c, uint64_t *ret_member_id, uint64_t *ret_cluster_id) {
@@ -2212,47 +2273,11 @@ static int fetch_existing_cluster(const Config *c, uint64_t *ret_member_id, uint
                 if (m == self)
                         continue;
                 for (size_t u = 0; u < m->peer_urls.n; u++) {
-                        _cleanup_(freep) char *body = NULL, *url = NULL;
-                        size_t body_len = 0;
+                        json_object *j = NULL;
                         uint64_t cluster = 0;
-                        json_object *j;
-                        CURL *curl;
-                        FILE *f;
-                        long code = 0;
-                        CURLcode cr;
 
-                        if (asprintf(&url, "%s/members", m->peer_urls.urls[u].str) < 0)
-                                return -ENOMEM;
-                        f = open_memstream(&body, &body_len);
-                        if (!f)
-                                return -ENOMEM;
-                        curl = curl_easy_init();
-                        if (!curl) {
-                                fclose(f);
-                                return -ENOMEM;
-                        }
-                        (void) curl_easy_setopt(curl, CURLOPT_URL, url);
-                        (void) curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-                        (void) curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
-                        (void) curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, curl_collect);
-                        (void) curl_easy_setopt(curl, CURLOPT_WRITEDATA, f);
-                        (void) curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, curl_header);
-                        (void) curl_easy_setopt(curl, CURLOPT_HEADERDATA, &cluster);
-                        cr = curl_easy_perform(curl);
-                        (void) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
-                        curl_easy_cleanup(curl);
-                        fclose(f);
-                        if (cr != CURLE_OK || code != 200 || !body) {
-                                log_warning("Could not get the cluster member list from %s: %s", url,
-                                            cr != CURLE_OK ? curl_easy_strerror(cr) : "bad status");
+                        if (fetch_members(m->peer_urls.urls[u].str, 10000, &j, &cluster) < 0)
                                 continue;
-                        }
-                        j = json_tokener_parse(body);
-                        if (!j || !json_object_is_type(j, json_type_array)) {
-                                json_object_put(j);
-                                log_warning("Could not parse the member list from %s.", url);
-                                continue;
-                        }
                         if (json_object_array_length(j) != c->n_initial_members) {
                                 json_object_put(j);
                                 return log_error_errno(-EINVAL, "Error validating peerURLs: member count is unequal.");
@@ -2268,7 +2293,8 @@ static int fetch_existing_cluster(const Config *c, uint64_t *ret_member_id, uint
                                         *ret_cluster_id = cluster;
                                         json_object_put(j);
                                         if (*ret_member_id == 0 || cluster == 0)
-                                                return log_error_errno(-EINVAL, "Got no member or cluster ID from %s.", url);
+                                                return log_error_errno(-EINVAL, "Got no member or cluster ID from %s.",
+                                                                       m->peer_urls.urls[u].str);
                                         log_info("Joining existing cluster %" PRIx64 " as member %" PRIx64 ".",
                                                  cluster, *ret_member_id);
                                         return 0;
@@ -2280,6 +2306,39 @@ static int fetch_existing_cluster(const Config *c, uint64_t *ret_member_id, uint
         }
         return log_error_errno(-EHOSTUNREACH, "Cannot fetch cluster info from peer URLs: could not retrieve cluster "
                                "information from the given URLs.");
+}
+
+/* --initial-cluster-state new on an empty data dir: if the other members already know us with client
+ * URLs, this member ran before and lost its data; refuse (etcd2's isMemberBootstrapped). */
+static int check_not_bootstrapped(const Config *c) {
+        for (size_t i = 0; i < c->n_initial_members; i++) {
+                const ClusterMember *m = &c->initial_members[i];
+
+                if (m->id == c->member_id)
+                        continue;
+                for (size_t u = 0; u < m->peer_urls.n; u++) {
+                        json_object *j = NULL;
+                        uint64_t cluster = 0;
+
+                        if (fetch_members(m->peer_urls.urls[u].str, 1000, &j, &cluster) < 0)
+                                continue;
+                        for (size_t k = 0; k < json_object_array_length(j); k++) {
+                                json_object *e = json_object_array_get_idx(j, k), *id, *curls;
+
+                                if (json_object_object_get_ex(e, "id", &id) &&
+                                    json_object_get_uint64(id) == c->member_id &&
+                                    json_object_object_get_ex(e, "clientURLs", &curls) &&
+                                    json_object_is_type(curls, json_type_array) && json_object_array_length(curls) > 0) {
+                                        json_object_put(j);
+                                        return log_error_errno(-EEXIST, "member %" PRIx64 " has already been bootstrapped",
+                                                               c->member_id);
+                                }
+                        }
+                        json_object_put(j);
+                        break;
+                }
+        }
+        return 0;
 }
 
 static char *raft_attributes_json_new(const EtcdUrlList *l);
@@ -2332,6 +2391,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
                         if (r < 0)
                                 return r;
                         join = true;
+                } else if (config->n_initial_members > 1 && !config->force_new_cluster) {
+                        r = check_not_bootstrapped(config);
+                        if (r < 0)
+                                return r;
                 }
                 if (member_id == 0)
                         return log_error_errno(-EINVAL, "No member ID configured.");

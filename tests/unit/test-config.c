@@ -731,15 +731,16 @@ static void test_initial_cluster(void **state) {
 static void test_initial_cluster_three_members(void **state) {
         Run r;
 
-        /* Parses and passes the bootstrap checks, then is refused as not supported yet (one member only). */
+        /* Parses and passes the bootstrap checks; the IDs are etcd2's (reference section 2.2). */
         run_config(&r, ARGS("--name", "infra1", "--initial-cluster-token", "etcd-cluster-1",
                             "--initial-advertise-peer-urls", "http://10.0.1.11:2380",
                             "--initial-cluster",
                             "infra0=http://10.0.1.10:2380,infra1=http://10.0.1.11:2380,infra2=http://10.0.1.12:2380"),
                    NOENV);
-        assert_int_equal(r.r, 1);
-        assert_int_equal(r.status, 1);
-        assert_contains(r.err, "--initial-cluster with more than one member is not supported yet by this etcd2");
+        assert_int_equal(r.r, 0);
+        assert_int_equal(r.config->n_initial_members, 3);
+        assert_true(r.config->member_id == UINT64_C(0xd5dc5f8d75d04e29));
+        assert_true(r.config->cluster_id == UINT64_C(0xacccc8912db0cd57));
         assert_not_contains(r.err, "couldn't find");
         run_done(&r);
 }
@@ -949,8 +950,6 @@ static void test_unsupported(void **state) {
                 { ARGS("--peer-ca-file", "/ca"), "--peer-ca-file" },
                 { ARGS("--peer-trusted-ca-file", "/ca"), "--peer-trusted-ca-file" },
                 { ARGS("--peer-client-cert-auth"), "--peer-client-cert-auth" },
-                { ARGS("--initial-cluster-state", "existing"), "--initial-cluster-state=existing" },
-                { ARGS("--force-new-cluster"), "--force-new-cluster" },
                 { ARGS("--experimental-v3demo"), "--experimental-v3demo" },
                 { ARGS("--enable-pprof"), "--enable-pprof" },
                 { ARGS("--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls",

@@ -1118,7 +1118,7 @@ static void test_cluster_membership(void **state) {
         int leader;
         unsigned follower;
         char *url, path[96], value[128];
-        uint64_t now_sec = (uint64_t) time(NULL), new_id;
+        uint64_t now_sec, new_id;
 
         cluster_init(&c, 3);
         c.n = 4;   /* slot 3: the member we add */
@@ -1154,11 +1154,19 @@ static void test_cluster_membership(void **state) {
         /* Add through a follower (forwarded to the leader). */
         w = (MemberWait) {};
         url = c.urls[3];
+        now_sec = (uint64_t) time(NULL);
         assert_int_equal(server_member_add(c.servers[follower], &url, 1, member_cb, &w), 0);
         run_until_member(&c, &w);
         assert_int_equal(w.error, 0);
         new_id = w.id;
-        assert_true(new_id == etcd_member_id(&url, 1, "", now_sec) || new_id == etcd_member_id(&url, 1, "", now_sec + 1));
+        {
+                bool match = false;
+
+                /* etcd2's ID of a member added at runtime: its peer URLs, no token, the Unix time. */
+                for (uint64_t t = now_sec; t <= (uint64_t) time(NULL); t++)
+                        match = match || new_id == etcd_member_id(&url, 1, "", t);
+                assert_true(match);
+        }
         snprintf(path, sizeof(path), "/0/members/%" PRIx64 "/raftAttributes", new_id);
         snprintf(value, sizeof(value), "{\"peerURLs\":[\"%s\"]}", c.urls[3]);
         c.n = 3;
@@ -1386,6 +1394,59 @@ static void test_cluster_acked_writes_survive(void **state) {
         cluster_done(&c);
 }
 
+static void test_cluster_strict_reconfig(void **state) {
+        Cluster c;
+        MemberWait w;
+        int leader;
+        char *urls[] = { (char *) "http://127.0.0.1:1", (char *) "http://127.0.0.1:2", (char *) "http://127.0.0.1:3" };
+        uint64_t added[3];
+
+        cluster_init(&c, 3);
+        assert_true(cluster_wait_leader(&c, 10 * 1000000) >= 0);
+        for (unsigned i = 0; i < 3; i++) {
+                cluster_stop_member(&c, i);
+                c.config[i].strict_reconfig_check = true;
+        }
+        for (unsigned i = 0; i < 3; i++)
+                cluster_start_member(&c, i);
+        leader = cluster_wait_leader(&c, 10 * 1000000);
+        assert_true(leader >= 0);
+        /* "Started" = published its attributes. */
+        for (unsigned i = 0; i < 3; i++) {
+                char path[96];
+                uint64_t end = now_usec(CLOCK_MONOTONIC) + 5000000;
+
+                snprintf(path, sizeof(path), "/0/members/%" PRIx64 "/attributes", c.members[i].id);
+                while (!store_lookup(server_store(c.servers[leader]), path)) {
+                        assert_true(now_usec(CLOCK_MONOTONIC) < end);
+                        assert_true(sd_event_run(c.event, 10000) >= 0);
+                }
+        }
+        /* Three started members: two members that never start can be added (3 of 4, 3 of 5)... */
+        for (unsigned i = 0; i < 2; i++) {
+                w = (MemberWait) {};
+                assert_int_equal(server_member_add(c.servers[leader], &urls[i], 1, member_cb, &w), 0);
+                run_until_member(&c, &w);
+                assert_int_equal(w.error, 0);
+                added[i] = w.id;
+        }
+        /* ... a third not: 3 started of 6 is no quorum. */
+        w = (MemberWait) {};
+        assert_int_equal(server_member_add(c.servers[leader], &urls[2], 1, member_cb, &w), 0);
+        run_until_member(&c, &w);
+        assert_int_equal(w.error, -EPERM);
+        /* Removing a started member would leave 2 started of 4: refused; an unstarted one is fine. */
+        w = (MemberWait) {};
+        assert_int_equal(server_member_remove(c.servers[leader], c.members[(leader + 1) % 3].id, member_cb, &w), 0);
+        run_until_member(&c, &w);
+        assert_int_equal(w.error, -EPERM);
+        w = (MemberWait) {};
+        assert_int_equal(server_member_remove(c.servers[leader], added[0], member_cb, &w), 0);
+        run_until_member(&c, &w);
+        assert_int_equal(w.error, 0);
+        cluster_done(&c);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_fresh_then_restart, setup, teardown),
@@ -1404,6 +1465,7 @@ int main(void) {
                 cmocka_unit_test(test_cluster_snapshot_catch_up),
                 cmocka_unit_test(test_cluster_force_new_cluster),
                 cmocka_unit_test(test_cluster_acked_writes_survive),
+                cmocka_unit_test(test_cluster_strict_reconfig),
         };
 
         log_set_max_level(getenv("TEST_DEBUG") ? LOG_DEBUG : LOG_WARNING);
