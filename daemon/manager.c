@@ -217,6 +217,84 @@ static int on_bus_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
+/* D-Bus methods: membership changes commit through Raft first, so the reply comes later. */
+static void on_bus_member_done(int error, uint64_t id, void *userdata) {
+        sd_bus_message *m = userdata;
+        const char *msg = NULL;
+
+        switch (error) {
+        case 0:
+                break;
+        case -EEXIST:
+                msg = "A member with this ID exists already";
+                break;
+        case -EADDRINUSE:
+                error = -EEXIST;
+                msg = "A peer URL is in use by another member";
+                break;
+        case -ENOENT:
+                msg = "No such member";
+                break;
+        case -EIDRM:
+                error = -EEXIST;
+                msg = "The member was removed before; removed IDs never return";
+                break;
+        case -EPERM:
+                msg = "Refused by --strict-reconfig-check: the cluster would lose quorum";
+                break;
+        case -ETIMEDOUT:
+                msg = "The change did not commit in time (no leader?)";
+                break;
+        case -EBUSY:
+                msg = "Another membership change is in progress";
+                break;
+        default:
+                break;
+        }
+        (void) bus_reply_method(m, error, id, msg);
+        sd_bus_message_unref(m);
+}
+
+static int bus_op_add_member(void *userdata, sd_bus_message *m, char **peer_urls, uint64_t *ret_id,
+                             sd_bus_error *error) {
+        Manager *mgr = userdata;
+        int r;
+
+        sd_bus_message_ref(m);
+        r = server_member_add(mgr->server, peer_urls, strv_length(peer_urls), on_bus_member_done, m);
+        if (r < 0) {
+                sd_bus_message_unref(m);
+                return r;
+        }
+        return 1;
+}
+
+static int bus_op_remove_member(void *userdata, sd_bus_message *m, uint64_t id, sd_bus_error *error) {
+        Manager *mgr = userdata;
+        int r;
+
+        sd_bus_message_ref(m);
+        r = server_member_remove(mgr->server, id, on_bus_member_done, m);
+        if (r < 0) {
+                sd_bus_message_unref(m);
+                return r;
+        }
+        return 1;
+}
+
+static int bus_op_backup(void *userdata, sd_bus_message *m, const char *path, sd_bus_error *error) {
+        Manager *mgr = userdata;
+        int r;
+
+        r = server_backup(mgr->server, path);
+        if (r == -EEXIST)
+                return sd_bus_error_setf(error, BUS_ERROR_INVALID_ARGUMENT,
+                                         "'%s' already holds a member's data", path);
+        if (r < 0)
+                return sd_bus_error_setf(error, BUS_ERROR_FAILED, "Backup to '%s' failed: %s", path, strerror(-r));
+        return 0;
+}
+
 /* Has this member's own attributes (name, client URLs) been written through the log? */
 static bool manager_member_published(Manager *m) {
         char path[128];
@@ -324,8 +402,15 @@ int manager_start(Manager *m) {
                         .userdata = m,
                 };
 
+                const BusOps ops = {
+                        .add_member = bus_op_add_member,
+                        .remove_member = bus_op_remove_member,
+                        .backup = bus_op_backup,
+                        .userdata = m,
+                };
+
                 /* Without a bus (no system bus here) this warns and gives a disabled object. */
-                r = bus_new(m->event, m->config, &provider, NULL, &m->bus);
+                r = bus_new(m->event, m->config, &provider, &ops, &m->bus);
                 if (r < 0)
                         return r;
         }

@@ -111,3 +111,6 @@ int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, 
 void persist_batch_state_clear(PersistBatch *b);
 /* A history record as exported (8-byte big-endian index key). */
 void persist_batch_history_put_raw(PersistBatch *b, const void *key, size_t key_len, const void *record, size_t len);
+
+/* Consistent copy of the live database into <dir>/member (which must not exist yet). */
+int persist_checkpoint(Persist *p, const char *dir);

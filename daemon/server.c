@@ -2615,6 +2615,11 @@ Server *server_free(Server *s) {
         return NULL;
 }
 
+int server_backup(Server *s, const char *dir) {
+        assert(s);
+        return persist_checkpoint(s->persist, dir);
+}
+
 Store *server_store(Server *s) {
         return s->store;
 }

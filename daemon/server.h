@@ -107,3 +107,7 @@ typedef struct ServerSelfStats {
         uint64_t recv_bytes, send_bytes;
 } ServerSelfStats;
 void server_self_stats(Server *s, ServerSelfStats *ret);
+
+/* A consistent backup of this member's data into <dir>/member (a RocksDB checkpoint, taken live). It
+ * restores as a one-member cluster with `etcd2 --data-dir <dir> --force-new-cluster`. */
+int server_backup(Server *s, const char *dir);
