@@ -1255,10 +1255,36 @@ static void member_op_unlink(Server *s, MemberOp *op) {
 }
 
 /* Answers the caller (or the follower that forwarded it) and frees the op. */
+/* Journal fields of this member for key events: `journalctl -u etcd2 ETCD_MEMBER_ID=<id>`. */
+typedef struct LogIds {
+        char member[40], cluster[40], term[40];
+} LogIds;
+
+static const char *const *log_ids(const Server *s, LogIds *ids, const char *event, const char **fields) {
+        (void) snprintf(ids->member, sizeof(ids->member), "ETCD_MEMBER_ID=%" PRIx64, s->member_id);
+        (void) snprintf(ids->cluster, sizeof(ids->cluster), "ETCD_CLUSTER_ID=%" PRIx64, s->cluster_id);
+        (void) snprintf(ids->term, sizeof(ids->term), "ETCD_RAFT_TERM=%llu", (unsigned long long) s->raft.current_term);
+        fields[0] = ids->member;
+        fields[1] = ids->cluster;
+        fields[2] = ids->term;
+        fields[3] = event;
+        fields[4] = NULL;
+        return fields;
+}
+
 static void member_op_finish(MemberOp *op, int error) {
         Server *s = op->server;
 
         member_op_unlink(s, op);
+        if (error == 0 && (op->kind == MEMBER_OP_ADD || op->kind == MEMBER_OP_REMOVE)) {
+                const char *f[5];
+                LogIds ids;
+
+                log_struct(LOG_NOTICE, log_ids(s, &ids, op->kind == MEMBER_OP_ADD ? "ETCD_EVENT=member-added" :
+                                               "ETCD_EVENT=member-removed", f),
+                           "Member %" PRIx64 " %s cluster %" PRIx64 ".", op->member_id,
+                           op->kind == MEMBER_OP_ADD ? "added to" : "removed from", s->cluster_id);
+        }
         if (op->origin != 0) {
                 uint8_t buf[1 + 10];
                 size_t n;
@@ -2068,7 +2094,14 @@ static void server_check_state(Server *s) {
                 s->ready = false;
                 s->barrier_done = false;
                 s->leader_start_time_usec = now_realtime_usec();
-                log_info("Member %" PRIx64 " became leader at term %llu.", s->member_id, s->raft.current_term);
+                {
+                        const char *f[5];
+                        LogIds ids;
+
+                        log_struct(LOG_NOTICE, log_ids(s, &ids, "ETCD_EVENT=leader-elected", f),
+                                   "Member %" PRIx64 " became leader at term %llu.", s->member_id,
+                                   s->raft.current_term);
+                }
                 if (!s->barrier_pending) {
                         s->barrier.data = s;
                         r = raft_barrier(&s->raft, &s->barrier, barrier_cb);
@@ -2080,7 +2113,14 @@ static void server_check_state(Server *s) {
         } else if (!leader && s->leader) {
                 s->leader = false;
                 s->ready = false;
-                log_info("Member %" PRIx64 " lost leadership at term %llu.", s->member_id, s->raft.current_term);
+                {
+                        const char *f[5];
+                        LogIds ids;
+
+                        log_struct(LOG_NOTICE, log_ids(s, &ids, "ETCD_EVENT=leader-lost", f),
+                                   "Member %" PRIx64 " lost leadership at term %llu.", s->member_id,
+                                   s->raft.current_term);
+                }
         }
         if (!leader) {
                 raft_id id = 0;

@@ -187,8 +187,8 @@ def test_journal_structured_fields(machine):
     m = machine
     ours = [e for e in journal_entries(m, "-u", "etcd2.service") if e.get("_COMM") == "etcd2"]
     native = [e for e in ours if e.get("_TRANSPORT") == "journal"]
-    if not native:
-        pytest.skip("the daemon sent no structured (log_struct) entries in this run")
+    # Key events (leader elected, member added/removed) go to the journal natively with ETCD_* fields.
+    assert native, "the daemon sent no structured (log_struct) entries in this run"
     for e in native:
         assert e.get("SYSLOG_IDENTIFIER") == "etcd2", e
         assert e.get("CODE_FILE") and e.get("CODE_LINE") and e.get("CODE_FUNC"), e
@@ -196,6 +196,13 @@ def test_journal_structured_fields(machine):
         assert e.get("_SYSTEMD_UNIT") == "etcd2.service"
     fields = {k for e in native for k in e if k.startswith("ETCD_")}
     assert fields, "structured entries carry no ETCD_* fields"
+    elected = [e for e in native if e.get("ETCD_EVENT") == "leader-elected"]
+    assert elected, "no leader-elected event with its fields"
+    members = {e.get("ETCD_MEMBER_ID") for e in elected}
+    # journalctl can select them by field, as an administrator would.
+    mid = sorted(members)[0]
+    sel = journal_entries(m, "-u", "etcd2.service", f"ETCD_MEMBER_ID={mid}")
+    assert any("became leader" in e.get("MESSAGE", "") for e in sel), sel
 
 
 # ---------------------------------------------------------------------------------------------- status
