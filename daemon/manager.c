@@ -384,6 +384,12 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
 
+        /* etcd2 purges old snap/ and wal/ files beyond these counts; our RocksDB store compacts its own
+         * files and keeps no old snapshots or WAL segments around, so there is never anything to purge. */
+        if (m->config->max_snapshots != 5 || m->config->max_wals != 5)
+                log_notice("--max-snapshots=%u/--max-wals=%u: the RocksDB store keeps no old snapshot or WAL "
+                           "files, nothing to purge", m->config->max_snapshots, m->config->max_wals);
+
         r = server_new(m->event, m->config, &m->server);
         if (r < 0)
                 return r;
