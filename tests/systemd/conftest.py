@@ -57,6 +57,47 @@ def machine(request):
         m.teardown()
 
 
+@pytest.fixture(scope="module")
+def machines_factory(request):
+    """make(n, prepare=None): n Machines sharing one network namespace of the test's own (sdmachine.NetNS),
+    named etcd2-sdtest-<pid>-<i>, each staged, then prepare(i, machine) (to write units/drop-ins under
+    machine.workdir/run before systemd reads them), then booted. All of them, and the network namespace,
+    are torn down at the end of the module (or on SIGTERM/exit), whatever happens."""
+    reason = sdmachine.why_not_runnable()
+    if reason:
+        pytest.skip(reason)
+    build_root = os.environ.get("ETCD2_BUILD_ROOT")
+    if not build_root or not os.path.isfile(os.path.join(build_root, "build.ninja")):
+        pytest.skip("ETCD2_BUILD_ROOT does not name a meson build dir")
+    owned = []
+
+    def make(n, prepare=None):
+        net = sdmachine.NetNS()
+        owned.append(net)
+        _machines.append(net)
+        net.start()
+        ms = []
+        for i in range(n):
+            m = sdmachine.Machine(build_root, name=f"etcd2-sdtest-{os.getpid()}-{i}", netns=net)
+            owned.append(m)
+            _machines.append(m)
+            m.stage()
+            if prepare:
+                prepare(i, m)
+            ms.append(m)
+        for m in ms:
+            m.boot()
+        return ms
+
+    try:
+        yield make
+    finally:
+        for x in reversed(owned):
+            if x in _machines:
+                _machines.remove(x)
+            x.teardown()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Attach PID 1's console and the tail of the journal to a failing test's report."""
@@ -64,14 +105,18 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.when != "call" or not rep.failed:
         return
-    m = item.funcargs.get("machine") if hasattr(item, "funcargs") else None
-    if m is None or m.pid1 is None:
-        return
-    try:
-        rep.sections.append(("journal (tail)", m.journal("-n", "80")))
-    except Exception as e:  # the namespace may be gone
-        rep.sections.append(("journal (tail)", f"unavailable: {e}"))
-    rep.sections.append(("systemd PID 1 console", m.log()))
+    funcargs = getattr(item, "funcargs", {})
+    ms = [("", funcargs.get("machine"))]
+    # A test of several machines (machines_factory) names them in a `cluster` fixture: a list of Machines.
+    ms += [(f" [{i}]", x) for i, x in enumerate(funcargs.get("cluster") or [])]
+    for tag, m in ms:
+        if m is None or m.pid1 is None:
+            continue
+        try:
+            rep.sections.append((f"journal (tail){tag}", m.journal("-n", "80")))
+        except Exception as e:  # the namespace may be gone
+            rep.sections.append((f"journal (tail){tag}", f"unavailable: {e}"))
+        rep.sections.append((f"systemd PID 1 console{tag}", m.log()))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -96,7 +96,9 @@ def cleanup_stale():
         if not os.path.isdir(root):
             continue
         for name in os.listdir(root):
-            if not name.startswith("etcd2-sdtest-") or not name[13:].isdigit() or _pid_alive(int(name[13:])):
+            # etcd2-sdtest-<pid>, or etcd2-sdtest-<pid>-<n> for one of several machines of one test.
+            pid = name[13:].split("-")[0]
+            if not name.startswith("etcd2-sdtest-") or not pid.isdigit() or _pid_alive(int(pid)):
                 continue
             for sub, dirs, _ in os.walk(os.path.join(root, name), topdown=False):
                 for d in dirs:
@@ -119,10 +121,61 @@ class CommandFailed(AssertionError):
     pass
 
 
+class NetNS:
+    """A network namespace of the test's own (loopback up), held by a `sleep` in it, for several Machines to
+    share (Machine(netns=...)). Dies with this process (setpriv --pdeathsig); teardown() kills it."""
+
+    def __init__(self):
+        self.holder = None
+
+    def start(self, timeout=10):
+        self.holder = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "KILL", "unshare", "--net", "--",
+             "sh", "-c", "ip link set lo up && exec sleep infinity"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True)
+        mine = os.readlink("/proc/self/ns/net")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.holder.poll() is not None:
+                raise RuntimeError(f"unshare --net exited: {self.holder.stderr.read().decode(errors='replace')}")
+            try:
+                # The holder is `sleep` in the new namespace once unshare and sh have exec'ed.
+                with open(f"/proc/{self.holder.pid}/comm") as f:
+                    comm = f.read().strip()
+                if comm == "sleep" and os.readlink(f"/proc/{self.holder.pid}/ns/net") != mine:
+                    return self
+            except FileNotFoundError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("the network namespace holder did not come up")
+
+    @property
+    def path(self):
+        return f"/proc/{self.holder.pid}/ns/net"
+
+    def teardown(self):
+        if self.holder:
+            try:
+                os.killpg(self.holder.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.holder.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.holder.stderr:
+                self.holder.stderr.close()
+        self.holder = None
+
+
 class Machine:
-    def __init__(self, build_root, name=None, cloud_config=None, environment=None):
+    def __init__(self, build_root, name=None, cloud_config=None, environment=None, netns=None):
+        """netns: a NetNS (or the path of a network namespace) to run in instead of a network namespace of
+        its own; several machines can then reach each other on 127.0.0.1."""
         self.build_root = os.path.abspath(build_root)
         self.name = name or f"etcd2-sdtest-{os.getpid()}"
+        self.netns = netns
         self.cloud_config = cloud_config
         self.environment = environment
         self.workdir = None
@@ -257,8 +310,13 @@ class Machine:
         join = " ".join(f'echo $$ > {d}/cgroup.procs;' for d in self._cgroup_dirs())
         # setpriv --pdeathsig: if this Python process dies (even by SIGKILL), unshare gets SIGKILL, and
         # unshare --kill-child then SIGKILLs the namespace's PID 1.
-        script = (f"{join} exec setpriv --pdeathsig KILL unshare --pid --fork --kill-child=KILL --mount "
-                  f"--mount-proc --uts --ipc --net {HERE}/ns-init.sh {self.workdir} {self.prefix}")
+        if self.netns is None:
+            join_net, own_net = "", "--net"
+        else:
+            path = self.netns.path if isinstance(self.netns, NetNS) else self.netns
+            join_net, own_net = f"nsenter --net={path} -- ", ""
+        script = (f"{join} exec {join_net}setpriv --pdeathsig KILL unshare --pid --fork --kill-child=KILL --mount "
+                  f"--mount-proc --uts --ipc {own_net} {HERE}/ns-init.sh {self.workdir} {self.prefix}")
         self.launcher = subprocess.Popen(["/bin/sh", "-c", script], stdout=self.logf, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
