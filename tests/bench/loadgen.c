@@ -117,6 +117,7 @@ typedef struct Conn {
         bool registered;        /* watch mode: response headers seen before the PUT */
         bool rx_stamp;          /* watch mode: SO_TIMESTAMPNS is on, record kernel rx times */
         uint64_t rx_usec;       /* CLOCK_REALTIME of the newest received data, from the kernel */
+        unsigned target_idx;    /* index into targets[]: which --port this connection uses */
 } Conn;
 
 /* arguments */
@@ -140,6 +141,10 @@ static uint64_t arg_seed = 0x9e3779b97f4a7c15ULL;
 /* run state */
 static int epfd = -1;
 static struct sockaddr_in target;
+#define MAX_TARGETS 16
+static unsigned arg_ports[MAX_TARGETS];   /* --port P1,P2,...: client connections round-robin */
+static unsigned n_targets = 0;
+static struct sockaddr_in targets[MAX_TARGETS];
 static char *form_body;
 static size_t form_body_len;
 static uint64_t rng_state;
@@ -276,7 +281,8 @@ static int conn_connect(Conn *c) {
         c->in_len = 0;
         c->out_len = c->out_off = 0;
 
-        if (connect(fd, (struct sockaddr *) &target, sizeof(target)) < 0 && errno != EINPROGRESS) {
+        if (connect(fd, (struct sockaddr *) &targets[c->target_idx % n_targets], sizeof(struct sockaddr_in)) < 0 &&
+            errno != EINPROGRESS) {
                 r = -errno;
                 (void) close(fd);
                 c->fd = -1;
@@ -708,6 +714,7 @@ static int run_throughput(void) {
         for (unsigned i = 0; i < arg_concurrency; i++) {
                 conns[i].fd = -1;
                 conns[i].kind = KIND_CLIENT;
+                conns[i].target_idx = i % n_targets;
                 r = conn_connect(&conns[i]);
                 if (r < 0) {
                         fprintf(stderr, "loadgen: connect: %s\n", strerror(-r));
@@ -1214,6 +1221,8 @@ static void on_signal(int sig) {
 
 static void help(void) {
         printf("loadgen --port P --mode put|get|mixed|watch|serve [options]\n"
+               "  --port P[,P2,...]     server port(s); with several, client connections go\n"
+               "                        round-robin over them (watch/serve use the first)\n"
                "  --host ADDR           server address (default 127.0.0.1; numeric IPv4 only)\n"
                "  -c --concurrency N    connections, one request in flight each (default 1)\n"
                "  -d --duration SEC     run time (default 5; with --requests: a time limit;\n"
@@ -1271,9 +1280,31 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_HOST:
                         arg_host = optarg;
                         break;
-                case ARG_PORT:
-                        arg_port = (unsigned) strtoul(optarg, NULL, 10);
+                case ARG_PORT: {
+                        /* one port, or a comma-separated list (connections go round-robin) */
+                        const char *p = optarg;
+
+                        n_targets = 0;
+                        for (;;) {
+                                char *end;
+                                unsigned long v = strtoul(p, &end, 10);
+
+                                if (end == p || v == 0 || v > 65535 || n_targets >= MAX_TARGETS) {
+                                        fprintf(stderr, "loadgen: bad --port list: %s\n", optarg);
+                                        return -EINVAL;
+                                }
+                                arg_ports[n_targets++] = (unsigned) v;
+                                if (*end == 0)
+                                        break;
+                                if (*end != ',') {
+                                        fprintf(stderr, "loadgen: bad --port list: %s\n", optarg);
+                                        return -EINVAL;
+                                }
+                                p = end + 1;
+                        }
+                        arg_port = arg_ports[0];
                         break;
+                }
                 case ARG_MODE:
                         arg_mode = _MODE_INVALID;
                         for (size_t i = 0; i < ELEMENTSOF(mode_table); i++)
@@ -1354,6 +1385,10 @@ int main(int argc, char *argv[]) {
         if (inet_pton(AF_INET, arg_host, &target.sin_addr) != 1) {
                 fprintf(stderr, "loadgen: --host must be a numeric IPv4 address\n");
                 return 2;
+        }
+        for (unsigned i = 0; i < n_targets; i++) {
+                targets[i] = target;
+                targets[i].sin_port = htons((uint16_t) arg_ports[i]);
         }
 
         raise_nofile();

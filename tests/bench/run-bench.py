@@ -39,11 +39,23 @@ ROWS = [
     ('rss_100k',      'RSS 100k keys x 256 B', 'MB',   'lower',  ('<=', 1 / 4, '<= 1/4'),  '~390'),
     ('rss_100k_anon', '  of which RssAnon',   'MB',    'lower',  None,                      ''),
     ('restart_100k',  'restart w/ 100k keys', 'ms',    'lower',  ('<=', 1 / 3, '<= 1/3'),  '~1000'),
+    # 3-member clusters (cl_* groups): connections round-robin over the members' client ports
+    ('cl_put_c1',     '3m PUT c=1',           'req/s', 'higher', None,                      '~1k'),
+    ('cl_put_c64',    '3m PUT c=64',          'req/s', 'higher', ('>=', 3.0, '>= 3x'),     '8.7k'),
+    ('cl_put_c256',   '3m PUT c=256',         'req/s', 'higher', ('>=', 3.0, '>= 3x'),     '12k'),
+    ('cl_get_c64',    '3m GET c=64',          'req/s', 'higher', ('>=', 2.5, '>= 2.5x'),   '54k'),
+    ('cl_failover',   '3m failover median',   'ms',    'lower',  ('<=', 1.0, '<= 1x'),     '~1000'),
+    ('cl_failover_max', '3m failover max',    'ms',    'lower',  ('<=', 1.0, '<= 1x'),     ''),
 ]
+# rows whose figure is the maximum (not the median) over the runs of another row
+MAX_ROWS = {'cl_failover_max': 'cl_failover'}
 
 # Figure groups: one fresh server per group and round; a group yields one or more rows.
 GROUPS = ['put_c1', 'put_c16', 'put_c64', 'put_c256', 'get_c64', 'mixed_c64', 'watch',
           'rss_idle', 'keys100k']
+# 3-member cluster groups: a fresh cluster of each implementation per group and round (cl_failover:
+# per repetition); cl_lost runs on ours only. Not in the default --groups (see --cluster).
+CL_GROUPS = ['cl_put_c64', 'cl_get_c64', 'cl_failover', 'cl_put_c1', 'cl_put_c256', 'cl_lost']
 
 running = []
 
@@ -138,13 +150,166 @@ class Server:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                log(f'{self.impl}: no exit {timeout:.0f} s after SIGTERM, killing')
+                log(f'{self.impl} {getattr(self, "name", "")}: no exit {timeout:.0f} s after SIGTERM, '
+                    f'killing (log: {self.logf.name})')
                 self.proc.kill()
                 self.proc.wait()
         if self in running:
             running.remove(self)
         self.proc = None
         self.logf.close()
+
+
+class Member(Server):
+    """One member of a static 3-member cluster; same flags for ours and etcd."""
+
+    def __init__(self, impl, binary, workdir, name):
+        super().__init__(impl, binary, workdir)
+        self.name = name
+        self.datadir = os.path.join(workdir, name)
+        self.initial_cluster = None
+        self.token = None
+
+    def argv(self):
+        c = f'http://127.0.0.1:{self.client_port}'
+        p = f'http://127.0.0.1:{self.peer_port}'
+        a = [self.binary,
+             '--name', self.name,
+             '--data-dir', self.datadir,
+             '--listen-client-urls', c,
+             '--advertise-client-urls', c,
+             '--listen-peer-urls', p,
+             '--initial-advertise-peer-urls', p,
+             '--initial-cluster', self.initial_cluster,
+             '--initial-cluster-token', self.token,
+             '--initial-cluster-state', 'new']
+        if self.impl == 'etcd':
+            a.append('--enable-v2')
+        return a
+
+    def spawn(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith('ETCD')}
+        self.starts += 1
+        self.logf = open(os.path.join(self.workdir, f'{self.impl}.{self.name}.{self.starts}.log'), 'wb')
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=self.logf,
+                                     stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        if self not in running:
+            running.append(self)
+
+    def wait_health(self, t0, timeout=30.0):
+        while True:
+            if http_status(self.client_port, '/health', timeout=0.5) == 200:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f'{self.impl} {self.name} exited, yet port {self.client_port} '
+                                       f'answers: someone else is listening there')
+                return time.monotonic() - t0
+            if self.proc.poll() is not None:
+                raise RuntimeError(f'{self.impl} {self.name} exited with status {self.proc.returncode} '
+                                   f'during start (log: {self.logf.name})')
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f'{self.impl} {self.name}: /health not 200 after {timeout:.0f} s '
+                                   f'(log: {self.logf.name})')
+            time.sleep(0.005)
+
+    def start(self, timeout=30.0):
+        t0 = time.monotonic()
+        self.spawn()
+        return self.wait_health(t0, timeout)
+
+    def kill9(self):
+        """SIGKILL and reap; the data dir stays for a restart."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+        self.logf.close()
+        if self in running:
+            running.remove(self)
+
+
+class Cluster:
+    """A static 3-member cluster (--initial-cluster bootstrap) on 127.0.0.1, fresh data dirs."""
+
+    def __init__(self, impl, binary, workdir, size=3):
+        self.impl = impl
+        self.members = [Member(impl, binary, workdir, f'm{i}') for i in range(size)]
+        ic = ','.join(f'{m.name}=http://127.0.0.1:{m.peer_port}' for m in self.members)
+        token = f'bench-{os.getpid()}-{os.path.basename(workdir)}'
+        for m in self.members:
+            m.initial_cluster = ic
+            m.token = token
+
+    @property
+    def ports(self):
+        return [m.client_port for m in self.members]
+
+    @property
+    def client_port(self):          # what Bench.lg() passes as --port: all members
+        return ','.join(str(p) for p in self.ports)
+
+    def start(self, timeout=30.0):
+        t0 = time.monotonic()
+        for m in self.members:
+            m.spawn()
+        for m in self.members:
+            m.wait_health(t0, timeout)
+        self.leader(timeout=timeout)
+        return time.monotonic() - t0
+
+    def stop(self):
+        for m in self.members:
+            m.stop()
+
+    def leader(self, timeout=10.0, exclude=None):
+        """The member all live members agree is leader (by /v2/stats/self), waiting up to timeout."""
+        t0 = time.monotonic()
+        while True:
+            states = {}
+            for m in self.members:
+                if m.proc is None or m is exclude:
+                    continue
+                st = get_json(m.client_port, '/v2/stats/self')
+                if st:
+                    states[m.name] = st
+            leads = [m for m in self.members if states.get(m.name, {}).get('state') == 'StateLeader']
+            ids = {st.get('leaderInfo', {}).get('leader') for st in states.values()}
+            if len(leads) == 1 and len(ids) == 1 and None not in ids and \
+               states[leads[0].name].get('id') in ids:
+                return leads[0]
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f'{self.impl}: no agreed leader after {timeout:.0f} s: '
+                                   + ', '.join(f'{k}={v.get("state")}/{v.get("leaderInfo", {}).get("leader")}'
+                                               for k, v in states.items()))
+            time.sleep(0.02)
+
+
+def get_json(port, path, timeout=1.0):
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+    try:
+        conn.request('GET', path)
+        r = conn.getresponse()
+        body = r.read()
+        if r.status != 200:
+            return None
+        return json.loads(body)
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def put_once(port, key, value, timeout):
+    """One PUT on a new connection. Returns the HTTP status, or None on a connection error/timeout."""
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+    try:
+        conn.request('PUT', '/v2/keys/' + key, body='value=' + value,
+                     headers={'Content-Type': 'application/x-www-form-urlencoded'})
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
 
 
 def build_loadgen(out):
@@ -161,6 +326,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.loadgen = args.loadgen
+        self.lost = None
 
     def lg(self, srv, *extra, timeout=None):
         cmd = [self.loadgen, '--port', str(srv.client_port), *map(str, extra)]
@@ -219,7 +385,153 @@ class Bench:
                 log(f'  restart: GET {last} after restart gave {st}')
             return {'rss_100k': (rss, detail), 'rss_100k_anon': (anon, {}),
                     'restart_100k': (t * 1000.0, detail)}
+        if group == 'cl_put_c1':
+            # One connection can't be spread over 3 members: measure each member alone for a third
+            # of the time and combine as one PUT at a time round-robin over the members would
+            # (equal request counts: the harmonic mean of the members' rates).
+            leader = srv.leader()
+            rates, parts = [], []
+            for m in srv.members:
+                r = self.lg(m, '--mode', 'put', '-c', 1, '-d', max(1.0, a.duration / 3), '-s', a.size,
+                            '--prefix', f'bench/{m.name}')
+                rates.append(r['rps'])
+                role = 'L' if m is leader else 'F'
+                parts.append(f'{m.name}({role})={fmt(r["rps"])}/s,p50={r["p50_ms"]:.2f}ms')
+            d = {'members': ' '.join(parts)}
+            rps = len(rates) / sum(1.0 / x for x in rates) if all(rates) else 0.0
+            return {group: (rps, d)}
+        if group.startswith('cl_put_c'):
+            c = int(group[8:])
+            r = self.lg(srv, '--mode', 'put', '-c', c, '-d', a.duration, '-s', a.size)
+            return {group: (r['rps'], r)}
+        if group == 'cl_get_c64':
+            self.preload(srv, 'g', a.keys)
+            r = self.lg(srv, '--mode', 'get', '-c', 64, '-d', a.duration, '-s', a.size,
+                        '--prefix', 'g', '-k', a.keys)
+            return {group: (r['rps'], r)}
+        if group == 'cl_failover':
+            ms, d = self.failover(srv)
+            return {'cl_failover': (ms, d), 'cl_failover_max': (ms, d)}
+        if group == 'cl_lost':
+            return {'cl_lost': (None, self.lost_writes(srv))}
         raise ValueError(group)
+
+    def failover(self, cl):
+        """One writer, one PUT at a time round-robin over all members; kill -9 the leader and
+        return the ms from the kill to the next successful (2xx) write, all of whose request was
+        sent after the kill."""
+        a = self.args
+        leader = cl.leader()
+        ports = cl.ports
+        i = n = 0
+        t_end = time.monotonic() + a.failover_warmup
+        while time.monotonic() < t_end:
+            st = put_once(ports[i % len(ports)], f'fo/{n}', 'v', 2.0)
+            if st not in (200, 201):
+                raise RuntimeError(f'write before the kill failed: {st}')
+            i += 1
+            n += 1
+        tries = {'ok': 0, 'timeout_or_refused': 0, 'non2xx': 0}
+        t_kill = time.monotonic()
+        leader.kill9()
+        while True:
+            t = time.monotonic()
+            if t - t_kill > 60:
+                raise RuntimeError(f'no successful write 60 s after killing the leader {tries}')
+            st = put_once(ports[i % len(ports)], f'fo/{n}', 'v', a.failover_timeout)
+            i += 1
+            n += 1
+            if st in (200, 201):
+                ms = (time.monotonic() - t_kill) * 1000.0
+                break
+            tries['timeout_or_refused' if st is None else 'non2xx'] += 1
+            if time.monotonic() - t < 0.002:    # fast failure: don't spin on the 2 cores
+                time.sleep(0.002)
+        new = cl.leader(exclude=leader)
+        d = dict(tries, killed=leader.name, new_leader=new.name)
+        return ms, d
+
+    def lost_writes(self, cl):
+        """Writers spread over the members; --lost-rounds times kill -9 the leader and restart it;
+        at the end a quorum read of every acknowledged key. Returns a dict of counts."""
+        import threading
+        a = self.args
+        ports = cl.ports
+        acked = {}
+        stop = threading.Event()
+        lock = threading.Lock()
+        kill_at = [float('inf')]    # monotonic time of the current round's kill
+        resumed = [None]            # when the first PUT *sent after* that kill was acknowledged
+        stats = {'attempts': 0, 'failed': 0}
+
+        def writer(j):
+            i, n = j, 0
+            while not stop.is_set():
+                key, val = f'lost/w{j}/{n}', f'{j}-{n}-{os.getpid()}'
+                t = time.monotonic()
+                st = put_once(ports[i % len(ports)], key, val, 3.0)
+                with lock:
+                    stats['attempts'] += 1
+                    if st in (200, 201):
+                        acked[key] = val
+                        if t > kill_at[0] and resumed[0] is None:
+                            resumed[0] = time.monotonic()
+                    else:
+                        stats['failed'] += 1
+                i += 1
+                n += 1          # never reuse a key, acknowledged or not
+                if st not in (200, 201) and time.monotonic() - t < 0.005:
+                    time.sleep(0.005)
+
+        threads = [threading.Thread(target=writer, args=(j,), daemon=True) for j in range(a.lost_writers)]
+        for t in threads:
+            t.start()
+        recov = []
+        rounds = 0
+        try:
+            for r in range(a.lost_rounds):
+                time.sleep(a.lost_pause)
+                leader = cl.leader(timeout=20)
+                with lock:
+                    resumed[0] = None
+                    t_kill = kill_at[0] = time.monotonic()
+                leader.kill9()
+                while resumed[0] is None and time.monotonic() - t_kill < 30:
+                    time.sleep(0.005)
+                with lock:
+                    recov.append((resumed[0] - t_kill) * 1000.0 if resumed[0] is not None else None)
+                    kill_at[0] = float('inf')
+                leader.start(timeout=30)
+                cl.leader(timeout=20)
+                rounds += 1
+                log(f'  cl_lost round {r + 1}: killed leader {leader.name}, writes resumed after '
+                    f'{fmt(recov[-1])} ms, {len(acked)} acknowledged so far')
+            time.sleep(a.lost_pause)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        # every acknowledged write must be there, with its value, on a quorum read (from each member)
+        lost = set()
+        for m in cl.members:
+            got = get_json(m.client_port, '/v2/keys/lost?recursive=true&quorum=true', timeout=30)
+            if got is None:
+                raise RuntimeError(f'quorum read of /lost on {m.name} failed')
+            have = {}
+            stack = [got['node']]
+            while stack:
+                nd = stack.pop()
+                for c in nd.get('nodes', []) or []:
+                    if c.get('dir'):
+                        stack.append(c)
+                    else:
+                        have[c['key']] = c.get('value')
+            lost |= {k for k, v in acked.items() if have.get('/' + k) != v}
+        rec = [x for x in recov if x is not None]
+        return {'rounds': rounds, 'acked': len(acked), 'attempts': stats['attempts'],
+                'failed': stats['failed'], 'lost': len(lost), 'lost_sample': sorted(lost)[:5],
+                'resume_median_ms': median(rec), 'resume_max_ms': max(rec) if rec else None,
+                'no_resume': len(recov) - len(rec)}
 
     def run(self):
         a = self.args
@@ -229,10 +541,18 @@ class Bench:
         details = {}     # row -> impl -> [detail dicts]
         t_start = time.monotonic()
         for group in a.groups:
-            for rnd in range(a.rounds):
+            reps = max(a.rounds, a.failover_reps) if group == 'cl_failover' else a.rounds
+            if group == 'cl_lost':
+                reps = 1
+            for rnd in range(reps):
                 for impl in impls:
+                    if group == 'cl_lost' and impl != 'ours':
+                        continue
                     work = tempfile.mkdtemp(prefix=f'bench-{impl}-{group}-', dir=a.tmpdir)
-                    srv = Server(impl, binaries[impl], work)
+                    if group.startswith('cl_'):
+                        srv = Cluster(impl, binaries[impl], work)
+                    else:
+                        srv = Server(impl, binaries[impl], work)
                     ok = False
                     load1 = os.getloadavg()[0]      # the machine is shared: note how busy it was
                     try:
@@ -245,6 +565,10 @@ class Bench:
                     finally:
                         srv.stop()
                     for row, (v, d) in vals.items():
+                        if row == 'cl_lost':
+                            self.lost = d
+                            log(f'  cl_lost ours: {d}')
+                            continue
                         results.setdefault(row, {}).setdefault(impl, []).append(v)
                         details.setdefault(row, {}).setdefault(impl, []).append(d)
                         log(f'  {row:13s} {impl:4s} round {rnd + 1}: {fmt(v)} load1={load1:.2f} {brief(d)}')
@@ -269,7 +593,7 @@ def brief(d):
     if not d:
         return ''
     keys = ['p50_ms', 'p99_ms', 'non2xx', 'conn_errors', 'reconnects', 'errors', 'notified', 'put_ms',
-            'preload_rps', 'key_after_restart']
+            'preload_rps', 'key_after_restart', 'killed', 'new_leader', 'timeout_or_refused', 'members']
     return ' '.join(f'{k}={d[k]}' for k in keys if k in d)
 
 
@@ -283,8 +607,9 @@ def table(results, details, args):
     for key, label, unit, better, target, issue in ROWS:
         if key not in results:
             continue
-        o = median(results[key].get('ours', []))
-        e = median(results[key].get('etcd', []))
+        agg = max if key in MAX_ROWS else median
+        o = agg(results[key].get('ours', [])) if results[key].get('ours') else None
+        e = agg(results[key].get('etcd', [])) if results[key].get('etcd') else None
         ratio = o / e if (o is not None and e) else None
         if target is None:
             verdict = '-'
@@ -296,6 +621,8 @@ def table(results, details, args):
         # flag runs that had errors: the figure is then suspect
         errs = 0
         for impl in ('ours', 'etcd'):
+            if key in MAX_ROWS or key == 'cl_failover':
+                break       # failed writes during a failover are what is being measured
             for d in details.get(key, {}).get(impl, []):
                 errs += d.get('non2xx', 0) + d.get('conn_errors', 0) + d.get('errors', 0)
         if errs:
@@ -315,11 +642,15 @@ def table(results, details, args):
 def latency_table(details):
     out = ['', 'latency of the throughput figures (median over rounds, ms): p50 / p99']
     for key, label, *_ in ROWS:
-        if key not in details or not key.split('_')[0] in ('put', 'get', 'mixed'):
+        if key not in details or not key.replace('cl_', '').split('_')[0] in ('put', 'get', 'mixed'):
             continue
         cells = []
         for impl in ('ours', 'etcd'):
             ds = [d for d in details[key].get(impl, []) if 'p50_ms' in d]
+            ms = [d['members'] for d in details[key].get(impl, []) if 'members' in d]
+            if ms and not ds:       # cl_put_c1: one run per member, shown per member (last round)
+                cells.append(f'{impl} {ms[-1]}')
+                continue
             if not ds:
                 cells.append(f'{impl} n/a')
                 continue
@@ -341,6 +672,19 @@ def main():
     ap.add_argument('--settle', type=float, default=2.0, help='seconds to settle before reading RSS')
     ap.add_argument('--groups', default=','.join(GROUPS),
                     help='comma list of figure groups: ' + ','.join(GROUPS))
+    ap.add_argument('--cluster', type=int, choices=(3,), default=None,
+                    help='run the 3-member cluster groups (' + ','.join(CL_GROUPS) + ') instead of the '
+                         'single-member default (same as --groups with those)')
+    ap.add_argument('--failover-reps', type=int, default=3,
+                    help='cl_failover: fresh clusters (kills) per implementation (at least --rounds)')
+    ap.add_argument('--failover-timeout', type=float, default=0.2,
+                    help='cl_failover: client timeout of each PUT after the kill, s (the resolution)')
+    ap.add_argument('--failover-warmup', type=float, default=1.0,
+                    help='cl_failover: seconds of writes before the kill')
+    ap.add_argument('--lost-rounds', type=int, default=10, help='cl_lost: kill -9 / restart rounds')
+    ap.add_argument('--lost-writers', type=int, default=6, help='cl_lost: concurrent writer threads')
+    ap.add_argument('--lost-pause', type=float, default=1.0,
+                    help='cl_lost: seconds of writes between a restart and the next kill')
     ap.add_argument('--impls', default='ours,etcd', help='ours,etcd (default) or just one of them')
     ap.add_argument('--etcd2', default=os.environ.get('ETCD2_BINARY', os.path.join(REPO, 'build/daemon/etcd2')))
     ap.add_argument('--etcd', default=os.environ.get('ETCD_BINARY', '/usr/bin/etcd'))
@@ -353,8 +697,10 @@ def main():
     args = ap.parse_args()
 
     args.groups = [g for g in args.groups.split(',') if g]
+    if args.cluster:
+        args.groups = list(CL_GROUPS)
     for g in args.groups:
-        if g not in GROUPS:
+        if g not in GROUPS + CL_GROUPS:
             ap.error(f'unknown group {g}')
     args.etcd2 = os.path.abspath(args.etcd2)     # the servers run with their work dir as cwd
     args.etcd = os.path.abspath(args.etcd)
@@ -375,23 +721,39 @@ def main():
 
     log(f'ours: {args.etcd2}\netcd: {args.etcd}\nloadgen: {args.loadgen}\n'
         f'rounds {args.rounds}, {args.duration:g} s per throughput figure, values {args.size} B')
+    bench = Bench(args)
     try:
-        results, details, secs = Bench(args).run()
+        results, details, secs = bench.run()
     finally:
         for s in list(running):
             s.stop()
 
     print(f'etcd2 benchmark: ours = {args.etcd2}, etcd = {args.etcd} (--enable-v2); '
           f'median of {args.rounds} round(s); {args.duration:g} s per throughput figure; '
-          f'values {args.size} B; took {secs:.0f} s')
+          f'values {args.size} B; took {secs:.0f} s'
+          + (f'; cl_failover: {max(args.rounds, args.failover_reps)} kills per implementation, '
+             f'client timeout {args.failover_timeout:g} s' if 'cl_failover' in args.groups else ''))
     print('ratio is always ours/etcd; "better" says whether a higher or lower ratio is better.')
     print(f'load average at the end: {" ".join(f"{x:.2f}" for x in os.getloadavg())} '
           f'(anything else running on the 2 cores skews the figures)')
     print(table(results, details, args))
     print(latency_table(details))
+    if 'cl_lost' in args.groups:
+        d = bench.lost
+        if d is None:
+            print('\nzero lost acknowledged writes (ours, 3 members): n/a (failed, see stderr)')
+        else:
+            ok = d['lost'] == 0 and d['rounds'] == args.lost_rounds and d['acked'] > 0
+            print(f'\nzero lost acknowledged writes (ours, 3 members, {args.lost_writers} writers over '
+                  f'all members, kill -9 the leader + restart): rounds {d["rounds"]}/{args.lost_rounds}, '
+                  f'acknowledged {d["acked"]} of {d["attempts"]} PUTs, lost {d["lost"]} '
+                  f'(quorum read on every member) -> {"PASS" if ok else "FAIL"}; writes resumed after a '
+                  f'kill in median {fmt(d["resume_median_ms"])} ms, max {fmt(d["resume_max_ms"])} ms')
+            if d['lost']:
+                print(f'  lost keys (first 5): {d["lost_sample"]}')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump({'results': results, 'details': details}, f, indent=1)
+            json.dump({'results': results, 'details': details, 'lost': bench.lost}, f, indent=1)
     return 0
 
 
