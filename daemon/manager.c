@@ -89,6 +89,8 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         if (r < 0)
                 return sd_event_exit(m->event, 0);
         (void) sd_event_source_set_description(m->drain_timer, "shutdown-drain");
+        /* not one-shot: on_drain_timer() re-arms it while proposals are still pending */
+        (void) sd_event_source_set_enabled(m->drain_timer, SD_EVENT_ON);
         return 0;
 }
 
