@@ -59,7 +59,7 @@ static int on_drain_timer(sd_event_source *s, uint64_t usec, void *userdata) {
                 return 0;
         }
         if (n > 0)
-                log_warning("%u proposals still pending at shutdown, answering them with an error", n);
+                log_warning("%u proposals still pending at shutdown (no quorum?), giving up on them; their clients see the connection close", n);
         return sd_event_exit(m->event, 0);
 }
 
