@@ -71,6 +71,7 @@ static const char *const bus_role_table[_BUS_ROLE_MAX] = {
         [BUS_ROLE_FOLLOWER] = "StateFollower",
         [BUS_ROLE_CANDIDATE] = "StateCandidate",
         [BUS_ROLE_LEADER] = "StateLeader",
+        [BUS_ROLE_PROXY] = "StateProxy",
 };
 
 const char *bus_role_to_string(BusRole r) {

@@ -52,6 +52,7 @@ typedef enum BusRole {
         BUS_ROLE_FOLLOWER,
         BUS_ROLE_CANDIDATE,
         BUS_ROLE_LEADER,
+        BUS_ROLE_PROXY,          /* --proxy on|readonly, or a discovery fallback: no Raft state */
         _BUS_ROLE_MAX,
         _BUS_ROLE_INVALID = -22,
 } BusRole;
@@ -131,4 +132,4 @@ int bus_error_setf(sd_bus_error *error, int r, const char *format, ...) _printf_
  * default text), else success with `id` for AddMember. */
 int bus_reply_method(sd_bus_message *m, int r, uint64_t id, const char *message);
 
-const char *bus_role_to_string(BusRole r); /* "StateFollower", "StateCandidate", "StateLeader" */
+const char *bus_role_to_string(BusRole r); /* "StateFollower", "StateCandidate", "StateLeader", "StateProxy" */

@@ -20,6 +20,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <json-c/json.h>
@@ -1216,6 +1217,10 @@ static enum MHD_Result handle_peer_members(HttpRequest *r, const char *method) {
                 return reply_method_not_allowed(r, "GET");
         if (members_load(req_store(r), &ms, &n) < 0)
                 return MHD_NO;
+        /* etcd2 knows its members before it serves; ours learns them from the log's first entries. Until
+         * then say "not yet" rather than "none": a proxy or a joining member asks another peer. */
+        if (n == 0)
+                return reply_message(r, MHD_HTTP_SERVICE_UNAVAILABLE, "member list not known yet", true);
 
         /* etcdserver.Member: numeric id; name and clientURLs omitted when empty. */
         k = http_buf_puts(&b, "[");
@@ -1370,6 +1375,86 @@ static const char *strip_prefix(const char *s, const char *prefix) {
         return strneq(s, prefix, l) ? s + l : NULL;
 }
 
+/* --- discovery tokens (--enable-discovery-service) ------------------------------------------ */
+
+/* discovery.etcd.io's /new?size=N: a fresh token, its _config/size written through Raft, and the URL
+ * that --discovery takes. The key layout is the public service's: /_etcd/registry/<token>. */
+#define DISCOVERY_REGISTRY "/_etcd/registry/"
+
+static enum MHD_Result reply_token(HttpRequest *r) {
+        const StoreResult *res = &r->result;
+
+        if (res->error != ETCD_OK || !r->token_url)
+                return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to generate token"));
+        return queue(r, MHD_HTTP_OK, resp_typed(CONTENT_TYPE_TEXT, r->token_url, strlen(r->token_url)));
+}
+
+static enum MHD_Result handle_new_token(HttpRequest *r, const char *method, const char *query) {
+        _cleanup_(http_form_done) HttpForm form = {};
+        _cleanup_(freep) char *form_error = NULL, *path = NULL;
+        const Config *c = http_daemon_config(r->daemon);
+        const HttpFormField *v;
+        StoreRequest req = {};
+        uint8_t raw[16];
+        char token[33], size_str[24];
+        unsigned long long size = 3;
+        char *end;
+        int k;
+
+        if (!method_allowed(method, "GET,POST,PUT"))
+                return reply_method_not_allowed(r, "GET,POST,PUT");
+        if (query) {
+                k = http_form_parse(&form, query, strlen(query), &form_error);
+                if (k < 0)
+                        return MHD_NO;
+        }
+        if (form_error)
+                return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to parse size"));
+        v = http_form_get(&form, "size");
+        if (v && !isempty(v->value)) {
+                errno = 0;
+                size = strtoull(v->value, &end, 10);
+                if (errno != 0 || *end != 0 || v->value[0] == '-' || size < 1 || size > 1000)
+                        return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to parse size"));
+        }
+        if (getrandom(raw, sizeof raw, 0) != (ssize_t) sizeof raw)
+                return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to generate token"));
+        for (size_t i = 0; i < sizeof raw; i++)
+                (void) snprintf(token + 2 * i, 3, "%02x", raw[i]);
+        (void) snprintf(size_str, sizeof size_str, "%llu", size);
+
+        if (asprintf(&path, STORE_KEYS_PREFIX DISCOVERY_REGISTRY "%s/_config/size", token) < 0) {
+                path = NULL;
+                return MHD_NO;
+        }
+        if (asprintf(&r->token_url, "%s/v2/keys" DISCOVERY_REGISTRY "%s",
+                     c->advertise_client_urls.n > 0 ? c->advertise_client_urls.urls[0].str : "http://localhost:2379",
+                     token) < 0) {
+                r->token_url = NULL;
+                return MHD_NO;
+        }
+        r->token_op = true;
+
+        req.method = STORE_METHOD_PUT;
+        req.path = path;
+        req.value = size_str;
+        req.value_len = strlen(size_str);
+        req.prev_exist = 0;
+        req.prev_index = 0;
+
+        r->state = HTTP_REQUEST_PROPOSING;
+        k = server_propose(req_server(r), &req, on_proposal_done, r, &r->proposal);
+        if (k < 0) {
+                r->state = HTTP_REQUEST_NEW;
+                r->result.error = ETCD_ERROR_RAFT_INTERNAL;
+                return reply_token(r);
+        }
+        if (r->state == HTTP_REQUEST_ANSWERED)
+                return reply_token(r);
+        http_request_suspend_brief(r);
+        return MHD_YES;
+}
+
 static enum MHD_Result route(HttpRequest *r, const char *method) {
         _cleanup_(freep) char *decoded = NULL;
         char stack_path[256];
@@ -1445,6 +1530,8 @@ static enum MHD_Result route(HttpRequest *r, const char *method) {
                 return handle_health(r, method);
         if (streq(path, "/config/local/log"))
                 return handle_config_log(r, method);
+        if (streq(path, "/new") && http_daemon_config(r->daemon)->enable_discovery_service)
+                return handle_new_token(r, method, q);
         if ((rest = strip_prefix(path, "/v2/auth/")) &&
             (streq(rest, "enable") || streq(rest, "users") || streq(rest, "roles") ||
              strneq(rest, "users/", 6) || strneq(rest, "roles/", 6)))
@@ -1478,6 +1565,11 @@ enum MHD_Result client_api_handle(HttpRequest *r, const char *method) {
         case HTTP_REQUEST_ANSWERED:
                 if (r->member_op)
                         return reply_member(r);
+                if (r->token_op) {
+                        ret = reply_token(r);
+                        store_result_done(&r->result);
+                        return ret;
+                }
                 ret = reply_result(r, &r->result);
                 store_result_done(&r->result);
                 return ret;
@@ -1504,6 +1596,8 @@ void client_api_request_done(HttpRequest *r) {
         client_api_hangup(r);
         r->member_op = false;
         r->member_urls = strv_free(r->member_urls);
+        r->token_op = false;
+        r->token_url = mfree_ptr(r->token_url);
         store_result_done(&r->result);
         for (size_t i = 0; i < r->n_queue; i++)
                 store_event_unref(r->queue[i]);

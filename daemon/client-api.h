@@ -61,6 +61,10 @@ struct HttpRequest {
         uint64_t member_id;
         char **member_urls;
 
+        /* GET /new?size=N (--enable-discovery-service): answered with token_url once the size is written */
+        bool token_op;
+        char *token_url;
+
         /* writes and quorum reads */
         ServerProposal *proposal;
         StoreResult result;
@@ -72,10 +76,14 @@ struct HttpRequest {
         StoreEvent **queue;
         size_t n_queue, queue_alloc;
         size_t queue_offset;     /* bytes of queue[0]->json already written */
+
+        /* proxy mode (proxy.c): the upstream transfer of this request */
+        void *proxy_xfer;
 };
 
 /* Provided by http-server.c for client-api.c. */
 Server *http_daemon_server(HttpDaemon *d);
+Proxy *http_daemon_proxy(HttpDaemon *d);  /* NULL unless in proxy mode */
 const Config *http_daemon_config(HttpDaemon *d);
 HttpListenerKind http_daemon_kind(HttpDaemon *d);
 /* Suspends the connection and watches its socket for a hang-up; resume wakes the daemon. */

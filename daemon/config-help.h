@@ -134,4 +134,8 @@ static const char config_help_text[] =
         "\n"
         "profiling flags:\n"
         "\t--enable-pprof 'false'\n"
-        "\t\tEnable runtime profiling data via HTTP server. Address is at client URL + \"/debug/pprof\"\n";
+        "\t\tEnable runtime profiling data via HTTP server. Address is at client URL + \"/debug/pprof\"\n"
+        "\n"
+        "discovery service flags (this etcd2 only):\n"
+        "\t--enable-discovery-service 'false'\n"
+        "\t\tserve discovery tokens: GET <client URL>/new?size=N creates one and answers with its URL.\n";

@@ -125,6 +125,7 @@ static const FlagDef flag_table[] = {
         F("discovery-proxy", FLAG_STRING, discovery_proxy),
         F("discovery-srv", FLAG_STRING, discovery_srv),
         F("election-timeout", FLAG_UINT, election_timeout_ms),
+        F("enable-discovery-service", FLAG_BOOL, enable_discovery_service), /* ours: GET /new?size=N */
         F("enable-pprof", FLAG_BOOL, enable_pprof),
         F("experimental-auto-compaction-retention", FLAG_INT, experimental_auto_compaction_retention),
         F("experimental-gRPC-addr", FLAG_STRING, experimental_grpc_addr),
@@ -1400,11 +1401,34 @@ fail:
         return r;
 }
 
+/* member_id (our entry's ID, else from our advertised URLs) and cluster_id from initial_members. */
+static int config_compute_ids(Config *c, const char *token) {
+        uint64_t *ids;
+
+        c->member_id = member_id_from_urls(&c->initial_advertise_peer_urls, token);
+        for (size_t i = 0; i < c->n_initial_members; i++)
+                if (streq(c->initial_members[i].name, c->name))
+                        c->member_id = c->initial_members[i].id;
+
+        c->cluster_id = 0;
+        if (c->n_initial_members > 0) {
+                ids = malloc(c->n_initial_members * sizeof(uint64_t));
+                if (!ids)
+                        return -ENOMEM;
+                for (size_t i = 0; i < c->n_initial_members; i++)
+                        ids[i] = c->initial_members[i].id;
+                c->cluster_id = etcd_cluster_id(ids, c->n_initial_members);
+                free(ids);
+        }
+        return 0;
+}
+
+static int verify_bootstrap(const Config *c, bool members_known);
+
 /* Fills initial_members (by ID), member_id and cluster_id the way etcdmain's getPeerURLsMapAndToken() and
  * etcdserver's NewClusterFromURLsMap() would for a fresh bootstrap. */
 static int config_compute_cluster(Config *c, char **ret_error) {
         const char *token = c->initial_cluster_token;
-        uint64_t *ids;
         int r;
 
         if (!isempty(c->discovery)) {
@@ -1439,21 +1463,39 @@ static int config_compute_cluster(Config *c, char **ret_error) {
         }
         /* With --discovery-srv the members are only known after the DNS lookup. */
 
-        c->member_id = member_id_from_urls(&c->initial_advertise_peer_urls, token);
-        for (size_t i = 0; i < c->n_initial_members; i++)
-                if (streq(c->initial_members[i].name, c->name))
-                        c->member_id = c->initial_members[i].id;
+        return config_compute_ids(c, token);
+}
 
-        if (c->n_initial_members > 0) {
-                ids = malloc(c->n_initial_members * sizeof(uint64_t));
-                if (!ids)
-                        return -ENOMEM;
-                for (size_t i = 0; i < c->n_initial_members; i++)
-                        ids[i] = c->initial_members[i].id;
-                c->cluster_id = etcd_cluster_id(ids, c->n_initial_members);
-                free(ids);
+int config_set_initial_cluster(Config *c, const char *cluster, const char *token) {
+        _cleanup_free_ char *error = NULL;
+        ClusterMember *members = NULL;
+        size_t n = 0;
+        char *copy;
+        int r;
+
+        assert(c);
+        assert(cluster);
+        assert(token);
+
+        r = initial_cluster_parse(cluster, token, &members, &n, &error);
+        if (r == -EINVAL)
+                return log_error_errno(r, "error setting up initial cluster: %s", error);
+        if (r < 0)
+                return log_oom();
+        copy = strdup(cluster);
+        if (!copy) {
+                cluster_members_free(members, n);
+                return log_oom();
         }
-        return 0;
+        free(c->initial_cluster);
+        c->initial_cluster = copy;
+        cluster_members_free(c->initial_members, c->n_initial_members);
+        c->initial_members = members;
+        c->n_initial_members = n;
+        r = config_compute_ids(c, token);
+        if (r < 0)
+                return log_oom();
+        return verify_bootstrap(c, true);
 }
 
 /* netutil.URLStringsEqual(): equal as sorted strings, or else equal once host names are resolved (IP literals
@@ -1545,6 +1587,11 @@ static char *members_to_string(const ClusterMember *m, size_t n) {
 }
 
 int config_verify_bootstrap(const Config *c) {
+        /* SRV discovery fills the map only after DNS; the discovery map is built from our own URLs. */
+        return verify_bootstrap(c, isempty(c->discovery_srv));
+}
+
+static int verify_bootstrap(const Config *c, bool members_known) {
         const ClusterMember *self = NULL;
         _cleanup_free_ char *map = NULL;
         _cleanup_free_ char **all = NULL;
@@ -1552,8 +1599,7 @@ int config_verify_bootstrap(const Config *c) {
 
         assert(c);
 
-        /* SRV discovery fills the map only after DNS; the discovery map is built from our own URLs. */
-        if (!isempty(c->discovery_srv))
+        if (!members_known)
                 return 0;
 
         for (size_t i = 0; i < c->n_initial_members; i++)
@@ -1619,15 +1665,7 @@ int config_check_supported(const Config *c) {
 
         assert(c);
 
-        if (c->proxy == PROXY_ON)
-                what = "--proxy=on";
-        else if (c->proxy == PROXY_READONLY)
-                what = "--proxy=readonly";
-        else if (!isempty(c->discovery))
-                what = "--discovery";
-        else if (!isempty(c->discovery_srv))
-                what = "--discovery-srv";
-        else if (!isempty(c->cert_file))
+        if (!isempty(c->cert_file))
                 what = "--cert-file";
         else if (!isempty(c->key_file))
                 what = "--key-file";

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum ProxyMode {
@@ -93,6 +94,9 @@ typedef struct Config {
         unsigned experimental_auto_compaction_retention;
         bool enable_pprof;
 
+        /* not an etcd2 flag: serve discovery tokens (GET /new?size=N) as discovery.etcd.io does */
+        bool enable_discovery_service;
+
         /* not an etcd2 flag: for the D-Bus issue, a bus address override (--bus-address / ETCD_BUS_ADDRESS) */
         char *bus_address;
 
@@ -125,6 +129,9 @@ void etcd_url_list_done(EtcdUrlList *l);
  * duplicate member ID. Logs etcd2's message and returns -EINVAL on failure. config_load() already runs it
  * when <data-dir>/member does not exist; exported for callers that know better whether a member exists. */
 int config_verify_bootstrap(const Config *c);
+/* After --discovery or --discovery-srv: the initial cluster is now `cluster` ("name=URL,..."), member IDs
+ * hashed with `token`. Recomputes member_id/cluster_id and runs config_verify_bootstrap()'s checks. */
+int config_set_initial_cluster(Config *c, const char *cluster, const char *token);
 /* Logs "<feature> is not supported yet by this etcd2" and returns -EOPNOTSUPP for configurations this
  * etcd2 cannot run yet (proxy, discovery, TLS, multi-member, ...); config_load() calls it last. */
 int config_check_supported(const Config *c);

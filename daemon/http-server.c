@@ -89,7 +89,8 @@ struct HttpDaemon {
 struct HttpServer {
         sd_event *event;
         const Config *config;
-        Server *server;
+        Server *server;          /* NULL in proxy mode */
+        Proxy *proxy;            /* NULL in member mode */
 
         HttpDaemon daemons[_HTTP_LISTENER_KIND_MAX];
         HttpListener **listeners; /* individually allocated: sources point at them */
@@ -111,6 +112,10 @@ struct HttpServer {
 
 Server *http_daemon_server(HttpDaemon *d) {
         return d->server->server;
+}
+
+Proxy *http_daemon_proxy(HttpDaemon *d) {
+        return d->server->proxy;
 }
 
 const Config *http_daemon_config(HttpDaemon *d) {
@@ -251,6 +256,14 @@ void http_request_resume(HttpRequest *r) {
         daemon_wake(r->daemon);
 }
 
+/* Client requests go to the proxy in proxy mode, to the client API otherwise. */
+static void request_hangup(HttpRequest *r) {
+        if (r->daemon->server->proxy)
+                proxy_request_hangup(r);
+        else
+                client_api_hangup(r);
+}
+
 static int on_hangup(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         HttpServer *h = userdata;
         struct epoll_event evs[256];
@@ -269,7 +282,7 @@ static int on_hangup(sd_event_source *s, int fd, uint32_t revents, void *userdat
                 if (!r->suspended)
                         continue;
                 r->hung_up = true;
-                client_api_hangup(r);
+                request_hangup(r);
                 http_request_resume(r);
         }
         return 0;
@@ -408,7 +421,10 @@ static void *on_uri_log(void *cls, const char *uri, struct MHD_Connection *conne
 }
 
 static void request_release(HttpServer *h, HttpRequest *r) {
-        client_api_request_done(r);
+        if (h->proxy)
+                proxy_request_done(r);
+        else
+                client_api_request_done(r);
         http_buf_done(&r->body);
         if (r->uri != r->uri_buf)
                 free(r->uri);
@@ -504,7 +520,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *connection, c
 
                 /* Never queue on the first call: libmicrohttpd would close the connection. */
                 r->started = true;
-                client_api_begin(r, method);
+                if (r->daemon->server->proxy)
+                        proxy_request_begin(r, method);
+                else
+                        client_api_begin(r, method);
                 return MHD_YES;
         }
 
@@ -526,6 +545,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *connection, c
                 return MHD_YES;
         }
 
+        if (r->daemon->server->proxy)
+                return proxy_request_handle(r, method);
         return client_api_handle(r, method);
 }
 
@@ -792,9 +813,13 @@ static int setup_listeners(HttpServer *h) {
                 const char *name = names && names[i] ? names[i] : "unknown";
                 HttpListenerKind kind;
 
-                if (streq(name, "peer"))
+                if (streq(name, "peer")) {
+                        if (h->proxy) {
+                                log_warning("Socket-activated fd %d is a peer socket; a proxy has no peer listeners, ignoring it.", fd);
+                                continue;
+                        }
                         kind = HTTP_LISTENER_PEER;
-                else {
+                } else {
                         if (!streq(name, "client"))
                                 log_warning("Socket-activated fd %d has name '%s', serving the client API on it.", fd, name);
                         kind = HTTP_LISTENER_CLIENT;
@@ -818,7 +843,7 @@ static int setup_listeners(HttpServer *h) {
                         if (r < 0)
                                 return r;
                 }
-        if (!have[HTTP_LISTENER_PEER])
+        if (!have[HTTP_LISTENER_PEER] && !h->proxy)
                 for (size_t i = 0; i < h->config->listen_peer_urls.n; i++) {
                         r = listen_url(h, HTTP_LISTENER_PEER, &h->config->listen_peer_urls.urls[i]);
                         if (r < 0)
@@ -837,7 +862,7 @@ static void raise_nofile(void) {
                 log_debug_errno(-errno, "Failed to raise RLIMIT_NOFILE, ignoring: %m");
 }
 
-int http_server_new(sd_event *event, const Config *config, Server *server, HttpServer **ret) {
+int http_server_new(sd_event *event, const Config *config, Server *server, Proxy *proxy, HttpServer **ret) {
         HttpServer *h;
         int r;
 
@@ -853,6 +878,7 @@ int http_server_new(sd_event *event, const Config *config, Server *server, HttpS
         h->event = sd_event_ref(event);
         h->config = config;
         h->server = server;
+        h->proxy = proxy;
         h->hangup_fd = -1;
 
         h->hangup_fd = epoll_create1(EPOLL_CLOEXEC);
@@ -868,6 +894,8 @@ int http_server_new(sd_event *event, const Config *config, Server *server, HttpS
         (void) sd_event_source_set_description(h->hangup_source, "http-hangup");
 
         for (HttpListenerKind k = 0; k < _HTTP_LISTENER_KIND_MAX; k++) {
+                if (proxy && k == HTTP_LISTENER_PEER)
+                        continue; /* etcd2's proxy serves --listen-client-urls only */
                 r = daemon_start(h, k);
                 if (r < 0)
                         goto fail;
@@ -916,7 +944,7 @@ HttpServer *http_server_free(HttpServer *h) {
                 HttpRequest *r = h->suspended;
 
                 r->hung_up = true;
-                client_api_hangup(r);
+                request_hangup(r);
                 http_request_resume(r);
         }
         for (HttpListenerKind k = 0; k < _HTTP_LISTENER_KIND_MAX; k++) {

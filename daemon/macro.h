@@ -54,6 +54,11 @@ static inline char **strv_free(char **l) {
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(char **, strv_free);
 
+#ifndef _cleanup_free_
+#define _cleanup_free_ _cleanup_(freep)
+#endif
+#define _cleanup_strv_free_ _cleanup_(strv_freep)
+
 static inline size_t strv_length(char * const *l) {
         size_t n = 0;
         if (l)

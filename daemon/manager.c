@@ -19,6 +19,7 @@
 #include "log.h"
 #include "manager.h"
 #include "members.h"
+#include "srv.h"
 
 #define STATUS_INTERVAL_USEC (5 * USEC_PER_SEC)
 #define STOP_DRAIN_USEC (5 * USEC_PER_SEC)
@@ -29,6 +30,8 @@
  * (with socket activation, clients simply wait in the listen backlog meanwhile). */
 #define SERVE_BEFORE_PUBLISH_USEC (2 * USEC_PER_SEC)
 #define BUS_POLL_USEC (100 * USEC_PER_MSEC)
+/* The proxy's first refresh asks each peer URL with a 10 s timeout; serve anyway after this long. */
+#define PROXY_FIRST_REFRESH_USEC (15 * USEC_PER_SEC)
 
 static void manager_update_status(Manager *m) {
         if (!m->server)
@@ -108,8 +111,14 @@ static void raise_nofile_limit(void) {
                 log_warning("RLIMIT_NOFILE is %llu, too low for serving clients", (unsigned long long) rl.rlim_cur);
 }
 
+typedef enum DataDirKind {
+        DATA_DIR_EMPTY,
+        DATA_DIR_MEMBER,
+        DATA_DIR_PROXY,
+} DataDirKind;
+
 /* etcd2's data dir rules (reference §1.4): "member" -> member, "proxy" -> proxy, both -> fatal. */
-static int manager_check_data_dir(Manager *m) {
+static int manager_check_data_dir(Manager *m, DataDirKind *ret) {
         const char *d = m->config->data_dir;
         struct stat st;
         bool has_member, has_proxy;
@@ -133,26 +142,24 @@ static int manager_check_data_dir(Manager *m) {
 
         if (has_member && has_proxy)
                 return log_error_errno(-EINVAL, "Invalid datadir '%s': both member and proxy directories exist", d);
-        if (has_proxy)
-                return log_error_errno(-EOPNOTSUPP,
-                                       "Data dir '%s' holds a proxy's state; proxy mode is not supported yet by this etcd2", d);
+        *ret = has_member ? DATA_DIR_MEMBER : has_proxy ? DATA_DIR_PROXY : DATA_DIR_EMPTY;
         return 0;
 }
 
 /* The bus reads the member's state through these; all cheap. */
 static uint64_t bus_cluster_id(void *userdata) {
         Manager *m = userdata;
-        return server_cluster_id(m->server);
+        return m->server ? server_cluster_id(m->server) : 0;
 }
 
 static uint64_t bus_member_id(void *userdata) {
         Manager *m = userdata;
-        return server_member_id(m->server);
+        return m->server ? server_member_id(m->server) : 0;
 }
 
 static uint64_t bus_leader_id(void *userdata) {
         Manager *m = userdata;
-        return server_leader_id(m->server);
+        return m->server ? server_leader_id(m->server) : 0;
 }
 
 static int bus_members(void *userdata, BusMember **ret, size_t *ret_n) {
@@ -162,6 +169,12 @@ static int bus_members(void *userdata, BusMember **ret, size_t *ret_n) {
         size_t n = 0;
         int r;
 
+        if (!m->server) {
+                /* a proxy keeps no member list of its own */
+                *ret = NULL;
+                *ret_n = 0;
+                return 0;
+        }
         r = members_load(server_store(m->server), &ms, &n);
         if (r < 0)
                 return r;
@@ -188,27 +201,32 @@ static int bus_members(void *userdata, BusMember **ret, size_t *ret_n) {
 
 static uint64_t bus_raft_term(void *userdata) {
         Manager *m = userdata;
-        return server_raft_term(m->server);
+        return m->server ? server_raft_term(m->server) : 0;
 }
 
 static uint64_t bus_raft_index(void *userdata) {
         Manager *m = userdata;
-        return server_raft_index(m->server);
+        return m->server ? server_raft_index(m->server) : 0;
 }
 
 static uint64_t bus_etcd_index(void *userdata) {
         Manager *m = userdata;
-        return store_index(server_store(m->server));
+        return m->server ? store_index(server_store(m->server)) : 0;
 }
 
 static BusRole bus_role(void *userdata) {
         Manager *m = userdata;
-        return (BusRole) server_role(m->server);
+        return m->server ? (BusRole) server_role(m->server) : BUS_ROLE_PROXY;
 }
 
 static bool bus_healthy(void *userdata) {
         Manager *m = userdata;
-        return server_leader_id(m->server) != 0;
+        char **e;
+
+        if (m->server)
+                return server_leader_id(m->server) != 0;
+        e = m->proxy ? proxy_endpoints(m->proxy) : NULL;
+        return e && e[0];
 }
 
 static int on_bus_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -262,6 +280,9 @@ static int bus_op_add_member(void *userdata, sd_bus_message *m, char **peer_urls
         Manager *mgr = userdata;
         int r;
 
+        if (!mgr->server)
+                return sd_bus_error_setf(error, BUS_ERROR_FAILED, "This etcd2 is a proxy, not a member");
+
         sd_bus_message_ref(m);
         r = server_member_add(mgr->server, peer_urls, strv_length(peer_urls), on_bus_member_done, m);
         if (r < 0) {
@@ -275,6 +296,9 @@ static int bus_op_remove_member(void *userdata, sd_bus_message *m, uint64_t id, 
         Manager *mgr = userdata;
         int r;
 
+        if (!mgr->server)
+                return sd_bus_error_setf(error, BUS_ERROR_FAILED, "This etcd2 is a proxy, not a member");
+
         sd_bus_message_ref(m);
         r = server_member_remove(mgr->server, id, on_bus_member_done, m);
         if (r < 0) {
@@ -287,6 +311,9 @@ static int bus_op_remove_member(void *userdata, sd_bus_message *m, uint64_t id, 
 static int bus_op_backup(void *userdata, sd_bus_message *m, const char *path, sd_bus_error *error) {
         Manager *mgr = userdata;
         int r;
+
+        if (!mgr->server)
+                return sd_bus_error_setf(error, BUS_ERROR_FAILED, "This etcd2 is a proxy, not a member");
 
         r = server_backup(mgr->server, path);
         if (r == -EEXIST)
@@ -311,7 +338,7 @@ static int manager_start_serving(Manager *m) {
 
         if (m->http)
                 return 0;
-        r = http_server_new(m->event, m->config, m->server, &m->http);
+        r = http_server_new(m->event, m->config, m->server, NULL, &m->http);
         if (r < 0)
                 return r;
         log_info("etcd2 %s: member %" PRIx64 " of cluster %" PRIx64 " serving client requests",
@@ -377,14 +404,44 @@ int manager_new(Config *config, Manager **ret) {
         return 0;
 }
 
-int manager_start(Manager *m) {
+static int manager_start_bus(Manager *m) {
+        const BusProvider provider = {
+                .cluster_id = bus_cluster_id,
+                .member_id = bus_member_id,
+                .leader_id = bus_leader_id,
+                .members = bus_members,
+                .raft_term = bus_raft_term,
+                .raft_index = bus_raft_index,
+                .etcd_index = bus_etcd_index,
+                .role = bus_role,
+                .healthy = bus_healthy,
+                .userdata = m,
+        };
+        const BusOps ops = {
+                .add_member = bus_op_add_member,
+                .remove_member = bus_op_remove_member,
+                .backup = bus_op_backup,
+                .userdata = m,
+        };
         int r;
 
-        raise_nofile_limit();
-
-        r = manager_check_data_dir(m);
+        /* Without a bus (no system bus here) this warns and gives a disabled object. */
+        r = bus_new(m->event, m->config, &provider, &ops, &m->bus);
         if (r < 0)
                 return r;
+        if (bus_is_enabled(m->bus)) {
+                r = sd_event_add_time_relative(m->event, &m->bus_timer, CLOCK_MONOTONIC, BUS_POLL_USEC,
+                                               10 * USEC_PER_MSEC, on_bus_timer, m);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to add bus timer: %m");
+                (void) sd_event_source_set_description(m->bus_timer, "bus-notify");
+                (void) sd_event_source_set_enabled(m->bus_timer, SD_EVENT_ON);
+        }
+        return 0;
+}
+
+static int manager_start_member(Manager *m) {
+        int r;
 
         /* etcd2 purges old snap/ and wal/ files beyond these counts; our RocksDB store compacts its own
          * files and keeps no old snapshots or WAL segments around, so there is never anything to purge. */
@@ -396,40 +453,9 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
 
-        {
-                const BusProvider provider = {
-                        .cluster_id = bus_cluster_id,
-                        .member_id = bus_member_id,
-                        .leader_id = bus_leader_id,
-                        .members = bus_members,
-                        .raft_term = bus_raft_term,
-                        .raft_index = bus_raft_index,
-                        .etcd_index = bus_etcd_index,
-                        .role = bus_role,
-                        .healthy = bus_healthy,
-                        .userdata = m,
-                };
-
-                const BusOps ops = {
-                        .add_member = bus_op_add_member,
-                        .remove_member = bus_op_remove_member,
-                        .backup = bus_op_backup,
-                        .userdata = m,
-                };
-
-                /* Without a bus (no system bus here) this warns and gives a disabled object. */
-                r = bus_new(m->event, m->config, &provider, &ops, &m->bus);
-                if (r < 0)
-                        return r;
-        }
-        if (bus_is_enabled(m->bus)) {
-                r = sd_event_add_time_relative(m->event, &m->bus_timer, CLOCK_MONOTONIC, BUS_POLL_USEC,
-                                               10 * USEC_PER_MSEC, on_bus_timer, m);
-                if (r < 0)
-                        return log_error_errno(r, "Failed to add bus timer: %m");
-                (void) sd_event_source_set_description(m->bus_timer, "bus-notify");
-                (void) sd_event_source_set_enabled(m->bus_timer, SD_EVENT_ON);
-        }
+        r = manager_start_bus(m);
+        if (r < 0)
+                return r;
 
         r = sd_event_now(m->event, CLOCK_MONOTONIC, &m->start_usec);
         if (r < 0)
@@ -447,6 +473,234 @@ int manager_start(Manager *m) {
                 (void) sd_event_source_set_description(m->ready_timer, "wait-published");
                 (void) sd_event_source_set_enabled(m->ready_timer, SD_EVENT_ON);
         }
+        return 0;
+}
+
+static int manager_proxy_serve(Manager *m) {
+        int r;
+
+        r = http_server_new(m->event, m->config, NULL, m->proxy, &m->http);
+        if (r < 0)
+                return r;
+        log_info("etcd2 %s: proxy (%s) serving client requests", ETCD2_VERSION,
+                 m->config->proxy == PROXY_READONLY ? "readonly" : "on");
+        manager_notify_ready(m);
+        return 0;
+}
+
+static int on_proxy_ready_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        int r;
+
+        if (!proxy_refreshed(m->proxy) && usec < m->start_usec + PROXY_FIRST_REFRESH_USEC) {
+                (void) sd_event_source_set_time(s, usec + READY_POLL_USEC);
+                return 0;
+        }
+        m->ready_timer = sd_event_source_disable_unref(m->ready_timer);
+        r = manager_proxy_serve(m);
+        if (r < 0)
+                return sd_event_exit(m->event, r);
+        return 0;
+}
+
+/* Proxy mode: `peer_urls` NULL means <data-dir>/proxy/cluster holds them. As etcd2, the listeners open once
+ * the first refresh of the members' client URLs is done (with socket activation, clients wait in the
+ * backlog meanwhile). */
+static int manager_start_proxy(Manager *m, char **peer_urls) {
+        int r;
+
+        r = proxy_new(m->event, m->config, peer_urls, &m->proxy);
+        if (r < 0)
+                return r;
+        r = manager_start_bus(m);
+        if (r < 0)
+                return r;
+        r = sd_event_now(m->event, CLOCK_MONOTONIC, &m->start_usec);
+        if (r < 0)
+                return log_error_errno(r, "Failed to read the clock: %m");
+        r = sd_event_add_time(m->event, &m->ready_timer, CLOCK_MONOTONIC, m->start_usec + READY_POLL_USEC,
+                              USEC_PER_MSEC, on_proxy_ready_timer, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to add ready timer: %m");
+        (void) sd_event_source_set_description(m->ready_timer, "wait-proxy-refresh");
+        (void) sd_event_source_set_enabled(m->ready_timer, SD_EVENT_ON);
+        return 0;
+}
+
+/* "name=URL,name=URL" -> the URLs. */
+static int cluster_string_urls(const char *cluster, char ***ret) {
+        _cleanup_strv_free_ char **urls = NULL;
+        _cleanup_free_ char *copy = strdup(cluster);
+        size_t n = 0;
+        char *state = NULL;
+
+        if (!copy)
+                return -ENOMEM;
+        for (char *pair = strtok_r(copy, ",", &state); pair; pair = strtok_r(NULL, ",", &state)) {
+                char *eq = strchr(pair, '='), **a;
+                const char *url = eq ? eq + 1 : pair;
+
+                url += strspn(url, " \t");
+                if (isempty(url))
+                        continue;
+                a = realloc(urls, (n + 2) * sizeof(char *));
+                if (!a)
+                        return -ENOMEM;
+                urls = a;
+                urls[n] = strdup(url);
+                if (!urls[n])
+                        return -ENOMEM;
+                urls[++n] = NULL;
+        }
+        if (n == 0)
+                return -EINVAL;
+        *ret = TAKE_PTR(urls);
+        return 0;
+}
+
+static int manager_start_proxy_from_cluster(Manager *m, const char *cluster) {
+        _cleanup_strv_free_ char **urls = NULL;
+        int r;
+
+        r = cluster_string_urls(cluster, &urls);
+        if (r == -ENOMEM)
+                return log_oom();
+        if (r < 0)
+                return log_error_errno(r, "No peer URLs in cluster '%s' for the proxy", cluster);
+        return manager_start_proxy(m, urls);
+}
+
+static void manager_fail(Manager *m, int r) {
+        (void) sd_event_exit(m->event, r < 0 ? r : -EIO);
+}
+
+static int on_discovery_done_later(sd_event_source *s, void *userdata) {
+        Manager *m = userdata;
+
+        /* free the discovery client outside its own callback */
+        m->discovery = discovery_free(m->discovery);
+        m->glue = curl_glue_free(m->glue);
+        sd_event_source_disable_unref(s);
+        return 0;
+}
+
+static void manager_discovery_finish(Manager *m) {
+        sd_event_source *s = NULL;
+
+        if (sd_event_add_defer(m->event, &s, on_discovery_done_later, m) >= 0) {
+                (void) sd_event_source_set_description(s, "discovery-free");
+                (void) sd_event_source_set_floating(s, true);
+                sd_event_source_unref(s);
+        }
+}
+
+static void on_discovery_done(Discovery *d, int error, bool full, const char *cluster, void *userdata) {
+        Manager *m = userdata;
+        int r;
+
+        manager_discovery_finish(m);
+        if (m->stopping)
+                return;
+        if (error < 0)
+                return manager_fail(m, error);
+
+        if (m->config->proxy != PROXY_OFF) {
+                log_info("discovery: proxying to the cluster %s", cluster);
+                r = manager_start_proxy_from_cluster(m, cluster);
+        } else if (full) {
+                if (streq(strempty(m->config->discovery_fallback), "exit")) {
+                        log_error("discovery: cluster is full");
+                        return manager_fail(m, -ENOSPC);
+                }
+                log_notice("discovery cluster full, falling back to proxy");
+                r = manager_start_proxy_from_cluster(m, cluster);
+        } else {
+                log_info("discovery: bootstrapping the cluster %s", cluster);
+                r = config_set_initial_cluster(m->config, cluster, m->config->discovery);
+                if (r >= 0)
+                        r = manager_start_member(m);
+        }
+        if (r < 0)
+                manager_fail(m, r);
+}
+
+static int manager_start_discovery(Manager *m) {
+        const Config *c = m->config;
+        _cleanup_free_ char *value = NULL;
+        size_t len = 0;
+        int r;
+
+        r = curl_glue_new(m->event, &m->glue);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up libcurl: %m");
+        r = discovery_new(m->event, m->glue, c->discovery, c->discovery_proxy, &m->discovery);
+        if (r < 0)
+                return r;
+
+        if (c->proxy != PROXY_OFF)
+                return discovery_get(m->discovery, on_discovery_done, m);
+
+        /* registration value: name=peerURL for each advertised peer URL (sorted, as they are) */
+        for (size_t i = 0; i < c->initial_advertise_peer_urls.n; i++)
+                len += strlen(c->name) + strlen(c->initial_advertise_peer_urls.urls[i].str) + 2;
+        value = malloc(len + 1);
+        if (!value)
+                return log_oom();
+        value[0] = '\0';
+        for (size_t i = 0; i < c->initial_advertise_peer_urls.n; i++) {
+                if (i > 0)
+                        strcat(value, ",");
+                strcat(value, c->name);
+                strcat(value, "=");
+                strcat(value, c->initial_advertise_peer_urls.urls[i].str);
+        }
+        log_info("discovery: registering member %" PRIx64 " (%s) with %s", c->member_id, value, c->discovery);
+        return discovery_join(m->discovery, c->member_id, value, on_discovery_done, m);
+}
+
+static int manager_start_srv(Manager *m) {
+        Config *c = m->config;
+        _cleanup_free_ char *cluster = NULL;
+        bool found = false;
+        int r;
+
+        r = srv_get_cluster(c->name, c->discovery_srv, &c->initial_advertise_peer_urls, &cluster);
+        if (r < 0)
+                return r;
+        if (c->proxy != PROXY_OFF)
+                return manager_start_proxy_from_cluster(m, cluster);
+
+        /* etcd2: a member must find itself among the records */
+        {
+                _cleanup_free_ char *copy = strdup(cluster);
+                char *state = NULL;
+
+                if (!copy)
+                        return log_oom();
+                for (char *pair = strtok_r(copy, ",", &state); pair && !found; pair = strtok_r(NULL, ",", &state)) {
+                        char *eq = strchr(pair, '=');
+
+                        found = eq && (size_t) (eq - pair) == strlen(c->name) && strneq(pair, c->name, eq - pair);
+                }
+        }
+        if (!found)
+                return log_error_errno(-ENOENT, "cannot find local etcd member \"%s\" in SRV records", c->name);
+        r = config_set_initial_cluster(c, cluster, c->initial_cluster_token);
+        if (r < 0)
+                return r;
+        return manager_start_member(m);
+}
+
+int manager_start(Manager *m) {
+        const Config *c = m->config;
+        DataDirKind kind = DATA_DIR_EMPTY;
+        int r;
+
+        raise_nofile_limit();
+
+        r = manager_check_data_dir(m, &kind);
+        if (r < 0)
+                return r;
 
         r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, STATUS_INTERVAL_USEC,
                                        USEC_PER_SEC, on_status_timer, m);
@@ -454,7 +708,32 @@ int manager_start(Manager *m) {
                 return log_error_errno(r, "Failed to add status timer: %m");
         (void) sd_event_source_set_description(m->status_timer, "status");
         (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_ON);
-        return 0;
+
+        switch (kind) {
+        case DATA_DIR_MEMBER:
+                /* etcd2: a member's data dir wins over --proxy and every bootstrap flag */
+                if (!isempty(c->discovery))
+                        log_notice("discovery token ignored since a cluster has already been initialized. "
+                                   "Valid cluster configuration found in the data dir");
+                if (c->proxy != PROXY_OFF)
+                        log_notice("The data dir '%s' holds a member: starting as a member, ignoring --proxy",
+                                   c->data_dir);
+                return manager_start_member(m);
+        case DATA_DIR_PROXY:
+                if (c->proxy == PROXY_OFF)
+                        log_notice("The data dir '%s' holds a proxy's state: starting as a proxy", c->data_dir);
+                return manager_start_proxy(m, NULL);
+        default:
+                break;
+        }
+
+        if (!isempty(c->discovery))
+                return manager_start_discovery(m);
+        if (!isempty(c->discovery_srv))
+                return manager_start_srv(m);
+        if (c->proxy != PROXY_OFF)
+                return manager_start_proxy_from_cluster(m, c->initial_cluster);
+        return manager_start_member(m);
 }
 
 int manager_run(Manager *m) {
@@ -466,6 +745,9 @@ Manager *manager_free(Manager *m) {
                 return NULL;
 
         m->http = http_server_free(m->http);
+        m->discovery = discovery_free(m->discovery);
+        m->glue = curl_glue_free(m->glue);
+        m->proxy = proxy_free(m->proxy);
         m->ready_timer = sd_event_source_disable_unref(m->ready_timer);
         m->bus_timer = sd_event_source_disable_unref(m->bus_timer);
         m->bus = bus_free(m->bus);

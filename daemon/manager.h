@@ -6,14 +6,20 @@
 
 #include "bus.h"
 #include "config.h"
+#include "curl-glue.h"
+#include "discovery.h"
 #include "http-server.h"
+#include "proxy.h"
 #include "server.h"
 
 typedef struct Manager {
         sd_event *event;
         Config *config;               /* owned */
-        Server *server;
+        Server *server;               /* member mode */
+        Proxy *proxy;                 /* proxy mode */
         HttpServer *http;
+        CurlGlue *glue;               /* while discovering */
+        Discovery *discovery;
         Bus *bus;
 
         sd_event_source *sigterm_source;

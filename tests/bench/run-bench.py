@@ -46,6 +46,12 @@ ROWS = [
     ('cl_get_c64',    '3m GET c=64',          'req/s', 'higher', ('>=', 2.5, '>= 2.5x'),   '54k'),
     ('cl_failover',   '3m failover median',   'ms',    'lower',  ('<=', 1.0, '<= 1x'),     '~1000'),
     ('cl_failover_max', '3m failover max',    'ms',    'lower',  ('<=', 1.0, '<= 1x'),     ''),
+    # a proxy (--proxy on) of each implementation in front of a 3-member cluster of the same kind (px group)
+    ('px_get_c1_added', 'proxy GET c=1 added p50', 'ms',  'lower',  ('<=', 1.0, '<= 1x'),     ''),
+    ('px_get_c64',    'proxy GET c=64',       'req/s', 'higher', ('>=', 1.0, '>= 1x'),     ''),
+    ('px_get_c64_frac', '  % of direct',      '%',     'higher', ('>=', 1.0, '>= 1x'),     ''),
+    ('px_put_c64',    'proxy PUT c=64',       'req/s', 'higher', ('>=', 1.0, '>= 1x'),     ''),
+    ('px_put_c64_frac', '  % of direct',      '%',     'higher', ('>=', 1.0, '>= 1x'),     ''),
 ]
 # rows whose figure is the maximum (not the median) over the runs of another row
 MAX_ROWS = {'cl_failover_max': 'cl_failover'}
@@ -56,6 +62,9 @@ GROUPS = ['put_c1', 'put_c16', 'put_c64', 'put_c256', 'get_c64', 'mixed_c64', 'w
 # 3-member cluster groups: a fresh cluster of each implementation per group and round (cl_failover:
 # per repetition); cl_lost runs on ours only. Not in the default --groups (see --cluster).
 CL_GROUPS = ['cl_put_c64', 'cl_get_c64', 'cl_failover', 'cl_put_c1', 'cl_put_c256', 'cl_lost']
+# Proxy group (--proxy-bench): a 3-member cluster plus a proxy of the same implementation; the same
+# loads directly against member m0 and through the proxy, interleaved.
+PX_GROUPS = ['px']
 
 running = []
 
@@ -282,6 +291,39 @@ class Cluster:
             time.sleep(0.02)
 
 
+class ProxyNode(Member):
+    """`--proxy on` in front of a cluster: only client URLs and the members' peer URLs."""
+
+    def __init__(self, impl, binary, workdir, cluster):
+        super().__init__(impl, binary, workdir, 'proxy')
+        self.initial_cluster = ','.join(f'{m.name}=http://127.0.0.1:{m.peer_port}' for m in cluster.members)
+
+    def argv(self):
+        c = f'http://127.0.0.1:{self.client_port}'
+        return [self.binary, '--proxy', 'on', '--name', self.name, '--data-dir', self.datadir,
+                '--listen-client-urls', c, '--advertise-client-urls', c,
+                '--initial-cluster', self.initial_cluster]
+
+
+class ProxiedCluster(Cluster):
+    """A 3-member cluster and one proxy of the same implementation."""
+
+    def __init__(self, impl, binary, workdir):
+        super().__init__(impl, binary, workdir)
+        self.proxy = ProxyNode(impl, binary, workdir, self)
+
+    def start(self, timeout=30.0):
+        t = super().start(timeout)
+        t0 = time.monotonic()
+        self.proxy.spawn()
+        self.proxy.wait_health(t0, timeout)
+        return t
+
+    def stop(self):
+        self.proxy.stop()
+        super().stop()
+
+
 def get_json(port, path, timeout=1.0):
     conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
     try:
@@ -414,7 +456,40 @@ class Bench:
             return {'cl_failover': (ms, d), 'cl_failover_max': (ms, d)}
         if group == 'cl_lost':
             return {'cl_lost': (None, self.lost_writes(srv))}
+        if group == 'px':
+            return self.proxy_figures(srv)
         raise ValueError(group)
+
+    def proxy_figures(self, pc):
+        """Directly against the member the proxy forwards to (its first endpoint) vs through the proxy,
+        same loads, alternating."""
+        a = self.args
+        proxy = pc.proxy
+        eps = (get_json(proxy.client_port, '/v2/config/local/proxy') or {}).get('endpoints') or []
+        by_url = {f'http://127.0.0.1:{m.client_port}': m for m in pc.members}
+        if not eps or eps[0].rstrip('/') not in by_url:
+            raise RuntimeError(f'{pc.impl} proxy: endpoints {eps} are not the members')
+        direct = by_url[eps[0].rstrip('/')]
+        self.preload(direct, 'g', a.keys)
+        out = {}
+        # c=1 GET latency: several short alternating runs, the median p50 of each side
+        p50 = {'direct': [], 'proxy': []}
+        for _ in range(3):
+            for side, srv in (('direct', direct), ('proxy', proxy)):
+                r = self.lg(srv, '--mode', 'get', '-c', 1, '-d', max(1.0, a.duration / 3), '--prefix', 'g',
+                            '-k', a.keys)
+                p50[side].append(r['p50_ms'])
+        d50, x50 = median(p50['direct']), median(p50['proxy'])
+        out['px_get_c1_added'] = (x50 - d50, {'p50_ms': x50, 'direct_p50_ms': d50})
+        for mode in ('get', 'put'):
+            extra = ['--prefix', 'g', '-k', a.keys] if mode == 'get' else []
+            rd = self.lg(direct, '--mode', mode, '-c', 64, '-d', a.duration, '-s', a.size, *extra)
+            rx = self.lg(proxy, '--mode', mode, '-c', 64, '-d', a.duration, '-s', a.size, *extra)
+            rx = dict(rx, direct_rps=rd['rps'])
+            out[f'px_{mode}_c64'] = (rx['rps'], rx)
+            out[f'px_{mode}_c64_frac'] = (100.0 * rx['rps'] / rd['rps'] if rd['rps'] else 0.0,
+                                          {'direct_rps': rd['rps'], 'members': direct.name})
+        return out
 
     def failover(self, cl):
         """One writer, one PUT at a time round-robin over all members; kill -9 the leader and
@@ -549,7 +624,9 @@ class Bench:
                     if group == 'cl_lost' and impl != 'ours':
                         continue
                     work = tempfile.mkdtemp(prefix=f'bench-{impl}-{group}-', dir=a.tmpdir)
-                    if group.startswith('cl_'):
+                    if group == 'px':
+                        srv = ProxiedCluster(impl, binaries[impl], work)
+                    elif group.startswith('cl_'):
                         srv = Cluster(impl, binaries[impl], work)
                     else:
                         srv = Server(impl, binaries[impl], work)
@@ -586,13 +663,15 @@ def fmt(v):
         return f'{v:,.0f}'
     if v >= 100:
         return f'{v:.0f}'
+    if abs(v) < 1:
+        return f'{v:.3f}'
     return f'{v:.1f}'
 
 
 def brief(d):
     if not d:
         return ''
-    keys = ['p50_ms', 'p99_ms', 'non2xx', 'conn_errors', 'reconnects', 'errors', 'notified', 'put_ms',
+    keys = ['p50_ms', 'direct_p50_ms', 'direct_rps', 'p99_ms', 'non2xx', 'conn_errors', 'reconnects', 'errors', 'notified', 'put_ms',
             'preload_rps', 'key_after_restart', 'killed', 'new_leader', 'timeout_or_refused', 'members']
     return ' '.join(f'{k}={d[k]}' for k in keys if k in d)
 
@@ -661,6 +740,21 @@ def latency_table(details):
     return '\n'.join(out) if len(out) > 2 else ''
 
 
+def proxy_targets(results):
+    """The issue's absolute proxy targets for ours: < 0.1 ms added at p50 (c=1), >= 80 % of direct (c=64)."""
+    def ours(key):
+        v = results.get(key, {}).get('ours')
+        return median(v) if v else None
+    out = ['', 'proxy targets (ours): added p50 at c=1 < 0.1 ms, >= 80 % of direct throughput at c=64, ahead of etcd']
+    for key, bound, op, unit in (('px_get_c1_added', 0.1, '<', 'ms'), ('px_get_c64_frac', 80.0, '>=', '%'),
+                                 ('px_put_c64_frac', 80.0, '>=', '%')):
+        v = ours(key)
+        ok = v is not None and (v < bound if op == '<' else v >= bound)
+        out.append(f'  {key:16s} {fmt(v)} {unit} (target {op} {bound:g}) '
+                   f'-> {"PASS" if ok else "FAIL"}')
+    return '\n'.join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--rounds', type=int, default=1, help='interleaved rounds per figure; median is reported')
@@ -675,6 +769,9 @@ def main():
     ap.add_argument('--cluster', type=int, choices=(3,), default=None,
                     help='run the 3-member cluster groups (' + ','.join(CL_GROUPS) + ') instead of the '
                          'single-member default (same as --groups with those)')
+    ap.add_argument('--proxy-bench', action='store_true',
+                    help='run the proxy group (' + ','.join(PX_GROUPS) + '): a proxy of each implementation in '
+                         'front of a 3-member cluster, against direct access')
     ap.add_argument('--failover-reps', type=int, default=3,
                     help='cl_failover: fresh clusters (kills) per implementation (at least --rounds)')
     ap.add_argument('--failover-timeout', type=float, default=0.2,
@@ -699,8 +796,10 @@ def main():
     args.groups = [g for g in args.groups.split(',') if g]
     if args.cluster:
         args.groups = list(CL_GROUPS)
+    if args.proxy_bench:
+        args.groups = list(PX_GROUPS)
     for g in args.groups:
-        if g not in GROUPS + CL_GROUPS:
+        if g not in GROUPS + CL_GROUPS + PX_GROUPS:
             ap.error(f'unknown group {g}')
     args.etcd2 = os.path.abspath(args.etcd2)     # the servers run with their work dir as cwd
     args.etcd = os.path.abspath(args.etcd)
@@ -738,6 +837,8 @@ def main():
           f'(anything else running on the 2 cores skews the figures)')
     print(table(results, details, args))
     print(latency_table(details))
+    if 'px' in args.groups:
+        print(proxy_targets(results))
     if 'cl_lost' in args.groups:
         d = bench.lost
         if d is None:

@@ -142,27 +142,6 @@ def test_name_not_in_initial_cluster(tmp_path):
     assert "other" in out
 
 
-@pytest.mark.parametrize("extra", [
-    ["--proxy", "on"],
-    ["--proxy", "readonly"],
-])
-def test_not_supported_yet_proxy(tmp_path, extra):
-    rc, out = run(base_args(tmp_path) + extra)
-    assert rc == 1, (rc, out)
-    assert "not supported yet" in out.lower()
-
-
-def test_not_supported_yet_discovery(tmp_path):
-    c, p = free_ports(2)
-    rc, out = run(["--name", "disc", "--data-dir", str(tmp_path),
-                   "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
-                   "--listen-peer-urls", f"http://127.0.0.1:{p}",
-                   "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
-                   "--discovery", "http://127.0.0.1:1/x"])
-    assert rc == 1, (rc, out)
-    assert "not supported yet" in out.lower()
-
-
 def test_env_configuration_takes_effect(make_daemon):
     d = make_daemon(name="fromenv", use_env=True)
     m = d.get("/v2/members").json()["members"]

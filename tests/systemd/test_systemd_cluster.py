@@ -8,7 +8,9 @@ installed ListenStream= reset with an empty line first) and its ETCD_* configura
 etcd2.service, the way an administrator (or the cloud-config generator) would. All sockets listen, but
 only the first member's service is started: its peers are socket-activated by its Raft traffic. The tests
 run in file order on one cluster: it forms, replicates, every bus shows the same leader, and the leader's
-loss leads to a new leader that the other two agree on and that journals its election.
+loss leads to a new leader that the other two agree on and that journals its election. A fourth machine
+runs etcd2 as a proxy (ETCD_PROXY=on in its drop-in, started with systemctl): it forwards to the members,
+keeps its state in /var/lib/etcd2/proxy, says StateProxy on its bus, and still serves after the leader's loss.
 """
 
 import json
@@ -29,6 +31,12 @@ BUS_NAME = "io.etcd.etcd2"
 BUS_PATH = "/io/etcd/etcd2"
 BUS_IFACE = "io.etcd.etcd2.Cluster"
 UNITS = "run/systemd/system"  # under each machine's work dir, copied into its /run before systemd starts
+# A fourth machine runs etcd2 as a proxy (ETCD_PROXY=on) in front of the three members.
+PROXY_NAME = "sd-proxy"
+PROXY_CLIENT_PORT = 22379 + 100 * N
+PROXY_PEER_PORT = 22380 + 100 * N
+PROXY_URL = f"http://127.0.0.1:{PROXY_CLIENT_PORT}"
+_proxy = []
 
 
 def socket_dropin(port):
@@ -49,8 +57,23 @@ def service_dropin(i):
     return "[Service]\n" + "".join(f'Environment="{k}={v}"\n' for k, v in env.items())
 
 
+def proxy_dropin():
+    env = {
+        "ETCD_NAME": PROXY_NAME,
+        "ETCD_PROXY": "on",
+        "ETCD_INITIAL_CLUSTER": INITIAL_CLUSTER,
+        "ETCD_LISTEN_CLIENT_URLS": PROXY_URL,
+    }
+    return "[Service]\n" + "".join(f'Environment="{k}={v}"\n' for k, v in env.items())
+
+
 def prepare(i, m):
     units = f"{m.workdir}/{UNITS}"
+    if i == N:
+        m.write(units, "etcd2.socket.d/60-cluster.conf", socket_dropin(PROXY_CLIENT_PORT))
+        m.write(units, "etcd2-peer.socket.d/60-cluster.conf", socket_dropin(PROXY_PEER_PORT))
+        m.write(units, "etcd2.service.d/60-cluster.conf", proxy_dropin())
+        return
     m.write(units, "etcd2.socket.d/60-cluster.conf", socket_dropin(CLIENT_PORTS[i]))
     m.write(units, "etcd2-peer.socket.d/60-cluster.conf", socket_dropin(PEER_PORTS[i]))
     m.write(units, "etcd2.service.d/60-cluster.conf", service_dropin(i))
@@ -58,7 +81,8 @@ def prepare(i, m):
 
 @pytest.fixture(scope="module")
 def cluster(machines_factory):
-    ms = machines_factory(N, prepare)
+    ms = machines_factory(N + 1, prepare)
+    _proxy.append(ms.pop())
     for m in ms:
         m.systemctl("start", "etcd2.socket", "etcd2-peer.socket")
     # Only the first member is started by hand (without waiting: its READY=1 needs a quorum). Its Raft
@@ -196,6 +220,37 @@ def test_bus_tree_lists_three_members(cluster):
             assert member_prop(m, p, "IsLeader") == ("true" if json.loads(mid) == leader else "false"), (p, leader)
 
 
+# ---------------------------------------------------------------------------------------------- proxy
+@pytest.fixture(scope="module")
+def proxy(cluster):
+    return _proxy[0]
+
+
+def test_proxy_under_systemd(cluster, proxy):
+    # Type=notify: the start job returns once the proxy said READY=1.
+    proxy.systemctl("start", "etcd2.service")
+    assert active(proxy)
+    assert int(proxy.prop("etcd2.service", "NRestarts")) == 0
+    # It learns the members' client URLs from their peer URLs, and forwards to them.
+    def endpoints():
+        code, body = proxy.http("GET", PROXY_URL + "/v2/config/local/proxy")
+        eps = json.loads(body).get("endpoints") if code == 200 else None
+        return eps if eps and sorted(eps) == sorted(CLIENT_URLS) else None
+    proxy.wait_for("the proxy's three endpoints", endpoints, timeout=10)
+    code, body = proxy.http("PUT", PROXY_URL + "/v2/keys/sdcluster/viaproxy", {"value": "proxied"})
+    assert code in (200, 201), body
+    code, body = cluster[1].http("GET", CLIENT_URLS[1] + "/v2/keys/sdcluster/viaproxy?quorum=true")
+    assert code == 200 and json.loads(body)["node"]["value"] == "proxied", body
+    code, body = proxy.http("GET", PROXY_URL + "/v2/members")
+    assert code == 200 and sorted(x["name"] for x in json.loads(body)["members"]) == sorted(NAMES), body
+    # Its state is in the data dir systemd gave it; the bus says what it is.
+    out = proxy.run(["cat", "/var/lib/etcd2/proxy/cluster"]).stdout
+    assert sorted(json.loads(out)["PeerURLs"]) == sorted(PEER_URLS), out
+    assert proxy.run(["test", "!", "-e", "/var/lib/etcd2/member"], check=False).returncode == 0
+    assert bus_prop(proxy, "State") == "StateProxy"
+    assert "proxy (on) serving client requests" in proxy.journal("-u", "etcd2")
+
+
 # ---------------------------------------------------------------------------------------------- failover
 def test_leader_stop_elects_new_leader(cluster):
     old = leader_of(cluster[0])
@@ -251,3 +306,14 @@ def test_leader_stop_elects_new_leader(cluster):
     assert code == 200 and json.loads(body)["node"]["value"] == "two-of-three", body
     # The old leader stays down (no socket activation brought it back).
     assert lm.prop("etcd2.service", "ActiveState") == "inactive"
+
+
+def test_proxy_follows_the_cluster_after_leader_loss(cluster, proxy):
+    # The old leader is gone: the proxy fails over to the members that are left.
+    def put():
+        code, body = proxy.http("PUT", PROXY_URL + "/v2/keys/sdcluster/viaproxy2", {"value": "still"})
+        return body if code in (200, 201) else None
+    proxy.wait_for("a write through the proxy after the leader's loss", put, timeout=15, interval=0.2)
+    code, body = proxy.http("GET", PROXY_URL + "/v2/keys/sdcluster/viaproxy2?quorum=true")
+    assert code == 200 and json.loads(body)["node"]["value"] == "still", body
+    assert active(proxy)

@@ -1,0 +1,1556 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* proxy.c - etcd2's proxy mode (--proxy on|readonly): forwards client requests to the cluster's members. */
+
+/*
+ * etcd 2.3.8 proxy/httpproxy, on sd-event:
+ *
+ * Endpoints. The peer URLs come from <data-dir>/proxy/cluster ({"PeerURLs":[...]}) if it exists, else
+ * from the caller (--initial-cluster, discovery). A refresh asks GET <peerURL>/members of each peer URL in
+ * turn (CurlRequest, 10 s timeout); the first answer that parses gives every member's client URLs as the
+ * forwarding endpoints (shuffled) and the peer URLs, which are written back to the cluster file. A failed
+ * refresh leaves zero endpoints, as etcd's does. Refreshes run every --proxy-refresh-interval, every second
+ * while there is no available endpoint and the interval is >= 30 s. An endpoint that failed a transport is
+ * unavailable for --proxy-failure-wait, then available again without a probe.
+ *
+ * Forwarding. Each client request (body buffered by http-server.c, 10 MiB cap) is sent with libcurl to the
+ * available endpoints in turn, trying the next only after a transport error (nothing received); an HTTP
+ * error status is passed through. Hop-by-hop headers are dropped both ways and X-Forwarded-For appended.
+ * The response is streamed: the client connection stays suspended until the upstream headers are in, then
+ * the body goes out through MHD_create_response_from_callback() (chunked unless upstream gave a
+ * Content-Length) fed by libcurl's write callback, so long-poll and streaming watches pass through. When
+ * the client is slower than upstream, the transfer is paused (CURL_WRITEFUNC_PAUSE) above a buffer high
+ * mark and resumed by the reader. A client hang-up cancels the transfer.
+ *
+ * The forwarding transfers run on a multi handle of their own (not CurlGlue): the latency budget is a
+ * tenth of a millisecond, so the multi handle is kicked from a defer source rather than from a 1 ms timer,
+ * the connection cache is sized for many concurrent clients, and finished easy handles go back to a pool
+ * with their request-header storage, so that a forwarded request allocates next to nothing of our own.
+ */
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <json-c/json.h>
+
+#include "client-api.h"
+#include "curl-glue.h"
+#include "http-util.h"
+#include "log.h"
+#include "macro.h"
+#include "proxy.h"
+
+#define PROXY_REFRESH_TIMEOUT_USEC (10 * USEC_PER_SEC)  /* etcd: GetClusterFromRemotePeers */
+#define PROXY_MEMBERS_BODY_MAX ((size_t) 4 * 1024 * 1024)
+#define PROXY_DEFAULT_REFRESH_MSEC 30000u
+#define PROXY_MAX_CONNECTS 256L
+#define PROXY_XFER_POOL_MAX 256u
+#define PROXY_BUFFER_HIGH ((size_t) 256 * 1024)       /* pause upstream above this much unsent body */
+#define PROXY_READER_BLOCK 4096
+#define PROXY_BUFFER_KEEP ((size_t) 64 * 1024)        /* larger buffers are not kept in the pool */
+
+typedef struct ProxyEndpoint {
+        char *url;                  /* a member's client URL, e.g. "http://127.0.0.1:2379" */
+        size_t url_len;
+        uint64_t unavailable_until; /* CLOCK_MONOTONIC; available when now >= this */
+} ProxyEndpoint;
+
+/* The endpoints of one refresh; requests in flight keep the set they started with. */
+typedef struct ProxyEndpointSet {
+        unsigned n_ref;
+        size_t n;
+        ProxyEndpoint eps[];
+} ProxyEndpointSet;
+
+/* What the inner epoll set holds for one of curl's sockets. A socket curl stops watching (an idle
+ * connection back in the cache) stays registered until it reports an event or is closed: a reused
+ * connection then costs no epoll_ctl() at all. */
+typedef struct ProxySocket {
+        uint32_t registered;        /* events in the epoll set, 0 = not in it */
+        bool wanted;                /* curl watches it */
+} ProxySocket;
+
+typedef struct ProxyXfer ProxyXfer;
+struct ProxyXfer {
+        Proxy *proxy;
+        CURL *easy;
+        HttpRequest *req;
+        ProxyXfer *prev, *next;     /* active list, or free list (next only) */
+        bool running;               /* in the multi handle */
+
+        ProxyEndpointSet *set;
+        size_t ep;                  /* endpoint being tried */
+        unsigned n_available;       /* endpoints available when the request came in */
+
+        /* request */
+        HttpBuf url;
+        HttpBuf hdr_text;           /* NUL-separated "Name: value" lines */
+        struct curl_slist *hdr_nodes;
+        size_t n_hdr_nodes, hdr_nodes_alloc;
+        HttpBuf xff;                /* prior X-Forwarded-For values */
+
+        /* response */
+        long status;
+        bool headers_done;
+        bool failed;                /* no endpoint answered: 502 */
+        bool finished;
+        bool paused;
+        CURLcode result;
+        int64_t content_length;     /* -1: unknown */
+        HttpBuf resp_hdrs;          /* "Name\0value\0" pairs of the final response */
+        HttpBuf body;               /* received, not yet handed to libmicrohttpd */
+        size_t body_off;
+};
+
+struct Proxy {
+        sd_event *event;
+        const Config *config;
+        bool readonly;
+
+        char *dir;                  /* <data-dir>/proxy */
+        char *cluster_file;
+        char **peer_urls;
+
+        ProxyEndpointSet *set;
+        char **endpoints_strv;      /* proxy_endpoints()'s answer */
+        char ***retired;            /* earlier answers, kept valid until the next refresh */
+        size_t n_retired;
+        unsigned rand_state;
+
+        /* refresh */
+        CurlGlue *glue;
+        CurlRequest *members_req;
+        size_t refresh_idx;
+        sd_event_source *refresh_timer;
+        bool refreshed_once;
+
+        /* forwarding */
+        CURLM *multi;
+        int epoll_fd;
+        ProxySocket *sockets;       /* by fd */
+        size_t n_sockets;
+        sd_event_source *io, *timer, *defer;
+        unsigned in_curl;
+        ProxyXfer *active;
+        ProxyXfer *pool;
+        unsigned n_pool;
+};
+
+static void refresh_start(Proxy *p);
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
+}
+
+/* --- endpoint sets -------------------------------------------------------------------------- */
+
+static ProxyEndpointSet *set_unref(ProxyEndpointSet *s) {
+        if (!s || --s->n_ref > 0)
+                return NULL;
+        for (size_t i = 0; i < s->n; i++)
+                free(s->eps[i].url);
+        free(s);
+        return NULL;
+}
+
+static ProxyEndpointSet *set_ref(ProxyEndpointSet *s) {
+        if (s)
+                s->n_ref++;
+        return s;
+}
+
+static bool endpoint_available(const ProxyEndpoint *e, uint64_t now) {
+        return e->unavailable_until == 0 || now >= e->unavailable_until;
+}
+
+static unsigned set_n_available(const ProxyEndpointSet *s, uint64_t now) {
+        unsigned n = 0;
+
+        for (size_t i = 0; s && i < s->n; i++)
+                if (endpoint_available(&s->eps[i], now))
+                        n++;
+        return n;
+}
+
+static bool strv_equal(char **a, char **b);
+
+static bool strv_isempty(char **l) {
+        return !l || !l[0];
+}
+
+static void endpoints_retired_free(Proxy *p) {
+        for (size_t i = 0; i < p->n_retired; i++)
+                strv_free(p->retired[i]);
+        free(p->retired);
+        p->retired = NULL;
+        p->n_retired = 0;
+}
+
+bool proxy_refreshed(Proxy *p) {
+        return p && p->refreshed_once;
+}
+
+char **proxy_endpoints(Proxy *p) {
+        uint64_t now = now_usec();
+        size_t k = 0;
+        char **l, ***t;
+
+        if (!p)
+                return NULL;
+
+        l = calloc((p->set ? p->set->n : 0) + 1, sizeof(char *));
+        if (!l)
+                return p->endpoints_strv;
+        for (size_t i = 0; p->set && i < p->set->n; i++) {
+                if (!endpoint_available(&p->set->eps[i], now))
+                        continue;
+                l[k] = strdup(p->set->eps[i].url);
+                if (!l[k]) {
+                        strv_free(l);
+                        return p->endpoints_strv;
+                }
+                k++;
+        }
+        if (p->endpoints_strv && strv_equal(l, p->endpoints_strv)) {
+                strv_free(l);
+                return p->endpoints_strv;
+        }
+        /* callers may still hold the previous answer: it stays valid until the next refresh */
+        if (p->endpoints_strv) {
+                t = reallocarray(p->retired, p->n_retired + 1, sizeof(char **));
+                if (!t) {
+                        strv_free(l);
+                        return p->endpoints_strv;
+                }
+                p->retired = t;
+                p->retired[p->n_retired++] = p->endpoints_strv;
+        }
+        p->endpoints_strv = l;
+        return l;
+}
+
+/* --- the cluster file ----------------------------------------------------------------------- */
+
+static int parse_url_array(json_object *a, char ***ret) {
+        _cleanup_strv_free_ char **l = NULL;
+        size_t n;
+
+        if (!json_object_is_type(a, json_type_array))
+                return -EINVAL;
+        n = json_object_array_length(a);
+        l = calloc(n + 1, sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                json_object *s = json_object_array_get_idx(a, i);
+
+                if (!json_object_is_type(s, json_type_string))
+                        return -EINVAL;
+                l[i] = strdup(json_object_get_string(s));
+                if (!l[i])
+                        return -ENOMEM;
+        }
+        *ret = TAKE_PTR(l);
+        return 0;
+}
+
+static int cluster_file_read(Proxy *p, char ***ret) {
+        _cleanup_free_ char *text = NULL;
+        json_object *o, *a;
+        size_t size = 0;
+        FILE *f;
+        int r;
+
+        f = fopen(p->cluster_file, "re");
+        if (!f)
+                return -errno;
+        {
+                char buf[4096];
+                size_t n;
+                FILE *m = open_memstream(&text, &size);
+
+                if (!m) {
+                        fclose(f);
+                        return -ENOMEM;
+                }
+                while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+                        fwrite(buf, 1, n, m);
+                r = ferror(f) ? -EIO : 0;
+                fclose(f);
+                if (fclose(m) != 0 && r == 0)
+                        r = -ENOMEM;
+                if (r < 0)
+                        return r;
+        }
+
+        o = json_tokener_parse(text ?: "");
+        if (!o)
+                return -EINVAL;
+        if (!json_object_object_get_ex(o, "PeerURLs", &a) || json_object_is_type(a, json_type_null)) {
+                /* Go: a missing or null list unmarshals as an empty one */
+                json_object_put(o);
+                *ret = calloc(1, sizeof(char *));
+                return *ret ? 0 : -ENOMEM;
+        }
+        r = parse_url_array(a, ret);
+        json_object_put(o);
+        return r;
+}
+
+static int cluster_file_write(Proxy *p, char **peer_urls) {
+        _cleanup_free_ char *bak = NULL;
+        _cleanup_(http_buf_done) HttpBuf b = {};
+        int fd, r = 0;
+
+        if (http_buf_puts(&b, "{\"PeerURLs\":[") < 0)
+                return -ENOMEM;
+        STRV_FOREACH(u, peer_urls) {
+                if ((u != peer_urls && http_buf_puts(&b, ",") < 0) || http_buf_json_string(&b, *u, strlen(*u)) < 0)
+                        return -ENOMEM;
+        }
+        if (http_buf_puts(&b, "]}") < 0)
+                return -ENOMEM;
+
+        if (asprintf(&bak, "%s.bak", p->cluster_file) < 0)
+                return -ENOMEM;
+        fd = open(bak, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return -errno;
+        for (size_t off = 0; off < b.len;) {
+                ssize_t n = write(fd, b.data + off, b.len - off);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        r = -errno;
+                        break;
+                }
+                off += (size_t) n;
+        }
+        if (close(fd) < 0 && r == 0)
+                r = -errno;
+        if (r < 0)
+                return r;
+        if (rename(bak, p->cluster_file) < 0)
+                return -errno;
+        return 0;
+}
+
+/* --- refresh -------------------------------------------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+static char *strv_join(char **l) {
+        _cleanup_(http_buf_done) HttpBuf b = {};
+
+        if (http_buf_puts(&b, "[") < 0)
+                return NULL;
+        STRV_FOREACH(s, l)
+                if ((s != l && http_buf_puts(&b, " ") < 0) || http_buf_puts(&b, *s) < 0)
+                        return NULL;
+        if (http_buf_puts(&b, "]") < 0)
+                return NULL;
+        return TAKE_PTR(b.data);
+}
+
+static bool strv_equal(char **a, char **b) {
+        size_t n = strv_length(a);
+
+        if (n != strv_length(b))
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!streq(a[i], b[i]))
+                        return false;
+        return true;
+}
+
+/* etcdserver.GetClusterFromRemotePeers() on one answer: every member's client and peer URLs, sorted. */
+static int parse_members(const char *body, char ***ret_client, char ***ret_peer) {
+        _cleanup_strv_free_ char **client = NULL, **peer = NULL;
+        size_t nc = 0, np = 0;
+        json_object *o;
+        int r = 0;
+
+        o = json_tokener_parse(body ?: "");
+        if (!o)
+                return -EINVAL;
+        if (!json_object_is_type(o, json_type_array)) {
+                json_object_put(o);
+                return -EINVAL;
+        }
+
+        for (size_t i = 0; i < json_object_array_length(o) && r >= 0; i++) {
+                json_object *m = json_object_array_get_idx(o, i), *a;
+                const char *keys[2] = { "clientURLs", "peerURLs" };
+
+                if (!json_object_is_type(m, json_type_object)) {
+                        r = -EINVAL;
+                        break;
+                }
+                for (unsigned k = 0; k < 2 && r >= 0; k++) {
+                        char ***l = k == 0 ? &client : &peer;
+                        size_t *n = k == 0 ? &nc : &np;
+
+                        if (!json_object_object_get_ex(m, keys[k], &a) || json_object_is_type(a, json_type_null))
+                                continue;
+                        if (!json_object_is_type(a, json_type_array)) {
+                                r = -EINVAL;
+                                break;
+                        }
+                        for (size_t j = 0; j < json_object_array_length(a); j++) {
+                                json_object *s = json_object_array_get_idx(a, j);
+                                char **t;
+
+                                if (!json_object_is_type(s, json_type_string)) {
+                                        r = -EINVAL;
+                                        break;
+                                }
+                                t = reallocarray(*l, *n + 2, sizeof(char *));
+                                if (!t) {
+                                        r = -ENOMEM;
+                                        break;
+                                }
+                                *l = t;
+                                t[*n] = strdup(json_object_get_string(s));
+                                t[*n + 1] = NULL;
+                                if (!t[*n]) {
+                                        r = -ENOMEM;
+                                        break;
+                                }
+                                (*n)++;
+                        }
+                }
+        }
+        json_object_put(o);
+        if (r < 0)
+                return r;
+
+        if (!client && !(client = calloc(1, sizeof(char *))))
+                return -ENOMEM;
+        if (!peer && !(peer = calloc(1, sizeof(char *))))
+                return -ENOMEM;
+        qsort(client, nc, sizeof(char *), cmp_str);
+        qsort(peer, np, sizeof(char *), cmp_str);
+        *ret_client = TAKE_PTR(client);
+        *ret_peer = TAKE_PTR(peer);
+        return 0;
+}
+
+/* director.refresh(): a new shuffled set from the given client URLs (NULL: none). */
+static void set_endpoints(Proxy *p, char **urls) {
+        size_t n = strv_length(urls), k = 0;
+        ProxyEndpointSet *s;
+        _cleanup_free_ char *before = NULL, *after = NULL;
+
+        s = calloc(1, sizeof(ProxyEndpointSet) + n * sizeof(ProxyEndpoint));
+        if (!s) {
+                log_oom();
+                return;
+        }
+        s->n_ref = 1;
+        for (size_t i = 0; i < n; i++) {
+                ProxyEndpoint *e = &s->eps[k];
+
+                /* Go's url.Parse() accepts almost anything; curl wants a scheme. */
+                if (!strstr(urls[i], "://")) {
+                        log_warning("proxy: upstream URL invalid: %s", urls[i]);
+                        continue;
+                }
+                e->url = strdup(urls[i]);
+                if (!e->url) {
+                        log_oom();
+                        break;
+                }
+                e->url_len = strlen(e->url);
+                /* a trailing slash would double the one of the request target */
+                while (e->url_len > 0 && e->url[e->url_len - 1] == '/')
+                        e->url[--e->url_len] = 0;
+                k++;
+        }
+        s->n = k;
+
+        /* shuffle, so that proxies do not all stick to one member */
+        for (size_t i = 1; i < s->n; i++) {
+                size_t j = (size_t) rand_r(&p->rand_state) % (i + 1);
+                ProxyEndpoint t = s->eps[i];
+                s->eps[i] = s->eps[j];
+                s->eps[j] = t;
+        }
+
+        set_unref(p->set);
+        p->set = s;
+}
+
+
+static int on_refresh_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        refresh_start(userdata);
+        return 0;
+}
+
+/* The director's loop: the next refresh after the refresh interval, after 1 s while nothing is available
+ * (only if the interval is >= 30 s, as etcd does). */
+static void refresh_schedule(Proxy *p) {
+        uint64_t interval = (uint64_t) p->config->proxy_refresh_interval_ms * USEC_PER_MSEC;
+        int r;
+
+        if (interval >= (uint64_t) PROXY_DEFAULT_REFRESH_MSEC * USEC_PER_MSEC && set_n_available(p->set, now_usec()) == 0)
+                interval = USEC_PER_SEC;
+        interval = MAX(interval, USEC_PER_MSEC);
+
+        if (!p->refresh_timer) {
+                r = sd_event_add_time_relative(p->event, &p->refresh_timer, CLOCK_MONOTONIC, interval,
+                                               10 * USEC_PER_MSEC, on_refresh_timer, p);
+                if (r < 0) {
+                        log_error_errno(r, "proxy: failed to arm the refresh timer: %m");
+                        return;
+                }
+                (void) sd_event_source_set_description(p->refresh_timer, "proxy-refresh");
+                return;
+        }
+        (void) sd_event_source_set_time_relative(p->refresh_timer, interval);
+        (void) sd_event_source_set_enabled(p->refresh_timer, SD_EVENT_ONESHOT);
+}
+
+static void refresh_finish(Proxy *p, char **client_urls) {
+        _cleanup_free_ char *before = NULL, *after = NULL;
+
+        before = strv_join(p->endpoints_strv);
+        endpoints_retired_free(p);
+        set_endpoints(p, client_urls);
+        (void) proxy_endpoints(p);
+        after = strv_join(p->endpoints_strv);
+        if (!p->refreshed_once || !before || !after || !streq(before, after)) {
+                if (p->endpoints_strv && p->endpoints_strv[0])
+                        log_info("proxy: endpoints found %s", strempty(after));
+                else
+                        log_warning("proxy: zero endpoints currently available");
+        }
+        p->refreshed_once = true;
+        refresh_schedule(p);
+}
+
+static void refresh_try(Proxy *p);
+
+static void on_members_done(CurlRequest *req, CURLcode result, void *userdata) {
+        Proxy *p = userdata;
+        _cleanup_strv_free_ char **client = NULL, **peer = NULL;
+        const char *body;
+        const char *url = p->peer_urls[p->refresh_idx];
+        int r;
+
+        if (result != CURLE_OK) {
+                log_debug("proxy: could not get cluster response from %s: %s", url, curl_request_error_message(req));
+                goto next;
+        }
+        body = curl_request_body(req, NULL);
+        r = parse_members(body, &client, &peer);
+        if (r < 0) {
+                log_debug_errno(r, "proxy: could not unmarshal cluster response from %s: %m", url);
+                goto next;
+        }
+        /* A member still bootstrapping lists no members yet: never let that empty the peer list (and
+         * the cluster file), or the proxy would have nobody left to ask. */
+        if (!peer[0]) {
+                log_debug("proxy: %s lists no members yet", url);
+                goto next;
+        }
+
+        /* etcd's urlsFunc: the cluster file follows the cluster */
+        r = cluster_file_write(p, peer);
+        if (r < 0)
+                log_warning_errno(r, "proxy: error writing cluster file %s: %m", p->cluster_file);
+        if (!strv_equal(peer, p->peer_urls)) {
+                _cleanup_free_ char *a = strv_join(p->peer_urls), *b = strv_join(peer);
+
+                log_notice("proxy: updated peer urls in cluster file from %s to %s", strempty(a), strempty(b));
+                strv_free(p->peer_urls);
+                p->peer_urls = TAKE_PTR(peer);
+        }
+        refresh_finish(p, client);
+        return;
+
+next:
+        p->refresh_idx++;
+        refresh_try(p);
+}
+
+static void refresh_try(Proxy *p) {
+        _cleanup_free_ char *url = NULL;
+        int r;
+
+        for (; p->peer_urls && p->peer_urls[p->refresh_idx]; p->refresh_idx++) {
+                const char *u = p->peer_urls[p->refresh_idx];
+                size_t l = strlen(u);
+
+                free(url);
+                url = NULL;
+                if (asprintf(&url, "%.*s/members", (int) (l > 0 && u[l - 1] == '/' ? l - 1 : l), u) < 0) {
+                        log_oom();
+                        break;
+                }
+                r = curl_request_set_url(p->members_req, url);
+                if (r >= 0)
+                        r = curl_request_start(p->members_req, on_members_done);
+                if (r >= 0)
+                        return;
+                log_debug_errno(r, "proxy: failed to ask %s: %m", url);
+        }
+
+        log_warning("proxy: could not retrieve cluster information from the given urls");
+        refresh_finish(p, NULL);
+}
+
+static void refresh_start(Proxy *p) {
+        if (curl_request_is_running(p->members_req))
+                return;
+        p->refresh_idx = 0;
+        refresh_try(p);
+}
+
+/* --- the forwarding multi handle ------------------------------------------------------------ */
+
+static void xfer_finished(ProxyXfer *x, CURLcode result);
+
+static void multi_action(Proxy *p, curl_socket_t fd, int flags) {
+        int running = 0, left;
+        CURLMsg *msg;
+        CURLMcode mc;
+
+        p->in_curl++;
+        mc = curl_multi_socket_action(p->multi, fd, flags, &running);
+        p->in_curl--;
+        if (mc != CURLM_OK)
+                log_warning("proxy: failed to drive curl: %s, ignoring", curl_multi_strerror(mc));
+
+        while ((msg = curl_multi_info_read(p->multi, &left))) {
+                ProxyXfer *x = NULL;
+                CURLcode result;
+                CURL *easy;
+
+                if (msg->msg != CURLMSG_DONE)
+                        continue;
+                easy = msg->easy_handle;
+                result = msg->data.result;
+                (void) curl_multi_remove_handle(p->multi, easy);
+                if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &x) != CURLE_OK || !x)
+                        continue;
+                x->running = false;
+                xfer_finished(x, result);
+        }
+}
+
+static int on_multi_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Proxy *p = userdata;
+        struct epoll_event ev[64];
+        int n;
+
+        n = epoll_wait(p->epoll_fd, ev, ELEMENTSOF(ev), 0);
+        if (n < 0) {
+                if (errno != EINTR)
+                        log_warning_errno(-errno, "proxy: failed to read curl's epoll fd, ignoring: %m");
+                return 0;
+        }
+        for (int i = 0; i < n; i++) {
+                int sfd = ev[i].data.fd, flags = 0;
+
+                if ((size_t) sfd < p->n_sockets && !p->sockets[sfd].wanted) {
+                        /* an idle socket had something to say (most likely the peer closed it): now
+                         * is the time to stop watching it; curl finds out when it tries to reuse it */
+                        if (p->sockets[sfd].registered) {
+                                (void) epoll_ctl(p->epoll_fd, EPOLL_CTL_DEL, sfd, NULL);
+                                p->sockets[sfd].registered = 0;
+                        }
+                        continue;
+                }
+                if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+                        flags |= CURL_CSELECT_IN;
+                if (ev[i].events & EPOLLOUT)
+                        flags |= CURL_CSELECT_OUT;
+                if (ev[i].events & EPOLLERR)
+                        flags |= CURL_CSELECT_ERR;
+                multi_action(p, sfd, flags);
+        }
+        return 0;
+}
+
+static int on_multi_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        multi_action(userdata, CURL_SOCKET_TIMEOUT, 0);
+        return 0;
+}
+
+static int on_multi_defer(sd_event_source *s, void *userdata) {
+        multi_action(userdata, CURL_SOCKET_TIMEOUT, 0);
+        return 0;
+}
+
+static ProxySocket *socket_get(Proxy *p, int fd) {
+        if (fd < 0)
+                return NULL;
+        if ((size_t) fd >= p->n_sockets) {
+                size_t n = MAX((size_t) fd + 1, p->n_sockets * 2);
+                ProxySocket *t = reallocarray(p->sockets, n, sizeof(ProxySocket));
+
+                if (!t)
+                        return NULL;
+                memset(t + p->n_sockets, 0, (n - p->n_sockets) * sizeof(ProxySocket));
+                p->sockets = t;
+                p->n_sockets = n;
+        }
+        return &p->sockets[fd];
+}
+
+static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
+        Proxy *p = userp;
+        struct epoll_event ev = { .data.fd = fd };
+        ProxySocket *s;
+
+        s = socket_get(p, fd);
+        if (!s) {
+                log_oom();
+                return -1;
+        }
+
+        if (what == CURL_POLL_REMOVE) {
+                s->wanted = false; /* stays registered: see ProxySocket */
+                return 0;
+        }
+
+        if (what & CURL_POLL_IN)
+                ev.events |= EPOLLIN;
+        if (what & CURL_POLL_OUT)
+                ev.events |= EPOLLOUT;
+        s->wanted = true;
+        if (s->registered == ev.events)
+                return 0;
+
+        if (s->registered) {
+                if (epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, fd, &ev) < 0 &&
+                    (errno != ENOENT || epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0))
+                        goto fail;
+        } else if (epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0 &&
+                   (errno != EEXIST || epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, fd, &ev) < 0))
+                goto fail;
+        s->registered = ev.events;
+        return 0;
+
+fail:
+        s->registered = 0;
+        log_warning_errno(-errno, "proxy: failed to watch curl socket %d: %m", fd);
+        return -1;
+}
+
+/* Closing a socket drops it from the epoll set: forget it, or a new socket with the same number would
+ * be taken for registered. */
+static int on_curl_close_socket(void *userdata, curl_socket_t fd) {
+        Proxy *p = userdata;
+
+        if (fd >= 0 && (size_t) fd < p->n_sockets)
+                p->sockets[fd] = (ProxySocket) {};
+        return close(fd) < 0 ? 1 : 0;
+}
+
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
+        Proxy *p = userp;
+
+        if (timeout_ms < 0) {
+                (void) sd_event_source_set_enabled(p->timer, SD_EVENT_OFF);
+                return 0;
+        }
+        if (timeout_ms == 0) {
+                /* "now": on this loop iteration, not on a timer that fires up to its accuracy late */
+                (void) sd_event_source_set_enabled(p->defer, SD_EVENT_ONESHOT);
+                return 0;
+        }
+        if (sd_event_source_set_time(p->timer, now_usec() + (uint64_t) timeout_ms * USEC_PER_MSEC) < 0 ||
+            sd_event_source_set_enabled(p->timer, SD_EVENT_ONESHOT) < 0)
+                return -1;
+        return 0;
+}
+
+/* --- transfers ------------------------------------------------------------------------------ */
+
+static const char *const hop_headers[] = {
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+        "Te", "Trailers", "Transfer-Encoding", "Upgrade",
+};
+
+static bool strcaseeq_n(const char *s, size_t len, const char *lit) {
+        return strlen(lit) == len && strncasecmp(s, lit, len) == 0;
+}
+
+static bool is_hop_header(const char *name, size_t len) {
+        for (size_t i = 0; i < ELEMENTSOF(hop_headers); i++)
+                if (strlen(hop_headers[i]) == len && strncasecmp(hop_headers[i], name, len) == 0)
+                        return true;
+        return false;
+}
+
+static void xfer_reset_response(ProxyXfer *x) {
+        x->status = 0;
+        x->headers_done = false;
+        x->content_length = -1;
+        x->resp_hdrs.len = 0;
+        x->body.len = x->body_off = 0;
+        x->paused = false;
+}
+
+static void buf_trim(HttpBuf *b) {
+        b->len = 0;
+        if (b->alloc > PROXY_BUFFER_KEEP)
+                http_buf_done(b);
+}
+
+static void xfer_destroy(ProxyXfer *x) {
+        if (!x)
+                return;
+        if (x->easy)
+                curl_easy_cleanup(x->easy);
+        http_buf_done(&x->url);
+        http_buf_done(&x->hdr_text);
+        http_buf_done(&x->xff);
+        http_buf_done(&x->resp_hdrs);
+        http_buf_done(&x->body);
+        free(x->hdr_nodes);
+        free(x);
+}
+
+/* Detaches the transfer from its request and the multi handle; back to the pool. Never from inside curl. */
+static void xfer_release(ProxyXfer *x) {
+        Proxy *p = x->proxy;
+
+        assert(p->in_curl == 0);
+
+        if (x->running) {
+                (void) curl_multi_remove_handle(p->multi, x->easy);
+                x->running = false;
+        }
+        if (x->req) {
+                x->req->proxy_xfer = NULL;
+                x->req = NULL;
+        }
+        x->set = set_unref(x->set);
+
+        if (x->next)
+                x->next->prev = x->prev;
+        if (x->prev)
+                x->prev->next = x->next;
+        else
+                p->active = x->next;
+        x->prev = x->next = NULL;
+
+        if (p->n_pool >= PROXY_XFER_POOL_MAX) {
+                xfer_destroy(x);
+                return;
+        }
+        x->finished = x->failed = false;
+        xfer_reset_response(x);
+        buf_trim(&x->url);
+        buf_trim(&x->hdr_text);
+        buf_trim(&x->xff);
+        buf_trim(&x->resp_hdrs);
+        buf_trim(&x->body);
+        x->next = p->pool;
+        p->pool = x;
+        p->n_pool++;
+}
+
+static size_t on_header(char *data, size_t size, size_t nitems, void *userdata) {
+        ProxyXfer *x = userdata;
+        size_t n = size * nitems, l = n, nl;
+        const char *colon, *v;
+
+        while (l > 0 && (data[l - 1] == '\n' || data[l - 1] == '\r'))
+                l--;
+
+        if (l >= 5 && strneq(data, "HTTP/", 5)) {
+                /* a status line: a new (interim or final) response starts */
+                xfer_reset_response(x);
+                (void) curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
+                if (x->status == 0) {
+                        const char *sp = memchr(data, ' ', l);
+                        x->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+                }
+                return n;
+        }
+
+        if (l == 0) {
+                if (x->status >= 200 && !x->headers_done) {
+                        x->headers_done = true;
+                        if (x->req && x->req->state == HTTP_REQUEST_PROPOSING) {
+                                x->req->state = HTTP_REQUEST_ANSWERED;
+                                http_request_resume(x->req);
+                        }
+                }
+                return n;
+        }
+
+        if (data[0] == ' ' || data[0] == '\t')
+                return n; /* obsolete line folding: dropped */
+
+        colon = memchr(data, ':', l);
+        if (!colon)
+                return n;
+        nl = (size_t) (colon - data);
+        v = colon + 1;
+        while (v < data + l && (*v == ' ' || *v == '\t'))
+                v++;
+
+        if (is_hop_header(data, nl))
+                return n;
+        if (nl == 14 && strncasecmp(data, "Content-Length", 14) == 0) {
+                char tmp[32];
+                size_t vl = MIN((size_t) (data + l - v), sizeof tmp - 1);
+                char *end;
+                long long cl;
+
+                memcpy(tmp, v, vl);
+                tmp[vl] = 0;
+                errno = 0;
+                cl = strtoll(tmp, &end, 10);
+                if (errno == 0 && end != tmp && cl >= 0)
+                        x->content_length = cl;
+                return n;
+        }
+
+        if (http_buf_append(&x->resp_hdrs, data, nl) < 0 ||
+            http_buf_append(&x->resp_hdrs, "", 1) < 0 ||
+            http_buf_append(&x->resp_hdrs, v, (size_t) (data + l - v)) < 0 ||
+            http_buf_append(&x->resp_hdrs, "", 1) < 0)
+                return 0;
+        return n;
+}
+
+static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata) {
+        ProxyXfer *x = userdata;
+        size_t n = size * nmemb;
+
+        if (!x->req)
+                return 0; /* the client is gone: abort */
+
+        if (x->body_off == x->body.len)
+                x->body.len = x->body_off = 0;
+        if (x->body.len - x->body_off >= PROXY_BUFFER_HIGH) {
+                /* the client does not keep up: libcurl hands this chunk over again once unpaused */
+                if (!x->paused)
+                        log_debug("proxy: the client is slower than %s, pausing the transfer", x->url.data);
+                x->paused = true;
+                return CURL_WRITEFUNC_PAUSE;
+        }
+        if (http_buf_append(&x->body, data, n) < 0)
+                return 0;
+
+        if (x->req->suspended && x->req->state == HTTP_REQUEST_WATCHING)
+                http_request_resume(x->req);
+        return n;
+}
+
+static ProxyXfer *xfer_get(Proxy *p) {
+        ProxyXfer *x;
+
+        if (p->pool) {
+                x = p->pool;
+                p->pool = x->next;
+                p->n_pool--;
+                x->next = NULL;
+        } else {
+                x = calloc(1, sizeof(ProxyXfer));
+                if (!x)
+                        return NULL;
+                x->proxy = p;
+                x->content_length = -1;
+                x->easy = curl_easy_init();
+                if (!x->easy ||
+                    curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_TCP_NODELAY, 1L) != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1) != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_PATH_AS_IS, 1L) != CURLE_OK ||
+                    /* never an HTTP proxy from $http_proxy: the members are direct (and no getenv() per request) */
+                    curl_easy_setopt(x->easy, CURLOPT_PROXY, "") != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x) != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, on_write) != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x) != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETFUNCTION, on_curl_close_socket) != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_CLOSESOCKETDATA, p) != CURLE_OK ||
+                    curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x) != CURLE_OK) {
+                        xfer_destroy(x);
+                        return NULL;
+                }
+                /* --proxy-dial-timeout; --proxy-read-timeout as "no byte for that long" (0: none, for
+                 * watches). --proxy-write-timeout has no libcurl equivalent and is not applied. */
+                if (p->config->proxy_dial_timeout_ms > 0)
+                        (void) curl_easy_setopt(x->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) p->config->proxy_dial_timeout_ms);
+                if (p->config->proxy_read_timeout_ms > 0) {
+                        (void) curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+                        (void) curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_TIME,
+                                                (long) MAX((p->config->proxy_read_timeout_ms + 999) / 1000, 1u));
+                }
+        }
+
+        x->prev = NULL;
+        x->next = p->active;
+        if (p->active)
+                p->active->prev = x;
+        p->active = x;
+        return x;
+}
+
+typedef struct HeaderCollect {
+        ProxyXfer *x;
+        bool have_content_type, have_accept, have_expect;
+        int error;
+} HeaderCollect;
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+        HeaderCollect *c = cls;
+        ProxyXfer *x = c->x;
+        size_t kl = strlen(key);
+
+        if (is_hop_header(key, kl) || strcaseeq_n(key, kl, "Content-Length"))
+                return MHD_YES;
+        if (strcaseeq_n(key, kl, "Expect")) {
+                c->have_expect = true; /* we send the whole body at once: no 100-continue round trip */
+                return MHD_YES;
+        }
+        if (strcaseeq_n(key, kl, "X-Forwarded-For")) {
+                if ((c->x->xff.len > 0 && http_buf_puts(&x->xff, ", ") < 0) || http_buf_puts(&x->xff, strempty(value)) < 0)
+                        c->error = -ENOMEM;
+                return MHD_YES;
+        }
+        if (strcaseeq_n(key, kl, "Content-Type"))
+                c->have_content_type = true;
+        else if (strcaseeq_n(key, kl, "Accept"))
+                c->have_accept = true;
+
+        if (http_buf_puts(&x->hdr_text, key) < 0 || http_buf_puts(&x->hdr_text, ": ") < 0 ||
+            http_buf_puts(&x->hdr_text, strempty(value)) < 0 || http_buf_append(&x->hdr_text, "", 1) < 0)
+                c->error = -ENOMEM;
+        return MHD_YES;
+}
+
+static int client_ip(struct MHD_Connection *c, char *buf, size_t size) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+
+        if (!sa)
+                return -EINVAL;
+        if (sa->sa_family == AF_INET)
+                return inet_ntop(AF_INET, &((const struct sockaddr_in *) sa)->sin_addr, buf, size) ? 0 : -errno;
+        if (sa->sa_family == AF_INET6)
+                return inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) sa)->sin6_addr, buf, size) ? 0 : -errno;
+        return -EAFNOSUPPORT;
+}
+
+/* Method, headers and body of the client request, for every endpoint we try. */
+static int xfer_prepare(ProxyXfer *x, HttpRequest *r, const char *method) {
+        HeaderCollect c = { .x = x };
+        char ip[INET6_ADDRSTRLEN];
+        size_t n = 0;
+        CURL *e = x->easy;
+
+        x->hdr_text.len = x->xff.len = 0;
+        (void) MHD_get_connection_values(r->connection, MHD_HEADER_KIND, collect_header, &c);
+        if (c.error < 0)
+                return c.error;
+
+        /* maybeSetForwardedFor(): prior values joined, then the client's address */
+        if (client_ip(r->connection, ip, sizeof ip) >= 0) {
+                if (http_buf_puts(&x->hdr_text, "X-Forwarded-For: ") < 0 ||
+                    (x->xff.len > 0 && (http_buf_append(&x->hdr_text, x->xff.data, x->xff.len) < 0 ||
+                                        http_buf_puts(&x->hdr_text, ", ") < 0)) ||
+                    http_buf_puts(&x->hdr_text, ip) < 0 || http_buf_append(&x->hdr_text, "", 1) < 0)
+                        return -ENOMEM;
+        } else if (x->xff.len > 0) {
+                if (http_buf_puts(&x->hdr_text, "X-Forwarded-For: ") < 0 ||
+                    http_buf_append(&x->hdr_text, x->xff.data, x->xff.len) < 0 || http_buf_append(&x->hdr_text, "", 1) < 0)
+                        return -ENOMEM;
+        }
+        /* keep libcurl from adding headers the client did not send */
+        if ((!c.have_accept && http_buf_append(&x->hdr_text, "Accept:", 8) < 0) ||
+            http_buf_append(&x->hdr_text, "Expect:", 8) < 0 ||
+            (!c.have_content_type && http_buf_append(&x->hdr_text, "Content-Type:", 14) < 0))
+                return -ENOMEM;
+
+        /* our own curl_slist nodes pointing into hdr_text: no allocation per header */
+        for (size_t off = 0; off < x->hdr_text.len; off += strlen(x->hdr_text.data + off) + 1)
+                n++;
+        if (n > x->hdr_nodes_alloc) {
+                struct curl_slist *t = reallocarray(x->hdr_nodes, n + 8, sizeof(struct curl_slist));
+                if (!t)
+                        return -ENOMEM;
+                x->hdr_nodes = t;
+                x->hdr_nodes_alloc = n + 8;
+        }
+        n = 0;
+        for (size_t off = 0; off < x->hdr_text.len; off += strlen(x->hdr_text.data + off) + 1) {
+                x->hdr_nodes[n].data = x->hdr_text.data + off;
+                x->hdr_nodes[n].next = NULL;
+                if (n > 0)
+                        x->hdr_nodes[n - 1].next = &x->hdr_nodes[n];
+                n++;
+        }
+        x->n_hdr_nodes = n;
+        (void) curl_easy_setopt(e, CURLOPT_HTTPHEADER, n > 0 ? x->hdr_nodes : NULL);
+
+        /* the method: reset what the previous request of this handle set */
+        (void) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+        if (streq(method, "GET"))
+                (void) curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        else if (streq(method, "HEAD"))
+                (void) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+        else if (r->body.len > 0 || streq(method, "POST") || streq(method, "PUT") || streq(method, "PATCH")) {
+                (void) curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
+                (void) curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) r->body.len);
+                (void) curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body.data ?: "");
+                if (!streq(method, "POST"))
+                        (void) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+        } else {
+                (void) curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+                (void) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+        }
+        return 0;
+}
+
+/* Points the transfer at the next available endpoint from x->ep on and starts it; -ENOENT if none is left. */
+static int xfer_start(ProxyXfer *x) {
+        Proxy *p = x->proxy;
+        uint64_t now = now_usec();
+        CURLMcode mc;
+
+        for (; x->ep < x->set->n; x->ep++) {
+                ProxyEndpoint *e = &x->set->eps[x->ep];
+
+                if (!endpoint_available(e, now))
+                        continue;
+
+                x->url.len = 0;
+                if (http_buf_append(&x->url, e->url, e->url_len) < 0 || http_buf_puts(&x->url, x->req->uri) < 0)
+                        return -ENOMEM;
+                if (curl_easy_setopt(x->easy, CURLOPT_URL, x->url.data) != CURLE_OK)
+                        return -EIO;
+                xfer_reset_response(x);
+                mc = curl_multi_add_handle(p->multi, x->easy);
+                if (mc != CURLM_OK) {
+                        log_warning("proxy: failed to add curl handle: %s", curl_multi_strerror(mc));
+                        return -EIO;
+                }
+                x->running = true;
+                return 0;
+        }
+        return -ENOENT;
+}
+
+static void xfer_finished(ProxyXfer *x, CURLcode result) {
+        HttpRequest *r = x->req;
+
+        if (!r) {
+                xfer_release(x);
+                return;
+        }
+
+        if (!x->headers_done) {
+                /* No response: a transport error. Mark the endpoint, try the next one. */
+                ProxyEndpoint *e = &x->set->eps[x->ep];
+
+                log_info("proxy: failed to direct request to %s: %s", e->url,
+                         result != CURLE_OK ? curl_easy_strerror(result) : "no response");
+                if (x->proxy->config->proxy_failure_wait_ms > 0)
+                        e->unavailable_until = now_usec() + (uint64_t) x->proxy->config->proxy_failure_wait_ms * USEC_PER_MSEC;
+                x->ep++;
+                if (r->hung_up || xfer_start(x) < 0) {
+                        if (!r->hung_up)
+                                log_info("proxy: unable to get response from %u endpoint(s)", x->n_available);
+                        x->failed = true;
+                        x->finished = true;
+                        if (r->state == HTTP_REQUEST_PROPOSING) {
+                                r->state = HTTP_REQUEST_ANSWERED;
+                                http_request_resume(r);
+                        }
+                }
+                return;
+        }
+
+        x->finished = true;
+        x->result = result;
+        if (result != CURLE_OK)
+                log_debug("proxy: upstream %s ended: %s", x->url.data, curl_easy_strerror(result));
+        if (r->suspended && r->state == HTTP_REQUEST_WATCHING)
+                http_request_resume(r);
+}
+
+/* --- client requests ------------------------------------------------------------------------ */
+
+static enum MHD_Result reply(HttpRequest *r, unsigned status, const char *content_type, const char *body,
+                             const char *allow) {
+        struct MHD_Response *resp;
+        enum MHD_Result ret;
+
+        resp = MHD_create_response_from_buffer(strlen(body), (void *) body, MHD_RESPMEM_MUST_COPY);
+        if (!resp) {
+                log_oom();
+                return MHD_NO;
+        }
+        if (content_type)
+                (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+        if (allow)
+                (void) MHD_add_response_header(resp, "Allow", allow);
+        ret = MHD_queue_response(r->connection, status, resp);
+        MHD_destroy_response(resp);
+        r->state = HTTP_REQUEST_QUEUED;
+        return ret;
+}
+
+/* httptypes.HTTPError.WriteTo() */
+static enum MHD_Result reply_error(HttpRequest *r, unsigned status, const char *message) {
+        _cleanup_(http_buf_done) HttpBuf b = {};
+
+        if (http_buf_puts(&b, "{\"message\":") < 0 || http_buf_json_string(&b, message, strlen(message)) < 0 ||
+            http_buf_puts(&b, "}") < 0)
+                return MHD_NO;
+        return reply(r, status, "application/json", b.data, NULL);
+}
+
+/* GET /v2/config/local/proxy: {"endpoints":[...]} (json.Encoder: with a newline; Go sniffs text/plain). */
+static enum MHD_Result reply_config(HttpRequest *r, Proxy *p, const char *method) {
+        _cleanup_(http_buf_done) HttpBuf b = {};
+        char **l;
+
+        if (!streq(method, "GET"))
+                return reply(r, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "Method Not Allowed\n", "GET");
+
+        l = proxy_endpoints(p);
+        if (http_buf_puts(&b, "{\"endpoints\":[") < 0)
+                return MHD_NO;
+        STRV_FOREACH(u, l)
+                if ((u != l && http_buf_puts(&b, ",") < 0) || http_buf_json_string(&b, *u, strlen(*u)) < 0)
+                        return MHD_NO;
+        if (http_buf_puts(&b, "]}\n") < 0)
+                return MHD_NO;
+        return reply(r, MHD_HTTP_OK, "text/plain; charset=utf-8", b.data, NULL);
+}
+
+static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+        HttpRequest *r = cls;
+        ProxyXfer *x = r->proxy_xfer;
+        size_t avail, n;
+
+        if (r->hung_up || !x)
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+
+        avail = x->body.len - x->body_off;
+        if (avail > 0) {
+                n = MIN(avail, max);
+                memcpy(buf, x->body.data + x->body_off, n);
+                x->body_off += n;
+                if (x->body_off == x->body.len)
+                        x->body.len = x->body_off = 0;
+                if (x->paused && x->body.len - x->body_off < PROXY_BUFFER_HIGH / 2) {
+                        /* may call on_write() right away: our copy is done */
+                        x->paused = false;
+                        (void) curl_easy_pause(x->easy, CURLPAUSE_CONT);
+                }
+                return (ssize_t) n;
+        }
+
+        if (x->finished)
+                return x->result == CURLE_OK ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+        if (x->paused) {
+                x->paused = false;
+                (void) curl_easy_pause(x->easy, CURLPAUSE_CONT);
+                if (x->body.len > x->body_off)
+                        return 0; /* called again right away */
+        }
+
+        /* nothing to send: park the connection until upstream delivers (or the client hangs up) */
+        http_request_suspend(r);
+        return 0;
+}
+
+static enum MHD_Result queue_upstream_response(HttpRequest *r, ProxyXfer *x) {
+        struct MHD_Response *resp;
+        enum MHD_Result ret;
+        uint64_t size = x->content_length >= 0 ? (uint64_t) x->content_length : MHD_SIZE_UNKNOWN;
+        size_t have = x->body.len - x->body_off;
+
+        if (x->finished && x->result == CURLE_OK && !r->head &&
+            (x->content_length < 0 || (uint64_t) x->content_length == have))
+                /* The usual small answer, complete already: hand over the buffer itself. It stays
+                 * untouched until the request is done (proxy_request_done()), after the response. */
+                resp = MHD_create_response_from_buffer(have, x->body.data ? x->body.data + x->body_off : (char *) "",
+                                                       MHD_RESPMEM_PERSISTENT);
+        else
+                resp = MHD_create_response_from_callback(size, PROXY_READER_BLOCK, body_reader, r, NULL);
+        if (!resp) {
+                log_oom();
+                return MHD_NO;
+        }
+        for (size_t off = 0; off < x->resp_hdrs.len;) {
+                const char *name = x->resp_hdrs.data + off, *value;
+
+                off += strlen(name) + 1;
+                value = x->resp_hdrs.data + off;
+                off += strlen(value) + 1;
+                if (MHD_add_response_header(resp, name, value) != MHD_YES)
+                        log_debug("proxy: dropped response header %s", name);
+        }
+        r->state = HTTP_REQUEST_WATCHING;
+        ret = MHD_queue_response(r->connection, (unsigned) x->status, resp);
+        MHD_destroy_response(resp);
+        return ret;
+}
+
+void proxy_request_begin(HttpRequest *r, const char *method) {
+        /* etcd's proxy reads every request body (ioutil.ReadAll) before forwarding it */
+        r->want_body = true;
+        r->head = streq(method, "HEAD");
+}
+
+static bool uri_is(const char *uri, const char *path) {
+        size_t l = strlen(path);
+
+        return strneq(uri, path, l) && (uri[l] == 0 || uri[l] == '?');
+}
+
+enum MHD_Result proxy_request_handle(HttpRequest *r, const char *method) {
+        Proxy *p = http_daemon_proxy(r->daemon);
+        ProxyXfer *x = r->proxy_xfer;
+        unsigned n_available;
+        int k;
+
+        if (r->hung_up)
+                return MHD_NO;
+
+        switch (r->state) {
+        case HTTP_REQUEST_NEW:
+                break;
+        case HTTP_REQUEST_ANSWERED:
+                if (!x)
+                        return MHD_NO;
+                if (x->failed) {
+                        char msg[96];
+
+                        snprintf(msg, sizeof msg, "proxy: unable to get response from %u endpoint(s)", x->n_available);
+                        xfer_release(x);
+                        return reply_error(r, MHD_HTTP_BAD_GATEWAY, msg);
+                }
+                return queue_upstream_response(r, x);
+        case HTTP_REQUEST_PROPOSING:
+                return MHD_NO; /* resumed without an answer: only a hang-up does that */
+        default:
+                return MHD_YES;
+        }
+
+        /* NewReadonlyHandler() wraps everything, the config endpoint too */
+        if (p->readonly && !streq(method, "GET"))
+                return reply(r, MHD_HTTP_NOT_IMPLEMENTED, NULL, "", NULL);
+        if (uri_is(r->uri, "/v2/config/local/proxy"))
+                return reply_config(r, p, method);
+        if (r->body_too_large)
+                return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                                   "proxy: failed to read request body: http: request body too large");
+
+        n_available = set_n_available(p->set, now_usec());
+        if (n_available == 0) {
+                log_info("proxy: zero endpoints currently available");
+                return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "proxy: zero endpoints currently available");
+        }
+
+        x = xfer_get(p);
+        if (!x) {
+                log_oom();
+                return MHD_NO;
+        }
+        x->req = r;
+        r->proxy_xfer = x;
+        x->set = set_ref(p->set);
+        x->ep = 0;
+        x->n_available = n_available;
+
+        k = xfer_prepare(x, r, method);
+        if (k >= 0)
+                k = xfer_start(x);
+        if (k < 0) {
+                log_warning_errno(k, "proxy: failed to start forwarding: %m");
+                xfer_release(x);
+                return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "proxy: failed to start forwarding");
+        }
+
+        r->state = HTTP_REQUEST_PROPOSING;
+        http_request_suspend_brief(r);
+
+        /* Send it now rather than from the defer source on the next loop iteration: one iteration less
+         * per request. Safe here: we are inside libmicrohttpd, not libcurl, and whatever libcurl reports
+         * meanwhile only flags requests for resumption (this one included, after the suspension). */
+        if (p->in_curl == 0)
+                multi_action(p, CURL_SOCKET_TIMEOUT, 0);
+        return MHD_YES;
+}
+
+void proxy_request_hangup(HttpRequest *r) {
+        ProxyXfer *x = r->proxy_xfer;
+
+        if (x)
+                xfer_release(x);
+}
+
+void proxy_request_done(HttpRequest *r) {
+        proxy_request_hangup(r);
+}
+
+/* --- setup ---------------------------------------------------------------------------------- */
+
+int proxy_new(sd_event *event, const Config *config, char **peer_urls, Proxy **ret) {
+        _cleanup_(proxy_freep) Proxy *p = NULL;
+        _cleanup_free_ char *list = NULL;
+        unsigned seed = 0;
+        int r;
+
+        assert(event);
+        assert(config);
+        assert(ret);
+
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+                return log_error_errno(-EIO, "proxy: failed to initialize libcurl");
+
+        p = calloc(1, sizeof(Proxy));
+        if (!p)
+                return log_oom();
+        p->event = sd_event_ref(event);
+        p->config = config;
+        p->readonly = config->proxy == PROXY_READONLY;
+        p->epoll_fd = -1;
+        if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed)
+                seed = (unsigned) now_usec() ^ (unsigned) getpid();
+        p->rand_state = seed;
+
+        if (asprintf(&p->dir, "%s/proxy", config->data_dir) < 0 ||
+            asprintf(&p->cluster_file, "%s/cluster", p->dir) < 0)
+                return log_oom();
+        if (mkdir(config->data_dir, 0700) < 0 && errno != EEXIST)
+                return log_error_errno(-errno, "proxy: failed to create data dir %s: %m", config->data_dir);
+        if (mkdir(p->dir, 0700) < 0 && errno != EEXIST)
+                return log_error_errno(-errno, "proxy: failed to create %s: %m", p->dir);
+
+        r = cluster_file_read(p, &p->peer_urls);
+        if (r >= 0) {
+                if (!isempty(config->discovery))
+                        log_warning("proxy: discovery token ignored since the proxy has already been initialized. "
+                                    "Valid cluster file found at %s", p->cluster_file);
+                if (!isempty(config->discovery_srv))
+                        log_warning("proxy: DNS SRV discovery ignored since the proxy has already been initialized. "
+                                    "Valid cluster file found at %s", p->cluster_file);
+                list = strv_join(p->peer_urls);
+                log_info("proxy: using peer urls %s from cluster file %s", strempty(list), p->cluster_file);
+                if (!strv_isempty(peer_urls))
+                        log_info("proxy: --initial-cluster (and discovery) ignored: the proxy was initialized before");
+        } else if (r == -ENOENT) {
+                size_t n = strv_length(peer_urls);
+
+                p->peer_urls = calloc(n + 1, sizeof(char *));
+                if (!p->peer_urls)
+                        return log_oom();
+                for (size_t i = 0; i < n; i++)
+                        if (!(p->peer_urls[i] = strdup(peer_urls[i])))
+                                return log_oom();
+                list = strv_join(p->peer_urls);
+                log_info("proxy: using peer urls %s", strempty(list));
+        } else
+                return log_error_errno(r, "proxy: failed to read cluster file %s: %m", p->cluster_file);
+
+        /* forwarding */
+        p->multi = curl_multi_init();
+        if (!p->multi)
+                return log_oom();
+        p->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+        if (p->epoll_fd < 0)
+                return log_error_errno(-errno, "proxy: failed to create epoll fd: %m");
+        r = sd_event_add_io(event, &p->io, p->epoll_fd, EPOLLIN, on_multi_io, p);
+        if (r < 0)
+                return log_error_errno(r, "proxy: failed to add io source: %m");
+        (void) sd_event_source_set_description(p->io, "proxy-curl-io");
+        r = sd_event_add_time(event, &p->timer, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_multi_timer, p);
+        if (r < 0)
+                return log_error_errno(r, "proxy: failed to add timer: %m");
+        (void) sd_event_source_set_enabled(p->timer, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(p->timer, "proxy-curl-timer");
+        r = sd_event_add_defer(event, &p->defer, on_multi_defer, p);
+        if (r < 0)
+                return log_error_errno(r, "proxy: failed to add defer source: %m");
+        (void) sd_event_source_set_enabled(p->defer, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(p->defer, "proxy-curl-defer");
+        if (curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket) != CURLM_OK ||
+            curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p) != CURLM_OK ||
+            curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer) != CURLM_OK ||
+            curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p) != CURLM_OK ||
+            curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, PROXY_MAX_CONNECTS) != CURLM_OK)
+                return log_error_errno(-EIO, "proxy: failed to set up libcurl");
+
+        /* refresh: the first one right away */
+        r = curl_glue_new(event, &p->glue);
+        if (r < 0)
+                return log_error_errno(r, "proxy: failed to set up libcurl: %m");
+        r = curl_request_new(p->glue, NULL, &p->members_req);
+        if (r < 0)
+                return log_error_errno(r, "proxy: failed to set up libcurl: %m");
+        curl_request_set_timeout(p->members_req, PROXY_REFRESH_TIMEOUT_USEC);
+        curl_request_set_body_max(p->members_req, PROXY_MEMBERS_BODY_MAX);
+        curl_request_set_userdata(p->members_req, p);
+        if (config->proxy_dial_timeout_ms > 0)
+                (void) curl_easy_setopt(curl_request_get_easy(p->members_req), CURLOPT_CONNECTTIMEOUT_MS,
+                                        (long) config->proxy_dial_timeout_ms);
+        refresh_start(p);
+
+        *ret = TAKE_PTR(p);
+        return 0;
+}
+
+Proxy *proxy_free(Proxy *p) {
+        if (!p)
+                return NULL;
+
+        assert(p->in_curl == 0);
+
+        /* requests still forwarding lose their transfer (their reader then ends with an error) */
+        while (p->active)
+                xfer_release(p->active);
+        while (p->pool) {
+                ProxyXfer *x = p->pool;
+                p->pool = x->next;
+                xfer_destroy(x);
+        }
+        if (p->multi)
+                curl_multi_cleanup(p->multi);
+        p->io = sd_event_source_disable_unref(p->io);
+        p->timer = sd_event_source_disable_unref(p->timer);
+        p->defer = sd_event_source_disable_unref(p->defer);
+        if (p->epoll_fd >= 0)
+                (void) close(p->epoll_fd);
+        free(p->sockets);
+
+        p->refresh_timer = sd_event_source_disable_unref(p->refresh_timer);
+        curl_request_free(p->members_req);
+        curl_glue_free(p->glue);
+
+        set_unref(p->set);
+        strv_free(p->endpoints_strv);
+        endpoints_retired_free(p);
+        strv_free(p->peer_urls);
+        free(p->cluster_file);
+        free(p->dir);
+        sd_event_unref(p->event);
+        free(p);
+        return NULL;
+}
