@@ -15,6 +15,7 @@ int main(int argc, char *argv[]) {
         Config *config = NULL;
         Manager *m = NULL;
         int exit_status = 0, sig, r;
+        bool failed;
 
         r = config_load(argc, argv, environ, &config, &exit_status);
         if (r < 0) {
@@ -39,9 +40,12 @@ int main(int argc, char *argv[]) {
 
         r = manager_run(m);
         sig = m->exit_signal;
+        failed = m->failed;
         manager_free(m);
         if (r < 0) {
-                log_error_errno(r, "Event loop failed: %m");
+                /* a failed discovery or start-up step has said why already */
+                if (!failed)
+                        log_error_errno(r, "Event loop failed: %m");
                 return 1;
         }
         log_info("etcd2 stopped");

@@ -33,6 +33,8 @@
 /* The proxy's first refresh asks each peer URL with a 10 s timeout; serve anyway after this long. */
 #define PROXY_FIRST_REFRESH_USEC (15 * USEC_PER_SEC)
 
+static void manager_fail(Manager *m, int r);
+
 static void manager_update_status(Manager *m) {
         if (!m->server)
                 return;
@@ -363,8 +365,10 @@ static int on_ready_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 
         if (published || usec >= m->start_usec + SERVE_BEFORE_PUBLISH_USEC) {
                 r = manager_start_serving(m);
-                if (r < 0)
-                        return sd_event_exit(m->event, r);
+                if (r < 0) {
+                        manager_fail(m, r);
+                        return 0;
+                }
         }
         if (published) {
                 manager_notify_ready(m);
@@ -499,7 +503,7 @@ static int on_proxy_ready_timer(sd_event_source *s, uint64_t usec, void *userdat
         m->ready_timer = sd_event_source_disable_unref(m->ready_timer);
         r = manager_proxy_serve(m);
         if (r < 0)
-                return sd_event_exit(m->event, r);
+                manager_fail(m, r);
         return 0;
 }
 
@@ -571,6 +575,8 @@ static int manager_start_proxy_from_cluster(Manager *m, const char *cluster) {
 }
 
 static void manager_fail(Manager *m, int r) {
+        m->failed = true;
+        (void) sd_notifyf(false, "STATUS=Failed to start: %s\nERRNO=%i", strerror(r < 0 ? -r : EIO), r < 0 ? -r : EIO);
         (void) sd_event_exit(m->event, r < 0 ? r : -EIO);
 }
 

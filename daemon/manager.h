@@ -31,6 +31,7 @@ typedef struct Manager {
         uint64_t start_usec;
         bool ready;
 
+        bool failed;                  /* a start-up step failed after the loop ran; already logged */
         int exit_signal;              /* the signal that stopped us, re-raised on exit as etcd2 does */
         uint64_t stop_deadline_usec;
         bool stopping;

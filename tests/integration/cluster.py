@@ -2,17 +2,15 @@
 """Harness for the multi-member suites (test_cluster*.py): N members of our etcd2 (from $ETCD2_BINARY) or of
 Debian's etcd 3.4 with --enable-v2 (ETCD2_REFERENCE=1) bootstrapped statically with --initial-cluster on
 127.0.0.1 (or on the loopback of a private network namespace made by the test), distinct free ports, a fresh
-data dir per member. Members register in conftest._live, so their logs are attached to failure reports and
-they are killed on pytest's SIGTERM/exit like the single-member daemons."""
+data dir per member. Members are procs.Process like the single-member daemons: their logs are attached to
+failure reports and they are killed on pytest's SIGTERM/exit."""
 
 import atexit
 import ctypes
 import os
 import random
 import shutil
-import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -20,8 +18,9 @@ import uuid
 import pytest
 import requests
 
-import conftest
+import procs
 from conftest import OUR_BINARY, REFERENCE, REFERENCE_BINARY, free_ports
+from procs import Process, member_flags
 from test_members_stats import cluster_id, member_id  # the SHA-1 ID formulas
 
 # Raft timing given to both implementations (etcd's defaults).
@@ -41,44 +40,30 @@ def require_binary(reference=None):
     return OUR_BINARY
 
 
-class Member:
+class Member(Process):
     """One member process; its ports and data dir survive restarts."""
 
     def __init__(self, cluster, name, client_port, peer_port, host="127.0.0.1", uid=None):
         self.cluster = cluster
-        self.reference = cluster.reference
-        self.name = name
         self.host = host
         self.url = f"http://{host}:{client_port}"
         self.peer_url = f"http://{host}:{peer_port}"
         self.client_port = client_port
         self.peer_port = peer_port
         self.uid = uid
-        self.data_dir = tempfile.mkdtemp(prefix=f"etcd2-cl-{name}-")
+        super().__init__(name, f"etcd2-cl-{name}-", f"etcd2-cl-log-{name}-", reference=cluster.reference)
         if uid is not None:
             os.chown(self.data_dir, uid, uid)
-        self.log_path = tempfile.mktemp(prefix=f"etcd2-cl-log-{name}-", suffix=".txt")
-        self.proc = None
-        self.logf = None
         self.id = None            # hex string once known
-        self.exit_expected = False
-        self.keep_log = False
         self.removed = False
-        self.starts = 0
-        conftest._live.append(self)
 
     def argv(self, initial_cluster, state):
         a = [self.cluster.binary]
         if self.reference:
             # etcd 3.4 refuses reconfiguration for 5 s after a start by default; 2.3 did not check
             a += ["--enable-v2", "--strict-reconfig-check=false"]
-        a += ["--name", self.name,
-              "--data-dir", self.data_dir,
-              "--listen-client-urls", self.url,
-              "--advertise-client-urls", self.url,
-              "--listen-peer-urls", self.peer_url,
-              "--initial-advertise-peer-urls", self.peer_url,
-              "--initial-cluster", initial_cluster,
+        a += member_flags(self.name, self.data_dir, self.url, self.peer_url)
+        a += ["--initial-cluster", initial_cluster,
               "--initial-cluster-state", state,
               "--initial-cluster-token", self.cluster.token,
               "--heartbeat-interval", str(HEARTBEAT_MS),
@@ -91,47 +76,10 @@ class Member:
         if initial_cluster is None:
             initial_cluster = self.cluster.initial_cluster()
         self._start_argv = self.argv(initial_cluster, state)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-        self.exit_expected = False
-        self.logf = open(self.log_path, "ab")
-        self.logf.write(f"==== start #{self.starts}: {' '.join(self._start_argv)}\n".encode())
-        self.logf.flush()
         kw = {}
         if self.uid is not None:
             kw = dict(user=self.uid, group=self.uid, extra_groups=[])
-        self.proc = subprocess.Popen(self._start_argv, stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                     cwd="/", **kw)
-        self.starts += 1
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def died_unexpectedly(self):
-        return self.proc is not None and self.proc.poll() is not None and not self.exit_expected
-
-    def kill9(self):
-        self.exit_expected = True
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
-        self._close_log()
-
-    def stop(self, timeout=15):
-        """SIGTERM; returns Popen.returncode. Kills with SIGKILL and raises if it does not exit in time."""
-        self.exit_expected = True
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-                self._close_log()
-                raise RuntimeError(f"{self.name} did not exit within {timeout}s of SIGTERM")
-        self._close_log()
-        return self.proc.returncode
+        self.spawn(self._start_argv, **kw)
 
     def restart(self, kill=False):
         if kill:
@@ -142,51 +90,6 @@ class Member:
         self.start(initial_cluster=self.cluster.initial_cluster(), state="existing" if self.joined else "new")
 
     joined = False  # True for members added at runtime (started with --initial-cluster-state existing)
-
-    def _close_log(self):
-        if self.logf:
-            self.logf.close()
-            self.logf = None
-
-    def cleanup(self):
-        try:
-            self.kill9()
-        except Exception:  # noqa: BLE001
-            pass
-        if self in conftest._live:
-            conftest._live.remove(self)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        if not self.keep_log:
-            try:
-                os.unlink(self.log_path)
-            except OSError:
-                pass
-
-    def log_tail(self, n=20000):
-        try:
-            with open(self.log_path, "rb") as f:
-                data = f.read()
-            return data[-n:].decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
-
-    # -- HTTP ----------------------------------------------------------------------------------------
-    def req(self, method, path, **kw):
-        kw.setdefault("timeout", 10)
-        kw.setdefault("allow_redirects", False)
-        return requests.request(method, self.url + path, **kw)
-
-    def get(self, path, **kw):
-        return self.req("GET", path, **kw)
-
-    def put(self, path, **kw):
-        return self.req("PUT", path, **kw)
-
-    def post(self, path, **kw):
-        return self.req("POST", path, **kw)
-
-    def delete(self, path, **kw):
-        return self.req("DELETE", path, **kw)
 
     def stats_self(self, timeout=1):
         r = requests.get(self.url + "/v2/stats/self", timeout=timeout)
@@ -348,8 +251,7 @@ class Cluster:
             m.cleanup()
 
     def deaths(self):
-        return [f"{m.name} died unexpectedly (status {m.proc.returncode}); log tail:\n{m.log_tail(3000)}"
-                for m in self.members if m.died_unexpectedly()]
+        return [m.death_report() for m in self.members if m.died_unexpectedly()]
 
 
 # -- key helpers ------------------------------------------------------------------------------------------
@@ -590,8 +492,4 @@ def make_cluster():
         return c
 
     yield make
-    reports = [r for c in made for r in c.deaths()]
-    for c in made:
-        c.cleanup()
-    if reports:
-        pytest.fail("\n".join(reports), pytrace=False)
+    procs.finish([m for c in made for m in c.members])

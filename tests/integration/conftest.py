@@ -2,20 +2,20 @@
 """Fixtures for the integration suites: start the daemon under test (our etcd2 from $ETCD2_BINARY, or
 Debian's etcd 3.4 with --enable-v2 when ETCD2_REFERENCE=1) on 127.0.0.1 with free ephemeral ports and a
 fresh data dir, wait for /health, and always kill it at teardown. The daemon's log is attached to the
-report of a failing test."""
+report of a failing test. The process plumbing (log file, environment, stop/kill, cleanup) is procs.Process,
+shared with the other harness classes (cluster.Member, test_proxy.Proxy, test_discovery.Node)."""
 
 import atexit
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import tempfile
-import time
 import uuid
 
 import pytest
 import requests
+
+import procs
+from procs import Process, member_flags
 
 REFERENCE = os.environ.get("ETCD2_REFERENCE") == "1"
 REFERENCE_BINARY = "/usr/bin/etcd"
@@ -27,7 +27,7 @@ only_23 = pytest.mark.skipif(REFERENCE, reason="etcd 2.3-specific behaviour; etc
 only_ours = pytest.mark.skipif(REFERENCE, reason="concerns our etcd2 binary only")
 
 START_TIMEOUT = 20.0
-_live = []  # daemons alive right now, for attaching logs to failure reports
+_live = procs.live  # processes alive right now, for attaching logs to failure reports
 
 
 def binary_under_test():
@@ -54,14 +54,16 @@ def unique(prefix="k"):
     return f"{prefix}{uuid.uuid4().hex[:12]}"
 
 
-class Daemon:
+class Daemon(Process):
     """One single-member etcd2 (or etcd 3.4 reference) process."""
+
+    env_strip = "ETCD_"
+    cwd = None
 
     def __init__(self, binary=None, reference=None, name="node1", extra_args=(), env=None,
                  data_dir=None, wait=True, use_env=False):
-        self.reference = REFERENCE if reference is None else reference
-        self.binary = binary or (REFERENCE_BINARY if self.reference else OUR_BINARY)
-        self.name = name
+        reference = REFERENCE if reference is None else reference
+        self.binary = binary or (REFERENCE_BINARY if reference else OUR_BINARY)
         self.extra_args = list(extra_args)
         self.env_extra = dict(env or {})
         self.use_env = use_env  # pass the configuration as ETCD_* variables instead of flags
@@ -71,16 +73,8 @@ class Daemon:
         self.urls = [f"http://127.0.0.1:{c1}", f"http://127.0.0.1:{c2}"]
         self.url = self.urls[0]
         self.peer_url = f"http://127.0.0.1:{p}"
-        self.own_dir = data_dir is None
-        self.data_dir = data_dir or tempfile.mkdtemp(prefix="etcd2-it-")
-        self.log_path = tempfile.mktemp(prefix="etcd2-it-log-", suffix=".txt")
-        self.proc = None
-        self.logf = None
         self.session = requests.Session()
-        self.starts = 0
-        self.exit_expected = False  # set when the daemon is stopped/killed on purpose
-        self.keep_log = False       # set when a test failed while this daemon was alive
-        _live.append(self)
+        super().__init__(name, "etcd2-it-", "etcd2-it-log-", data_dir=data_dir, reference=reference)
         self.start(wait=wait)
 
     # -- process control ----------------------------------------------------------------------------
@@ -99,81 +93,24 @@ class Daemon:
             a.append("--enable-v2")
         if self.use_env:
             return a + self.extra_args
-        a += ["--name", self.name,
-              "--data-dir", self.data_dir,
-              "--listen-client-urls", ",".join(self.urls),
-              "--advertise-client-urls", ",".join(self.urls),
-              "--listen-peer-urls", self.peer_url,
-              "--initial-advertise-peer-urls", self.peer_url,
-              "--initial-cluster", f"{self.name}={self.peer_url}"]
+        a += member_flags(self.name, self.data_dir, ",".join(self.urls), self.peer_url)
+        a += ["--initial-cluster", f"{self.name}={self.peer_url}"]
         return a + self.extra_args
 
     def start(self, wait=True):
-        env = dict(os.environ)
-        for k in list(env):
-            if k.startswith("ETCD_"):
-                del env[k]
-        if self.use_env:
-            env.update(self.config_env())
+        env = self.config_env() if self.use_env else {}
         env.update(self.env_extra)
-        self.exit_expected = False
-        self.logf = open(self.log_path, "ab")
-        self.logf.write(f"==== start #{self.starts}: {' '.join(self.argv())}\n".encode())
-        self.logf.flush()
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.starts += 1
+        self.spawn(self.argv(), env)
         if wait:
             self.wait_healthy()
 
     def wait_healthy(self, timeout=START_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode} during start; log:\n"
-                                   + self.log_tail())
-            try:
-                r = requests.get(self.url + "/health", timeout=1)
-                last = r.status_code
-                if r.status_code == 200:
-                    # Health may turn true before the member published itself; wait for a usable store.
-                    r = requests.get(self.url + "/v2/keys/", timeout=2)
-                    if r.status_code == 200:
-                        return
-            except requests.RequestException as e:
-                last = e
-            time.sleep(0.05)
-        raise RuntimeError(f"daemon not healthy after {timeout}s (last: {last}); log:\n" + self.log_tail())
+        def ready():
+            r = requests.get(self.url + "/health", timeout=1)
+            # Health may turn true before the member published itself; wait for a usable store.
+            return r.status_code == 200 and requests.get(self.url + "/v2/keys/", timeout=2).status_code == 200
 
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def died_unexpectedly(self):
-        return self.proc is not None and self.proc.poll() is not None and not self.exit_expected
-
-    def kill9(self):
-        self.exit_expected = True
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
-        self._close_log()
-
-    def stop(self, timeout=15):
-        """SIGTERM; returns the wait status as Popen.returncode (negative = killed by signal)."""
-        self.exit_expected = True
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-                self._close_log()
-                raise RuntimeError("daemon did not exit within %ss of SIGTERM" % timeout)
-        self._close_log()
-        return self.proc.returncode
+        self.wait_ready(ready, timeout, "healthy")
 
     def restart(self, kill=False, wait=True):
         if kill:
@@ -184,34 +121,9 @@ class Daemon:
         self.session = requests.Session()
         self.start(wait=wait)
 
-    def _close_log(self):
-        if self.logf:
-            self.logf.close()
-            self.logf = None
-
     def cleanup(self):
-        try:
-            self.kill9()
-        except Exception:
-            pass
+        super().cleanup()
         self.session.close()
-        if self in _live:
-            _live.remove(self)
-        if self.own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-        if not self.keep_log:
-            try:
-                os.unlink(self.log_path)
-            except OSError:
-                pass
-
-    def log_tail(self, n=20000):
-        try:
-            with open(self.log_path, "rb") as f:
-                data = f.read()
-            return data[-n:].decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
 
     # -- HTTP helpers --------------------------------------------------------------------------------
     def k(self, key):
@@ -222,18 +134,6 @@ class Daemon:
         kw.setdefault("timeout", 10)
         kw.setdefault("allow_redirects", False)
         return self.session.request(method, self.url + path, **kw)
-
-    def get(self, path, **kw):
-        return self.req("GET", path, **kw)
-
-    def put(self, path, **kw):
-        return self.req("PUT", path, **kw)
-
-    def post(self, path, **kw):
-        return self.req("POST", path, **kw)
-
-    def delete(self, path, **kw):
-        return self.req("DELETE", path, **kw)
 
     def set(self, key, value, **params):
         params["value"] = value
@@ -267,10 +167,6 @@ def _require_binary():
     return b
 
 
-def _death_report(d):
-    return (f"daemon died during this test (status {d.proc.returncode}); log tail:\n" + d.log_tail(3000))
-
-
 @pytest.fixture(scope="module")
 def daemon():
     """A daemon shared by the tests of one module; tests use unique key names."""
@@ -288,7 +184,7 @@ def _crash_guard(request):
         return
     d = request.getfixturevalue("daemon")
     if d.died_unexpectedly():
-        report = _death_report(d)
+        report = d.death_report()
         try:
             d._close_log()
             d.start()
@@ -303,30 +199,14 @@ def fresh():
     _require_binary()
     d = Daemon()
     yield d
-    died = d.died_unexpectedly()
-    report = _death_report(d) if died else ""
-    d.cleanup()
-    if died:
-        pytest.fail(report, pytrace=False)
+    procs.finish([d])
 
 
 @pytest.fixture
 def make_daemon():
     """Factory: make_daemon(extra_args=[...], env={...}, wait=True) -> Daemon; all killed at teardown."""
     _require_binary()
-    made = []
-
-    def make(**kw):
-        d = Daemon(**kw)
-        made.append(d)
-        return d
-
-    yield make
-    reports = [_death_report(d) for d in made if d.died_unexpectedly()]
-    for d in made:
-        d.cleanup()
-    if reports:
-        pytest.fail("\n".join(reports), pytrace=False)
+    yield from procs.factory(Daemon)
 
 
 @pytest.hookimpl(hookwrapper=True)

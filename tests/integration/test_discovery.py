@@ -17,9 +17,7 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,8 +27,10 @@ import pytest
 import requests
 
 import conftest
+import procs
 from cluster import ELECTION_MS, HEARTBEAT_MS, require_binary
 from conftest import OUR_BINARY, REFERENCE, REFERENCE_BINARY, free_ports, unique
+from procs import Process, member_flags
 from test_members_stats import cluster_id, member_id
 
 BOOT_TIMEOUT = 30.0
@@ -73,15 +73,15 @@ def quiet_port():
     return port
 
 # -- processes -------------------------------------------------------------------------------------------
-class Node:
+class Node(Process):
     """One etcd2 (or etcd 3.4) process started with arbitrary flags on free loopback ports and a fresh data
-    dir. Registered in conftest._live so its log is attached to failure reports and it dies at exit."""
+    dir. A procs.Process, so its log is attached to failure reports and it dies at exit."""
+
+    stop_strict = False
 
     def __init__(self, binary, name, args=(), reference=False, client_port=None, peer_port=None,
                  static=False):
         self.binary = binary
-        self.reference = reference
-        self.name = name
         self.args = list(args)
         self.client_port = client_port or quiet_port()
         self.peer_port = peer_port or quiet_port()
@@ -89,108 +89,29 @@ class Node:
         self.url = f"http://127.0.0.1:{self.client_port}"
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"
         self.static = static  # a one-member cluster of its own (--initial-cluster name=peer)
-        self.data_dir = tempfile.mkdtemp(prefix=f"etcd2-disc-{name}-")
-        self.log_path = tempfile.mktemp(prefix=f"etcd2-disc-log-{name}-", suffix=".txt")
-        self.proc = None
-        self.logf = None
-        self.exit_expected = False
-        self.keep_log = False
-        self.starts = 0
-        conftest._live.append(self)
+        super().__init__(name, f"etcd2-disc-{name}-", f"etcd2-disc-log-{name}-", reference=reference)
 
     def argv(self):
         a = [self.binary]
         if self.reference:
             a.append("--enable-v2")
-        a += ["--name", self.name,
-              "--data-dir", self.data_dir,
-              "--listen-client-urls", self.url,
-              "--advertise-client-urls", self.url,
-              "--listen-peer-urls", self.peer_url,
-              "--initial-advertise-peer-urls", self.peer_url,
-              "--heartbeat-interval", str(HEARTBEAT_MS),
+        a += member_flags(self.name, self.data_dir, self.url, self.peer_url)
+        a += ["--heartbeat-interval", str(HEARTBEAT_MS),
               "--election-timeout", str(ELECTION_MS)]
         if self.static:
             a += ["--initial-cluster", f"{self.name}={self.peer_url}"]
         return a + self.args
 
     def start(self):
-        argv = self.argv()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-        self.exit_expected = False
-        self.logf = open(self.log_path, "ab")
-        self.logf.write(f"==== start #{self.starts}: {' '.join(argv)}\n".encode())
-        self.logf.flush()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True, cwd="/")
-        self.starts += 1
+        self.spawn(self.argv())
         return self
 
     def fresh_data_dir(self):
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir = tempfile.mkdtemp(prefix=f"etcd2-disc-{self.name}-")
 
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def died_unexpectedly(self):
-        return self.proc is not None and self.proc.poll() is not None and not self.exit_expected
-
     def wait_exit(self, timeout=EXIT_TIMEOUT):
-        """The exit status, or None if still running after timeout (the process is left running)."""
-        self.exit_expected = True
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.exit_expected = False
-            return None
-
-    def stop(self, timeout=15):
-        """SIGTERM, then SIGKILL after timeout; returns the exit status."""
-        self.exit_expected = True
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        if self.logf:
-            self.logf.close()
-            self.logf = None
-        return self.proc.returncode
-
-    def kill9(self):
-        self.exit_expected = True
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
-        if self.logf:
-            self.logf.close()
-            self.logf = None
-
-    def cleanup(self):
-        try:
-            self.kill9()
-        except Exception:  # noqa: BLE001
-            pass
-        if self in conftest._live:
-            conftest._live.remove(self)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        if not self.keep_log:
-            try:
-                os.unlink(self.log_path)
-            except OSError:
-                pass
-
-    def log_tail(self, n=20000):
-        try:
-            with open(self.log_path, "rb") as f:
-                data = f.read()
-            return data[-n:].decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
+        return super().wait_exit(timeout)
 
     def log(self):
         """The process's own output (without the "==== start" lines this harness writes)."""
@@ -218,11 +139,6 @@ class Node:
             return os.path.isdir(os.path.join(self.data_dir, "member", "wal"))
         return self.is_member()
 
-    def req(self, method, path, **kw):
-        kw.setdefault("timeout", 10)
-        kw.setdefault("allow_redirects", False)
-        return requests.request(method, self.url + path, **kw)
-
     def __repr__(self):
         return f"<{self.name} {self.url} peer {self.peer_url}>"
 
@@ -240,10 +156,6 @@ def wait_until(fn, timeout, interval=0.1, what="condition"):
             last = e
         time.sleep(interval)
     raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-
-
-def _death_report(n):
-    return f"{n.name} died unexpectedly (status {n.proc.returncode}); log tail:\n{n.log_tail(3000)}"
 
 
 # -- discovery services ----------------------------------------------------------------------------------
@@ -267,10 +179,8 @@ class Service:
 
     def start(self):
         self.node.start()
-        wait_until(lambda: self.node.req("GET", "/v2/keys/", timeout=2).status_code == 200
-                   or (self.node.proc.poll() is not None and pytest.fail(
-                       f"discovery service exited {self.node.proc.returncode}:\n{self.node.log_tail(3000)}")),
-                   BOOT_TIMEOUT, 0.05, "discovery service ready")
+        self.node.wait_ready(lambda: self.node.get("/v2/keys/", timeout=2).status_code == 200, BOOT_TIMEOUT,
+                             "discovery service ready", fail=pytest.fail)
         return self
 
     def token_url(self, token=None):
@@ -323,22 +233,12 @@ def make_node():
     """Factory: make_node(name, discovery_url, *extra_args, start=True) -> Node with our binary (etcd 3.4 in
     reference mode); all killed at teardown; fails the test if one died without the test expecting it."""
     binary = require_binary()
-    made = []
 
-    def make(name, durl=None, *extra, start=True, **kw):
-        args = (["--discovery", durl] if durl else []) + list(extra)
-        n = Node(binary, name, args, reference=REFERENCE, **kw)
-        made.append(n)
-        if start:
-            n.start()
-        return n
+    def make_one(name, durl=None, *extra, start=True, **kw):
+        n = Node(binary, name, (["--discovery", durl] if durl else []) + list(extra), reference=REFERENCE, **kw)
+        return n.start() if start else n
 
-    yield make
-    reports = [_death_report(n) for n in made if n.died_unexpectedly()]
-    for n in made:
-        n.cleanup()
-    if reports:
-        pytest.fail("\n".join(reports), pytrace=False)
+    yield from procs.factory(make_one)
 
 
 class Stub:
@@ -601,7 +501,7 @@ def test_five_nodes_three_members_two_proxies(service, make_node, order):
             assert r.status_code == 200 and r.json()["node"]["value"] == "after", (p.name, r.status_code, r.text)
     for n in nodes:
         if n is not victim:
-            assert n.alive(), _death_report(n)
+            assert n.alive(), n.death_report()
 
 
 def test_incomplete_cluster_waits(service, make_node):

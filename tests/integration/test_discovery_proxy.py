@@ -6,8 +6,6 @@ forwarded. Our binary only: etcd 3.4 has the same flag, but this checks our clie
 
 import http.client
 import http.server
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -15,6 +13,7 @@ import urllib.parse
 import pytest
 import requests
 
+import procs
 from conftest import OUR_BINARY, REFERENCE, free_ports
 
 pytestmark = pytest.mark.skipif(REFERENCE, reason="checks our discovery client's proxy plumbing")
@@ -81,72 +80,57 @@ def forward_proxy():
     p.close()
 
 
-def start_node(name, url, proxy_value):
-    c, p = free_ports(2)
-    data = tempfile.mkdtemp(prefix=f"etcd2-dp-{name}-")
-    log = tempfile.NamedTemporaryFile(prefix=f"etcd2-dp-log-{name}-", suffix=".txt", delete=False)
-    argv = [OUR_BINARY, "--name", name, "--data-dir", data, "--discovery", url,
-            "--discovery-proxy", proxy_value,
-            "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
-            "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}"]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    return proc, f"http://127.0.0.1:{c}", log.name
+class DiscoveryNode(procs.Process):
+    """One etcd2 bootstrapping from `url` with --discovery-proxy `proxy_value`; a procs.Process, so its log
+    is attached to failure reports and it is killed at teardown."""
+
+    stop_strict = False
+
+    def __init__(self, name, url, proxy_value):
+        super().__init__(name, f"etcd2-dp-{name}-", f"etcd2-dp-log-{name}-")
+        c, p = free_ports(2)
+        self.url = f"http://127.0.0.1:{c}"
+        self.spawn([OUR_BINARY, *procs.member_flags(name, self.data_dir, self.url, f"http://127.0.0.1:{p}"),
+                    "--discovery", url, "--discovery-proxy", proxy_value])
 
 
-def read(path):
-    with open(path, errors="replace") as f:
-        return f.read()
+@pytest.fixture
+def make_node():
+    yield from procs.factory(DiscoveryNode)
 
 
-def test_discovery_goes_through_the_proxy(make_daemon, forward_proxy):
+def test_discovery_goes_through_the_proxy(make_daemon, make_node, forward_proxy):
     svc = make_daemon(extra_args=["--enable-discovery-service"])
     url = svc.get("/new?size=1").text
     token_path = urllib.parse.urlsplit(url).path
     # no scheme: etcd2 prepends http://
-    proc, client, log = start_node("dp1", url, f"127.0.0.1:{forward_proxy.port}")
-    try:
-        deadline = time.monotonic() + 20
-        members = None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, read(log)
-            try:
-                r = requests.get(client + "/v2/members", timeout=1)
-                if r.status_code == 200:
-                    members = r.json()["members"]
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        assert members and [m["name"] for m in members] == ["dp1"], read(log)
-        # every discovery request went through the proxy, the registration among them
-        assert any(m == "PUT" and urllib.parse.urlsplit(u).path.startswith(token_path + "/")
-                   for m, u in forward_proxy.seen), forward_proxy.seen
-        assert any(m == "GET" and urllib.parse.urlsplit(u).path.startswith(token_path + "/_config/size")
-                   for m, u in forward_proxy.seen), forward_proxy.seen
-        reg = svc.get(token_path).json()
-        assert len([n for n in reg["node"].get("nodes", []) if not n["key"].endswith("/_config")]) == 1
-    finally:
-        proc.kill()
-        proc.wait()
+    n = make_node("dp1", url, f"127.0.0.1:{forward_proxy.port}")
+
+    def named():
+        r = n.get("/v2/members", timeout=1)
+        return r.status_code == 200 and r.json()["members"]
+    members = n.wait_ready(named, 20, "a member list", fail=pytest.fail)
+    assert [m["name"] for m in members] == ["dp1"], n.log_tail()
+    # every discovery request went through the proxy, the registration among them
+    assert any(m == "PUT" and urllib.parse.urlsplit(u).path.startswith(token_path + "/")
+               for m, u in forward_proxy.seen), forward_proxy.seen
+    assert any(m == "GET" and urllib.parse.urlsplit(u).path.startswith(token_path + "/_config/size")
+               for m, u in forward_proxy.seen), forward_proxy.seen
+    reg = svc.get(token_path).json()
+    assert len([x for x in reg["node"].get("nodes", []) if not x["key"].endswith("/_config")]) == 1
 
 
-def test_unreachable_discovery_proxy_retries(make_daemon):
+def test_unreachable_discovery_proxy_retries(make_daemon, make_node):
     svc = make_daemon(extra_args=["--enable-discovery-service"])
     url = svc.get("/new?size=1").text
     (dead,) = free_ports(1)
-    proc, client, log = start_node("dp2", url, f"http://127.0.0.1:{dead}")
-    try:
-        time.sleep(3.5)
-        # it neither bootstrapped nor gave up: it retries, and says so
-        assert proc.poll() is None, read(log)
-        text = read(log).lower()
-        assert "retry" in text or "unreachable" in text, text
-        with pytest.raises(requests.RequestException):
-            requests.get(client + "/v2/members", timeout=0.5)
-        # nothing was registered behind the dead proxy's back
-        reg = svc.get(urllib.parse.urlsplit(url).path).json()
-        assert [n for n in reg["node"].get("nodes", []) if not n["key"].endswith("/_config")] == []
-    finally:
-        proc.kill()
-        proc.wait()
+    n = make_node("dp2", url, f"http://127.0.0.1:{dead}")
+    time.sleep(3.5)
+    # it neither bootstrapped nor gave up: it retries, and says so
+    assert n.alive(), n.log_tail()
+    assert "retrying in" in n.log_tail(), n.log_tail()
+    with pytest.raises(requests.RequestException):
+        n.get("/v2/members", timeout=0.5)
+    # nothing was registered behind the dead proxy's back
+    reg = svc.get(urllib.parse.urlsplit(url).path).json()
+    assert [x for x in reg["node"].get("nodes", []) if not x["key"].endswith("/_config")] == []

@@ -6,38 +6,30 @@ endpoints. With ETCD2_REFERENCE=1 the cluster and the proxy are etcd 3.4 (`etcd 
 
 import json
 import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 import time
 
 import pytest
 import requests
 
-import conftest
+import procs
 from cluster import make_cluster, require_binary  # noqa: F401 (fixture)
 from conftest import REFERENCE, free_ports, unique
+from procs import Process
 
 
-class Proxy:
+class Proxy(Process):
     """One proxy process; its port and data dir survive restarts."""
 
+    stop_strict = False
+
     def __init__(self, mode="on", initial_cluster=None, extra_args=()):
-        self.reference = REFERENCE
         self.binary = require_binary()
         self.mode = mode
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = tempfile.mkdtemp(prefix="etcd2-proxy-")
-        self.log_path = tempfile.mktemp(prefix="etcd2-proxy-log-", suffix=".txt")
         self.extra_args = list(extra_args)
-        self.proc = None
-        self.logf = None
-        self.exit_expected = False
-        self.keep_log = False
-        conftest._live.append(self)
+        super().__init__("proxy", "etcd2-proxy-", "etcd2-proxy-log-", reference=REFERENCE)
         self.start(initial_cluster)
 
     def start(self, initial_cluster=None):
@@ -45,106 +37,29 @@ class Proxy:
                 "--listen-client-urls", self.url] + self.extra_args
         if initial_cluster is not None:
             argv += ["--initial-cluster", initial_cluster]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-        self.logf = open(self.log_path, "ab")
-        self.logf.write(f"==== {' '.join(argv)}\n".encode())
-        self.logf.flush()
-        self.exit_expected = False
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True, cwd="/")
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def died_unexpectedly(self):
-        return self.proc is not None and self.proc.poll() is not None and not self.exit_expected
-
-    def stop(self):
-        self.exit_expected = True
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        if self.logf:
-            self.logf.close()
-            self.logf = None
-
-    def cleanup(self):
-        try:
-            self.stop()
-        except Exception:  # noqa: BLE001
-            pass
-        if self in conftest._live:
-            conftest._live.remove(self)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        if not self.keep_log:
-            try:
-                os.unlink(self.log_path)
-            except OSError:
-                pass
-
-    def log_tail(self, n=20000):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
-
-    def req(self, method, path, **kw):
-        kw.setdefault("timeout", 10)
-        kw.setdefault("allow_redirects", False)
-        return requests.request(method, self.url + path, **kw)
-
-    def get(self, path, **kw):
-        return self.req("GET", path, **kw)
-
-    def put(self, path, **kw):
-        return self.req("PUT", path, **kw)
-
-    def delete(self, path, **kw):
-        return self.req("DELETE", path, **kw)
+        self.spawn(argv)
 
     def endpoints(self):
         return json.loads(self.get("/v2/config/local/proxy", timeout=2).text)["endpoints"]
 
     def wait_endpoints(self, n, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if not self.alive():
-                pytest.fail(f"proxy exited: {self.proc.returncode}\n{self.log_tail(3000)}")
-            try:
-                last = self.endpoints()
-                if len(last) == n:
-                    return last
-            except (requests.RequestException, ValueError, KeyError):
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"proxy did not find {n} endpoints in {timeout}s (last {last})\n{self.log_tail(3000)}")
+        def ready():
+            eps = self.endpoints()
+            return (eps,) if len(eps) == n else None
+
+        return self.wait_ready(ready, timeout, f"{n} endpoints", fail=pytest.fail)[0]
+
+
+def _stop_and_check(p):
+    p.stop()
+    return p.sanitizer_report()
 
 
 @pytest.fixture
 def make_proxy():
-    made = []
-
-    def make(*a, **kw):
-        p = Proxy(*a, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    reports = [f"proxy died: {p.proc.returncode}\n{p.log_tail(3000)}" for p in made if p.died_unexpectedly()]
-    for p in made:
-        p.stop()
-        log = p.log_tail(200000)
-        if "Sanitizer" in log or "runtime error:" in log:
-            reports.append(f"sanitizer report in the proxy's log:\n{log[-6000:]}")
-        p.cleanup()
-    if reports:
-        pytest.fail("\n".join(reports), pytrace=False)
+    """Factory: make_proxy(mode, initial_cluster, extra_args) -> Proxy; at teardown each one is stopped
+    with SIGTERM, and the test fails if one died on its own or left a sanitizer report in its log."""
+    yield from procs.factory(Proxy, _stop_and_check)
 
 
 @pytest.fixture
