@@ -536,6 +536,22 @@ def test_fallback_exit(service, make_node):
     assert len(service.registrations(durl)) == 3
 
 
+def test_explicit_proxy_waits_for_the_cluster(service, make_node):
+    """--proxy on with --discovery (etcd2's GetCluster): never registers, waits until `size` members have,
+    then proxies to them."""
+    durl = service.new(2)
+    px = make_node("px", durl, "--proxy", "on")
+    time.sleep(1.5)
+    assert px.alive(), px.log_tail(3000)
+    assert service.registrations(durl) == {}, "a proxy registered itself"
+    ms = [make_node(f"node{i}", durl) for i in range(1, 3)]
+    wait_formed(ms, 2, durl)
+    wait_until(lambda: px.req("GET", "/v2/keys/", timeout=2).status_code == 200, 20, 0.1, "the proxy serving")
+    assert px.is_proxy() and not px.bootstrapped(), os.listdir(px.data_dir)
+    assert len(service.registrations(durl)) == 2
+    kv_roundtrip(px, ms[1], unique("/disc/px"))
+
+
 @pytest.mark.parametrize("kind", SERVICE_KINDS)
 def test_service_down_then_up(request, make_node, kind):
     # The token is made first and the service stopped: once it is back (same data dir and port) the node's
