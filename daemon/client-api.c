@@ -125,6 +125,10 @@ static void add_cors(HttpRequest *r, struct MHD_Response *resp) {
         (void) MHD_add_response_header(resp, "Access-Control-Allow-Headers", "accept, content-type, authorization");
 }
 
+void client_api_add_cors(HttpRequest *r, struct MHD_Response *resp) {
+        add_cors(r, resp);
+}
+
 /* u64 as decimal or lower-case hex into buf (at least 21 bytes); returns buf. snprintf() was ~2 % of a
  * GET's CPU with four such headers per response. */
 static const char *format_u64(char *buf, uint64_t v, unsigned base) {

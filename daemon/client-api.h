@@ -93,6 +93,9 @@ void http_request_suspend_brief(HttpRequest *r);
 void http_request_resume(HttpRequest *r);
 /* Runs the daemon on the next loop iteration (after an upgraded connection was closed). */
 void http_daemon_wake(HttpDaemon *d);
+/* Runs the daemon now if it was woken (e.g. a connection resumed) since it last ran: the proxy, after
+ * libcurl delivered answers, saves the loop iteration that the wake would take. */
+void http_daemon_run_if_woken(HttpDaemon *d);
 
 /* Provided by client-api.c for http-server.c. */
 /* First call for a request: decide whether its body is wanted (r->want_body). */
@@ -101,5 +104,7 @@ void client_api_begin(HttpRequest *r, const char *method);
 enum MHD_Result client_api_handle(HttpRequest *r, const char *method);
 /* The client hung up while suspended: cancel the proposal, drop the watcher. */
 void client_api_hangup(HttpRequest *r);
+/* etcd's CORS wrapper (--cors): the Access-Control-* headers for this request's Origin, if allowed. */
+void client_api_add_cors(HttpRequest *r, struct MHD_Response *resp);
 /* The request is over: release everything it holds (the struct itself is reused). */
 void client_api_request_done(HttpRequest *r);

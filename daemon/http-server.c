@@ -84,6 +84,7 @@ struct HttpDaemon {
         struct MHD_Daemon *mhd;
         sd_event_source *io, *timer, *defer;
         uint64_t timer_usec;     /* what the timer is armed for, UINT64_MAX when off */
+        bool woken;              /* daemon_wake() since the last MHD_run() began */
 };
 
 struct HttpServer {
@@ -126,18 +127,44 @@ HttpListenerKind http_daemon_kind(HttpDaemon *d) {
         return d->kind;
 }
 
+/* Proxy mode: a connection resumed while libmicrohttpd runs (an answer ready at once) is only picked up by
+ * its next run, and a connection that just sent its answer takes another run or two to get back to reading: run
+ * it again right away (a few times at most) rather than one loop iteration later each. A wake that this
+ * served needs no defer run after it (prepare re-enables the defer if libmicrohttpd still has work). */
 static void daemon_run(HttpDaemon *d) {
-        if (d->mhd)
+        MHD_UNSIGNED_LONG_LONG ms;
+
+        if (!d->mhd)
+                return;
+        if (!d->server->proxy) {
+                /* member mode: measured and tuned with one run per wake-up; left as it was */
+                d->woken = false;
                 (void) MHD_run(d->mhd);
+                return;
+        }
+        for (unsigned i = 0; i < 3; i++) {
+                d->woken = false;
+                (void) MHD_run(d->mhd);
+                if (!d->woken && (MHD_get_timeout(d->mhd, &ms) != MHD_YES || ms > 0))
+                        break;
+        }
+        if (!d->woken && d->defer)
+                (void) sd_event_source_set_enabled(d->defer, SD_EVENT_OFF);
 }
 
 static void daemon_wake(HttpDaemon *d) {
+        d->woken = true;
         if (d->defer)
                 (void) sd_event_source_set_enabled(d->defer, SD_EVENT_ONESHOT);
 }
 
 void http_daemon_wake(HttpDaemon *d) {
         daemon_wake(d);
+}
+
+void http_daemon_run_if_woken(HttpDaemon *d) {
+        if (d->woken)
+                daemon_run(d);
 }
 
 static int connection_fd(HttpRequest *r) {

@@ -513,6 +513,11 @@ static int on_proxy_ready_timer(sd_event_source *s, uint64_t usec, void *userdat
 static int manager_start_proxy(Manager *m, char **peer_urls) {
         int r;
 
+        /* Go's transport put a deadline on each write of a request to a member; libcurl has no per-write
+         * timeout (and a low-speed limit would cut idle watches), so say that the value is not used. */
+        if (m->config->proxy_write_timeout_ms != 5000)
+                log_notice("--proxy-write-timeout=%u: this etcd2's proxy has no per-write timeout towards the "
+                           "members; --proxy-dial-timeout and --proxy-read-timeout apply", m->config->proxy_write_timeout_ms);
         r = proxy_new(m->event, m->config, peer_urls, &m->proxy);
         if (r < 0)
                 return r;

@@ -139,6 +139,7 @@ struct Proxy {
         size_t n_sockets;
         sd_event_source *io, *timer, *defer;
         unsigned in_curl;
+        HttpDaemon *woken;          /* a client request was resumed from a libcurl callback */
         ProxyXfer *active;
         ProxyXfer *pool;
         unsigned n_pool;
@@ -623,6 +624,23 @@ static void refresh_start(Proxy *p) {
 
 static void xfer_finished(ProxyXfer *x, CURLcode result);
 
+/* Resumes a client request from libcurl's callbacks; proxy_flush() then runs libmicrohttpd at once. */
+static void request_resume(Proxy *p, HttpRequest *r) {
+        http_request_resume(r);
+        p->woken = r->daemon;
+}
+
+/* After libcurl delivered (never from inside libmicrohttpd or libcurl): answer the resumed requests in
+ * this loop iteration instead of the next one. */
+static void proxy_flush(Proxy *p) {
+        HttpDaemon *d = p->woken;
+
+        if (!d)
+                return;
+        p->woken = NULL;
+        http_daemon_run_if_woken(d);
+}
+
 static void multi_action(Proxy *p, curl_socket_t fd, int flags) {
         int running = 0, left;
         CURLMsg *msg;
@@ -682,16 +700,19 @@ static int on_multi_io(sd_event_source *s, int fd, uint32_t revents, void *userd
                         flags |= CURL_CSELECT_ERR;
                 multi_action(p, sfd, flags);
         }
+        proxy_flush(p);
         return 0;
 }
 
 static int on_multi_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         multi_action(userdata, CURL_SOCKET_TIMEOUT, 0);
+        proxy_flush(userdata);
         return 0;
 }
 
 static int on_multi_defer(sd_event_source *s, void *userdata) {
         multi_action(userdata, CURL_SOCKET_TIMEOUT, 0);
+        proxy_flush(userdata);
         return 0;
 }
 
@@ -764,8 +785,11 @@ static int on_curl_close_socket(void *userdata, curl_socket_t fd) {
 static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
         Proxy *p = userp;
 
+        /* One timeout at a time, the earliest: a later report replaces a pending "now" too (typically
+         * the one curl_multi_add_handle() asked for, served by our own multi_action() right after). */
         if (timeout_ms < 0) {
                 (void) sd_event_source_set_enabled(p->timer, SD_EVENT_OFF);
+                (void) sd_event_source_set_enabled(p->defer, SD_EVENT_OFF);
                 return 0;
         }
         if (timeout_ms == 0) {
@@ -773,6 +797,7 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
                 (void) sd_event_source_set_enabled(p->defer, SD_EVENT_ONESHOT);
                 return 0;
         }
+        (void) sd_event_source_set_enabled(p->defer, SD_EVENT_OFF);
         if (sd_event_source_set_time(p->timer, now_usec() + (uint64_t) timeout_ms * USEC_PER_MSEC) < 0 ||
             sd_event_source_set_enabled(p->timer, SD_EVENT_ONESHOT) < 0)
                 return -1;
@@ -890,7 +915,7 @@ static size_t on_header(char *data, size_t size, size_t nitems, void *userdata) 
                         x->headers_done = true;
                         if (x->req && x->req->state == HTTP_REQUEST_PROPOSING) {
                                 x->req->state = HTTP_REQUEST_ANSWERED;
-                                http_request_resume(x->req);
+                                request_resume(x->proxy, x->req);
                         }
                 }
                 return n;
@@ -952,7 +977,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata) {
                 return 0;
 
         if (x->req->suspended && x->req->state == HTTP_REQUEST_WATCHING)
-                http_request_resume(x->req);
+                request_resume(x->proxy, x->req);
         return n;
 }
 
@@ -979,6 +1004,8 @@ static ProxyXfer *xfer_get(Proxy *p) {
                     curl_easy_setopt(x->easy, CURLOPT_PATH_AS_IS, 1L) != CURLE_OK ||
                     /* never an HTTP proxy from $http_proxy: the members are direct (and no getenv() per request) */
                     curl_easy_setopt(x->easy, CURLOPT_PROXY, "") != CURLE_OK ||
+                    /* nor $no_proxy: two getenv() per request otherwise */
+                    curl_easy_setopt(x->easy, CURLOPT_NOPROXY, "*") != CURLE_OK ||
                     curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK ||
                     curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x) != CURLE_OK ||
                     curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, on_write) != CURLE_OK ||
@@ -1177,7 +1204,7 @@ static void xfer_finished(ProxyXfer *x, CURLcode result) {
                         x->finished = true;
                         if (r->state == HTTP_REQUEST_PROPOSING) {
                                 r->state = HTTP_REQUEST_ANSWERED;
-                                http_request_resume(r);
+                                request_resume(x->proxy, r);
                         }
                 }
                 return;
@@ -1188,13 +1215,15 @@ static void xfer_finished(ProxyXfer *x, CURLcode result) {
         if (result != CURLE_OK)
                 log_debug("proxy: upstream %s ended: %s", x->url.data, curl_easy_strerror(result));
         if (r->suspended && r->state == HTTP_REQUEST_WATCHING)
-                http_request_resume(r);
+                request_resume(x->proxy, r);
 }
 
 /* --- client requests ------------------------------------------------------------------------ */
 
-static enum MHD_Result reply(HttpRequest *r, unsigned status, const char *content_type, const char *body,
-                             const char *allow) {
+/* etcd2 wraps the proxy in its CORS handler (headers on every answer, OPTIONS answered here) and, for
+ * --proxy readonly, that in the readonly handler (whose 501 has no CORS headers). */
+static enum MHD_Result reply_full(HttpRequest *r, unsigned status, const char *content_type, const char *body,
+                                  const char *allow, bool cors) {
         struct MHD_Response *resp;
         enum MHD_Result ret;
 
@@ -1207,10 +1236,17 @@ static enum MHD_Result reply(HttpRequest *r, unsigned status, const char *conten
                 (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
         if (allow)
                 (void) MHD_add_response_header(resp, "Allow", allow);
+        if (cors)
+                client_api_add_cors(r, resp);
         ret = MHD_queue_response(r->connection, status, resp);
         MHD_destroy_response(resp);
         r->state = HTTP_REQUEST_QUEUED;
         return ret;
+}
+
+static enum MHD_Result reply(HttpRequest *r, unsigned status, const char *content_type, const char *body,
+                             const char *allow) {
+        return reply_full(r, status, content_type, body, allow, true);
 }
 
 /* httptypes.HTTPError.WriteTo() */
@@ -1306,6 +1342,7 @@ static enum MHD_Result queue_upstream_response(HttpRequest *r, ProxyXfer *x) {
                 if (MHD_add_response_header(resp, name, value) != MHD_YES)
                         log_debug("proxy: dropped response header %s", name);
         }
+        client_api_add_cors(r, resp);
         r->state = HTTP_REQUEST_WATCHING;
         ret = MHD_queue_response(r->connection, (unsigned) x->status, resp);
         MHD_destroy_response(resp);
@@ -1355,7 +1392,9 @@ enum MHD_Result proxy_request_handle(HttpRequest *r, const char *method) {
 
         /* NewReadonlyHandler() wraps everything, the config endpoint too */
         if (p->readonly && !streq(method, "GET"))
-                return reply(r, MHD_HTTP_NOT_IMPLEMENTED, NULL, "", NULL);
+                return reply_full(r, MHD_HTTP_NOT_IMPLEMENTED, NULL, "", NULL, false);
+        if (streq(method, "OPTIONS"))
+                return reply(r, MHD_HTTP_OK, NULL, "", NULL);
         if (uri_is(r->uri, "/v2/config/local/proxy"))
                 return reply_config(r, p, method);
         if (r->body_too_large)

@@ -293,3 +293,32 @@ def test_all_members_down(cluster_and_proxy):
     # every endpoint is now held failed for --proxy-failure-wait
     r = p.get("/v2/keys/")
     assert r.status_code == 503 and zero_endpoints_message(r.text), r.text
+
+
+def test_cors(make_cluster, make_proxy):
+    """--cors on the proxy: etcd's CORS wrapper answers OPTIONS itself and adds the headers to every
+    forwarded answer (the members here have no --cors); readonly's 501 comes before it, without them."""
+    c = make_cluster(3)
+    ic = ",".join(f"{m.name}={m.peer_url}" for m in c.members)
+    p = make_proxy("on", ic, ["--cors", "http://allowed.example:8080"])
+    p.wait_endpoints(3)
+    k = unique("/v2/keys/cors")
+    r = p.req("OPTIONS", k, headers={"Origin": "http://allowed.example:8080"})
+    assert r.status_code == 200 and r.content == b"", (r.status_code, r.text)
+    assert r.headers.get("Access-Control-Allow-Origin") == "http://allowed.example:8080", r.headers
+    assert r.headers.get("Access-Control-Allow-Methods") == "POST, GET, OPTIONS, PUT, DELETE", r.headers
+    # (etcd 3.4's members allow "*" by default and add theirs after the proxy's; etcd2's allow nothing)
+    r = p.put(k, data={"value": "c"}, headers={"Origin": "http://allowed.example:8080"})
+    origin = r.headers.get("Access-Control-Allow-Origin", "")
+    assert r.status_code == 201 and origin.split(",")[0] == "http://allowed.example:8080", r.headers
+    if not REFERENCE:
+        assert origin == "http://allowed.example:8080", r.headers
+        r = p.get(k, headers={"Origin": "http://other.example"})
+        assert r.status_code == 200 and "Access-Control-Allow-Origin" not in r.headers, r.headers
+
+    ro = make_proxy("readonly", ic, ["--cors", "*"])
+    ro.wait_endpoints(3)
+    r = ro.req("OPTIONS", k)
+    assert r.status_code == 501 and "Access-Control-Allow-Origin" not in r.headers, (r.status_code, r.headers)
+    r = ro.get(k)
+    assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin", "").split(",")[0] == "*", r.headers
