@@ -10,6 +10,7 @@ host names in the peer URLs, and member IDs hashed from those URLs and the token
 and a domain without records, exit with status 1 and etcd2's message."""
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import uuid
 
 import pytest
 
+import procs
 from cluster import Cluster, Member, NetNS
 from conftest import REFERENCE, REFERENCE_BINARY, only_23, unique
 from test_members_stats import cluster_id, member_id
@@ -307,3 +309,43 @@ def test_srv_bootstrap_same_ids_as_etcd34(dns):
     theirs, theirs_cid = _bootstrap(dns, reference=True, token=token, static=True)
     assert ours_cid == theirs_cid
     assert ours == theirs
+
+
+class SrvProxy(procs.Process):
+    """`etcd2 --proxy on --discovery-srv DOMAIN` inside the DNS namespace: its peers are the SRV records."""
+
+    stop_strict = False
+
+    def __init__(self, dns, binary, ip="127.0.0.9", port=2379):
+        super().__init__("srv-proxy", "etcd2-srvpx-", "etcd2-srvpx-log-")
+        self.url = f"http://{ip}:{port}"
+        self.spawn(["ip", "netns", "exec", dns.name, binary, "--proxy", "on", "--name", "srv-proxy",
+                    "--data-dir", self.data_dir, "--listen-client-urls", self.url, "--discovery-srv", DOMAIN])
+
+
+@only_23
+def test_srv_proxy(dns):
+    """--proxy on --discovery-srv: the proxy's peers are the SRV records; it finds the members' client URLs
+    and forwards to them."""
+    c = SrvCluster(dns)
+    p = None
+    try:
+        c.start_all()
+        p = SrvProxy(dns, c.binary)
+
+        def endpoints():
+            r = p.get("/v2/config/local/proxy", timeout=2)
+            return r.status_code == 200 and sorted(r.json()["endpoints"]) == sorted(m.url for m in c.members)
+        p.wait_ready(endpoints, 20, "the members' three client URLs", fail=pytest.fail)
+        key = "/" + unique("srvpx")
+        r = p.put(f"/v2/keys{key}", data={"value": "via-proxy"})
+        assert r.status_code == 201, r.text
+        r = c.members[1].get(f"/v2/keys{key}", params={"quorum": "true"})
+        assert r.status_code == 200 and r.json()["node"]["value"] == "via-proxy", r.text
+        with open(os.path.join(p.data_dir, "proxy", "cluster")) as f:
+            assert sorted(json.load(f)["PeerURLs"]) == sorted(m.peer_url for m in c.members)
+        assert p.alive(), p.log_tail()
+    finally:
+        if p is not None:
+            p.cleanup()
+        c.cleanup()
