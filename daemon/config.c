@@ -1586,6 +1586,26 @@ static char *members_to_string(const ClusterMember *m, size_t n) {
         return s;
 }
 
+char *config_members_string(const ClusterMember *m, size_t n) {
+        return members_to_string(m, n);
+}
+
+int config_cluster_parse(const char *cluster, ClusterMember **ret, size_t *ret_n) {
+        _cleanup_free_ char *error = NULL;
+        int r;
+
+        r = initial_cluster_parse(cluster, "", ret, ret_n, &error);
+        if (r == -EINVAL)
+                return log_error_errno(r, "error parsing cluster '%s': %s", cluster, error);
+        if (r < 0)
+                return log_oom();
+        return 0;
+}
+
+void config_cluster_members_free(ClusterMember *m, size_t n) {
+        cluster_members_free(m, n);
+}
+
 int config_verify_bootstrap(const Config *c) {
         /* SRV discovery fills the map only after DNS; the discovery map is built from our own URLs. */
         return verify_bootstrap(c, isempty(c->discovery_srv));

@@ -132,6 +132,13 @@ int config_verify_bootstrap(const Config *c);
 /* After --discovery or --discovery-srv: the initial cluster is now `cluster` ("name=URL,..."), member IDs
  * hashed with `token`. Recomputes member_id/cluster_id and runs config_verify_bootstrap()'s checks. */
 int config_set_initial_cluster(Config *c, const char *cluster, const char *token);
+/* types.URLsMap.String(): "name=url" pairs, sorted, comma-joined (malloc'd; NULL on OOM). This is also the
+ * value a member registers with a discovery service. */
+char *config_members_string(const ClusterMember *m, size_t n);
+/* Parses a "name=url,name=url2,..." cluster string as --initial-cluster is parsed (URLs validated, the
+ * same name may repeat); logs what is wrong with it. IDs are hashed with an empty token. */
+int config_cluster_parse(const char *cluster, ClusterMember **ret, size_t *ret_n);
+void config_cluster_members_free(ClusterMember *m, size_t n);
 /* Logs "<feature> is not supported yet by this etcd2" and returns -EOPNOTSUPP for configurations this
  * etcd2 cannot run yet (proxy, discovery, TLS, multi-member, ...); config_load() calls it last. */
 int config_check_supported(const Config *c);

@@ -527,13 +527,16 @@ static int start_watch(Discovery *d) {
         return start_request(d, STEP_WATCH, url, NULL, 0);
 }
 
-static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
-        Discovery *d = userdata;
-        int r;
-
-        r = start_size(d);
+/* In a step's handler: go on with the next request, or end the discovery if it cannot even start. */
+static void next(Discovery *d, int r) {
         if (r < 0)
                 fail(d, r, "discovery: failed to start request: %s", STRERROR(r));
+}
+
+static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        Discovery *d = userdata;
+
+        next(d, start_size(d));
         return 0;
 }
 
@@ -713,11 +716,24 @@ static int nodes_append(Discovery *d, const char *name, const char *value, uint6
 
 static void wait_nodes(Discovery *d);
 
+/* The answers most steps take alike: unreachable (where not retried), a body that is not JSON, an etcd
+ * error (its "code: message (cause)" text goes up as etcd2's client error does). */
+static void fail_reply(Discovery *d, const Reply *rp) {
+        switch (rp->answer) {
+        case ANSWER_UNREACHABLE:
+                return fail(d, -EIO, "client: etcd cluster is unavailable or misconfigured; error #0: %s",
+                            strempty(rp->detail));
+        case ANSWER_BAD_JSON:
+                return fail(d, -EBADMSG, "%s", INVALID_JSON);
+        default:
+                return fail(d, etcd_error_to_errno(rp->error_code), "%s", strempty(rp->detail));
+        }
+}
+
 static void handle_size(Discovery *d, Reply *rp) {
         const char *v;
         char *e;
         long size;
-        int r;
 
         switch (rp->answer) {
         case ANSWER_UNREACHABLE:
@@ -741,9 +757,7 @@ static void handle_size(Discovery *d, Reply *rp) {
                 return fail(d, -ERANGE, "discovery: size key is bad");
         d->size = (int) size;
 
-        r = start_list(d);
-        if (r < 0)
-                return fail(d, r, "discovery: failed to start request: %s", STRERROR(r));
+        return next(d, start_list(d));
 }
 
 static void handle_list(Discovery *d, Reply *rp) {
@@ -756,9 +770,8 @@ static void handle_list(Discovery *d, Reply *rp) {
         case ANSWER_UNREACHABLE:
                 return retry_later(d, "cluster status check", strempty(rp->detail));
         case ANSWER_BAD_JSON:
-                return fail(d, -EBADMSG, "%s", INVALID_JSON);
         case ANSWER_ETCD_ERROR:
-                return fail(d, etcd_error_to_errno(rp->error_code), "%s", strempty(rp->detail));
+                return fail_reply(d, rp);
         case ANSWER_OK:
                 break;
         }
@@ -805,9 +818,7 @@ static void handle_list(Discovery *d, Reply *rp) {
         }
 
         if (d->join && !d->registered) {
-                r = start_create(d);
-                if (r < 0)
-                        return fail(d, r, "discovery: failed to start request: %s", STRERROR(r));
+                return next(d, start_create(d));
                 return;
         }
 
@@ -815,15 +826,10 @@ static void handle_list(Discovery *d, Reply *rp) {
 }
 
 static void handle_create(Discovery *d, Reply *rp) {
-        int r;
-
         switch (rp->answer) {
-        case ANSWER_UNREACHABLE:
-                /* Not retried: "Fails, even on a timeout, if createSelf times out." */
-                return fail(d, -EIO, "client: etcd cluster is unavailable or misconfigured; error #0: %s",
-                            strempty(rp->detail));
+        case ANSWER_UNREACHABLE: /* not retried: "Fails, even on a timeout, if createSelf times out." */
         case ANSWER_BAD_JSON:
-                return fail(d, -EBADMSG, "%s", INVALID_JSON);
+                return fail_reply(d, rp);
         case ANSWER_ETCD_ERROR:
                 if (rp->error_code == 105) {
                         log_error("member %s has previously registered with discovery service token "
@@ -833,40 +839,23 @@ static void handle_create(Discovery *d, Reply *rp) {
                         log_info("or use a new discovery token if the previous bootstrap failed.");
                         return finish(d, -EEXIST, false, NULL);
                 }
-                return fail(d, etcd_error_to_errno(rp->error_code), "%s", strempty(rp->detail));
+                return fail_reply(d, rp);
         case ANSWER_OK:
                 break;
         }
 
         d->registered = true;
-        r = start_confirm(d, node_u64(get_node(rp->json), "createdIndex"));
-        if (r < 0)
-                return fail(d, r, "discovery: failed to start request: %s", STRERROR(r));
+        return next(d, start_confirm(d, node_u64(get_node(rp->json), "createdIndex")));
 }
 
 static void handle_confirm(Discovery *d, Reply *rp) {
-        int r;
-
-        switch (rp->answer) {
-        case ANSWER_UNREACHABLE:
-                return fail(d, -EIO, "client: etcd cluster is unavailable or misconfigured; error #0: %s",
-                            strempty(rp->detail));
-        case ANSWER_BAD_JSON:
-                return fail(d, -EBADMSG, "%s", INVALID_JSON);
-        case ANSWER_ETCD_ERROR:
-                return fail(d, etcd_error_to_errno(rp->error_code), "%s", strempty(rp->detail));
-        case ANSWER_OK:
-                break;
-        }
-
-        r = start_size(d);
-        if (r < 0)
-                return fail(d, r, "discovery: failed to start request: %s", STRERROR(r));
+        if (rp->answer != ANSWER_OK)
+                return fail_reply(d, rp);
+        return next(d, start_size(d));
 }
 
 /* waitNodes(): keep the first `size`, then watch until `size` are known. */
 static void wait_nodes(Discovery *d) {
-        int r;
 
         if (d->size >= 0 && d->n_nodes > (size_t) d->size) {
                 for (size_t i = d->size; i < d->n_nodes; i++) {
@@ -888,9 +877,7 @@ static void wait_nodes(Discovery *d) {
         }
 
         log_notice("found %zu peer(s), waiting for %zu more", d->n_nodes, (size_t) d->size - d->n_nodes);
-        r = start_watch(d);
-        if (r < 0)
-                return fail(d, r, "discovery: failed to start request: %s", STRERROR(r));
+        return next(d, start_watch(d));
 }
 
 static void handle_watch(Discovery *d, Reply *rp) {
@@ -904,7 +891,7 @@ static void handle_watch(Discovery *d, Reply *rp) {
         case ANSWER_UNREACHABLE:
                 return retry_later(d, "waiting for other nodes", strempty(rp->detail));
         case ANSWER_BAD_JSON:
-                return fail(d, -EBADMSG, "%s", INVALID_JSON);
+                return fail_reply(d, rp);
         case ANSWER_ETCD_ERROR:
                 if (rp->error_code == 401) {
                         /* EventIndexCleared: more than 1000 writes to the discovery service since our
@@ -912,12 +899,10 @@ static void handle_watch(Discovery *d, Reply *rp) {
                          * nothing, so we do that. */
                         log_warning("discovery: watch index %" PRIu64 " cleared (%s), listing again",
                                     d->wait_index, strempty(rp->detail));
-                        r = start_size(d);
-                        if (r < 0)
-                                return fail(d, r, "discovery: failed to start request: %s", STRERROR(r));
+                        return next(d, start_size(d));
                         return;
                 }
-                return fail(d, etcd_error_to_errno(rp->error_code), "%s", strempty(rp->detail));
+                return fail_reply(d, rp);
         case ANSWER_OK:
                 break;
         }
@@ -963,9 +948,7 @@ static void handle_watch(Discovery *d, Reply *rp) {
                 log_notice("found %zu peer(s), waiting for %zu more", d->n_nodes,
                            (size_t) d->size - d->n_nodes);
 
-        r = start_watch(d);
-        if (r < 0)
-                return fail(d, r, "discovery: failed to start request: %s", STRERROR(r));
+        return next(d, start_watch(d));
 }
 
 static void on_request_done(CurlRequest *req, CURLcode result, void *userdata) {

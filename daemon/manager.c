@@ -47,6 +47,19 @@ static void manager_update_status(Manager *m) {
                           server_leader_id(m->server));
 }
 
+/* A timer that keeps firing (its callback moves it on with sd_event_source_set_time()), first at `usec`. */
+static int manager_add_timer(Manager *m, sd_event_source **ret, uint64_t usec, uint64_t accuracy,
+                             sd_event_time_handler_t cb, const char *description) {
+        int r;
+
+        r = sd_event_add_time(m->event, ret, CLOCK_MONOTONIC, usec, accuracy, cb, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to add %s timer: %m", description);
+        (void) sd_event_source_set_description(*ret, description);
+        (void) sd_event_source_set_enabled(*ret, SD_EVENT_ON);
+        return 0;
+}
+
 static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
 
@@ -90,12 +103,10 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         if (r < 0)
                 return sd_event_exit(m->event, 0);
         m->stop_deadline_usec = now + STOP_DRAIN_USEC;
-        r = sd_event_add_time(m->event, &m->drain_timer, CLOCK_MONOTONIC, now, 1000, on_drain_timer, m);
+        /* on_drain_timer() re-arms it while proposals are still pending */
+        r = manager_add_timer(m, &m->drain_timer, now, 1000, on_drain_timer, "shutdown-drain");
         if (r < 0)
                 return sd_event_exit(m->event, 0);
-        (void) sd_event_source_set_description(m->drain_timer, "shutdown-drain");
-        /* not one-shot: on_drain_timer() re-arms it while proposals are still pending */
-        (void) sd_event_source_set_enabled(m->drain_timer, SD_EVENT_ON);
         return 0;
 }
 
@@ -434,12 +445,14 @@ static int manager_start_bus(Manager *m) {
         if (r < 0)
                 return r;
         if (bus_is_enabled(m->bus)) {
-                r = sd_event_add_time_relative(m->event, &m->bus_timer, CLOCK_MONOTONIC, BUS_POLL_USEC,
-                                               10 * USEC_PER_MSEC, on_bus_timer, m);
+                uint64_t now;
+
+                r = sd_event_now(m->event, CLOCK_MONOTONIC, &now);
+                if (r >= 0)
+                        r = manager_add_timer(m, &m->bus_timer, now + BUS_POLL_USEC, 10 * USEC_PER_MSEC,
+                                              on_bus_timer, "bus-notify");
                 if (r < 0)
-                        return log_error_errno(r, "Failed to add bus timer: %m");
-                (void) sd_event_source_set_description(m->bus_timer, "bus-notify");
-                (void) sd_event_source_set_enabled(m->bus_timer, SD_EVENT_ON);
+                        return r;
         }
         return 0;
 }
@@ -470,12 +483,10 @@ static int manager_start_member(Manager *m) {
                         return r;
                 manager_notify_ready(m);
         } else {
-                r = sd_event_add_time(m->event, &m->ready_timer, CLOCK_MONOTONIC, m->start_usec + READY_POLL_USEC,
-                                      USEC_PER_MSEC, on_ready_timer, m);
+                r = manager_add_timer(m, &m->ready_timer, m->start_usec + READY_POLL_USEC, USEC_PER_MSEC,
+                                      on_ready_timer, "wait-published");
                 if (r < 0)
-                        return log_error_errno(r, "Failed to add ready timer: %m");
-                (void) sd_event_source_set_description(m->ready_timer, "wait-published");
-                (void) sd_event_source_set_enabled(m->ready_timer, SD_EVENT_ON);
+                        return r;
         }
         return 0;
 }
@@ -527,55 +538,34 @@ static int manager_start_proxy(Manager *m, char **peer_urls) {
         r = sd_event_now(m->event, CLOCK_MONOTONIC, &m->start_usec);
         if (r < 0)
                 return log_error_errno(r, "Failed to read the clock: %m");
-        r = sd_event_add_time(m->event, &m->ready_timer, CLOCK_MONOTONIC, m->start_usec + READY_POLL_USEC,
-                              USEC_PER_MSEC, on_proxy_ready_timer, m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to add ready timer: %m");
-        (void) sd_event_source_set_description(m->ready_timer, "wait-proxy-refresh");
-        (void) sd_event_source_set_enabled(m->ready_timer, SD_EVENT_ON);
-        return 0;
+        return manager_add_timer(m, &m->ready_timer, m->start_usec + READY_POLL_USEC, USEC_PER_MSEC,
+                                 on_proxy_ready_timer, "wait-proxy-refresh");
 }
 
-/* "name=URL,name=URL" -> the URLs. */
-static int cluster_string_urls(const char *cluster, char ***ret) {
-        _cleanup_strv_free_ char **urls = NULL;
-        _cleanup_free_ char *copy = strdup(cluster);
-        size_t n = 0;
-        char *state = NULL;
-
-        if (!copy)
-                return -ENOMEM;
-        for (char *pair = strtok_r(copy, ",", &state); pair; pair = strtok_r(NULL, ",", &state)) {
-                char *eq = strchr(pair, '='), **a;
-                const char *url = eq ? eq + 1 : pair;
-
-                url += strspn(url, " \t");
-                if (isempty(url))
-                        continue;
-                a = realloc(urls, (n + 2) * sizeof(char *));
-                if (!a)
-                        return -ENOMEM;
-                urls = a;
-                urls[n] = strdup(url);
-                if (!urls[n])
-                        return -ENOMEM;
-                urls[++n] = NULL;
-        }
-        if (n == 0)
-                return -EINVAL;
-        *ret = TAKE_PTR(urls);
-        return 0;
-}
-
+/* A proxy in front of the cluster "name=URL,...": all of its peer URLs. */
 static int manager_start_proxy_from_cluster(Manager *m, const char *cluster) {
         _cleanup_strv_free_ char **urls = NULL;
+        ClusterMember *ms = NULL;
+        size_t n = 0, k = 0;
         int r;
 
-        r = cluster_string_urls(cluster, &urls);
-        if (r == -ENOMEM)
-                return log_oom();
+        r = config_cluster_parse(cluster, &ms, &n);
         if (r < 0)
-                return log_error_errno(r, "No peer URLs in cluster '%s' for the proxy", cluster);
+                return r;
+        for (size_t i = 0; i < n; i++)
+                k += ms[i].peer_urls.n;
+        urls = calloc(k + 1, sizeof(char *));
+        r = urls ? 0 : -ENOMEM;
+        k = 0;
+        for (size_t i = 0; r >= 0 && i < n; i++)
+                for (size_t j = 0; r >= 0 && j < ms[i].peer_urls.n; j++)
+                        if (!(urls[k++] = strdup(ms[i].peer_urls.urls[j].str)))
+                                r = -ENOMEM;
+        config_cluster_members_free(ms, n);
+        if (r < 0)
+                return log_oom();
+        if (k == 0)
+                return log_error_errno(-EINVAL, "No peer URLs in cluster '%s' for the proxy", cluster);
         return manager_start_proxy(m, urls);
 }
 
@@ -638,7 +628,6 @@ static void on_discovery_done(Discovery *d, int error, bool full, const char *cl
 static int manager_start_discovery(Manager *m) {
         const Config *c = m->config;
         _cleanup_free_ char *value = NULL;
-        size_t len = 0;
         int r;
 
         r = curl_glue_new(m->event, &m->glue);
@@ -651,20 +640,10 @@ static int manager_start_discovery(Manager *m) {
         if (c->proxy != PROXY_OFF)
                 return discovery_get(m->discovery, on_discovery_done, m);
 
-        /* registration value: name=peerURL for each advertised peer URL (sorted, as they are) */
-        for (size_t i = 0; i < c->initial_advertise_peer_urls.n; i++)
-                len += strlen(c->name) + strlen(c->initial_advertise_peer_urls.urls[i].str) + 2;
-        value = malloc(len + 1);
+        /* the registration value is etcd2's initialPeerURLsMap.String(): our own name=peerURL pairs */
+        value = config_members_string(c->initial_members, c->n_initial_members);
         if (!value)
                 return log_oom();
-        value[0] = '\0';
-        for (size_t i = 0; i < c->initial_advertise_peer_urls.n; i++) {
-                if (i > 0)
-                        strcat(value, ",");
-                strcat(value, c->name);
-                strcat(value, "=");
-                strcat(value, c->initial_advertise_peer_urls.urls[i].str);
-        }
         log_info("discovery: registering member %" PRIx64 " (%s) with %s", c->member_id, value, c->discovery);
         return discovery_join(m->discovery, c->member_id, value, on_discovery_done, m);
 }
@@ -683,16 +662,15 @@ static int manager_start_srv(Manager *m) {
 
         /* etcd2: a member must find itself among the records */
         {
-                _cleanup_free_ char *copy = strdup(cluster);
-                char *state = NULL;
+                ClusterMember *ms = NULL;
+                size_t n = 0;
 
-                if (!copy)
-                        return log_oom();
-                for (char *pair = strtok_r(copy, ",", &state); pair && !found; pair = strtok_r(NULL, ",", &state)) {
-                        char *eq = strchr(pair, '=');
-
-                        found = eq && (size_t) (eq - pair) == strlen(c->name) && strneq(pair, c->name, eq - pair);
-                }
+                r = config_cluster_parse(cluster, &ms, &n);
+                if (r < 0)
+                        return r;
+                for (size_t i = 0; i < n && !found; i++)
+                        found = streq(ms[i].name, c->name);
+                config_cluster_members_free(ms, n);
         }
         if (!found)
                 return log_error_errno(-ENOENT, "cannot find local etcd member \"%s\" in SRV records", c->name);
@@ -705,6 +683,7 @@ static int manager_start_srv(Manager *m) {
 int manager_start(Manager *m) {
         const Config *c = m->config;
         DataDirKind kind = DATA_DIR_EMPTY;
+        uint64_t now;
         int r;
 
         raise_nofile_limit();
@@ -713,12 +692,13 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
 
-        r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, STATUS_INTERVAL_USEC,
-                                       USEC_PER_SEC, on_status_timer, m);
+        r = sd_event_now(m->event, CLOCK_MONOTONIC, &now);
         if (r < 0)
-                return log_error_errno(r, "Failed to add status timer: %m");
-        (void) sd_event_source_set_description(m->status_timer, "status");
-        (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_ON);
+                return log_error_errno(r, "Failed to read the clock: %m");
+        r = manager_add_timer(m, &m->status_timer, now + STATUS_INTERVAL_USEC, USEC_PER_SEC,
+                              on_status_timer, "status");
+        if (r < 0)
+                return r;
 
         switch (kind) {
         case DATA_DIR_MEMBER:
