@@ -55,8 +55,9 @@
 #include "log.h"
 #include "peer.h"
 #include "persist.h"
+#include "membership.h"
 #include "raft-io.h"
-#include "server.h"
+#include "server-internal.h"
 
 #define SERVER_BASE_TIMEOUT_USEC (5 * USEC_PER_SEC)
 #define SERVER_SNAPSHOT_TRAILING_MAX 5000U
@@ -65,181 +66,13 @@
 #define SERVER_SYNC_RETRY_USEC (500 * USEC_PER_MSEC)
 #define SERVER_FORWARD_RETRY_USEC (100 * USEC_PER_MSEC)
 #define SERVER_PUBLISH_RETRY_USEC (1 * USEC_PER_SEC)
-#define SERVER_REMOVED_EXIT_USEC (1 * USEC_PER_SEC)
 
-/* Opaque frames between members (first byte of the body). */
-enum {
-        MSG_PROPOSE = 1,        /* follower -> leader: varint request ID, then the entry (envelope) */
-        MSG_NACK = 2,           /* leader -> follower: varint request ID; not appended, retry elsewhere */
-        MSG_MEMBER_REQ = 3,     /* follower -> leader: varint request ID, u8 op, varint member ID,
-                                 * varint n, n x (varint len, URL bytes) */
-        MSG_MEMBER_RES = 4,     /* leader -> follower: varint request ID, u8 result, varint member ID */
-};
-
-typedef enum MemberOpKind {
-        MEMBER_OP_ADD = 1,
-        MEMBER_OP_REMOVE = 2,
-        MEMBER_OP_UPDATE = 3,
-} MemberOpKind;
-
-/* A membership change: executed by the leader (for a local caller or for a follower that forwarded
- * it), or waiting on a follower for the leader's answer. */
-typedef struct MemberOp {
-        Server *server;
-        MemberOpKind kind;
-        uint64_t member_id;
-        char **urls;              /* sorted */
-        size_t n_urls;
-        uint64_t request_id;
-        uint64_t origin;          /* 0: our caller (cb); else the follower to answer */
-        ServerMemberCallback cb;
-        void *userdata;
-        uint64_t deadline_usec;
-        bool forwarded;           /* follower: sent to the leader */
-        bool executing;           /* leader: the conf change / store writes are under way */
-        unsigned stage;           /* leader: steps done (see member_op_step()) */
-        bool waiting_change;      /* leader: the next step waits for another change to finish */
-        bool awaiting_local;      /* follower: the leader said done; answer once our store shows it too */
-        struct raft_change change;
-        struct MemberOp *next;
-} MemberOp;
-
-typedef struct FollowerStats {
-        uint64_t id;
-        uint64_t n_success, n_fail;
-        uint64_t sent_usec;       /* an AppendEntries is out since then (0: none) */
-        double last_ms, sum_ms, sum_sq_ms, min_ms, max_ms;
-        uint64_t n_samples;
-} FollowerStats;
-
-#define ERR_TIMEOUT "etcdserver: request timed out"
-#define ERR_LEADER_FAIL "etcdserver: request timed out, possibly due to previous leader failure"
-#define ERR_STOPPED "etcdserver: server stopped"
-
-typedef struct ProposalList {
-        ServerProposal *head, *tail;
-        unsigned n;
-} ProposalList;
-
-struct ServerProposal {
-        Server *server;
-        struct raft_apply req;
-        ServerProposalCallback cb;
-        void *userdata;
-        uint64_t deadline_usec;   /* CLOCK_MONOTONIC */
-        StoreResult result;
-        ServerProposal *prev, *next;
-        ProposalList *list;       /* pending, or done, or NULL once answered */
-        uint64_t id;              /* request ID, unique for this member; carried in the entry */
-        struct raft_buffer buf;   /* the encoded entry until it is handed to raft_apply() (or kept
-                                   * while forwarded, to forward it again after a refusal) */
-        bool submitted;           /* raft_apply() accepted it: libraft holds `req` until its callback */
-        bool forwarded;           /* sent to the leader; answered when we apply the entry */
-        bool internal;            /* ours (start-up writes, TTL sync), not a client's */
-        bool raft_done;
-        bool answered;
-};
-
-/* A proposal a follower forwarded to us (the leader), while libraft holds it. */
-typedef struct ForwardedApply {
-        struct raft_apply req;
-        Server *server;
-        struct ForwardedApply *prev, *next;
-} ForwardedApply;
-
-/* An --initial-cluster member, for the raftAttributes the leader writes. */
-typedef struct InitialMember {
-        uint64_t id;
-        char *raft_attributes_json;
-} InitialMember;
-
-struct Server {
-        sd_event *event;
-        Persist *persist;
-        RaftIo *rio;
-        PeerTransport *peers;
-        char *address;            /* our Raft address: the first of our peer URLs */
-        Store *store;
-        struct raft raft;
-        struct raft_fsm fsm;
-        bool raft_initialized, raft_started, raft_closed;
-
-        uint64_t applied_index;   /* Raft index reflected in the store */
-        uint64_t skip_until;      /* entries <= this were applied before the restart */
-        bool applied_dirty;       /* applied_index not yet in the accumulating batch */
-
-        uint64_t member_id, cluster_id;
-        char *name;
-        char *raft_attributes_json, *attributes_json;
-        InitialMember *initial_members;
-        size_t n_initial_members;
-        uint64_t next_request_id;
-        unsigned n_internal;      /* internal proposals not yet answered */
-        ForwardedApply *forwarded_applies;
-        sd_event_source *retry_source;    /* forwarding retry and attribute publication */
-        bool attributes_published, attributes_in_flight;
-        bool was_member;          /* we were in the Raft configuration at some point */
-        bool removed;
-        sd_event_source *exit_source;
-        ServerRemovedCallback removed_cb;
-        void *removed_userdata;
-
-        /* Membership */
-        bool strict_reconfig_check;
-        MemberOp *member_ops;
-        bool change_in_flight;    /* a raft_add/remove/assign is under way */
-        struct raft_change promote_change;
-        uint64_t promote_retry_usec;
-
-        /* Stats */
-        FollowerStats *followers;
-        size_t n_followers;
-        uint64_t recv_appends, send_appends;
-        bool force_new_cluster;   /* remove the other members from the store once we lead */
-        Store **zombie_stores;    /* replaced by a snapshot install while they had watchers */
-        size_t n_zombie_stores;
-
-        ProposalList pending;     /* unanswered, in creation (= submission = deadline) order */
-        ProposalList done;        /* answered by fsm_apply(), callbacks not yet run */
-        unsigned n_waiting;       /* pending but not yet submitted (no leader yet, or internal writes first) */
-        sd_event_source *timeout_source;
-        uint64_t proposal_timeout_usec;
-
-        /* Leadership */
-        bool leader;
-        bool ready;               /* barrier applied and internal writes proposed: user proposals flow */
-        struct raft_barrier barrier;
-        bool barrier_pending, barrier_done;
-        uint64_t start_time_usec, leader_start_time_usec;
-        uint64_t known_leader;
-
-        /* TTL */
-        sd_event_source *sync_source;
-        bool sync_in_flight;
-        uint64_t last_sync_usec;  /* wall clock of the last SYNC proposed */
-
-        bool closing;
-};
 
 static const ClusterMember *config_self(const Config *c, uint64_t id);
 
 static inline void server_freep(Server **s) {
         if (*s)
                 server_free(*s);
-}
-
-static uint64_t now_realtime_usec(void) {
-        struct timespec ts;
-
-        (void) clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
-}
-
-static uint64_t now_monotonic_usec(void) {
-        struct timespec ts;
-
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
 }
 
 static const char *const role_table[_SERVER_ROLE_MAX] = {
@@ -389,7 +222,6 @@ static void server_set_store_sink(Server *s) {
 
 /* Pending proposals are in creation order and mostly applied in that order: the match is usually
  * at the head. */
-static void member_key_applied(Server *s, const StoreRequest *req);
 
 static ServerProposal *find_proposal(Server *s, uint64_t id) {
         for (ServerProposal *p = s->pending.head; p; p = p->next)
@@ -612,7 +444,7 @@ static int proposal_submit(Server *s, ServerProposal *p) {
         return 0;
 }
 
-static int send_opaque(Server *s, uint64_t to, const char *address, uint8_t kind, uint64_t id,
+int send_opaque(Server *s, uint64_t to, const char *address, uint8_t kind, uint64_t id,
                        const void *payload, size_t size) {
         _cleanup_(freep) uint8_t *body = NULL;
         size_t n;
@@ -734,7 +566,6 @@ refuse:
 }
 
 static int on_retry_timer(sd_event_source *source, uint64_t usec, void *userdata);
-static void member_ops_check(Server *s);
 
 /* A fresh proposal with nothing waiting before it: append or forward it right away. */
 static void proposal_try_now(Server *s, ServerProposal *p) {
@@ -757,7 +588,7 @@ static void proposal_try_now(Server *s, ServerProposal *p) {
                 (void) proposal_forward(s, p, leader, address);
 }
 
-static void retry_schedule(Server *s, uint64_t usec) {
+void retry_schedule(Server *s, uint64_t usec) {
         uint64_t now = now_monotonic_usec(), cur = 0;
         int enabled = SD_EVENT_OFF;
 
@@ -780,8 +611,6 @@ static void handle_nack(Server *s, uint64_t id) {
         retry_schedule(s, SERVER_FORWARD_RETRY_USEC);
 }
 
-static void handle_member_req(Server *s, uint64_t from, uint64_t id, const uint8_t *p, size_t size);
-static void handle_member_res(Server *s, uint64_t id, const uint8_t *p, size_t size);
 
 static void handle_opaque(Server *s, PeerFrame *f) {
         const uint8_t *b = f->opaque;
@@ -842,7 +671,6 @@ static int proposal_new(Server *s, const StoreRequest *req, ServerProposalCallba
         return 0;
 }
 
-static int propose_internal(Server *s, const StoreRequest *req, bool front, ServerProposalCallback cb);
 
 int server_propose(Server *s, const StoreRequest *req, ServerProposalCallback cb, void *userdata,
                    ServerProposal **ret) {
@@ -913,7 +741,7 @@ static void sync_cb(StoreResult *res, void *userdata);
 static void publish_cb(StoreResult *res, void *userdata);
 
 /* Queues an internal proposal ahead of the waiting user proposals (front) or at the end. */
-static int propose_internal(Server *s, const StoreRequest *req, bool front, ServerProposalCallback cb) {
+int propose_internal(Server *s, const StoreRequest *req, bool front, ServerProposalCallback cb) {
         ServerProposal *p;
         /* A static label: req->path may be a buffer of the caller's. */
         const char *what = req->method == STORE_METHOD_SYNC ? "TTL sync" :
@@ -998,7 +826,7 @@ static void json_url_list(FILE *f, const EtcdUrlList *l) {
 }
 
 /* etcd2 member.go: RaftAttributes{PeerURLs `json:"peerURLs"`} */
-static char *raft_attributes_json_new(const EtcdUrlList *l) {
+char *raft_attributes_json_new(const EtcdUrlList *l) {
         char *buf = NULL;
         size_t len = 0;
         FILE *f;
@@ -1065,7 +893,7 @@ static int build_member_json(Server *s, const Config *c) {
         return 0;
 }
 
-static bool conf_has(const struct raft_configuration *c, uint64_t id) {
+bool conf_has(const struct raft_configuration *c, uint64_t id) {
         for (unsigned i = 0; i < c->n; i++)
                 if (c->servers[i].id == id)
                         return true;
@@ -1223,45 +1051,10 @@ static int on_retry_timer(sd_event_source *source, uint64_t usec, void *userdata
         return 0;
 }
 
-/* ---- membership ---- */
+/* ---- journal ---- */
 
-static bool member_is_removed(Server *s, uint64_t id);
-static void server_removed(Server *s);
-
-static const int member_errors[] = { 0, -EEXIST, -EADDRINUSE, -ENOENT, -EIDRM, -EPERM, -ETIMEDOUT, -EBUSY, -EIO };
-
-static uint8_t member_error_encode(int e) {
-        for (size_t i = 0; i < ELEMENTSOF(member_errors); i++)
-                if (member_errors[i] == e)
-                        return (uint8_t) i;
-        return 8;
-}
-
-static void member_op_free(MemberOp *op) {
-        if (!op)
-                return;
-        for (size_t i = 0; i < op->n_urls; i++)
-                free(op->urls[i]);
-        free(op->urls);
-        free(op);
-}
-
-static void member_op_unlink(Server *s, MemberOp *op) {
-        for (MemberOp **i = &s->member_ops; *i; i = &(*i)->next)
-                if (*i == op) {
-                        *i = op->next;
-                        break;
-                }
-        op->next = NULL;
-}
-
-/* Answers the caller (or the follower that forwarded it) and frees the op. */
 /* Journal fields of this member for key events: `journalctl -u etcd2 ETCD_MEMBER_ID=<id>`. */
-typedef struct LogIds {
-        char member[40], cluster[40], term[40];
-} LogIds;
-
-static const char *const *log_ids(const Server *s, LogIds *ids, const char *event, const char **fields) {
+const char *const *log_ids(const Server *s, LogIds *ids, const char *event, const char **fields) {
         (void) snprintf(ids->member, sizeof(ids->member), "ETCD_MEMBER_ID=%" PRIx64, s->member_id);
         (void) snprintf(ids->cluster, sizeof(ids->cluster), "ETCD_CLUSTER_ID=%" PRIx64, s->cluster_id);
         (void) snprintf(ids->term, sizeof(ids->term), "ETCD_RAFT_TERM=%llu", (unsigned long long) s->raft.current_term);
@@ -1273,675 +1066,8 @@ static const char *const *log_ids(const Server *s, LogIds *ids, const char *even
         return fields;
 }
 
-static void member_op_finish(MemberOp *op, int error) {
-        Server *s = op->server;
-
-        member_op_unlink(s, op);
-        if (error == 0 && (op->kind == MEMBER_OP_ADD || op->kind == MEMBER_OP_REMOVE)) {
-                const char *f[5];
-                LogIds ids;
-
-                log_struct(LOG_NOTICE, log_ids(s, &ids, op->kind == MEMBER_OP_ADD ? "ETCD_EVENT=member-added" :
-                                               "ETCD_EVENT=member-removed", f),
-                           "Member %" PRIx64 " %s cluster %" PRIx64 ".", op->member_id,
-                           op->kind == MEMBER_OP_ADD ? "added to" : "removed from", s->cluster_id);
-        }
-        if (op->origin != 0) {
-                uint8_t buf[1 + 10];
-                size_t n;
-
-                buf[0] = member_error_encode(error);
-                n = 1 + codec_varint_put(buf + 1, op->member_id);
-                (void) send_opaque(s, op->origin, NULL, MSG_MEMBER_RES, op->request_id, buf, n);
-        } else if (op->cb)
-                op->cb(error, op->member_id, op->userdata);
-        member_op_free(op);
-}
-
-static int str_cmp(const void *a, const void *b) {
-        return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
-static int member_op_new(Server *s, MemberOpKind kind, uint64_t member_id, char *const *urls, size_t n,
-                         MemberOp **ret) {
-        MemberOp *op = calloc(1, sizeof(MemberOp));
-
-        if (!op)
-                return -ENOMEM;
-        op->server = s;
-        op->kind = kind;
-        op->member_id = member_id;
-        op->deadline_usec = now_monotonic_usec() + s->proposal_timeout_usec;
-        if (n > 0) {
-                op->urls = calloc(n, sizeof(char *));
-                if (!op->urls) {
-                        free(op);
-                        return -ENOMEM;
-                }
-                for (size_t i = 0; i < n; i++) {
-                        op->urls[i] = strdup(urls[i]);
-                        if (!op->urls[i]) {
-                                op->n_urls = i;
-                                member_op_free(op);
-                                return -ENOMEM;
-                        }
-                }
-                op->n_urls = n;
-                qsort(op->urls, n, sizeof(char *), str_cmp);
-        }
-        *ret = op;
-        return 0;
-}
-
-static bool member_exists(Server *s, uint64_t id) {
-        char path[96];
-
-        (void) snprintf(path, sizeof(path), STORE_MEMBERS_PREFIX "/%" PRIx64, id);
-        return conf_has(&s->raft.configuration, id) || store_lookup(s->store, path);
-}
-
-static bool member_started(Server *s, uint64_t id) {
-        char path[96];
-
-        (void) snprintf(path, sizeof(path), STORE_MEMBERS_PREFIX "/%" PRIx64 "/attributes", id);
-        return store_lookup(s->store, path) != NULL;
-}
-
-typedef struct UrlCheck {
-        Server *server;
-        char *const *urls;
-        size_t n;
-        uint64_t except;
-        bool in_use;
-} UrlCheck;
-
-static int url_check_member(const StoreNode *child, void *userdata) {
-        UrlCheck *u = userdata;
-        const char *key = store_node_key(child), *base = strrchr(key, '/');
-        char path[160];
-        const StoreNode *ra;
-        json_object *j, *arr;
-
-        if (!base || strtoull(base + 1, NULL, 16) == u->except)
-                return 0;
-        (void) snprintf(path, sizeof(path), "%s/raftAttributes", key);
-        ra = store_lookup(u->server->store, path);
-        if (!ra)
-                return 0;
-        j = json_tokener_parse(strempty(store_node_value(ra, NULL)));
-        if (j && json_object_object_get_ex(j, "peerURLs", &arr) && json_object_is_type(arr, json_type_array))
-                for (size_t a = 0; a < json_object_array_length(arr); a++) {
-                        const char *url = json_object_get_string(json_object_array_get_idx(arr, a));
-
-                        for (size_t k = 0; url && k < u->n; k++)
-                                if (streq(url, u->urls[k]))
-                                        u->in_use = true;
-                }
-        json_object_put(j);
-        return 0;
-}
-
-/* Is any of `urls` a peer URL of a member other than `except` (its raftAttributes, or its Raft address)? */
-static bool urls_in_use(Server *s, char *const *urls, size_t n, uint64_t except) {
-        const StoreNode *members = store_lookup(s->store, STORE_MEMBERS_PREFIX);
-        UrlCheck u = { s, urls, n, except, false };
-
-        for (unsigned i = 0; i < s->raft.configuration.n; i++)
-                if (s->raft.configuration.servers[i].id != except)
-                        for (size_t k = 0; k < n; k++)
-                                if (streq(s->raft.configuration.servers[i].address, urls[k]))
-                                        return true;
-        if (members)
-                (void) store_node_foreach_child(members, url_check_member, &u);
-        return u.in_use;
-}
-
-static void member_store_cb(StoreResult *res, void *userdata);
-
-static int member_propose(MemberOp *op, const StoreRequest *req);
-static void member_change_cb(struct raft_change *req, int status);
-
-static int member_put_raft_attributes(MemberOp *op, int prev_exist) {
-        _cleanup_(freep) EtcdUrl *eu = NULL;
-        _cleanup_(freep) char *json = NULL;
-        EtcdUrlList l;
-        char path[128];
-
-        eu = calloc(op->n_urls, sizeof(EtcdUrl));
-        if (!eu)
-                return -ENOMEM;
-        for (size_t i = 0; i < op->n_urls; i++)
-                eu[i].str = op->urls[i];
-        l = (EtcdUrlList) { eu, op->n_urls };
-        json = raft_attributes_json_new(&l);
-        if (!json)
-                return -ENOMEM;
-        (void) snprintf(path, sizeof(path), STORE_MEMBERS_PREFIX "/%" PRIx64 "/raftAttributes", op->member_id);
-        return member_propose(op, &(StoreRequest) {
-                .method = STORE_METHOD_PUT, .path = path, .value = json, .value_len = strlen(json),
-                .prev_exist = prev_exist,
-        });
-}
-
-/* The next step of a change on the leader:
- *   add:    raft_add (a spare) -> standby (gets the log, no vote; promoted to voter by
- *           promote_spares() once it talks to us) -> raftAttributes -> done
- *   remove: delete /0/members/<id> -> /0/removed_members/<id> -> raft_remove -> done (the store
- *           first, so that a removed leader still writes them and every member learns of it)
- *   update: raftAttributes -> done */
-static void member_op_step(MemberOp *op) {
-        Server *s = op->server;
-        char path[128];
-        int r = 0;
-
-        switch (op->kind) {
-        case MEMBER_OP_ADD:
-                if (op->stage == 0) {
-                        if (s->change_in_flight)
-                                return member_op_finish(op, -EBUSY);
-                        op->change.data = op;
-                        r = raft_add(&s->raft, &op->change, op->member_id, op->urls[0], member_change_cb);
-                        if (r != 0)
-                                goto raft_fail;
-                        s->change_in_flight = true;
-                } else if (op->stage == 1) {
-                        /* A standby gets the log but has no vote (a learner) until promoted. */
-                        op->change.data = op;
-                        r = raft_assign(&s->raft, &op->change, op->member_id, RAFT_STANDBY, member_change_cb);
-                        if (r != 0)
-                                goto raft_fail;
-                        s->change_in_flight = true;
-                } else if (op->stage == 2)
-                        r = member_put_raft_attributes(op, 0);
-                else
-                        return member_op_finish(op, 0);
-                break;
-        case MEMBER_OP_REMOVE:
-                if (op->stage == 0) {
-                        (void) snprintf(path, sizeof(path), STORE_MEMBERS_PREFIX "/%" PRIx64, op->member_id);
-                        r = member_propose(op, &(StoreRequest) {
-                                .method = STORE_METHOD_DELETE, .path = path, .dir = true, .recursive = true,
-                                .prev_exist = -1,
-                        });
-                } else if (op->stage == 1) {
-                        (void) snprintf(path, sizeof(path), "/0/removed_members/%" PRIx64, op->member_id);
-                        r = member_propose(op, &(StoreRequest) {
-                                .method = STORE_METHOD_PUT, .path = path, .value = "", .value_len = 0, .prev_exist = -1,
-                        });
-                } else if (op->stage == 2 && conf_has(&s->raft.configuration, op->member_id)) {
-                        if (s->change_in_flight) {
-                                /* A promotion is finishing: member_ops_check() tries again. */
-                                op->waiting_change = true;
-                                return;
-                        }
-                        op->change.data = op;
-                        r = raft_remove(&s->raft, &op->change, op->member_id, member_change_cb);
-                        if (r != 0)
-                                goto raft_fail;
-                        s->change_in_flight = true;
-                } else
-                        return member_op_finish(op, 0);
-                break;
-        case MEMBER_OP_UPDATE:
-                if (op->stage == 0)
-                        r = member_put_raft_attributes(op, -1);
-                else
-                        return member_op_finish(op, 0);
-                break;
-        }
-        if (r < 0)
-                member_op_finish(op, -EIO);
-        return;
-
-raft_fail:
-        log_warning("Membership change for %" PRIx64 " refused by raft: %s", op->member_id, raft_strerror(r));
-        member_op_finish(op, r == RAFT_CANTCHANGE ? -EBUSY : -ETIMEDOUT);
-}
-
-static void member_change_cb(struct raft_change *req, int status) {
-        MemberOp *op = req->data;
-
-        op->server->change_in_flight = false;
-        if (status != 0 && op->kind == MEMBER_OP_REMOVE && op->member_id == op->server->member_id) {
-                /* A leader that removes itself steps down before it sees the change through (alone, it
-                 * cannot); the store says removed already, and it is leaving anyway. */
-                log_info("Removed ourselves (%s).", raft_strerror(status));
-                member_op_finish(op, 0);
-                return;
-        }
-        if (status != 0) {
-                log_warning("Membership change for %" PRIx64 " failed: %s", op->member_id, raft_strerror(status));
-                member_op_finish(op, -ETIMEDOUT);
-                return;
-        }
-        op->stage++;
-        member_op_step(op);
-}
-
-static int member_propose(MemberOp *op, const StoreRequest *req) {
-        Server *s = op->server;
-        ServerProposal *p;
-        int r;
-
-        r = propose_internal(s, req, false, member_store_cb);
-        if (r < 0)
-                return r;
-        /* propose_internal() appends to the pending list: the last one is ours. */
-        p = s->pending.tail;
-        if (p && p->cb == member_store_cb)
-                p->userdata = op;
-        return 0;
-}
-
-static void member_store_cb(StoreResult *res, void *userdata) {
-        MemberOp *op = userdata;
-
-        if (res->error == ETCD_ERROR_RAFT_INTERNAL)
-                return member_op_finish(op, -ETIMEDOUT);
-        /* The delete of a member that has no keys (yet) is fine; other refusals are not. */
-        if (res->error != ETCD_OK && !(op->kind == MEMBER_OP_REMOVE && op->stage == 0))
-                return member_op_finish(op, res->error == ETCD_ERROR_NODE_EXIST ? -EEXIST : -EIO);
-        op->stage++;
-        member_op_step(op);
-}
-
-static unsigned n_started_members(Server *s, uint64_t except) {
-        unsigned n = 0;
-
-        for (unsigned i = 0; i < s->raft.configuration.n; i++) {
-                uint64_t id = s->raft.configuration.servers[i].id;
-
-                if (id != except && (id == s->member_id || member_started(s, id)))
-                        n++;
-        }
-        return n;
-}
-
-/* On the leader: validate and start the change. Finishes (and frees) the op on refusal. */
-static void member_op_execute(MemberOp *op) {
-        Server *s = op->server;
-        unsigned n = s->raft.configuration.n;
-
-        op->executing = true;
-        op->next = s->member_ops;
-        s->member_ops = op;
-
-        switch (op->kind) {
-        case MEMBER_OP_ADD:
-                if (member_is_removed(s, op->member_id))
-                        return member_op_finish(op, -EIDRM);
-                if (member_exists(s, op->member_id))
-                        return member_op_finish(op, -EEXIST);
-                if (urls_in_use(s, op->urls, op->n_urls, 0))
-                        return member_op_finish(op, -EADDRINUSE);
-                if (s->strict_reconfig_check) {
-                        unsigned started = n_started_members(s, 0);
-
-                        /* etcd2's isReadyToAddNewMember: one started member of two is fine. */
-                        if (!(n == 1 && started == 1) && started < (n + 1) / 2 + 1)
-                                return member_op_finish(op, -EPERM);
-                }
-                return member_op_step(op);
-        case MEMBER_OP_REMOVE:
-                if (member_is_removed(s, op->member_id))
-                        return member_op_finish(op, -EIDRM);
-                if (!member_exists(s, op->member_id))
-                        return member_op_finish(op, -ENOENT);
-                if (s->strict_reconfig_check) {
-                        unsigned started = n_started_members(s, op->member_id);
-                        unsigned left = conf_has(&s->raft.configuration, op->member_id) ? n - 1 : n;
-
-                        if (started < left / 2 + 1)
-                                return member_op_finish(op, -EPERM);
-                }
-                return member_op_step(op);
-        case MEMBER_OP_UPDATE:
-                if (member_is_removed(s, op->member_id))
-                        return member_op_finish(op, -EIDRM);
-                if (!member_exists(s, op->member_id))
-                        return member_op_finish(op, -ENOENT);
-                if (urls_in_use(s, op->urls, op->n_urls, op->member_id))
-                        return member_op_finish(op, -EADDRINUSE);
-                return member_op_step(op);
-        default:
-                return member_op_finish(op, -EINVAL);
-        }
-}
-
-static int member_op_forward(Server *s, MemberOp *op) {
-        raft_id leader = 0;
-        const char *address = NULL;
-        _cleanup_(freep) uint8_t *buf = NULL;
-        size_t size = 1 + 10 + 10, n;
-
-        raft_leader(&s->raft, &leader, &address);
-        if (leader == 0 || leader == s->member_id || !address)
-                return -EAGAIN;
-        for (size_t i = 0; i < op->n_urls; i++)
-                size += 10 + strlen(op->urls[i]);
-        buf = malloc(size);
-        if (!buf)
-                return -ENOMEM;
-        buf[0] = (uint8_t) op->kind;
-        n = 1 + codec_varint_put(buf + 1, op->member_id);
-        n += codec_varint_put(buf + n, op->n_urls);
-        for (size_t i = 0; i < op->n_urls; i++) {
-                size_t l = strlen(op->urls[i]);
-
-                n += codec_varint_put(buf + n, l);
-                memcpy(buf + n, op->urls[i], l);
-                n += l;
-        }
-        return send_opaque(s, leader, address, MSG_MEMBER_REQ, op->request_id, buf, n);
-}
-
-/* Runs a change here if we lead, else sends it to the leader (or waits for one). */
-static int member_op_submit(Server *s, MemberOp *op) {
-        op->request_id = ++s->next_request_id;
-        if (s->leader && s->ready) {
-                member_op_execute(op);
-                return 0;
-        }
-        op->next = s->member_ops;
-        s->member_ops = op;
-        if (member_op_forward(s, op) >= 0)
-                op->forwarded = true;
-        retry_schedule(s, op->deadline_usec - now_monotonic_usec());
-        return 0;
-}
-
-/* Follower side: forward waiting ops, time out the old ones. */
-/* Does our own store already show the change the leader reported done? etcd2 answers a membership
- * change only once the answering member applied it, so that e.g. `etcdctl member add` followed by a
- * member list on the same member sees the new member. */
-static bool member_op_locally_visible(Server *s, const MemberOp *op) {
-        char path[96];
-
-        switch (op->kind) {
-        case MEMBER_OP_ADD:
-                (void) snprintf(path, sizeof(path), STORE_MEMBERS_PREFIX "/%" PRIx64 "/raftAttributes", op->member_id);
-                return store_lookup(s->store, path) != NULL;
-        case MEMBER_OP_REMOVE:
-                (void) snprintf(path, sizeof(path), "/0/removed_members/%" PRIx64, op->member_id);
-                return store_lookup(s->store, path) != NULL;
-        default:
-                return true;
-        }
-}
-
-static void member_ops_check(Server *s) {
-        uint64_t now = now_monotonic_usec();
-
-        for (MemberOp *op = s->member_ops, *next; op; op = next) {
-                next = op->next;
-                if (op->awaiting_local) {
-                        /* the leader committed it; a bounded wait for our own apply */
-                        if (member_op_locally_visible(s, op) || op->deadline_usec <= now) {
-                                member_op_finish(op, 0);
-                                return;   /* the list may have changed */
-                        }
-                        continue;
-                }
-                if (op->executing) {
-                        if (op->waiting_change && !s->change_in_flight && s->leader) {
-                                op->waiting_change = false;
-                                member_op_step(op);
-                                return;   /* the list may have changed */
-                        }
-                        continue;
-                }
-                if (op->deadline_usec <= now) {
-                        member_op_finish(op, -ETIMEDOUT);
-                        continue;
-                }
-                if (!op->forwarded && s->leader && s->ready) {
-                        /* We lead now: run it here. */
-                        member_op_unlink(s, op);
-                        member_op_execute(op);
-                        return;   /* the list may have changed */
-                }
-                if (!op->forwarded && member_op_forward(s, op) >= 0)
-                        op->forwarded = true;
-        }
-}
-
-static void handle_member_req(Server *s, uint64_t from, uint64_t id, const uint8_t *p, size_t size) {
-        MemberOp *op;
-        uint64_t member_id, n;
-        size_t k, off = 1;
-        char **urls = NULL;
-        int r = -EBADMSG;
-
-        if (size < 1 || p[0] < MEMBER_OP_ADD || p[0] > MEMBER_OP_UPDATE)
-                goto bad;
-        k = codec_varint_get(p + off, size - off, &member_id);
-        if (k == 0)
-                goto bad;
-        off += k;
-        k = codec_varint_get(p + off, size - off, &n);
-        if (k == 0 || n > 64)
-                goto bad;
-        off += k;
-        urls = calloc(n + 1, sizeof(char *));
-        if (!urls)
-                return;
-        for (uint64_t i = 0; i < n; i++) {
-                uint64_t l;
-
-                k = codec_varint_get(p + off, size - off, &l);
-                if (k == 0 || l > size - off - k)
-                        goto bad;
-                off += k;
-                urls[i] = strndup((const char *) p + off, l);
-                if (!urls[i])
-                        goto bad;
-                off += l;
-        }
-        if (off != size)
-                goto bad;
-        r = member_op_new(s, (MemberOpKind) p[0], member_id, urls, n, &op);
-        if (r < 0)
-                goto bad;
-        op->origin = from;
-        op->request_id = id;
-        if (!s->leader || !s->ready) {
-                uint8_t buf[1 + 10];
-
-                buf[0] = member_error_encode(-ETIMEDOUT);
-                k = 1 + codec_varint_put(buf + 1, member_id);
-                (void) send_opaque(s, from, NULL, MSG_MEMBER_RES, id, buf, k);
-                member_op_free(op);
-        } else
-                member_op_execute(op);
-        r = 0;
-bad:
-        if (r == -EBADMSG)
-                log_warning("Malformed membership request from member %" PRIx64 ", ignoring it.", from);
-        if (urls)
-                for (size_t i = 0; urls[i]; i++)
-                        free(urls[i]);
-        free(urls);
-}
-
-static void handle_member_res(Server *s, uint64_t id, const uint8_t *p, size_t size) {
-        uint64_t member_id;
-
-        if (size < 2 || p[0] >= ELEMENTSOF(member_errors) || codec_varint_get(p + 1, size - 1, &member_id) == 0)
-                return;
-        for (MemberOp *op = s->member_ops; op; op = op->next)
-                if (op->request_id == id && op->origin == 0 && !op->executing && !op->awaiting_local) {
-                        op->member_id = member_id;
-                        if (member_errors[p[0]] == 0 && !member_op_locally_visible(s, op)) {
-                                op->awaiting_local = true;
-                                op->deadline_usec = now_monotonic_usec() + 2 * USEC_PER_SEC;
-                                retry_schedule(s, 10 * USEC_PER_MSEC);
-                                return;
-                        }
-                        member_op_finish(op, member_errors[p[0]]);
-                        return;
-                }
-}
-
-int server_member_add(Server *s, char *const *peer_urls, size_t n, ServerMemberCallback cb, void *userdata) {
-        MemberOp *op;
-        uint64_t id;
-        int r;
-
-        if (s->closing)
-                return -ESHUTDOWN;
-        if (n == 0)
-                return -EINVAL;
-        r = member_op_new(s, MEMBER_OP_ADD, 0, peer_urls, n, &op);
-        if (r < 0)
-                return r;
-        id = etcd_member_id(op->urls, op->n_urls, "", (uint64_t) (now_realtime_usec() / USEC_PER_SEC));
-        op->member_id = id;
-        op->cb = cb;
-        op->userdata = userdata;
-        return member_op_submit(s, op);
-}
-
-int server_member_remove(Server *s, uint64_t id, ServerMemberCallback cb, void *userdata) {
-        MemberOp *op;
-        int r;
-
-        if (s->closing)
-                return -ESHUTDOWN;
-        r = member_op_new(s, MEMBER_OP_REMOVE, id, NULL, 0, &op);
-        if (r < 0)
-                return r;
-        op->cb = cb;
-        op->userdata = userdata;
-        return member_op_submit(s, op);
-}
-
-int server_member_update(Server *s, uint64_t id, char *const *peer_urls, size_t n, ServerMemberCallback cb,
-                         void *userdata) {
-        MemberOp *op;
-        int r;
-
-        if (s->closing)
-                return -ESHUTDOWN;
-        if (n == 0)
-                return -EINVAL;
-        r = member_op_new(s, MEMBER_OP_UPDATE, id, peer_urls, n, &op);
-        if (r < 0)
-                return r;
-        op->cb = cb;
-        op->userdata = userdata;
-        return member_op_submit(s, op);
-}
-
-void server_member_cancel(Server *s, void *userdata) {
-        for (MemberOp *op = s->member_ops; op; op = op->next)
-                if (op->origin == 0 && op->userdata == userdata)
-                        op->cb = NULL;
-}
-
-/* Leader: promote members added as spares to voters once they talk to us (libraft catches them up
- * first). One change at a time. */
-static void promote_cb(struct raft_change *req, int status) {
-        Server *s = req->data;
-
-        s->change_in_flight = false;
-        if (status != 0) {
-                log_info("Promotion to voter failed (%s), retrying.", raft_strerror(status));
-                s->promote_retry_usec = now_monotonic_usec() + USEC_PER_SEC;
-        }
-}
-
-static void promote_spares(Server *s) {
-        if (!s->leader || !s->ready || s->change_in_flight || s->closing || now_monotonic_usec() < s->promote_retry_usec)
-                return;
-        for (unsigned i = 0; i < s->raft.configuration.n; i++) {
-                const struct raft_server *sv = &s->raft.configuration.servers[i];
-                int r;
-
-                if (sv->role == RAFT_VOTER || !peer_transport_has_inbound(s->peers, sv->id))
-                        continue;
-                s->promote_change.data = s;
-                r = raft_assign(&s->raft, &s->promote_change, sv->id, RAFT_VOTER, promote_cb);
-                if (r == 0) {
-                        s->change_in_flight = true;
-                        log_info("Promoting member %" PRIx64 " to voter.", (uint64_t) sv->id);
-                } else
-                        s->promote_retry_usec = now_monotonic_usec() + USEC_PER_SEC;
-                return;
-        }
-}
-
-/* Every member, when it applies a write to the member keys: follow peer URL updates, forget removed
- * members, and notice our own removal. */
-static void member_key_applied(Server *s, const StoreRequest *req) {
-        const char *p = req->path, *rest;
-        uint64_t id;
-
-        if (strncmp(p, "/0/removed_members/", 19) == 0) {
-                id = strtoull(p + 19, NULL, 16);
-                if (id == s->member_id)
-                        server_removed(s);
-                else if (id != 0)
-                        peer_transport_drop(s->peers, id);
-                return;
-        }
-        if (strncmp(p, STORE_MEMBERS_PREFIX "/", strlen(STORE_MEMBERS_PREFIX "/")) != 0 || req->method != STORE_METHOD_PUT)
-                return;
-        rest = p + strlen(STORE_MEMBERS_PREFIX "/");
-        id = strtoull(rest, NULL, 16);
-        if (id == 0 || id == s->member_id || !strstr(rest, "/raftAttributes") || !req->value)
-                return;
-        {
-                json_object *j = json_tokener_parse(req->value), *arr;
-                const char *url = NULL;
-
-                if (j && json_object_object_get_ex(j, "peerURLs", &arr) && json_object_is_type(arr, json_type_array) &&
-                    json_object_array_length(arr) > 0)
-                        url = json_object_get_string(json_object_array_get_idx(arr, 0));
-                if (url)
-                        (void) peer_transport_set_address(s->peers, id, url);
-                json_object_put(j);
-        }
-}
-
-/* ---- removal ---- */
-
-static int on_removed_exit(sd_event_source *source, uint64_t usec, void *userdata) {
-        Server *s = userdata;
-
-        if (s->removed_cb)
-                s->removed_cb(s, s->removed_userdata);
-        else
-                (void) sd_event_exit(s->event, 0);
-        return 0;
-}
-
-static void server_removed(Server *s) {
-        if (s->removed)
-                return;
-        s->removed = true;
-        log_error("The member has been permanently removed from the cluster; exiting.");
-        if (sd_event_add_time_relative(s->event, &s->exit_source, CLOCK_MONOTONIC, SERVER_REMOVED_EXIT_USEC,
-                                       USEC_PER_MSEC, on_removed_exit, s) < 0)
-                (void) on_removed_exit(NULL, 0, s);
-}
-
-bool server_is_removed(Server *s) {
-        return s->removed;
-}
-
-void server_set_removed_callback(Server *s, ServerRemovedCallback cb, void *userdata) {
-        s->removed_cb = cb;
-        s->removed_userdata = userdata;
-}
-
 /* ---- transport ---- */
 
-static bool member_is_removed(Server *s, uint64_t id) {
-        char path[96];
-
-        (void) snprintf(path, sizeof(path), "/0/removed_members/%" PRIx64, id);
-        return store_lookup(s->store, path) != NULL;
-}
 
 static int on_peer_check(PeerTransport *t, uint64_t from, void *userdata) {
         Server *s = userdata;
@@ -2414,7 +1540,6 @@ static int check_not_bootstrapped(const Config *c) {
         return 0;
 }
 
-static char *raft_attributes_json_new(const EtcdUrlList *l);
 
 static int initial_members_load(Server *s, const Config *c) {
         s->initial_members = calloc(MAX(c->n_initial_members, (size_t) 1), sizeof(InitialMember));
