@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -834,8 +835,16 @@ void persist_batch_node_put(PersistBatch *b, const char *key, const void *record
 
 void persist_batch_node_delete(PersistBatch *b, const char *key) {
         size_t len = strlen(key);
-        char from[len + 2], to[len + 2];
+        /* Two bounds "<key>/" and "<key>0" on the heap (no array sized from a key on the stack). The
+         * batch cannot carry an error: a delete that cannot be written must not be lost silently. */
+        _cleanup_(freep) char *from = malloc(2 * (len + 1));
+        char *to;
 
+        if (!from) {
+                log_full(LOG_CRIT, "Out of memory while deleting '%s' from the store; stopping.", key);
+                abort();
+        }
+        to = from + len + 1;
         rocksdb_writebatch_delete_cf(b->wb, b->persist->cf[CF_NODES], key, len);
         /* Everything below: the keys "<key>/..." lie in ["<key>/", "<key>0"), '0' following '/'. */
         if (streq(key, "/"))

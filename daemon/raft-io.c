@@ -883,10 +883,11 @@ static int install_record(char kind, const void *key, size_t key_len, const void
         InstallCtx *c = userdata;
 
         if (kind == 'n') {
-                char k[key_len + 1];
+                /* On the heap: the key's length comes from the snapshot a peer sent. */
+                _cleanup_(freep) char *k = strndup(key, key_len);
 
-                memcpy(k, key, key_len);
-                k[key_len] = 0;
+                if (!k)
+                        return -ENOMEM;
                 persist_batch_node_put(c->batch, k, value, value_len);
         } else
                 persist_batch_history_put_raw(c->batch, key, key_len, value, value_len);

@@ -315,10 +315,11 @@ static int load_record(char kind, const void *key, size_t key_len, const void *v
         Store *st = userdata;
 
         if (kind == 'n') {
-                char k[key_len + 1];
+                /* On the heap: the key's length comes from the disk (or a peer's snapshot). */
+                _cleanup_(freep) char *k = strndup(key, key_len);
 
-                memcpy(k, key, key_len);
-                k[key_len] = 0;
+                if (!k)
+                        return -ENOMEM;
                 return store_load_node(st, k, value, value_len);
         }
         return store_load_event(st, codec_get_be64(key), value, value_len);
