@@ -199,6 +199,21 @@ static bool role_valid(int role) {
         return role == RAFT_STANDBY || role == RAFT_VOTER || role == RAFT_SPARE;
 }
 
+/* Indexed by frame type; a type missing here is refused. Easy to extend: one line per new type. */
+static const size_t body_max_table[PEER_FRAME_TYPE_OPAQUE + 1] = {
+        [RAFT_IO_APPEND_ENTRIES] = PEER_FRAME_BODY_MAX_DEFAULT,
+        [RAFT_IO_APPEND_ENTRIES_RESULT] = PEER_FRAME_SMALL_BODY_MAX,
+        [RAFT_IO_REQUEST_VOTE] = PEER_FRAME_SMALL_BODY_MAX,
+        [RAFT_IO_REQUEST_VOTE_RESULT] = PEER_FRAME_SMALL_BODY_MAX,
+        [RAFT_IO_INSTALL_SNAPSHOT] = PEER_FRAME_BODY_MAX_DEFAULT,
+        [RAFT_IO_TIMEOUT_NOW] = PEER_FRAME_SMALL_BODY_MAX,
+        [PEER_FRAME_TYPE_OPAQUE] = PEER_FRAME_OPAQUE_BODY_MAX,
+};
+
+size_t peer_frame_body_max(uint8_t type) {
+        return type < ELEMENTSOF(body_max_table) ? body_max_table[type] : 0;
+}
+
 int peer_frame_header_parse(const void *buf, size_t size, PeerFrameHeader *ret) {
         const uint8_t *p = buf;
         PeerFrameHeader h;
@@ -882,7 +897,8 @@ int peer_decoder_next(PeerDecoder *d, PeerFrame *ret) {
                 return 0;
         if (r < 0)
                 return (d->error = r);
-        if (h.body_size > d->body_max)
+        /* Before buffering any of the body: the declared length against the cap of its type. */
+        if (h.body_size > d->body_max || h.body_size > peer_frame_body_max(h.type))
                 return (d->error = -E2BIG);
 
         frame_size = PEER_FRAME_HEADER_SIZE + (size_t) h.body_size;

@@ -26,6 +26,18 @@
 
 /* Default cap of one frame's body (snapshots are the large ones). */
 #define PEER_FRAME_BODY_MAX_DEFAULT ((size_t) 512 * 1024 * 1024)
+/* Per-type caps, checked on the declared length as soon as a frame's header arrived, before any of its
+ * body is buffered (an impersonated sender can't make us hold more than its type needs):
+ * - votes, their results, append results, timeout-now: fixed fields plus the sender address;
+ * - a member-layer frame (PEER_FRAME_TYPE_OPAQUE) carries at most one forwarded proposal, whose value
+ *   is bounded by the client API's HTTP_BODY_MAX (10 MiB) and its key and query by the request URI
+ *   (12 KiB), or a membership request (64 URLs, each < PEER_ADDRESS_MAX);
+ * - AppendEntries: libraft 0.15 sends the whole missing tail of the log in one message (no
+ *   MaxSizePerMsg), so only the generic cap applies; InstallSnapshot likewise until snapshots travel
+ *   in bounded chunks (add their frame types to peer_frame_body_max()'s table). */
+#define PEER_FRAME_SMALL_BODY_MAX ((size_t) 4096)
+#define PEER_FRAME_OPAQUE_BODY_MAX ((size_t) 16 * 1024 * 1024)
+
 /* Longest sender/server address carried, and most servers in a snapshot's configuration. */
 #define PEER_ADDRESS_MAX 1024
 #define PEER_SERVERS_MAX 1024
@@ -59,6 +71,9 @@ typedef struct PeerFrame {
 /* A frame of the member layer rather than a raft message (proposals forwarded to the leader and
  * their refusals): the body is opaque bytes, not interpreted here; sender_address is "". */
 #define PEER_FRAME_TYPE_OPAQUE 64
+
+/* The largest body a frame of `type` may declare (0 for an unknown type). */
+size_t peer_frame_body_max(uint8_t type);
 
 /* Writes the header of an opaque frame with a body of `body_size` bytes into buf
  * (PEER_FRAME_HEADER_SIZE bytes); the body follows it. */
@@ -99,7 +114,8 @@ void peer_frame_done(PeerFrame *f);
 /* Incremental decoder for a byte stream of frames. */
 typedef struct PeerDecoder PeerDecoder;
 
-/* body_max: bodies longer than this are refused with -E2BIG (0 = PEER_FRAME_BODY_MAX_DEFAULT). */
+/* body_max: bodies longer than this, or than peer_frame_body_max() of their type, are refused with
+ * -E2BIG as soon as the header arrived (0 = PEER_FRAME_BODY_MAX_DEFAULT). */
 int peer_decoder_new(size_t body_max, PeerDecoder **ret);
 PeerDecoder *peer_decoder_free(PeerDecoder *d);
 DEFINE_TRIVIAL_CLEANUP_FUNC(PeerDecoder *, peer_decoder_free);

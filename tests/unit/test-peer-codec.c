@@ -578,6 +578,38 @@ static void test_hostile_lengths(void **state) {
                 assert_int_equal(peer_decoder_next(d, &f), 0);
                 assert_int_equal(peer_decoder_pending(d), PEER_FRAME_HEADER_SIZE);
         }
+        /* Each type has its own cap, checked from the header: a vote (or a member-layer frame) that
+         * announces more than its type can hold is refused before any body byte is buffered, while
+         * the same length is fine for an InstallSnapshot (see above). */
+        {
+                static const struct { uint8_t type; uint32_t size; int expect; } size_cases[] = {
+                        { RAFT_IO_REQUEST_VOTE, PEER_FRAME_SMALL_BODY_MAX + 1, -E2BIG },
+                        { RAFT_IO_REQUEST_VOTE, PEER_FRAME_SMALL_BODY_MAX, 0 },
+                        { RAFT_IO_REQUEST_VOTE_RESULT, 1 << 20, -E2BIG },
+                        { RAFT_IO_APPEND_ENTRIES_RESULT, 1 << 20, -E2BIG },
+                        { RAFT_IO_TIMEOUT_NOW, 1 << 20, -E2BIG },
+                        { PEER_FRAME_TYPE_OPAQUE, PEER_FRAME_OPAQUE_BODY_MAX + 1, -E2BIG },
+                        { PEER_FRAME_TYPE_OPAQUE, PEER_FRAME_OPAQUE_BODY_MAX, 0 },
+                        { RAFT_IO_APPEND_ENTRIES, PEER_FRAME_BODY_MAX_DEFAULT + 1, -E2BIG },
+                        { RAFT_IO_APPEND_ENTRIES, 64 * 1024 * 1024, 0 },
+                };
+
+                for (size_t i = 0; i < ELEMENTSOF(size_cases); i++) {
+                        _cleanup_(peer_decoder_freep) PeerDecoder *d = NULL;
+                        PeerFrame f = {};
+
+                        make_frame(frame, size_cases[i].type, NULL, 0);
+                        frame[8] = (uint8_t) (size_cases[i].size >> 24);
+                        frame[9] = (uint8_t) (size_cases[i].size >> 16);
+                        frame[10] = (uint8_t) (size_cases[i].size >> 8);
+                        frame[11] = (uint8_t) size_cases[i].size;
+                        assert_int_equal(peer_decoder_new(0, &d), 0);
+                        assert_int_equal(peer_decoder_feed(d, frame, PEER_FRAME_HEADER_SIZE), 0);
+                        assert_int_equal(peer_decoder_next(d, &f), size_cases[i].expect);
+                        assert_int_equal(peer_decoder_pending(d), PEER_FRAME_HEADER_SIZE);
+                }
+                assert_int_equal(peer_frame_body_max(200), 0);
+        }
 }
 
 static uint64_t xorshift(uint64_t *s) {
