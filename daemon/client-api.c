@@ -1290,12 +1290,54 @@ static void on_peer_upgrade(void *cls, struct MHD_Connection *connection, void *
         (void) peer_transport_accept(t, sock,
                                      MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Server-From"),
                                      MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Etcd-Cluster-ID"),
+                                     MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Server-Version"),
+                                     MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Min-Cluster-Version"),
                                      extra_in, extra_in_size, peer_stream_release, u);
+}
+
+/* 101 for a stream we take, else the status to refuse it with. */
+static int peer_stream_status(HttpRequest *r, PeerTransport *t) {
+        struct MHD_Connection *c = r->connection;
+        const char *upgrade = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_UPGRADE),
+                   *length = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+        if (!upgrade || !streq(upgrade, "etcd2-raft/1"))
+                return MHD_HTTP_BAD_REQUEST;
+        /* Frames follow the head, there is no body: one declared is refused, never read. */
+        if ((length && !streq(length, "0")) ||
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+                return MHD_HTTP_BAD_REQUEST;
+        return peer_transport_check(t, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Server-From"),
+                                    MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Etcd-Cluster-ID"),
+                                    MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Server-Version"),
+                                    MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Min-Cluster-Version"));
+}
+
+static enum MHD_Result peer_stream_refuse(HttpRequest *r, int status) {
+        struct MHD_Response *resp = resp_copy("", 0);
+
+        if (resp && status == MHD_HTTP_PRECONDITION_FAILED)
+                add_cluster_id(r, resp);
+        if (resp)
+                (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+        return queue(r, (unsigned) status, resp);
+}
+
+bool client_api_peer_refuse_early(HttpRequest *r, const char *method, enum MHD_Result *ret) {
+        PeerTransport *t = server_peer_transport(req_server(r));
+        int status;
+
+        if (!t || !streq(method, "POST") || !streq(r->uri, "/raft/stream"))
+                return false;
+        status = peer_stream_status(r, t);
+        if (status == MHD_HTTP_SWITCHING_PROTOCOLS)
+                return false;
+        *ret = peer_stream_refuse(r, status);
+        return true;
 }
 
 static enum MHD_Result handle_peer_stream(HttpRequest *r, const char *method) {
         PeerTransport *t = server_peer_transport(req_server(r));
-        const char *upgrade = MHD_lookup_connection_value(r->connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_UPGRADE);
         struct MHD_Response *resp;
         int status;
 
@@ -1303,18 +1345,9 @@ static enum MHD_Result handle_peer_stream(HttpRequest *r, const char *method) {
                 return reply_method_not_allowed(r, "POST");
         if (!t)
                 return reply_not_found(r);
-        if (!upgrade || !streq(upgrade, "etcd2-raft/1"))
-                status = MHD_HTTP_BAD_REQUEST;
-        else
-                status = peer_transport_check(t,
-                                              MHD_lookup_connection_value(r->connection, MHD_HEADER_KIND, "X-Server-From"),
-                                              MHD_lookup_connection_value(r->connection, MHD_HEADER_KIND, "X-Etcd-Cluster-ID"));
-        if (status != MHD_HTTP_SWITCHING_PROTOCOLS) {
-                resp = resp_copy("", 0);
-                if (resp && status == MHD_HTTP_PRECONDITION_FAILED)
-                        add_cluster_id(r, resp);
-                return queue(r, (unsigned) status, resp);
-        }
+        status = peer_stream_status(r, t);
+        if (status != MHD_HTTP_SWITCHING_PROTOCOLS)
+                return peer_stream_refuse(r, status);
         resp = MHD_create_response_for_upgrade(on_peer_upgrade, r->daemon);
         if (!resp)
                 return MHD_NO;

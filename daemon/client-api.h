@@ -100,6 +100,10 @@ void http_daemon_run_if_woken(HttpDaemon *d);
 /* Provided by client-api.c for http-server.c. */
 /* First call for a request: decide whether its body is wanted (r->want_body). */
 void client_api_begin(HttpRequest *r, const char *method);
+/* Peer listeners, on the first call for a request (its head is complete, nothing of a body has been
+ * read): a `POST /raft/stream` that will be refused is answered now, and the connection closed
+ * without reading whatever body it announced. Returns true if it queued the refusal (*ret). */
+bool client_api_peer_refuse_early(HttpRequest *r, const char *method, enum MHD_Result *ret);
 /* The body is complete (or the connection was resumed): answer, propose or watch. */
 enum MHD_Result client_api_handle(HttpRequest *r, const char *method);
 /* The client hung up while suspended: cancel the proposal, drop the watcher. */

@@ -53,6 +53,14 @@
  * and for the response headers, or libmicrohttpd would drop the connection without an answer. */
 #define HTTP_URI_MAX ((size_t) 12 * 1024)
 #define HTTP_CONNECTION_TIMEOUT_SEC 300u        /* etcd2: ReadTimeout of 5 minutes on client listeners */
+/* Peer listeners take members only: a few streams and member-list fetches each. Beyond these caps new
+ * connections are closed at once; a head (request line and headers, at most the connection pool) must
+ * be complete within the deadline (etcd2's peer transport reads with 5 s timeouts), however slowly
+ * it trickles in; upgraded streams then belong to the peer transport (its own idle timeout). */
+#define HTTP_PEER_CONNECTION_LIMIT 256u
+#define HTTP_PEER_PER_IP_LIMIT 32u
+#define HTTP_PEER_CONNECTION_TIMEOUT_SEC 30u
+#define HTTP_PEER_HEAD_TIMEOUT_USEC (5 * USEC_PER_SEC)
 #define HTTP_ACCEPT_BATCH 64
 #define HTTP_POOL_MAX 1024
 #define HTTP_ACCEPT_RETRY_USEC (100 * USEC_PER_MSEC)
@@ -78,6 +86,15 @@ typedef struct HttpListener {
         sd_event_source *source;
 } HttpListener;
 
+/* A peer connection whose request head is not complete yet (its deadline is the head timeout). */
+typedef struct PeerHead {
+        HttpDaemon *daemon;
+        int fd;
+        uint64_t deadline_usec;
+        struct PeerHead *prev, *next;
+        bool listed;
+} PeerHead;
+
 struct HttpDaemon {
         HttpServer *server;
         HttpListenerKind kind;
@@ -85,6 +102,8 @@ struct HttpDaemon {
         sd_event_source *io, *timer, *defer;
         uint64_t timer_usec;     /* what the timer is armed for, UINT64_MAX when off */
         bool woken;              /* daemon_wake() since the last MHD_run() began */
+        PeerHead *heads;         /* peer listeners: heads being read, oldest last */
+        sd_event_source *head_timer;
 };
 
 struct HttpServer {
@@ -398,12 +417,92 @@ static void linger_start(HttpServer *h, int fd) {
         (void) shutdown(l->fd, SHUT_WR);
 }
 
+static void peer_head_unlink(PeerHead *ph) {
+        if (!ph->listed)
+                return;
+        if (ph->prev)
+                ph->prev->next = ph->next;
+        else
+                ph->daemon->heads = ph->next;
+        if (ph->next)
+                ph->next->prev = ph->prev;
+        ph->prev = ph->next = NULL;
+        ph->listed = false;
+}
+
+/* The head deadline of peer connections: shutdown() makes libmicrohttpd see the end and close it. */
+static int on_peer_head_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        HttpDaemon *d = userdata;
+        uint64_t now = 0;
+        bool closed = false;
+
+        (void) sd_event_now(d->server->event, CLOCK_MONOTONIC, &now);
+        for (PeerHead *ph = d->heads, *n; ph; ph = n) {
+                n = ph->next;
+                if (ph->deadline_usec > now)
+                        continue;
+                log_debug("Closing a peer connection that sent no complete request head in time.");
+                (void) shutdown(ph->fd, SHUT_RDWR);
+                peer_head_unlink(ph);
+                closed = true;
+        }
+        if (closed)
+                daemon_wake(d);
+        if (d->heads)
+                (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        (void) sd_event_source_set_time_relative(s, USEC_PER_SEC);
+        return 0;
+}
+
+static void peer_head_start(HttpDaemon *d, struct MHD_Connection *connection, void **socket_context) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+        PeerHead *ph;
+        uint64_t now = 0;
+        int enabled = SD_EVENT_OFF;
+
+        if (!ci || !d->head_timer)
+                return;
+        ph = calloc(1, sizeof(PeerHead));
+        if (!ph)
+                return;   /* then only libmicrohttpd's inactivity timeout applies */
+        (void) sd_event_now(d->server->event, CLOCK_MONOTONIC, &now);
+        *ph = (PeerHead) { .daemon = d, .fd = ci->connect_fd, .deadline_usec = now + HTTP_PEER_HEAD_TIMEOUT_USEC,
+                           .next = d->heads, .listed = true };
+        if (d->heads)
+                d->heads->prev = ph;
+        d->heads = ph;
+        *socket_context = ph;
+        (void) sd_event_source_get_enabled(d->head_timer, &enabled);
+        if (enabled == SD_EVENT_OFF) {
+                (void) sd_event_source_set_time_relative(d->head_timer, USEC_PER_SEC);
+                (void) sd_event_source_set_enabled(d->head_timer, SD_EVENT_ONESHOT);
+        }
+}
+
+/* A head arrived complete: the connection is past the deadline's reach (for its life: further requests
+ * on it are bounded by the inactivity timeout). */
+static void peer_head_done(struct MHD_Connection *connection) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+        if (ci && ci->socket_context)
+                peer_head_unlink(ci->socket_context);
+}
+
 static void on_connection_notify(void *cls, struct MHD_Connection *connection, void **socket_context,
                                  enum MHD_ConnectionNotificationCode toe) {
         HttpDaemon *d = cls;
         const union MHD_ConnectionInfo *ci;
         int pending = 0;
 
+        if (d->kind == HTTP_LISTENER_PEER) {
+                if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+                        peer_head_start(d, connection, socket_context);
+                else if (*socket_context) {
+                        peer_head_unlink(*socket_context);
+                        free(*socket_context);
+                        *socket_context = NULL;
+                }
+        }
         if (toe != MHD_CONNECTION_NOTIFY_CLOSED)
                 return;
         /* Called before libmicrohttpd closes the socket. One ioctl() per closed connection. */
@@ -545,6 +644,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *connection, c
                 if (content_length_conflict(connection))
                         return refuse(r, MHD_HTTP_BAD_REQUEST, "400 Bad Request\n");
 
+                /* A refused peer stream is the exception: closing is what we want (no body read). */
+                if (r->daemon->kind == HTTP_LISTENER_PEER)
+                        peer_head_done(connection);
+                if (r->daemon->kind == HTTP_LISTENER_PEER && !r->daemon->server->proxy) {
+                        enum MHD_Result ret;
+
+                        if (client_api_peer_refuse_early(r, method, &ret)) {
+                                r->started = true;
+                                return ret;
+                        }
+                }
+
                 /* Never queue on the first call: libmicrohttpd would close the connection. */
                 r->started = true;
                 if (r->daemon->server->proxy)
@@ -639,6 +750,15 @@ static int daemon_start(HttpServer *h, HttpListenerKind kind) {
         d->kind = kind;
         d->timer_usec = UINT64_MAX;
 
+        if (kind == HTTP_LISTENER_PEER) {
+                r = sd_event_add_time(h->event, &d->head_timer, CLOCK_MONOTONIC, UINT64_MAX, 10 * USEC_PER_MSEC,
+                                      on_peer_head_timer, d);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to add the peer head timer: %m");
+                (void) sd_event_source_set_enabled(d->head_timer, SD_EVENT_OFF);
+                (void) sd_event_source_set_description(d->head_timer, "http-peer-heads");
+        }
+
         /* Peer listeners: `POST /raft/stream` upgrades to the peer transport (client-api.c). */
         d->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET |
                                   MHD_USE_TURBO | (kind == HTTP_LISTENER_PEER ? MHD_ALLOW_UPGRADE : 0),
@@ -647,8 +767,12 @@ static int daemon_start(HttpServer *h, HttpListenerKind kind) {
                                   MHD_OPTION_NOTIFY_COMPLETED, on_completed, d,
                                   MHD_OPTION_NOTIFY_CONNECTION, on_connection_notify, d,
                                   MHD_OPTION_CONNECTION_MEMORY_LIMIT, HTTP_CONNECTION_MEMORY_LIMIT,
-                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned) 1000000,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, HTTP_CONNECTION_TIMEOUT_SEC,
+                                  MHD_OPTION_CONNECTION_LIMIT,
+                                  kind == HTTP_LISTENER_PEER ? HTTP_PEER_CONNECTION_LIMIT : (unsigned) 1000000,
+                                  MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                  kind == HTTP_LISTENER_PEER ? HTTP_PEER_PER_IP_LIMIT : 0u,
+                                  MHD_OPTION_CONNECTION_TIMEOUT,
+                                  kind == HTTP_LISTENER_PEER ? HTTP_PEER_CONNECTION_TIMEOUT_SEC : HTTP_CONNECTION_TIMEOUT_SEC,
                                   MHD_OPTION_END);
         if (!d->mhd)
                 return log_error_errno(-EIO, "Failed to start libmicrohttpd daemon.");
@@ -678,6 +802,7 @@ static int daemon_start(HttpServer *h, HttpListenerKind kind) {
 }
 
 static void daemon_stop(HttpDaemon *d) {
+        d->head_timer = sd_event_source_disable_unref(d->head_timer);
         d->io = sd_event_source_disable_unref(d->io);
         d->timer = sd_event_source_disable_unref(d->timer);
         d->defer = sd_event_source_disable_unref(d->defer);

@@ -488,6 +488,34 @@ void member_ops_check(Server *s) {
         }
 }
 
+/* A peer URL as the client API passes it on: one that etcd_url_parse() takes and leaves unchanged. */
+static bool member_url_valid(const char *url) {
+        _cleanup_(freep) char *error = NULL;
+        EtcdUrl u = {};
+        bool ok;
+
+        if (strlen(url) > PEER_ADDRESS_MAX || etcd_url_parse(url, &u, &error) < 0)
+                return false;
+        ok = streq(u.str, url);
+        etcd_url_done(&u);
+        return ok;
+}
+
+/* A forwarded change must be one that server_member_add/remove/update() could have sent: a nonzero
+ * member ID, peer URLs (add, update: at least one, each valid) or none (remove). */
+static bool member_req_valid(MemberOpKind kind, uint64_t member_id, char *const *urls, size_t n) {
+        if (member_id == 0)
+                return false;
+        if (kind == MEMBER_OP_REMOVE)
+                return n == 0;
+        if (n == 0)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!member_url_valid(urls[i]))
+                        return false;
+        return true;
+}
+
 void handle_member_req(Server *s, uint64_t from, uint64_t id, const uint8_t *p, size_t size) {
         MemberOp *op;
         uint64_t member_id, n;
@@ -515,12 +543,15 @@ void handle_member_req(Server *s, uint64_t from, uint64_t id, const uint8_t *p, 
                 if (k == 0 || l > size - off - k)
                         goto bad;
                 off += k;
+                /* No NUL inside: strndup() would cut the URL short. */
+                if (memchr(p + off, 0, l))
+                        goto bad;
                 urls[i] = strndup((const char *) p + off, l);
                 if (!urls[i])
                         goto bad;
                 off += l;
         }
-        if (off != size)
+        if (off != size || !member_req_valid((MemberOpKind) p[0], member_id, urls, n))
                 goto bad;
         r = member_op_new(s, (MemberOpKind) p[0], member_id, urls, n, &op);
         if (r < 0)
@@ -538,8 +569,10 @@ void handle_member_req(Server *s, uint64_t from, uint64_t id, const uint8_t *p, 
                 member_op_execute(op);
         r = 0;
 bad:
-        if (r == -EBADMSG)
-                log_warning("Malformed membership request from member %" PRIx64 ", ignoring it.", from);
+        /* Sparingly: the sender may repeat it as fast as it likes. */
+        if (r == -EBADMSG && s->n_forged_proposals++ % 1000 == 0)
+                log_warning("Malformed or invalid membership request from member %" PRIx64 ", ignoring it "
+                            "(%" PRIu64 " refused proposals so far).", from, s->n_forged_proposals);
         if (urls)
                 for (size_t i = 0; urls[i]; i++)
                         free(urls[i]);

@@ -12,6 +12,15 @@
  * upgrade request here, or the HTTP server did and hands the socket over. Frames are decoded
  * incrementally; a frame from another cluster or sender, or a corrupt stream, resets the connection.
  *
+ * Who may open a stream (peer_transport_check(), before any byte after the request head is read):
+ * a sender of our cluster (412), of a compatible version (412), other than ourselves (404), and that
+ * the member layer knows as a member (404 unknown, 410 removed). The IDs are public (the client port
+ * hands them out), so without peer TLS this stops mistakes and blind attacks, not an impersonator;
+ * what bounds an impersonator is: one stream per claimed sender (a newer one replaces the older, as
+ * in etcd2), a cap on inbound connections, a deadline for the request head, an idle timeout for
+ * streams, and per-type caps on each frame's declared length (peer-codec.h). Each refusal is logged
+ * once per sender per minute, and at most PEER_REFUSAL_LOG_BURST refusals a minute in all.
+ *
  * Every socket is registered with one inner epoll fd; sd-event watches only that one.
  */
 
@@ -39,6 +48,12 @@
 #define READ_BUDGET ((size_t) 4 * 1024 * 1024)  /* per connection per wake-up, for fairness */
 #define WRITEV_MAX 64
 #define UPGRADE_TOKEN "etcd2-raft/1"
+/* Our own listener: connections at once (streams and heads being read); further ones are closed. */
+#define INBOUND_MAX 64
+/* Refusal logging: a sender is logged again after this long; at most this many lines a minute. */
+#define REFUSAL_LOG_INTERVAL_USEC (60 * USEC_PER_SEC)
+#define REFUSAL_LOG_SENDERS 32
+#define PEER_REFUSAL_LOG_BURST 20
 
 typedef enum ConnState {
         CONN_CONNECTING,        /* outbound: non-blocking connect() in progress */
@@ -65,6 +80,7 @@ struct Conn {
         bool inbound;
         uint64_t from;           /* inbound: the sender */
         uint64_t started_usec;
+        uint64_t last_frame_usec;   /* inbound stream: the last bytes received (or the upgrade) */
         char head[HEAD_MAX];
         size_t head_len;
         PeerDecoder *decoder;
@@ -87,6 +103,7 @@ struct Peer {
         uint64_t backoff_usec;
         int last_refusal;
         bool pinned;             /* address set by peer_transport_set_address(): raft's is ignored */
+        uint64_t last_write_usec;  /* the last bytes written to the stream */
         PeerStats stats;
 };
 
@@ -102,7 +119,14 @@ struct PeerTransport {
         size_t n_peers;
         Peer *dirty;
         Conn *inbound;
-        unsigned n_inbound_streams;
+        unsigned n_inbound, n_inbound_streams;
+        uint64_t stream_idle_usec;   /* 0: streams never time out */
+        struct {
+                uint64_t id;
+                uint64_t last_usec;
+        } refusals[REFUSAL_LOG_SENDERS];
+        uint64_t refusal_window_usec;
+        unsigned n_refusals_logged, n_refusals_suppressed;
         int listen_fd;
         size_t queue_max;
         PeerRecvFunc recv;
@@ -156,6 +180,7 @@ static void conn_free(Conn *c) {
                         t->inbound = c->next;
                 if (c->next)
                         c->next->prev = c->prev;
+                t->n_inbound--;
                 if (c->state == CONN_STREAM)
                         t->n_inbound_streams--;
         }
@@ -168,7 +193,12 @@ static void conn_free(Conn *c) {
 /* An outbound connection failed or ended: forget it and try again later. */
 static void peer_conn_lost(Peer *p, int error, const char *what) {
         if (p->conn) {
-                if (p->conn->state == CONN_STREAM)
+                /* The receiver closes streams that stay silent (between two followers nothing flows):
+                 * that is no news, the stream is opened again when there is something to send. */
+                if (p->conn->state == CONN_STREAM && p->t->stream_idle_usec > 0 &&
+                    p->last_write_usec + p->t->stream_idle_usec / 2 < now_usec())
+                        log_debug("The idle stream to member %" PRIx64 " (%s) ended: %s", p->id, p->address, what);
+                else if (p->conn->state == CONN_STREAM)
                         log_info("Lost the stream to member %" PRIx64 " (%s): %s", p->id, p->address, what);
                 else if (p->backoff_usec == 0)
                         log_debug("Failed to connect to member %" PRIx64 " (%s): %s", p->id, p->address, what);
@@ -189,6 +219,7 @@ static void peer_conn_lost(Peer *p, int error, const char *what) {
 }
 
 static void conn_add_inbound(PeerTransport *t, Conn *c) {
+        t->n_inbound++;
         c->inbound = true;
         c->next = t->inbound;
         if (t->inbound)
@@ -481,6 +512,7 @@ static void peer_flush(Peer *p) {
                         return;
                 }
                 p->stats.bytes_sent += (uint64_t) k;
+                p->last_write_usec = now_usec();
                 while (k > 0) {
                         Chunk *ch = &p->queue[p->queue_head];
                         size_t left = ch->size - ch->offset;
@@ -650,21 +682,95 @@ static int parse_hex_id(const char *s, uint64_t *ret) {
         return 0;
 }
 
-int peer_transport_check(PeerTransport *t, const char *from_hex, const char *cluster_hex) {
+/* Logs a refused stream: once per sender per minute, and at most PEER_REFUSAL_LOG_BURST lines a
+ * minute in all (the sender IDs are the peer's to choose), with a count of what was left out. */
+static void refusal_log(PeerTransport *t, uint64_t from, int status, const char *why) {
+        uint64_t now = now_usec();
+        size_t slot = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(t->refusals); i++) {
+                if (t->refusals[i].id == from) {
+                        if (t->refusals[i].last_usec + REFUSAL_LOG_INTERVAL_USEC > now)
+                                return;
+                        slot = i;
+                        break;
+                }
+                if (t->refusals[i].last_usec < t->refusals[slot].last_usec)
+                        slot = i;   /* else the least recently logged one makes room */
+        }
+        if (t->refusal_window_usec + REFUSAL_LOG_INTERVAL_USEC <= now) {
+                if (t->n_refusals_suppressed > 0)
+                        log_warning("%u more refused peer streams were not logged in the last minute.",
+                                    t->n_refusals_suppressed);
+                t->refusal_window_usec = now;
+                t->n_refusals_logged = t->n_refusals_suppressed = 0;
+        }
+        if (t->n_refusals_logged >= PEER_REFUSAL_LOG_BURST) {
+                t->n_refusals_suppressed++;
+                return;
+        }
+        t->n_refusals_logged++;
+        t->refusals[slot].id = from;
+        t->refusals[slot].last_usec = now;
+        log_warning("Refused a peer stream from member %" PRIx64 " with %d: %s.", from, status, why);
+}
+
+/* "2.3.8" -> 2, 3, 8. */
+static bool parse_version(const char *s, unsigned v[3]) {
+        return s && sscanf(s, "%u.%u.%u", &v[0], &v[1], &v[2]) == 3;
+}
+
+static int version_cmp(const unsigned a[3], const unsigned b[3]) {
+        for (size_t i = 0; i < 3; i++)
+                if (a[i] != b[i])
+                        return a[i] < b[i] ? -1 : 1;
+        return 0;
+}
+
+/* etcd2 (rafthttp checkVersionCompability): the sender's version must be at least our minimum cluster
+ * version (2.2.0 for 2.3; no header means 2.0.0) and its minimum cluster version at most our version.
+ * Our frames are not etcd's: only a 2.x speaks them. */
+static bool version_compatible(const char *server_version, const char *min_cluster_version) {
+        static const unsigned ours[3] = { 2, 3, 8 }, min_cluster[3] = { 2, 2, 0 };
+        unsigned v[3] = { 2, 0, 0 }, m[3];
+
+        if (server_version && !parse_version(server_version, v))
+                return false;
+        if (v[0] != 2 || version_cmp(v, min_cluster) < 0)
+                return false;
+        if (min_cluster_version && (!parse_version(min_cluster_version, m) || version_cmp(m, ours) > 0))
+                return false;
+        return true;
+}
+
+int peer_transport_check(PeerTransport *t, const char *from_hex, const char *cluster_hex,
+                         const char *server_version, const char *min_cluster_version) {
         uint64_t from, cluster;
         int r;
 
-        if (parse_hex_id(from_hex, &from) < 0 || from == 0 || parse_hex_id(cluster_hex, &cluster) < 0)
+        if (parse_hex_id(from_hex, &from) < 0 || from == 0 || parse_hex_id(cluster_hex, &cluster) < 0) {
+                refusal_log(t, 0, 400, "no valid X-Server-From or X-Etcd-Cluster-ID");
                 return 400;
+        }
         if (cluster != t->cluster_id) {
-                log_warning("Refused a stream from member %" PRIx64 " of cluster %" PRIx64 " (ours is %" PRIx64 ").",
-                            from, cluster, t->cluster_id);
+                refusal_log(t, from, 412, "cluster ID mismatch");
                 return 412;
+        }
+        if (!version_compatible(server_version, min_cluster_version)) {
+                refusal_log(t, from, 412, "incompatible version");
+                return 412;
+        }
+        /* Nobody else can be us: a stream "from" our own ID is a forgery (or a copied data dir). */
+        if (from == t->member_id) {
+                refusal_log(t, from, 404, "the sender claims to be this member");
+                return 404;
         }
         if (t->check) {
                 r = t->check(t, from, t->userdata);
-                if (r != 0)
+                if (r != 0) {
+                        refusal_log(t, from, r, r == 410 ? "the member was removed" : "not a member");
                         return r;
+                }
         }
         return 101;
 }
@@ -686,7 +792,7 @@ static const char *status_text(int status) {
 /* Inbound on our own listener: the request head is complete in c->head (head_len bytes include what
  * followed it). */
 static void conn_handle_request(Conn *c, size_t head_end) {
-        char from[64] = "", cluster[64] = "", upgrade[64] = "", line[128];
+        char from[64] = "", cluster[64] = "", upgrade[64] = "", version[64], min_version[64], line[128];
         uint64_t id = 0;
         int status, n;
 
@@ -699,7 +805,11 @@ static void conn_handle_request(Conn *c, size_t head_end) {
                  !streq(upgrade, UPGRADE_TOKEN))
                 status = 400;
         else
-                status = peer_transport_check(c->t, from, cluster);
+                status = peer_transport_check(c->t, from, cluster,
+                                              head_header(c->head, "X-Server-Version", version, sizeof(version)) ?
+                                              version : NULL,
+                                              head_header(c->head, "X-Min-Cluster-Version", min_version,
+                                                          sizeof(min_version)) ? min_version : NULL);
 
         if (status == 101)
                 n = snprintf(line, sizeof(line), "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
@@ -729,6 +839,7 @@ static void conn_handle_response(Conn *c, size_t head_end) {
                 else
                         log_debug("Stream to member %" PRIx64 " (%s) established.", p->id, p->address);
                 c->state = CONN_STREAM;
+                p->last_write_usec = now_usec();
                 p->stats.connected = true;
                 p->backoff_usec = 0;
                 p->last_refusal = 0;
@@ -778,6 +889,20 @@ static int conn_start_stream(Conn *c, uint64_t from, const void *extra, size_t e
         PeerTransport *t = c->t;
         int r;
 
+        /* One stream per sender: a newer one replaces the older (etcd2 does the same), so that a
+         * member that reconnects after a network change is heard at once, and so that nobody can
+         * pile up streams under one ID. */
+        for (Conn *o = t->inbound, *n; o; o = n) {
+                n = o->next;
+                if (o == c || o->from != from || o->state != CONN_STREAM || o->doomed)
+                        continue;
+                log_debug("A new stream from member %" PRIx64 " replaces the older one.", from);
+                if (o == t->dispatching)
+                        o->doomed = true;
+                else
+                        conn_free(o);
+        }
+
         r = peer_decoder_new(0, &c->decoder);
         if (r < 0) {
                 conn_free(c);
@@ -785,6 +910,7 @@ static int conn_start_stream(Conn *c, uint64_t from, const void *extra, size_t e
         }
         c->from = from;
         c->state = CONN_STREAM;
+        c->last_frame_usec = now_usec();
         t->n_inbound_streams++;
         log_debug("Stream from member %" PRIx64 " accepted.", from);
         (void) conn_epoll(c, EPOLL_CTL_MOD, EPOLLIN);
@@ -827,6 +953,7 @@ static int conn_dispatch_frames(Conn *c) {
                 p = peer_find(t, c->from);
                 if (p)
                         p->stats.n_received++;
+                c->last_frame_usec = now_usec();
                 t->dispatching = c;
                 if (t->recv)
                         t->recv(t, &f, t->userdata);
@@ -871,6 +998,8 @@ static void conn_on_readable(Conn *c) {
                         return;
                 }
                 peer_decoder_commit(c->decoder, (size_t) k);
+                /* Progress counts as life: a large snapshot frame may take longer than the timeout. */
+                c->last_frame_usec = now_usec();
                 p = peer_find(c->t, c->from);
                 if (p)
                         p->stats.bytes_received += (uint64_t) k;
@@ -968,6 +1097,11 @@ static void on_accept(PeerTransport *t) {
                                 continue;
                         return;
                 }
+                if (t->n_inbound >= INBOUND_MAX) {
+                        /* Full: the oldest keep their place; a member retries with backoff. */
+                        (void) close(fd);
+                        continue;
+                }
                 c = conn_new(t, fd);
                 if (!c) {
                         (void) close(fd);
@@ -1006,6 +1140,12 @@ static int on_housekeeping(sd_event_source *s, uint64_t usec, void *userdata) {
                 n = c->next;
                 if (c->state != CONN_STREAM && c->started_usec + HANDSHAKE_TIMEOUT_USEC < now)
                         conn_free(c);
+                else if (c->state == CONN_STREAM && t->stream_idle_usec > 0 &&
+                         c->last_frame_usec + t->stream_idle_usec < now) {
+                        log_debug("Closing the stream from member %" PRIx64 ": no frame for %" PRIu64 " ms.",
+                                  c->from, t->stream_idle_usec / USEC_PER_MSEC);
+                        conn_free(c);
+                }
         }
         for (size_t i = 0; i < t->n_peers; i++) {
                 Peer *p = t->peers[i];
@@ -1088,6 +1228,10 @@ void peer_transport_set_handlers(PeerTransport *t, PeerRecvFunc recv, PeerCheckF
         t->userdata = userdata;
 }
 
+void peer_transport_set_stream_idle_timeout(PeerTransport *t, uint64_t usec) {
+        t->stream_idle_usec = usec;
+}
+
 void peer_transport_set_queue_max(PeerTransport *t, size_t max) {
         t->queue_max = max;
 }
@@ -1109,13 +1253,14 @@ int peer_transport_listen(PeerTransport *t, int fd) {
 }
 
 int peer_transport_accept(PeerTransport *t, int fd, const char *from_hex, const char *cluster_hex,
-                          const void *extra, size_t extra_size, void (*release)(void *userdata),
+                          const char *server_version, const char *min_cluster_version, const void *extra, size_t extra_size, void (*release)(void *userdata),
                           void *release_userdata) {
         uint64_t from = 0;
         Conn *c;
         int r;
 
-        if (peer_transport_check(t, from_hex, cluster_hex) != 101 || parse_hex_id(from_hex, &from) < 0) {
+        if (peer_transport_check(t, from_hex, cluster_hex, server_version, min_cluster_version) != 101 ||
+            parse_hex_id(from_hex, &from) < 0) {
                 if (release)
                         release(release_userdata);
                 else

@@ -50,6 +50,9 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(PeerTransport *, peer_transport_free);
 void peer_transport_set_handlers(PeerTransport *t, PeerRecvFunc recv, PeerCheckFunc check,
                                  PeerRefusedFunc refused, void *userdata);
 void peer_transport_set_queue_max(PeerTransport *t, size_t max);
+/* An inbound stream that delivers no frame for `usec` is closed (0, the default: never). Its sender
+ * opens it again when it has something to send. */
+void peer_transport_set_stream_idle_timeout(PeerTransport *t, uint64_t usec);
 /* For a member joining an existing cluster, the IDs are known only after server_new() started. */
 void peer_transport_set_ids(PeerTransport *t, uint64_t member_id, uint64_t cluster_id);
 
@@ -75,14 +78,18 @@ int peer_transport_set_address(PeerTransport *t, uint64_t id, const char *addres
  * hands over upgraded sockets with peer_transport_accept(). */
 int peer_transport_listen(PeerTransport *t, int fd);
 
-/* For the HTTP server: the status to answer `POST /raft/stream` with, from its X-Server-From and
- * X-Etcd-Cluster-ID headers: 101 to upgrade, else 400/404/410/412. */
-int peer_transport_check(PeerTransport *t, const char *from_hex, const char *cluster_hex);
+/* For the HTTP server: the status to answer `POST /raft/stream` with, from its X-Server-From,
+ * X-Etcd-Cluster-ID, X-Server-Version and X-Min-Cluster-Version headers (the last two may be NULL):
+ * 101 to upgrade, else 400 (bad headers), 404 (unknown sender, or ourselves), 410 (removed), 412
+ * (another cluster, incompatible version). Call it before reading anything after the request head.
+ * Refusals are logged here (rate-limited). */
+int peer_transport_check(PeerTransport *t, const char *from_hex, const char *cluster_hex,
+                         const char *server_version, const char *min_cluster_version);
 /* For the HTTP server, after it answered 101: takes the upgraded socket `fd`. `extra` holds bytes
  * that arrived after the request head. `release` (may be NULL: then the transport close()s fd) is
  * called exactly once when the stream ends, instead of closing fd. */
 int peer_transport_accept(PeerTransport *t, int fd, const char *from_hex, const char *cluster_hex,
-                          const void *extra, size_t extra_size, void (*release)(void *userdata),
+                          const char *server_version, const char *min_cluster_version, const void *extra, size_t extra_size, void (*release)(void *userdata),
                           void *release_userdata);
 
 /* Ends every stream handed over with peer_transport_accept() (their release callbacks run): the HTTP

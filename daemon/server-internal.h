@@ -131,6 +131,7 @@ struct Server {
         uint64_t next_request_id;
         unsigned n_internal;      /* internal proposals not yet answered */
         ForwardedApply *forwarded_applies;
+        uint64_t n_forged_proposals;      /* opaque frames refused (their warnings are rate-limited) */
         sd_event_source *retry_source;    /* forwarding retry and attribute publication */
         bool attributes_published, attributes_in_flight;
         bool was_member;          /* we were in the Raft configuration at some point */

@@ -521,6 +521,50 @@ static void forwarded_apply_cb(struct raft_apply *req, int status, void *result)
         free(fa);
 }
 
+/* Is `path` a key the client API can name: "/1" plus a clean key as its mux leaves it ("" or "/..."
+ * with no empty, "." or ".." segment; a trailing slash is fine)? */
+static bool keys_path_valid(const char *path) {
+        const char *p;
+
+        if (!path || strncmp(path, STORE_KEYS_PREFIX, strlen(STORE_KEYS_PREFIX)) != 0)
+                return false;
+        p = path + strlen(STORE_KEYS_PREFIX);
+        while (*p == '/') {
+                const char *seg = p + 1;
+                size_t n = strcspn(seg, "/");
+
+                if (n == 0)
+                        return *seg == 0;
+                if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
+                        return false;
+                p = seg + n;
+        }
+        return *p == 0;
+}
+
+/* Could member `from` have proposed this for one of its clients (the keys API: set, create, delete,
+ * quorum get under /1), or is it publishing its own attributes? The rest of /0 (members' raft
+ * attributes, removed members, the cluster version) and TTL syncs are the leader's own proposals:
+ * in a forwarded proposal they are forged (a write to /0/removed_members/<id> makes that member
+ * exit), whatever stream they came on. */
+static bool forwarded_request_allowed(uint64_t from, const StoreRequest *req) {
+        char own[96];
+
+        switch (req->method) {
+        case STORE_METHOD_PUT:
+        case STORE_METHOD_POST:
+        case STORE_METHOD_DELETE:
+        case STORE_METHOD_QGET:
+                break;
+        default:
+                return false;
+        }
+        if (keys_path_valid(req->path))
+                return true;
+        (void) snprintf(own, sizeof(own), STORE_MEMBERS_PREFIX "/%" PRIx64 "/attributes", from);
+        return req->method == STORE_METHOD_PUT && !req->dir && req->path && streq(req->path, own);
+}
+
 /* A follower's proposal: append it if we lead, else tell it to try again. */
 static void handle_propose(Server *s, uint64_t from, uint64_t id, const uint8_t *entry, size_t size) {
         uint64_t origin = 0, eid = 0;
@@ -533,7 +577,17 @@ static void handle_propose(Server *s, uint64_t from, uint64_t id, const uint8_t 
 
         if (codec_envelope_decode(entry, size, &origin, &eid, &inner, &inner_len) < 0 || origin != from ||
             eid != id || codec_request_decode(inner, inner_len, &req) < 0) {
-                log_warning("Member %" PRIx64 " forwarded a malformed proposal, dropping it.", from);
+                if (s->n_forged_proposals++ % 1000 == 0)
+                        log_warning("Member %" PRIx64 " forwarded a malformed proposal, dropping it "
+                                    "(%" PRIu64 " refused so far).", from, s->n_forged_proposals);
+                return;
+        }
+        if (!forwarded_request_allowed(from, &req)) {
+                /* Dropped, not refused: a NACK would only make the sender try again. Logged sparingly,
+                 * the sender may repeat it as fast as it likes. */
+                if (s->n_forged_proposals++ % 1000 == 0)
+                        log_warning("Member %" PRIx64 " forwarded a proposal no client can make (%.128s), dropping it "
+                                    "(%" PRIu64 " so far).", from, req.path ? req.path : "(null)", s->n_forged_proposals);
                 return;
         }
         if (!s->leader || !s->ready || s->closing)
@@ -640,7 +694,8 @@ static void handle_opaque(Server *s, PeerFrame *f) {
                 break;
         }
 bad:
-        log_warning("Unknown message from member %" PRIx64 ", ignoring it.", f->sender_id);
+        if (s->n_forged_proposals++ % 1000 == 0)
+                log_warning("Unknown message from member %" PRIx64 ", ignoring it.", f->sender_id);
 }
 
 static int proposal_new(Server *s, const StoreRequest *req, ServerProposalCallback cb, void *userdata,
@@ -1070,14 +1125,19 @@ const char *const *log_ids(const Server *s, LogIds *ids, const char *event, cons
 /* ---- transport ---- */
 
 
+/* May `from` open a stream to us (the transport refused our own ID and other clusters already)?
+ * 410 for a removed member (etcd2: it then stops), 404 unless it is in the Raft configuration: a
+ * member being added is in it (as a spare) before the leader replicates to it. A member that joins
+ * an existing cluster has no configuration until the leader's first entries or snapshot arrive, and
+ * it must hear the leader: it takes streams from anyone of its cluster until then. */
 static int on_peer_check(PeerTransport *t, uint64_t from, void *userdata) {
         Server *s = userdata;
-        char path[96];
 
+        if (from == s->member_id)
+                return 404;
         if (member_is_removed(s, from))
                 return 410;
-        (void) snprintf(path, sizeof(path), STORE_MEMBERS_PREFIX "/%" PRIx64, from);
-        if (s->raft.configuration.n > 0 && !conf_has(&s->raft.configuration, from) && !store_lookup(s->store, path))
+        if (s->raft.configuration.n > 0 && !conf_has(&s->raft.configuration, from))
                 return 404;
         return 0;
 }
@@ -1697,6 +1757,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
         raft_set_snapshot_threshold(&s->raft, (unsigned) snapshot_count);
         raft_set_snapshot_trailing(&s->raft, (unsigned) MIN(snapshot_count, (uint64_t) SERVER_SNAPSHOT_TRAILING_MAX));
         s->proposal_timeout_usec = SERVER_BASE_TIMEOUT_USEC + 2 * election_ms * USEC_PER_MSEC;
+        /* A leader's stream carries heartbeats every heartbeat interval, a follower's answers them;
+         * between two followers nothing flows, so the timeout is generous (their streams are opened
+         * again for the next election) and mostly frees what a dead or fake sender holds. */
+        peer_transport_set_stream_idle_timeout(s->peers, MAX(60 * election_ms, (uint64_t) 30000) * USEC_PER_MSEC);
         s->strict_reconfig_check = config->strict_reconfig_check;
 
         r = persist_hard_state_load(s->persist, &term, &vote);

@@ -266,12 +266,21 @@ static void test_refusals(void **state) {
         run_until(votes_reached, &b, 5000000);
 
         /* The HTTP server's check: status codes for the upgrade. */
-        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57"), 101);
-        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd58"), 412);
-        assert_int_equal(peer_transport_check(b.t, "zz", "acccc8912db0cd57"), 400);
-        assert_int_equal(peer_transport_check(b.t, "0", "acccc8912db0cd57"), 400);
+        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57", "2.3.8", NULL), 101);
+        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57", "2.2.0", "2.2.0"), 101);
+        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd58", NULL, NULL), 412);
+        assert_int_equal(peer_transport_check(b.t, "zz", "acccc8912db0cd57", NULL, NULL), 400);
+        assert_int_equal(peer_transport_check(b.t, "0", "acccc8912db0cd57", NULL, NULL), 400);
+        /* Versions (etcd2's checkVersionCompability): too old, another major, a newer minimum. */
+        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57", "2.1.0", NULL), 412);
+        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57", "3.4.0", NULL), 412);
+        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57", "2.3.8", "2.4.0"), 412);
+        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57", "x", NULL), 412);
+        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57", NULL, NULL), 412); /* = 2.0.0 */
+        /* Nobody else is us, whatever the member layer says. */
+        assert_int_equal(peer_transport_check(b.t, "2", "acccc8912db0cd57", "2.3.8", NULL), 404);
         b.check_answer = 410;
-        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57"), 410);
+        assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57", "2.3.8", NULL), 410);
 
         node_stop(&a);
         node_stop(&b);
@@ -315,7 +324,7 @@ static void test_garbage(void **state) {
         Node a = {}, b = {};
         char buf[1024];
         const char *req = "POST /raft/stream HTTP/1.1\r\nHost: x\r\nX-Etcd-Cluster-ID: acccc8912db0cd57\r\n"
-                          "X-Server-From: 1\r\nConnection: Upgrade\r\nUpgrade: etcd2-raft/1\r\n\r\n";
+                          "X-Server-From: 1\r\nX-Server-Version: 2.3.8\r\nConnection: Upgrade\r\nUpgrade: etcd2-raft/1\r\n\r\n";
         int fd;
 
         node_start(&a, 1, CLUSTER, 0);
