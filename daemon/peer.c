@@ -4,7 +4,7 @@
 /*
  * Outbound: one Peer per destination ID, with one connection and a queue of encoded frames. A send
  * only appends to the queue and marks the peer dirty; a defer source flushes every dirty peer once
- * per loop iteration with writev() (many frames per system call). Above the queue cap, frames are
+ * per loop iteration with one sendmsg() (many frames per system call). Above the queue cap, frames are
  * dropped and counted: raft retransmits. A connection that fails (connect error, refusal, reset)
  * is retried after a backoff that doubles from 50 ms to 1 s and is reset by a successful upgrade.
  *
@@ -500,7 +500,9 @@ static void peer_flush(Peer *p) {
                                 .iov_base = p->queue[i].data + p->queue[i].offset,
                                 .iov_len = p->queue[i].size - p->queue[i].offset,
                         };
-                k = writev(c->fd, iov, (int) n);
+                /* sendmsg() rather than writev(): MSG_NOSIGNAL, a closed stream must not SIGPIPE an
+                 * embedder that did not ignore the signal (the receiver closes idle streams). */
+                k = sendmsg(c->fd, &(struct msghdr) { .msg_iov = iov, .msg_iovlen = n }, MSG_NOSIGNAL);
                 if (k < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -818,7 +820,7 @@ static void conn_handle_request(Conn *c, size_t head_end) {
                 n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                              status, status_text(status));
         /* A fresh socket's buffer takes these few bytes at once. */
-        if (write(c->fd, line, (size_t) n) != n || status != 101) {
+        if (send(c->fd, line, (size_t) n, MSG_NOSIGNAL) != n || status != 101) {
                 conn_free(c);
                 return;
         }
@@ -1037,7 +1039,7 @@ static void conn_on_event(Conn *c, uint32_t events) {
                              "X-Server-From: %" PRIx64 "\r\nX-Server-Version: 2.3.8\r\nContent-Length: 0\r\n"
                              "Connection: Upgrade\r\nUpgrade: " UPGRADE_TOKEN "\r\n\r\n",
                              host, port, t->cluster_id, t->member_id);
-                if (n <= 0 || (size_t) n >= sizeof(req) || write(c->fd, req, (size_t) n) != n) {
+                if (n <= 0 || (size_t) n >= sizeof(req) || send(c->fd, req, (size_t) n, MSG_NOSIGNAL) != n) {
                         peer_conn_lost(p, -EIO, "failed to send the request");
                         return;
                 }
