@@ -644,9 +644,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *connection, c
                 if (content_length_conflict(connection))
                         return refuse(r, MHD_HTTP_BAD_REQUEST, "400 Bad Request\n");
 
-                /* A refused peer stream is the exception: closing is what we want (no body read). */
+                /* The head is complete: out of the head deadline's reach. */
                 if (r->daemon->kind == HTTP_LISTENER_PEER)
                         peer_head_done(connection);
+                /* A refused peer stream is the exception to the rule below: closing is what we want
+                 * there, before any of a body is read. */
                 if (r->daemon->kind == HTTP_LISTENER_PEER && !r->daemon->server->proxy) {
                         enum MHD_Result ret;
 
