@@ -320,6 +320,68 @@ static bool read_until_eof(int fd, char *buf, size_t size, uint64_t usec) {
         return false;
 }
 
+/* Polls the loop until `fd` sees EOF (true) or `usec` passed (false). */
+static bool wait_closed(int fd, uint64_t usec) {
+        char buf[256];
+
+        return read_until_eof(fd, buf, sizeof(buf), usec);
+}
+
+/* One stream per sender: a newer one from the same ID replaces the older; a silent stream ends at the
+ * idle timeout; our own listener closes connections beyond its cap at once. */
+static void test_streams_replaced_idle_capped(void **state) {
+        Node b = {};
+        char buf[512];
+        const char *req = "POST /raft/stream HTTP/1.1\r\nHost: x\r\nX-Etcd-Cluster-ID: acccc8912db0cd57\r\n"
+                          "X-Server-From: 1\r\nX-Server-Version: 2.3.8\r\nConnection: Upgrade\r\n"
+                          "Upgrade: etcd2-raft/1\r\n\r\n";
+        int fd1, fd2, many[72];
+        unsigned n_closed = 0;
+
+        node_start(&b, 2, CLUSTER, 0);
+
+        fd1 = connect_to(b.port);
+        assert_true(write(fd1, req, strlen(req)) == (ssize_t) strlen(req));
+        assert_false(read_until_eof(fd1, buf, sizeof(buf), 300000));
+        assert_non_null(strstr(buf, "101"));
+        assert_int_equal(peer_transport_n_inbound(b.t), 1);
+        fd2 = connect_to(b.port);
+        assert_true(write(fd2, req, strlen(req)) == (ssize_t) strlen(req));
+        assert_true(wait_closed(fd1, 2000000));       /* the older one is gone */
+        assert_int_equal(peer_transport_n_inbound(b.t), 1);
+        assert_true(peer_transport_has_inbound(b.t, 1));
+
+        /* Idle: housekeeping runs every second, so within 2 s of the 300 ms timeout. */
+        peer_transport_set_stream_idle_timeout(b.t, 300000);
+        assert_true(wait_closed(fd2, 3000000));
+        assert_int_equal(peer_transport_n_inbound(b.t), 0);
+        close(fd1);
+        close(fd2);
+
+        /* More silent connections than the cap (64): the excess is closed at once, the rest at the
+         * handshake deadline. */
+        for (size_t i = 0; i < ELEMENTSOF(many); i++) {
+                many[i] = connect_to(b.port);
+                /* accept as we go: a full backlog would stall connect() with the loop not running */
+                for (unsigned k = 0; k < 5; k++)
+                        (void) sd_event_run(event, 1000);
+        }
+        for (unsigned k = 0; k < 20; k++)
+                (void) sd_event_run(event, 10000);
+        for (size_t i = 0; i < ELEMENTSOF(many); i++) {
+                char c;
+                ssize_t k = recv(many[i], &c, 1, MSG_DONTWAIT);
+
+                if (k == 0 || (k < 0 && errno == ECONNRESET))
+                        n_closed++;
+        }
+        assert_true(n_closed >= ELEMENTSOF(many) - 64);
+        assert_true(n_closed < ELEMENTSOF(many));
+        for (size_t i = 0; i < ELEMENTSOF(many); i++)
+                close(many[i]);
+        node_stop(&b);
+}
+
 static void test_garbage(void **state) {
         Node a = {}, b = {};
         char buf[1024];
@@ -459,6 +521,7 @@ int main(void) {
                 cmocka_unit_test(test_reconnect),
                 cmocka_unit_test(test_refusals),
                 cmocka_unit_test(test_garbage),
+                cmocka_unit_test(test_streams_replaced_idle_capped),
                 cmocka_unit_test(test_backpressure),
         };
         int r;
