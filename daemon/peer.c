@@ -19,7 +19,10 @@
  * what bounds an impersonator is: one stream per claimed sender (a newer one replaces the older, as
  * in etcd2), a cap on inbound connections, a deadline for the request head, an idle timeout for
  * streams, and per-type caps on each frame's declared length (peer-codec.h). Each refusal is logged
- * once per sender per minute, and at most PEER_REFUSAL_LOG_BURST refusals a minute in all.
+ * once per sender per minute, and at most PEER_REFUSAL_LOG_BURST refusals a minute in all. Streams
+ * are deliberately not tied to the source address of the sender's peer URLs (etcd2 does not either):
+ * that breaks members behind NAT, 0.0.0.0 listeners and host names, and stops nobody on the same
+ * network; peer TLS with client certificates is the answer.
  *
  * Every socket is registered with one inner epoll fd; sd-event watches only that one.
  */
