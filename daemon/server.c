@@ -115,6 +115,9 @@ typedef struct FollowerStats {
 #define ERR_TIMEOUT "etcdserver: request timed out"
 #define ERR_LEADER_FAIL "etcdserver: request timed out, possibly due to previous leader failure"
 #define ERR_STOPPED "etcdserver: server stopped"
+/* The outcome is unknown to the client: the entry may be in the log of other members (or in ours, if
+ * the failed sync still reached the disk) and be committed by the cluster later, or be dropped. */
+#define ERR_STORAGE "etcdserver: failed to persist to disk; the member is stopping"
 
 typedef struct ProposalList {
         ServerProposal *head, *tail;
@@ -855,6 +858,8 @@ int server_propose(Server *s, const StoreRequest *req, ServerProposalCallback cb
 
         if (s->closing)
                 return -ESHUTDOWN;
+        if (raft_io_failed(s->rio))
+                return -EIO;   /* storage failed: the process exits in a moment (on_storage_failed()) */
         if (!req->path || req->method < 0 || req->method >= _STORE_METHOD_MAX)
                 return -EINVAL;
 
@@ -921,6 +926,8 @@ static int propose_internal(Server *s, const StoreRequest *req, bool front, Serv
                            streq(req->path, "/0/version") ? "/0/version" : "an internal key";
         int r;
 
+        if (raft_io_failed(s->rio))
+                return -EIO;   /* and no retry loop through the failure callbacks (on_storage_failed()) */
         r = proposal_new(s, req, cb ?: internal_cb, (void *) what, &p);
         if (r < 0)
                 return r;
@@ -2187,6 +2194,18 @@ static void server_check_state(Server *s) {
                 server_removed(s);
 }
 
+/* raft-io.c's storage failure (raft_io_fatal()), from the loop, outside libraft: libraft decides nothing
+ * any more and the process exits in a moment. Proposals already applied (committed) get their answer;
+ * every other waiting one gets an error now, never a success later. */
+static void on_storage_failed(RaftIo *rio, void *userdata) {
+        Server *s = userdata;
+
+        dispatch_done(s);
+        while (s->pending.head)
+                proposal_fail(s->pending.head, ERR_STORAGE);
+        timeout_rearm(s);
+}
+
 static void server_on_io_event(RaftIo *rio, void *userdata) {
         Server *s = userdata;
 
@@ -2513,6 +2532,7 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
         if (r < 0)
                 return r;
         raft_io_set_event_callback(s->rio, server_on_io_event, on_batch_seal, s);
+        raft_io_set_fatal_callback(s->rio, on_storage_failed, s);
         r = peer_transport_new(event, s->member_id, s->cluster_id, s->address, &s->peers);
         if (r < 0)
                 return r;
@@ -2714,8 +2734,8 @@ uint64_t server_leader_id(Server *s) {
         raft_id id = 0;
         const char *addr = NULL;
 
-        if (!s->raft_started)
-                return 0;
+        if (!s->raft_started || raft_io_failed(s->rio))
+                return 0;   /* (storage failed: /health says false until the process is gone) */
         raft_leader(&s->raft, &id, &addr);
         return id;
 }
