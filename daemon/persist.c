@@ -239,7 +239,12 @@ static void persist_options_setup(Persist *p, const char *wal_dir) {
         rocksdb_options_set_max_open_files(p->options, 128);
         rocksdb_options_set_max_background_jobs(p->options, 2);
         rocksdb_options_set_keep_log_file_num(p->options, 2);
-        rocksdb_options_set_info_log_level(p->options, 2 /* WARN */);
+        /* FATAL only. RocksDB's LOG file sits on the same disk: once an append to it failed (a full disk),
+         * its next message trips an assertion in Debian's RocksDB 7.8 (WritableFileWriter, "seen_error_"),
+         * and after an ENOSPC RocksDB's own recovery thread logs an ERROR at once, racing our orderly stop
+         * (raft_io_fatal()) with an abort. The errors that matter reach us with the failed write and are
+         * logged by us. */
+        rocksdb_options_set_info_log_level(p->options, 4 /* FATAL */);
         /* Universal compaction: less write amplification than levels. Everything we write is small
          * and much of it (log entries, old history) is deleted soon; measured ~25 % less CPU. */
         rocksdb_options_set_compaction_style(p->options, rocksdb_universal_compaction);

@@ -212,7 +212,13 @@ def test_leader_eio_in_cluster(tmp_path):
         wait_converged(c.members, prefix)
         trees = {m.name: read_tree(m, prefix, quorum=False) for m in c.members}
         present = check_outcomes(trees, w)
-        idx = {m.name: int(m.get("/v2/keys" + prefix).headers["X-Etcd-Index"]) for m in c.members}
+        # ...and on the etcd index, once the restarted member applied the last internal writes too.
+        deadline = time.monotonic() + 15
+        while True:
+            idx = {m.name: int(m.get("/v2/keys" + prefix).headers["X-Etcd-Index"]) for m in c.members}
+            if len(set(idx.values())) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert len(set(idx.values())) == 1, f"members disagree on the etcd index: {idx}"
         print(f"\nleader EIO: exit {dt_exit * 1000:.0f} ms after the fault, new leader after "
               f"{dt_lead * 1000:.0f} ms; {w.summary()}; {len(present)} of the 5xx/cut writes present")
