@@ -170,8 +170,9 @@ def test_single_member_eio(tmp_path):
         d.cleanup()
 
 
-# -- the leader of three, EIO on fdatasync --------------------------------------------------------------
-def test_leader_eio_in_cluster(tmp_path):
+# -- the leader, or a follower, of three: EIO on fdatasync ---------------------------------------------
+@pytest.mark.parametrize("role", ["leader", "follower"])
+def test_eio_in_cluster(tmp_path, role):
     c = Cluster(n=3, start=False)
     triggers = {m.name: str(tmp_path / f"trigger-{m.name}") for m in c.members}
     for m in c.members:
@@ -179,15 +180,16 @@ def test_leader_eio_in_cluster(tmp_path):
     try:
         c.start_all()
         leader = c.wait_leader()
-        survivors = [m for m in c.members if m is not leader]
-        prefix = "/" + unique("leader-eio")
-        # Mostly through the leader (its group commit is the path under test), one writer per follower
-        # (forwarded proposals).
-        w = Writers([leader.url, leader.url, survivors[0].url, survivors[1].url], prefix, n=4)
+        victim = leader if role == "leader" else c.followers(leader)[0]
+        survivors = [m for m in c.members if m is not victim]
+        prefix = "/" + unique(role + "-eio")
+        # Half through the victim (its group commit, or its forwarded proposals, is the path under test),
+        # one writer per survivor.
+        w = Writers([victim.url, victim.url] + [m.url for m in survivors], prefix, n=4)
         time.sleep(0.7)
-        t0 = arm(triggers[leader.name])
-        rc = leader.wait_exit(15)
-        dt_exit = check_storage_exit(leader, rc, t0, "persist")
+        t0 = arm(triggers[victim.name])
+        rc = victim.wait_exit(15)
+        dt_exit = check_storage_exit(victim, rc, t0, "persist")
 
         deadline = time.monotonic() + 20
         dt_lead = None
@@ -197,17 +199,19 @@ def test_leader_eio_in_cluster(tmp_path):
                 dt_lead = time.monotonic() - t0
             else:
                 time.sleep(0.02)
-        assert dt_lead is not None, "no new leader among the survivors"
-        time.sleep(0.5)   # writes through the survivors go on under the new leader
+        assert dt_lead is not None, "no leader among the survivors"
+        time.sleep(0.5)   # writes through the survivors go on (under a new leader if the leader failed)
         w.finish()
-        c.wait_leader(members=survivors)
+        new_leader = c.wait_leader(members=survivors)
+        if role == "follower":
+            assert new_leader is leader, "the leader changed when a follower failed"
 
         trees = {m.name: read_tree(m, prefix) for m in survivors}
         check_outcomes(trees, w)
 
         # The failed member comes back without the shim and agrees on everything.
-        del leader.spawn
-        leader.restart()
+        del victim.spawn
+        victim.restart()
         c.wait_leader()
         wait_converged(c.members, prefix)
         trees = {m.name: read_tree(m, prefix, quorum=False) for m in c.members}
@@ -220,8 +224,8 @@ def test_leader_eio_in_cluster(tmp_path):
                 break
             time.sleep(0.1)
         assert len(set(idx.values())) == 1, f"members disagree on the etcd index: {idx}"
-        print(f"\nleader EIO: exit {dt_exit * 1000:.0f} ms after the fault, new leader after "
-              f"{dt_lead * 1000:.0f} ms; {w.summary()}; {len(present)} of the 5xx/cut writes present")
+        print(f"\n{role} EIO: exit {dt_exit * 1000:.0f} ms after the fault, a leader among the others "
+              f"{dt_lead * 1000:.0f} ms after it; {w.summary()}; {len(present)} of the 5xx/cut writes present")
     finally:
         procs.finish(c.members)
 
