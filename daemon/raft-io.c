@@ -296,7 +296,10 @@ static unsigned group_complete(RaftIo *rio, AppendGroup *g, int r) {
                 /* Never RAFT_IOERR to libraft (see raft_io_fatal()): these requests never complete. */
                 char what[96];
 
-                (void) snprintf(what, sizeof what, "persist %zu Raft log entries and the applied state", n);
+                if (n > 0)
+                        (void) snprintf(what, sizeof what, "persist %zu Raft log entries (group commit)", n);
+                else
+                        (void) snprintf(what, sizeof what, "persist the applied state");
                 raft_io_fatal(rio, r, what);
                 return 0;
         }
@@ -485,10 +488,10 @@ static int on_work(sd_event_source *s, void *userdata) {
 
 unsigned raft_io_drain(RaftIo *rio) {
         /* A member whose storage failed does not go through the shutdown (nor ever exits 0). */
-        if (rio->failed)
+        if (rio->failed) {
                 raft_io_exit(EXIT_FAILURE);
-        if (rio->failed)
-                return 0;   /* a test's raft_io_exit returned */
+                return 0;   /* only a test's raft_io_exit returns */
+        }
         return do_work_sync(rio);
 }
 

@@ -11,6 +11,7 @@ mount namespace, grown afterwards with mount -o remount). The tmpfs test needs r
 import functools
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -59,6 +60,7 @@ class Writers:
     def __init__(self, urls, prefix, n=4, value_size=16, pause=0.0):
         self.urls, self.prefix, self.value_size, self.pause = list(urls), prefix, value_size, pause
         self.acked, self.failed, self.cut, self.bad = {}, {}, {}, []
+        self.causes = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True) for w in range(n)]
@@ -94,6 +96,10 @@ class Writers:
                     self.acked[key] = (val, j["node"]["modifiedIndex"])
                 elif r.status_code >= 500:
                     self.failed[key] = val
+                    try:
+                        self.causes.add(r.json().get("cause"))
+                    except ValueError:
+                        self.causes.add(r.text[:100])
                 else:
                     self.bad.append((key, r.status_code, r.text[:200]))
             if self.pause:
@@ -144,7 +150,10 @@ def check_outcomes(trees, w):
 # -- one member, EIO on fdatasync -----------------------------------------------------------------------
 def test_single_member_eio(tmp_path):
     trigger = str(tmp_path / "trigger")
-    d = Daemon(env=shim_env(trigger))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    d = Daemon(env={**shim_env(trigger), "NOTIFY_SOCKET": str(tmp_path / "notify")})
     try:
         prefix = "/" + unique("eio")
         w = Writers([d.url], prefix, n=4)
@@ -154,6 +163,17 @@ def test_single_member_eio(tmp_path):
         dt = check_storage_exit(d, rc, t0, "persist")
         w.finish()
         assert w.acked, "nothing was acknowledged before the fault"
+        # the writes waiting for the failed group commit were answered 5xx, not left to a reset
+        assert "etcdserver: failed to persist to disk; the member is stopping" in w.causes, w.causes
+        # systemd hears why (sd_notify STATUS= and ERRNO=)
+        msgs = []
+        while True:
+            try:
+                msgs.append(notify.recv(4096).decode())
+            except BlockingIOError:
+                break
+        last = [m for m in msgs if "STATUS=" in m][-1]
+        assert "STATUS=Storage failure: failed to persist" in last and "ERRNO=5" in last.split("\n"), msgs
 
         d.env_extra = {}
         d.start()  # without the shim; wait_healthy fails if it does not start (e.g. "log gap")
@@ -168,6 +188,7 @@ def test_single_member_eio(tmp_path):
               f"{len(present)} of the 5xx/cut writes present after restart")
     finally:
         d.cleanup()
+        notify.close()
 
 
 # -- the leader, or a follower, of three: EIO on fdatasync ---------------------------------------------
