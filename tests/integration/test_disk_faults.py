@@ -38,11 +38,12 @@ def shim_path():
     return p
 
 
-def shim_env(trigger, err="EIO"):
-    """Environment that preloads the shim, armed once `trigger` exists. ASan must not insist on coming first
-    in the library list: the shim is preloaded before it."""
+def shim_env(trigger, err="EIO", writes=False):
+    """Environment that preloads the shim, armed once `trigger` exists (writes: file writes fail too). ASan
+    must not insist on coming first in the library list: the shim is preloaded before it."""
     asan = os.environ.get("ASAN_OPTIONS", "")
     return {"LD_PRELOAD": shim_path(), "FAULT_SYNC_TRIGGER": trigger, "FAULT_SYNC_ERRNO": err,
+            "FAULT_SYNC_WRITES": "1" if writes else "0",
             "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
 
 
@@ -147,13 +148,14 @@ def check_outcomes(trees, w):
     return sorted(k for k in have if k in undecided)
 
 
-# -- one member, EIO on fdatasync -----------------------------------------------------------------------
-def test_single_member_eio(tmp_path):
+# -- one member: EIO on fdatasync, or ENOSPC on every file write and sync ------------------------------
+@pytest.mark.parametrize("err,writes,errno_", [("EIO", False, 5), ("ENOSPC", True, 28)])
+def test_single_member(tmp_path, err, writes, errno_):
     trigger = str(tmp_path / "trigger")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
     notify.setblocking(False)
-    d = Daemon(env={**shim_env(trigger), "NOTIFY_SOCKET": str(tmp_path / "notify")})
+    d = Daemon(env={**shim_env(trigger, err, writes), "NOTIFY_SOCKET": str(tmp_path / "notify")})
     try:
         prefix = "/" + unique("eio")
         w = Writers([d.url], prefix, n=4)
@@ -173,7 +175,7 @@ def test_single_member_eio(tmp_path):
             except BlockingIOError:
                 break
         last = [m for m in msgs if "STATUS=" in m][-1]
-        assert "STATUS=Storage failure: failed to persist" in last and "ERRNO=5" in last.split("\n"), msgs
+        assert "STATUS=Storage failure: failed to persist" in last and f"ERRNO={errno_}" in last.split("\n"), msgs
 
         d.env_extra = {}
         d.start()  # without the shim; wait_healthy fails if it does not start (e.g. "log gap")
@@ -184,7 +186,7 @@ def test_single_member_eio(tmp_path):
         assert t2 == t1, "the data changed across a restart"
         r = d.put("/v2/keys" + prefix + "/after", data={"value": "ok"})
         assert r.status_code == 201, r.text
-        print(f"\nsingle member EIO: exit {dt * 1000:.0f} ms after the fault; {w.summary()}; "
+        print(f"\nsingle member {err}{' (writes too)' if writes else ''}: exit {dt * 1000:.0f} ms after the fault; {w.summary()}; "
               f"{len(present)} of the 5xx/cut writes present after restart")
     finally:
         d.cleanup()
