@@ -6,8 +6,9 @@
  * sync_file_range() fail with $FAULT_SYNC_ERRNO (EIO by default; a number or EIO/ENOSPC/EDQUOT/EROFS),
  * after $FAULT_SYNC_AFTER armed calls that still succeed (default 0). With FAULT_SYNC_WRITES=1,
  * write(), pwrite() and their vector forms to regular files fail the same way (what a full file system
- * does to an append; sockets, pipes and stdout/stderr are left alone). RocksDB 7.8 syncs its WAL with fdatasync() (its
- * MANIFEST and directories with fsync()) and calls sync_file_range() for background range syncs.
+ * does to an append; sockets, pipes and stdout/stderr are left alone). RocksDB 7.8 (strace) syncs its
+ * WAL with fdatasync(), its MANIFEST and directories with fsync(), and calls sync_file_range() for
+ * background range syncs.
  * The first injected failure is reported on stderr ("fault-sync: ...") so that a test log shows it.
  * Built as a shared module for LD_PRELOAD, and compiled into unit tests directly. */
 
@@ -56,8 +57,8 @@ static int should_fail(const char *what) {
         e = fault_errno();
         if (!atomic_exchange(&reported, true)) {
                 char msg[128];
-                int n = snprintf(msg, sizeof msg, "fault-sync: injecting %s into %s (pid %d)\n", strerrorname_np(e) ?: "?",
-                                 what, (int) getpid());
+                int n = snprintf(msg, sizeof msg, "fault-sync: injecting %s into %s (pid %d)\n",
+                                 strerrorname_np(e) ?: "?", what, (int) getpid());
 
                 if (n > 0)
                         (void) !write(STDERR_FILENO, msg, (size_t) n < sizeof msg ? (size_t) n : sizeof msg - 1);
