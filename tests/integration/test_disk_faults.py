@@ -186,8 +186,8 @@ def test_single_member(tmp_path, err, writes, errno_):
         assert t2 == t1, "the data changed across a restart"
         r = d.put("/v2/keys" + prefix + "/after", data={"value": "ok"})
         assert r.status_code == 201, r.text
-        print(f"\nsingle member {err}{' (writes too)' if writes else ''}: exit {dt * 1000:.0f} ms after the fault; {w.summary()}; "
-              f"{len(present)} of the 5xx/cut writes present after restart")
+        print(f"\nsingle member {err}{' (writes too)' if writes else ''}: exit {dt * 1000:.0f} ms after the fault; "
+              f"{w.summary()}; {len(present)} of the 5xx/cut writes present after restart")
     finally:
         d.cleanup()
         notify.close()
