@@ -4,9 +4,10 @@ a LOG_CRIT line), never acknowledges what is not durable, and starts again on th
 disk is fine, with every acknowledged write there. A write answered 5xx or cut by the exit is
 "indeterminate": present or absent, but the same on every member and across restarts.
 
-Faults are real: fdatasync()/fsync() failing with EIO through the fault-sync.so LD_PRELOAD shim
-(tests/faults/, armed mid-run by creating a trigger file), and a full file system (a 16 MiB tmpfs in a private
-mount namespace, grown afterwards with mount -o remount). The tmpfs test needs root and unshare/nsenter/mount."""
+Faults are real: fdatasync()/fsync() failing with EIO (or every file write and sync with ENOSPC) through the
+fault-sync.so LD_PRELOAD shim (tests/faults/, armed mid-run by creating a trigger file), on one member, on the
+leader and on a follower of three; and a full file system (a 16 MiB tmpfs in a private mount namespace, grown
+afterwards with mount -o remount). Only the tmpfs test needs root and unshare/nsenter/mount."""
 
 import functools
 import os
