@@ -28,6 +28,7 @@
 #include <inttypes.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +79,9 @@ struct Persist {
         rocksdb_readoptions_t *read;
         bool is_new;
         bool missing_families;
+        /* Set by the first failed write, from the loop or the raft writer thread; every later write is
+         * refused without reaching RocksDB (see write_batch()). */
+        atomic_bool write_failed;
 };
 
 struct PersistBatch {
@@ -236,7 +240,12 @@ static void persist_options_setup(Persist *p, const char *wal_dir) {
         rocksdb_options_set_max_open_files(p->options, 128);
         rocksdb_options_set_max_background_jobs(p->options, 2);
         rocksdb_options_set_keep_log_file_num(p->options, 2);
-        rocksdb_options_set_info_log_level(p->options, 2 /* WARN */);
+        /* FATAL only. RocksDB's LOG file sits on the same disk: once an append to it failed (a full disk),
+         * its next message trips an assertion in Debian's RocksDB 7.8 (WritableFileWriter, "seen_error_"),
+         * and after an ENOSPC RocksDB's own recovery thread logs an ERROR at once, racing our orderly stop
+         * (raft_io_fatal()) with an abort. The errors that matter reach us with the failed write and are
+         * logged by us. */
+        rocksdb_options_set_info_log_level(p->options, 4 /* FATAL */);
         /* Universal compaction: less write amplification than levels. Everything we write is small
          * and much of it (log entries, old history) is deleted soon; measured ~25 % less CPU. */
         rocksdb_options_set_compaction_style(p->options, rocksdb_universal_compaction);
@@ -473,13 +482,41 @@ static void batch_put_u64(rocksdb_writebatch_t *wb, rocksdb_column_family_handle
         rocksdb_writebatch_put_cf(wb, cf, key, strlen(key), buf, sizeof(buf));
 }
 
+/* RocksDB's C API gives a failed write only as text ("IO error: No space left on device: While
+ * appending to file: ..."); the errno it came from is in there as strerror(). */
+static int rocks_write_errno(const char *err) {
+        if (strstr(err, strerror(ENOSPC)))
+                return -ENOSPC;
+        if (strstr(err, strerror(EDQUOT)))
+                return -EDQUOT;
+        if (strstr(err, strerror(EROFS)))
+                return -EROFS;
+        return -EIO;
+}
+
 static int write_batch(Persist *p, rocksdb_writebatch_t *wb, bool sync) {
         char *err = NULL;
+        int r;
 
+        /* After one failed write the database's state is unknown to us (a failed fdatasync may have left
+         * the batch in the WAL, or not): writing more could make it durable out of order, e.g. entries
+         * after a hole. The member is stopping (raft_io_fatal()); nothing may reach the disk meanwhile. */
+        if (atomic_load(&p->write_failed))
+                return -EIO;
         rocksdb_write(p->db, sync ? p->write_sync : p->write_nosync, wb, &err);
-        if (err)
-                return rocks_error(&err, "write");
+        if (err) {
+                atomic_store(&p->write_failed, true);
+                r = rocks_write_errno(err);
+                log_error("RocksDB: failed to write %u record(s)%s: %s", (unsigned) rocksdb_writebatch_count(wb),
+                          sync ? " (synced)" : "", err);
+                rocksdb_free(err);
+                return r;
+        }
         return 0;
+}
+
+bool persist_write_failed(Persist *p) {
+        return atomic_load(&p->write_failed);
 }
 
 int persist_meta_init(Persist *p, uint64_t member_id, uint64_t cluster_id) {

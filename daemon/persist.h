@@ -99,6 +99,9 @@ void persist_batch_snapshot_put(PersistBatch *b, const PersistSnapshot *s, uint6
 /* Writes and clears the batch. sync=true: fdatasync'ed before returning. Thread-safe with respect to
  * other batches (RocksDB serializes writers). */
 int persist_write(PersistBatch *b, bool sync);
+/* True once a write failed: every later write fails at once with -EIO without touching the database.
+ * Write errors are -ENOSPC, -EDQUOT, -EROFS or -EIO, from RocksDB's message. */
+bool persist_write_failed(Persist *p);
 
 /* A consistent export of the applied state, read from one RocksDB snapshot: the applied Raft index
  * and etcd index, then every node record (kind 'n', key order) and the history window's events

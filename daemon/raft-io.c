@@ -33,10 +33,14 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
 
 #include "codec.h"
 #include "log.h"
@@ -44,6 +48,9 @@
 
 /* How long applied state without log entries may wait for a group to ride with. */
 #define RAFT_IO_LAZY_USEC (50 * USEC_PER_MSEC)
+/* After a storage failure: how long the loop may still run to send the 5xx answers of the failed
+ * proposals before the process exits (nothing can be written or decided meanwhile, see raft_io_fatal()). */
+#define RAFT_IO_FATAL_GRACE_USEC (200 * USEC_PER_MSEC)
 
 typedef enum CompletionKind {
         COMPLETION_SEND,
@@ -116,7 +123,25 @@ struct RaftIo {
 
         raft_io_close_cb close_cb;
         bool closing;
+
+        /* Storage failed (raft_io_fatal()): libraft is frozen, nothing is written, the process exits. */
+        bool failed;
+        RaftIoFatalCallback fatal_cb;
+        void *fatal_userdata;
+        sd_event_source *fatal_source;
 };
+
+static void raft_io_exit_default(int status) {
+        /* _exit(), not exit() or a return through the manager: the normal shutdown closes libraft, drains
+         * this io (more synced writes) and closes RocksDB (which may flush memtables), all on a database
+         * whose last write failed in an unknown state. Skipping every destructor is the point; the kernel
+         * closes the files and systemd (Restart=on-failure) starts us again. */
+        (void) fflush(stdout);
+        (void) fflush(stderr);
+        _exit(status);
+}
+
+void (*raft_io_exit)(int status) = raft_io_exit_default;
 
 static int grow(void **array, size_t *alloc, size_t need, size_t size) {
         size_t n;
@@ -136,7 +161,87 @@ static int grow(void **array, size_t *alloc, size_t need, size_t size) {
 }
 
 static void work_schedule(RaftIo *rio) {
+        if (rio->failed)
+                return;
         (void) sd_event_source_set_enabled(rio->work_source, SD_EVENT_ONESHOT);
+}
+
+static int on_fatal_exit(sd_event_source *s, uint64_t usec, void *userdata) {
+        raft_io_exit(EXIT_FAILURE);
+        return 0;
+}
+
+static int on_fatal(sd_event_source *s, void *userdata) {
+        RaftIo *rio = userdata;
+        int r;
+
+        /* From the loop, outside any libraft call: the owner fails its waiting proposals (5xx). */
+        if (rio->fatal_cb)
+                rio->fatal_cb(rio, rio->fatal_userdata);
+        s = sd_event_source_disable_unref(s);
+        rio->fatal_source = NULL;
+        r = sd_event_add_time_relative(rio->event, &rio->fatal_source, CLOCK_MONOTONIC, RAFT_IO_FATAL_GRACE_USEC,
+                                       USEC_PER_MSEC, on_fatal_exit, rio);
+        if (r < 0)
+                raft_io_exit(EXIT_FAILURE);
+        else
+                (void) sd_event_source_set_priority(rio->fatal_source, SD_EVENT_PRIORITY_IMPORTANT);
+        return 0;
+}
+
+/* Every failed write of Raft state ends here; `error` is the negative errno, `what` completes "Failed
+ * to ...". libraft 0.15 reacts to a failed append by truncating its in-memory log and reusing the
+ * indexes without calling truncate(), so handing it RAFT_IOERR and going on leaves a log with a hole
+ * (entries acknowledged after it are lost on restart, or the member refuses to start); etcd2 calls
+ * Fatalf here. So: no callback of ours reaches libraft again (appends and sends are accepted and never
+ * complete, ticks and received messages are dropped), the database takes no more writes (persist.c
+ * refuses them once one failed), the owner answers its waiting proposals with an error from the loop,
+ * and the process exits non-zero after RAFT_IO_FATAL_GRACE_USEC; at once if the loop is not running
+ * (start-up, shutdown). A write that was in the failed batch may or may not be on disk: it was never
+ * acknowledged, and on restart Raft decides it like any uncommitted entry. */
+static void raft_io_fatal(RaftIo *rio, int error, const char *what) {
+        char member[64], errno_field[32];
+        int state;
+
+        if (rio->failed)
+                return;
+        rio->failed = true;
+        if (error >= 0)
+                error = -EIO;
+
+        (void) snprintf(member, sizeof member, "ETCD_MEMBER_ID=%" PRIx64, (uint64_t) rio->id);
+        (void) snprintf(errno_field, sizeof errno_field, "ETCD_STORAGE_ERRNO=%i", -error);
+        (void) log_struct_errno(LOG_CRIT, error, LOG_FIELDS(member, "ETCD_EVENT=storage-failed", errno_field),
+                                "Failed to %s: %m. Stopping: a member that cannot persist its Raft log "
+                                "must not go on (restart it once the disk is fixed).", what);
+        (void) sd_notifyf(false, "STATUS=Storage failure: failed to %s: %s\nERRNO=%i", what, strerror(-error),
+                          -error);
+
+        rio->tick_source = sd_event_source_disable_unref(rio->tick_source);
+        (void) sd_event_source_set_enabled(rio->lazy_source, SD_EVENT_OFF);
+        (void) sd_event_source_set_enabled(rio->work_source, SD_EVENT_OFF);
+
+        state = sd_event_get_state(rio->event);
+        if (state != SD_EVENT_RUNNING && state != SD_EVENT_PENDING && state != SD_EVENT_ARMED &&
+            state != SD_EVENT_PREPARING) {
+                raft_io_exit(EXIT_FAILURE);
+                return;
+        }
+        if (sd_event_add_defer(rio->event, &rio->fatal_source, on_fatal, rio) < 0) {
+                raft_io_exit(EXIT_FAILURE);
+                return;
+        }
+        (void) sd_event_source_set_priority(rio->fatal_source, SD_EVENT_PRIORITY_IMPORTANT);
+        (void) sd_event_source_set_description(rio->fatal_source, "raft-io-fatal");
+}
+
+bool raft_io_failed(RaftIo *rio) {
+        return rio->failed;
+}
+
+void raft_io_set_fatal_callback(RaftIo *rio, RaftIoFatalCallback cb, void *userdata) {
+        rio->fatal_cb = cb;
+        rio->fatal_userdata = userdata;
 }
 
 static int completion_add(RaftIo *rio, CompletionKind kind, void *req, void *cb, void *arg, int status) {
@@ -184,19 +289,25 @@ static void *writer_thread(void *userdata) {
 /* Fires the callbacks of a written group and empties it. */
 static unsigned group_complete(RaftIo *rio, AppendGroup *g, int r) {
         size_t n = g->n;
-        int status = 0;
 
-        if (r < 0) {
-                log_error_errno(r, "Failed to persist %zu Raft log entries: %m", n);
-                status = RAFT_IOERR;
-        }
         /* Appends made from inside the callbacks go to the other group. */
         g->n = 0;
+        if (r < 0 || rio->failed) {
+                /* Never RAFT_IOERR to libraft (see raft_io_fatal()): these requests never complete. */
+                char what[96];
+
+                if (n > 0)
+                        (void) snprintf(what, sizeof what, "persist %zu Raft log entries (group commit)", n);
+                else
+                        (void) snprintf(what, sizeof what, "persist the applied state");
+                raft_io_fatal(rio, r, what);
+                return 0;
+        }
         for (size_t i = 0; i < n; i++)
                 if (g->appends[i].snapshot)
-                        ((raft_io_snapshot_put_cb) g->appends[i].cb)(g->appends[i].req, status);
+                        ((raft_io_snapshot_put_cb) g->appends[i].cb)(g->appends[i].req, 0);
                 else
-                        ((raft_io_append_cb) g->appends[i].cb)(g->appends[i].req, status);
+                        ((raft_io_append_cb) g->appends[i].cb)(g->appends[i].req, 0);
         return (unsigned) n;
 }
 
@@ -218,7 +329,7 @@ static bool group_empty(AppendGroup *g) {
 static void group_submit(RaftIo *rio, bool force) {
         AppendGroup *g;
 
-        if (rio->flight || group_empty(rio->acc))
+        if (rio->failed || rio->flight || group_empty(rio->acc))
                 return;
         if (rio->acc->n == 0 && !force) {
                 /* Only applied state, which the log can reproduce: no hurry. Let it ride with the next
@@ -253,7 +364,7 @@ static unsigned group_collect(RaftIo *rio, bool wait) {
         bool done;
         int r;
 
-        if (!rio->flight)
+        if (!rio->flight || rio->failed)
                 return 0;
         pthread_mutex_lock(&rio->lock);
         while (wait && !rio->job_done)
@@ -275,7 +386,7 @@ static unsigned flush_appends(RaftIo *rio) {
         unsigned n;
 
         n = group_collect(rio, true);
-        if (!group_empty(rio->acc)) {
+        if (!rio->failed && !group_empty(rio->acc)) {
                 AppendGroup *g = acc_take(rio);
 
                 n += group_complete(rio, g, persist_write(g->batch, true));
@@ -289,6 +400,8 @@ static int on_writer_done(sd_event_source *s, int fd, uint32_t revents, void *us
 
         (void) eventfd_read(rio->efd, &v);
         (void) group_collect(rio, false);
+        if (rio->failed)
+                return 0;
         (void) fire_completions_and_close(rio);
         /* Answering the waiters first lets the proposals they trigger join the next group. */
         if (rio->event_cb && !rio->closing)
@@ -307,6 +420,8 @@ static int on_lazy(sd_event_source *s, uint64_t usec, void *userdata) {
 static unsigned fire_completions(RaftIo *rio) {
         unsigned done = 0;
 
+        if (rio->failed)
+                return 0;
         /* Callbacks may add completions (and move the array): index it afresh each time; the ones
          * added meanwhile run in this round too. */
         for (size_t i = 0; i < rio->n_completions; i++) {
@@ -362,6 +477,8 @@ static unsigned do_work_sync(RaftIo *rio) {
 static int on_work(sd_event_source *s, void *userdata) {
         RaftIo *rio = userdata;
 
+        if (rio->failed)
+                return 0;
         group_submit(rio, rio->closing);
         (void) fire_completions_and_close(rio);
         if (rio->event_cb && !rio->closing)
@@ -370,6 +487,11 @@ static int on_work(sd_event_source *s, void *userdata) {
 }
 
 unsigned raft_io_drain(RaftIo *rio) {
+        /* A member whose storage failed does not go through the shutdown (nor ever exits 0). */
+        if (rio->failed) {
+                raft_io_exit(EXIT_FAILURE);
+                return 0;   /* only a test's raft_io_exit returns */
+        }
         return do_work_sync(rio);
 }
 
@@ -387,6 +509,8 @@ static raft_time io_time(struct raft_io *io) {
 static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         RaftIo *rio = userdata;
 
+        if (rio->failed)
+                return 0;
         (void) sd_event_source_set_time(s, usec + rio->tick_msecs * USEC_PER_MSEC);
         (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
         if (rio->tick_cb)
@@ -657,8 +781,10 @@ static int io_bootstrap(struct raft_io *io, const struct raft_configuration *con
         persist_batch_term(rio->acc->batch, 1);
         raft_free(buf.base);
         r = persist_write(rio->acc->batch, true);
-        if (r < 0)
+        if (r < 0) {
+                raft_io_fatal(rio, r, "persist the bootstrap configuration");
                 return RAFT_IOERR;
+        }
         rio->last_index = 1;
         return 0;
 }
@@ -693,23 +819,43 @@ static int io_recover(struct raft_io *io, const struct raft_configuration *conf)
         persist_batch_log_append(rio->acc->batch, last + 1, MAX(t, (uint64_t) 1), RAFT_CHANGE, buf.base, buf.len);
         raft_free(buf.base);
         r = persist_write(rio->acc->batch, true);
-        if (r < 0)
+        if (r < 0) {
+                raft_io_fatal(rio, r, "persist the recovered configuration");
                 return RAFT_IOERR;
+        }
         rio->last_index = last + 1;
         log_info("Appended a configuration of %u member(s) at Raft index %" PRIu64 ".", conf->n, last + 1);
         return 0;
 }
 
+/* A failed term or vote: libraft gets RAFT_IOERR (it must not act on the term or vote), but it gets
+ * no further chance to act at all (raft_io_fatal()). */
 static int io_set_term(struct raft_io *io, raft_term term) {
         RaftIo *rio = io->impl;
+        int r;
 
-        return persist_set_term(rio->persist, term) < 0 ? RAFT_IOERR : 0;
+        if (rio->failed)
+                return RAFT_IOERR;
+        r = persist_set_term(rio->persist, term);
+        if (r < 0) {
+                raft_io_fatal(rio, r, "persist the Raft term");
+                return RAFT_IOERR;
+        }
+        return 0;
 }
 
 static int io_set_vote(struct raft_io *io, raft_id server_id) {
         RaftIo *rio = io->impl;
+        int r;
 
-        return persist_set_vote(rio->persist, server_id) < 0 ? RAFT_IOERR : 0;
+        if (rio->failed)
+                return RAFT_IOERR;
+        r = persist_set_vote(rio->persist, server_id);
+        if (r < 0) {
+                raft_io_fatal(rio, r, "persist the Raft vote");
+                return RAFT_IOERR;
+        }
+        return 0;
 }
 
 static int io_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *message,
@@ -718,6 +864,8 @@ static int io_send(struct raft_io *io, struct raft_io_send *req, const struct ra
         int r;
 
         req->cb = cb;
+        if (rio->failed)
+                return 0;   /* never sent, never completed: nothing leaves a member that is stopping */
         if (!rio->send_func)
                 /* No transport (a single member never sends): fail like an unreachable peer would. */
                 return completion_add(rio, COMPLETION_SEND, req, (void *) cb, NULL, RAFT_NOCONNECTION);
@@ -734,7 +882,7 @@ void raft_io_send_done(RaftIo *rio, struct raft_io_send *req, int status) {
 }
 
 void raft_io_deliver(RaftIo *rio, struct raft_message *message) {
-        if (!rio->recv_cb || rio->closing)
+        if (!rio->recv_cb || rio->closing || rio->failed)
                 return;
         rio->recv_cb(&rio->io, message);
         if (rio->event_cb)
@@ -753,6 +901,10 @@ static int io_append(struct raft_io *io, struct raft_io_append *req, const struc
 
         if (rio->closing)
                 return RAFT_CANCELED;
+        if (rio->failed) {
+                req->cb = cb;
+                return 0;   /* accepted, never written, never completed (raft_io_fatal()) */
+        }
         if (grow((void **) &g->appends, &g->alloc, g->n + 1, sizeof(PendingAppend)) < 0)
                 return RAFT_NOMEM;
 
@@ -769,6 +921,8 @@ static int io_append(struct raft_io *io, struct raft_io_append *req, const struc
 static int io_truncate(struct raft_io *io, raft_index index) {
         RaftIo *rio = io->impl;
 
+        if (rio->failed)
+                return RAFT_IOERR;
         /* Ordered after the appends already in the batch and before the ones that follow. */
         persist_batch_log_truncate(rio->acc->batch, index);
         if (!rio->flight && rio->acc->n == 0) {
@@ -777,8 +931,10 @@ static int io_truncate(struct raft_io *io, raft_index index) {
                 if (rio->batch_cb)
                         rio->batch_cb(rio, rio->acc->batch, rio->event_userdata);
                 r = persist_write(rio->acc->batch, true);
-                if (r < 0)
+                if (r < 0) {
+                        raft_io_fatal(rio, r, "truncate the Raft log");
                         return RAFT_IOERR;
+                }
         } else
                 work_schedule(rio);
         rio->last_index = index > 0 ? index - 1 : 0;
@@ -909,6 +1065,10 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
 
         if (rio->closing)
                 return RAFT_CANCELED;
+        if (rio->failed) {
+                req->cb = cb;
+                return 0;   /* accepted, never written, never completed (raft_io_fatal()) */
+        }
         r = raft_io_configuration_encode(&snapshot->configuration, &ps.conf, &ps.conf_len);
         if (r < 0)
                 return RAFT_NOMEM;
@@ -1114,6 +1274,7 @@ RaftIo *raft_io_free(RaftIo *rio) {
         sd_event_source_disable_unref(rio->tick_source);
         sd_event_source_disable_unref(rio->work_source);
         sd_event_source_disable_unref(rio->lazy_source);
+        sd_event_source_disable_unref(rio->fatal_source);
         if (rio->thread_started) {
                 /* libraft is gone: wait for a write in progress, but fire no callbacks */
                 pthread_mutex_lock(&rio->lock);
@@ -1144,7 +1305,7 @@ PersistBatch *raft_io_batch(RaftIo *rio) {
 }
 
 void raft_io_kick(RaftIo *rio) {
-        if (!rio->flight)
+        if (!rio->flight && !rio->failed)
                 work_schedule(rio);
 }
 

@@ -49,6 +49,17 @@ void raft_io_send_done(RaftIo *io, struct raft_io_send *req, int status);
  * from the event loop, never from inside a libraft callback. */
 void raft_io_deliver(RaftIo *io, struct raft_message *message);
 
+/* Storage failure. Any failed write of Raft state (log entries, term, vote, truncation, snapshot
+ * record, the applied state riding along) stops the member: LOG_CRIT, STATUS=/ERRNO= to systemd,
+ * libraft frozen (it never hears of the failure, see raft-io.c), no more writes, then `cb` once from
+ * the loop (fail the waiting proposals: they must be answered 5xx, never 2xx), then the process exits
+ * with EXIT_FAILURE through raft_io_exit a moment later (at once outside the loop). */
+typedef void (*RaftIoFatalCallback)(RaftIo *io, void *userdata);
+void raft_io_set_fatal_callback(RaftIo *io, RaftIoFatalCallback cb, void *userdata);
+bool raft_io_failed(RaftIo *io);
+/* _exit() after flushing stdio; unit tests replace it (it may then return). */
+extern void (*raft_io_exit)(int status);
+
 /* Completes all queued work (group commit, deferred callbacks, close) synchronously, without the
  * event loop; used at shutdown, when the loop may no longer run. Returns the number of work items. */
 unsigned raft_io_drain(RaftIo *io);

@@ -70,6 +70,9 @@ typedef struct FollowerStats {
 #define ERR_TIMEOUT "etcdserver: request timed out"
 #define ERR_LEADER_FAIL "etcdserver: request timed out, possibly due to previous leader failure"
 #define ERR_STOPPED "etcdserver: server stopped"
+/* The outcome is unknown to the client: the entry may be in the log of other members (or in ours, if
+ * the failed sync still reached the disk) and be committed by the cluster later, or be dropped. */
+#define ERR_STORAGE "etcdserver: failed to persist to disk; the member is stopping"
 
 typedef struct ProposalList {
         ServerProposal *head, *tail;

@@ -67,7 +67,6 @@
 #define SERVER_FORWARD_RETRY_USEC (100 * USEC_PER_MSEC)
 #define SERVER_PUBLISH_RETRY_USEC (1 * USEC_PER_SEC)
 
-
 static const ClusterMember *config_self(const Config *c, uint64_t id);
 
 static inline void server_freep(Server **s) {
@@ -739,6 +738,8 @@ int server_propose(Server *s, const StoreRequest *req, ServerProposalCallback cb
 
         if (s->closing)
                 return -ESHUTDOWN;
+        if (raft_io_failed(s->rio))
+                return -EIO;   /* storage failed: the process exits in a moment (on_storage_failed()) */
         if (!req->path || req->method < 0 || req->method >= _STORE_METHOD_MAX)
                 return -EINVAL;
 
@@ -805,6 +806,8 @@ int propose_internal(Server *s, const StoreRequest *req, bool front, ServerPropo
                            streq(req->path, "/0/version") ? "/0/version" : "an internal key";
         int r;
 
+        if (raft_io_failed(s->rio))
+                return -EIO;   /* and no retry loop through the failure callbacks (on_storage_failed()) */
         r = proposal_new(s, req, cb ?: internal_cb, (void *) what, &p);
         if (r < 0)
                 return r;
@@ -1374,6 +1377,18 @@ static void server_check_state(Server *s) {
                 server_removed(s);
 }
 
+/* raft-io.c's storage failure (raft_io_fatal()), from the loop, outside libraft: libraft decides nothing
+ * any more and the process exits in a moment. Proposals already applied (committed) get their answer;
+ * every other waiting one gets an error now, never a success later. */
+static void on_storage_failed(RaftIo *rio, void *userdata) {
+        Server *s = userdata;
+
+        dispatch_done(s);
+        while (s->pending.head)
+                proposal_fail(s->pending.head, ERR_STORAGE);
+        timeout_rearm(s);
+}
+
 static void server_on_io_event(RaftIo *rio, void *userdata) {
         Server *s = userdata;
 
@@ -1699,6 +1714,7 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
         if (r < 0)
                 return r;
         raft_io_set_event_callback(s->rio, server_on_io_event, on_batch_seal, s);
+        raft_io_set_fatal_callback(s->rio, on_storage_failed, s);
         r = peer_transport_new(event, s->member_id, s->cluster_id, s->address, &s->peers);
         if (r < 0)
                 return r;
@@ -1904,8 +1920,8 @@ uint64_t server_leader_id(Server *s) {
         raft_id id = 0;
         const char *addr = NULL;
 
-        if (!s->raft_started)
-                return 0;
+        if (!s->raft_started || raft_io_failed(s->rio))
+                return 0;   /* (storage failed: /health says false until the process is gone) */
         raft_leader(&s->raft, &id, &addr);
         return id;
 }
