@@ -500,6 +500,10 @@ static enum MHD_Result start_watch(HttpRequest *r, const KeyParams *p) {
         return queue(r, MHD_HTTP_OK, resp);
 }
 
+/* etcd answers every form it cannot parse with errorCode 210 and the parser's text as the cause; it has
+ * no field cap of its own (see HTTP_FORM_FIELDS_MAX, which this text names), so this cause is ours. */
+#define TOO_MANY_FIELDS "too many form fields (more than 10000)"
+
 static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const char *key, const char *query) {
         _cleanup_(http_form_done) HttpForm form = {};
         _cleanup_(freep) char *form_error = NULL;
@@ -520,12 +524,16 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
                 char mt[64];
                 if (streq(req_media_type(r, mt, sizeof mt), CONTENT_TYPE_FORM)) {
                         k = http_form_parse(&form, r->body.data, r->body.len, &form_error);
+                        if (k == -E2BIG)
+                                return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, TOO_MANY_FIELDS, 0, 0);
                         if (k < 0)
                                 return MHD_NO;
                 }
         }
         if (query) {
                 k = http_form_parse(&form, query, strlen(query), &form_error);
+                if (k == -E2BIG)
+                        return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, TOO_MANY_FIELDS, 0, 0);
                 if (k < 0)
                         return MHD_NO;
         }
@@ -1409,8 +1417,10 @@ static enum MHD_Result handle_new_token(HttpRequest *r, const char *method, cons
                 return reply_method_not_allowed(r, "GET,POST,PUT");
         if (query) {
                 k = http_form_parse(&form, query, strlen(query), &form_error);
-                if (k < 0)
+                if (k < 0 && k != -E2BIG)
                         return MHD_NO;
+                if (k == -E2BIG)
+                        return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to parse size"));
         }
         if (form_error)
                 return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to parse size"));
