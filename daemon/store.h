@@ -116,6 +116,19 @@ typedef struct StoreResult {
 
 void store_result_done(StoreResult *r); /* drops cause and event; r may be reused afterwards */
 
+/* The node (or prevNode) of an event, as raw fields: the JSON is rendered at answer time
+ * (store_event_json()), so an event costs its key and values, not their escaped form (a control byte
+ * escapes to six). Values are shared by refcount with the tree while it holds the same value. */
+typedef struct StoreEventNode {
+        char *value;             /* refcounted value buffer (see store.c), NULL for dirs and deletes */
+        size_t value_len;
+        bool has_value;          /* the JSON has a "value" field */
+        bool dir;
+        uint64_t expiration_usec;
+        uint64_t modified_index;
+        uint64_t created_index;
+} StoreEventNode;
+
 /* An event, immutable once made and shared by refcount between the history, watchers and replies. */
 struct StoreEvent {
         unsigned n_ref;
@@ -125,9 +138,23 @@ struct StoreEvent {
         bool refresh;            /* refresh events are kept in history but never delivered */
         bool prev_dir;           /* delete/expire of a directory (matches watchers below it) */
         bool has_prev;           /* the event has a prevNode (a "set" without one answers 201) */
-        char *json;              /* {"action":...,"node":{...},"prevNode":{...}}\n (with the newline) */
+
+        /* private to store.c: what the JSON is made of */
+        uint64_t now_usec;       /* the clock the "ttl" fields were computed with */
+        StoreEventNode node, prev;
+        /* {"action":...,"node":{...},"prevNode":{...}}\n: fixed for get results (rendered once, at the
+         * read) and for events loaded from version 1 records; otherwise rendered while pinned */
+        char *json;
         size_t json_len;
+        unsigned json_pins;
+        bool json_fixed;
 };
+
+/* The event's JSON (with the trailing newline), rendered on first use and kept until the last pin is
+ * dropped with store_event_json_unpin(): pin while an answer is being sent, so that one write seen by
+ * many watchers is rendered once. NULL on OOM (nothing pinned then). */
+const char *store_event_json(StoreEvent *e, size_t *ret_len);
+void store_event_json_unpin(StoreEvent *e);
 
 StoreEvent *store_event_ref(StoreEvent *e);
 StoreEvent *store_event_unref(StoreEvent *e);
