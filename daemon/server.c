@@ -41,9 +41,12 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <json-c/json.h>
@@ -153,9 +156,27 @@ typedef struct InitialMember {
         char *raft_attributes_json;
 } InitialMember;
 
+/* A Backup in progress: the RocksDB checkpoint (a memtable flush plus hard links, seconds for a big
+ * store on a busy disk) runs on its own thread so that the loop keeps serving raft and clients; the
+ * thread's end is signalled through an eventfd watched by the loop. RocksDB allows a checkpoint
+ * concurrent with writes. */
+typedef struct ServerBackup {
+        Server *server;
+        pthread_t thread;
+        int efd;
+        sd_event_source *io;
+        char *dir;
+        int result;              /* written by the thread before it signals efd */
+        ServerBackupDone done;
+        void *userdata;
+} ServerBackup;
+
+static void backup_finish(ServerBackup *b);
+
 struct Server {
         sd_event *event;
         Persist *persist;
+        ServerBackup *backup;    /* at most one at a time */
         RaftIo *rio;
         PeerTransport *peers;
         char *address;            /* our Raft address: the first of our peer URLs */
@@ -2660,6 +2681,13 @@ Server *server_free(Server *s) {
 
         while (s->member_ops)
                 member_op_finish(s->member_ops, -ETIMEDOUT);
+        if (s->backup) {
+                /* the checkpoint reads the database freed below: wait for it */
+                ServerBackup *b = s->backup;
+
+                (void) pthread_join(b->thread, NULL);
+                backup_finish(b);
+        }
         free(s->followers);
         while (s->forwarded_applies) {
                 ForwardedApply *fa = s->forwarded_applies;
@@ -2693,9 +2721,83 @@ Server *server_free(Server *s) {
         return NULL;
 }
 
-int server_backup(Server *s, const char *dir) {
+static void backup_finish(ServerBackup *b) {
+        ServerBackupDone done = b->done;
+        void *userdata = b->userdata;
+        int r = b->result;
+
+        b->server->backup = NULL;
+        sd_event_source_disable_unref(b->io);
+        close(b->efd);
+        free(b->dir);
+        free(b);
+        done(r, userdata);
+}
+
+static void *backup_thread(void *userdata) {
+        ServerBackup *b = userdata;
+        uint64_t one = 1;
+
+        b->result = persist_checkpoint(b->server->persist, b->dir);
+        /* an 8-byte eventfd write does not fail short of a bug; if one did, the loop would never
+         * hear of the end and the caller would wait forever: stop loudly instead */
+        if (write(b->efd, &one, sizeof one) != (ssize_t) sizeof one) {
+                log_full_errno(LOG_CRIT, -errno, "Failed to signal the end of a backup: %m");
+                abort();
+        }
+        return NULL;
+}
+
+static int on_backup_done(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
+        ServerBackup *b = userdata;
+        int r;
+
+        r = pthread_join(b->thread, NULL);
+        if (r != 0)
+                log_error_errno(-r, "Failed to join the backup thread: %m");
+        backup_finish(b);
+        return 0;
+}
+
+int server_backup(Server *s, const char *dir, ServerBackupDone done, void *userdata) {
+        _cleanup_free_ ServerBackup *b = NULL;
+        int r;
+
         assert(s);
-        return persist_checkpoint(s->persist, dir);
+        assert(dir);
+        assert(done);
+
+        if (s->backup)
+                return -EBUSY;
+
+        b = calloc(1, sizeof(ServerBackup));
+        if (!b)
+                return -ENOMEM;
+        b->server = s;
+        b->done = done;
+        b->userdata = userdata;
+        b->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (b->efd < 0)
+                return -errno;
+        b->dir = strdup(dir);
+        if (!b->dir) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        r = sd_event_add_io(s->event, &b->io, b->efd, EPOLLIN, on_backup_done, b);
+        if (r < 0)
+                goto fail;
+        (void) sd_event_source_set_description(b->io, "backup-done");
+        r = -pthread_create(&b->thread, NULL, backup_thread, b);
+        if (r < 0)
+                goto fail;
+        s->backup = TAKE_PTR(b);
+        return 0;
+fail:
+        sd_event_source_disable_unref(b->io);
+        close(b->efd);
+        free(b->dir);
+        return r;
 }
 
 Store *server_store(Server *s) {
