@@ -74,12 +74,12 @@ def growth_kib(binary, reference, keys):
 def test_event_memory(n_keys):
     keys = [f"ev-{n_keys}-{i}" for i in range(n_keys)]
     ours = growth_kib(OUR_BINARY, False, keys)
-    # README "Memory": per event at most ~200 bytes plus the key plus its value plus the previous value,
-    # values shared with the tree and between consecutive events of one key. Twenty 1 MiB events then
-    # hold at most 2 x 20 MiB; the same bytes once more pass through the raft log and RocksDB's
-    # memtable (64 MiB write buffer, not yet flushed), and the request and answer buffers are freed
-    # after each write. Rendered as JSON the history alone held ~12 x 20 MiB = 240 MiB.
-    bound = 40 * 1024 + 2 * N * 1024 + 16 * 1024
+    # README "Memory": per event at most ~200 bytes plus the key, its value and the previous value, so
+    # the history holds at most 2 x N MiB here (N MiB when consecutive events share a value). Besides the
+    # history: the Raft log keeps the N entries in memory until the next snapshot (N MiB), RocksDB's
+    # write buffers take up to 8 MiB, and 64 MiB are allowed for the allocator keeping freed request
+    # and answer buffers. Rendered as JSON, the history alone held ~12 x N MiB (we measured 450 MiB).
+    bound = (2 * N + N + 8 + 64) * 1024
     print(f"\nRSS growth for {N} x 1 MiB control-byte values to {n_keys} key(s): ours {ours} KiB", end="")
     if os.access(REFERENCE_BINARY, os.X_OK):
         theirs = growth_kib(REFERENCE_BINARY, True, keys)
