@@ -66,6 +66,9 @@
 #define SERVER_DEFAULT_SNAPSHOT_COUNT 10000U
 #define SERVER_SNAPSHOT_MAGIC "E2SNAP01"
 #define SERVER_SYNC_RETRY_USEC (500 * USEC_PER_MSEC)
+/* Nodes one SYNC entry may expire: a few ms of apply (store, RocksDB batch, events) at most. A mass
+ * expiry takes one entry per this many nodes, proposed back to back. */
+#define SERVER_SYNC_EXPIRE_MAX 1000
 #define SERVER_FORWARD_RETRY_USEC (100 * USEC_PER_MSEC)
 #define SERVER_PUBLISH_RETRY_USEC (1 * USEC_PER_SEC)
 #define SERVER_REMOVED_EXIT_USEC (1 * USEC_PER_SEC)
@@ -238,6 +241,7 @@ struct Server {
         sd_event_source *sync_source;
         bool sync_in_flight;
         uint64_t last_sync_usec;  /* wall clock of the last SYNC proposed */
+        bool sync_more;           /* the last SYNC applied and stopped at SERVER_SYNC_EXPIRE_MAX */
 
         bool closing;
 };
@@ -2077,9 +2081,10 @@ static void sync_rearm(Server *s) {
                 (void) sd_event_source_set_enabled(s->sync_source, SD_EVENT_OFF);
                 return;
         }
-        /* Something the last SYNC should have expired is still there (it cannot expire, or clocks
-         * disagree): do not spin, retry at a relaxed pace. */
-        if (next <= s->last_sync_usec)
+        /* Something the last SYNC should have expired is still there. If that SYNC stopped at its
+         * cap, the next slice goes at once; otherwise (it failed, or clocks disagree) do not spin,
+         * retry at a relaxed pace. */
+        if (next <= s->last_sync_usec && !s->sync_more)
                 next = s->last_sync_usec + SERVER_SYNC_RETRY_USEC;
         (void) sd_event_source_set_time(s->sync_source, next);
         (void) sd_event_source_set_enabled(s->sync_source, SD_EVENT_ONESHOT);
@@ -2091,6 +2096,9 @@ static void sync_cb(StoreResult *res, void *userdata) {
         s->sync_in_flight = false;
         if (res->error != ETCD_OK)
                 log_warning("TTL sync failed: %s", strempty(res->cause));
+        /* a SYNC that applied leaves nothing due at its time unless it stopped at the cap */
+        s->sync_more = res->error == ETCD_OK && store_next_expiration(s->store) != 0 &&
+                       store_next_expiration(s->store) <= s->last_sync_usec;
         sync_rearm(s);
 }
 
@@ -2100,6 +2108,7 @@ static int on_sync_timer(sd_event_source *source, uint64_t usec, void *userdata)
                 .method = STORE_METHOD_SYNC,
                 .path = "/",
                 .prev_exist = -1,
+                .prev_index = SERVER_SYNC_EXPIRE_MAX,
                 .time_usec = now_realtime_usec(),
         };
         int r;

@@ -1922,11 +1922,13 @@ fail:
         return 0;
 }
 
-/* DeleteExpiredKeys: in expiration order, each node (a dir with its subtree) gives an "expire". */
-static int op_sync(Store *s, uint64_t cutoff_usec, uint64_t now) {
+/* DeleteExpiredKeys: in expiration order, each node (a dir with its subtree) gives an "expire".
+ * etcd expires everything due in one go; a cap (from the entry itself, so that every member applies
+ * the same) lets 100k keys of one TTL expire over many entries instead of one that holds the loop. */
+static int op_sync(Store *s, uint64_t cutoff_usec, uint64_t max, uint64_t now) {
         int r;
 
-        while (s->heap_n > 0 && s->heap[0]->expiration_usec <= cutoff_usec) {
+        for (uint64_t n = 0; (max == 0 || n < max) && s->heap_n > 0 && s->heap[0]->expiration_usec <= cutoff_usec; n++) {
                 r = remove_with_event(s, s->heap[0], STORE_ACTION_EXPIRE, now, NULL);
                 if (r < 0)
                         return r;
@@ -2019,7 +2021,7 @@ int store_apply(Store *s, const StoreRequest *req, uint64_t now_usec, StoreResul
                 break;
 
         case STORE_METHOD_SYNC:
-                r = op_sync(s, req->time_usec, now_usec);
+                r = op_sync(s, req->time_usec, req->prev_index, now_usec);
                 break;
 
         default:

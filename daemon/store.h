@@ -84,7 +84,8 @@ typedef enum StoreMethod {
         STORE_METHOD_POST,   /* in-order key: create <path>/<index zero-padded to 20 digits> */
         STORE_METHOD_DELETE,
         STORE_METHOD_QGET,   /* quorum GET: a read that went through the log */
-        STORE_METHOD_SYNC,   /* expire every node with expiration <= time_usec */
+        STORE_METHOD_SYNC,   /* expire every node with expiration <= time_usec (at most prev_index of
+                              * them if > 0: a leader slices a mass expiry into many entries) */
         _STORE_METHOD_MAX,
         _STORE_METHOD_INVALID = -22,
 } StoreMethod;
@@ -97,7 +98,7 @@ typedef struct StoreRequest {
         bool dir;
         int prev_exist;          /* -1 absent, 0 false, 1 true */
         const char *prev_value;  /* NULL or "" = absent (etcd2: empty prevValue means "no check") */
-        uint64_t prev_index;     /* 0 = absent */
+        uint64_t prev_index;     /* 0 = absent; SYNC: expire at most this many nodes (0 = all) */
         bool recursive;
         bool sorted;             /* QGET */
         bool refresh;            /* PUT refresh=true: keep the value, silent for watchers */

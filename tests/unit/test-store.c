@@ -1267,6 +1267,31 @@ static void test_load_bad_records(void **state) {
         assert_true(store_load_event(f->s, 1, junk, sizeof junk) < 0);
 }
 
+/* A SYNC with a cap (prev_index) expires at most that many due nodes, in expiration order; the next
+ * SYNC goes on where it stopped. */
+static void test_sync_capped(void **state) {
+        Fixture *f = *state;
+        char path[32];
+
+        for (unsigned i = 0; i < 5; i++) {
+                snprintf(path, sizeof path, "/1/k%u", i);
+                assert_int_equal(put_ttl(f, path, "v", NOW + (i + 1) * USEC_PER_SEC), 0);
+        }
+        assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_SYNC, .prev_index = 2,
+                                                   .time_usec = NOW + 10 * USEC_PER_SEC }), 0);
+        assert_int_equal(store_index(f->s), 7);
+        assert_null(store_lookup(f->s, "/1/k1"));
+        assert_non_null(store_lookup(f->s, "/1/k2"));
+        assert_int_equal(store_next_expiration(f->s), NOW + 3 * USEC_PER_SEC);
+        assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_SYNC, .prev_index = 2,
+                                                   .time_usec = NOW + 10 * USEC_PER_SEC }), 0);
+        assert_int_equal(store_index(f->s), 9);
+        assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_SYNC, .prev_index = 2,
+                                                   .time_usec = NOW + 10 * USEC_PER_SEC }), 0);
+        assert_int_equal(store_index(f->s), 10);
+        assert_int_equal(store_next_expiration(f->s), 0);
+}
+
 static int never_called(StoreWatcher *w, StoreEvent *e, void *userdata) {
         fail();
         return 0;
@@ -1466,6 +1491,7 @@ int main(void) {
                 T(test_persist_random),
                 T(test_load_bad_records),
                 T(test_load_event_v1),
+                T(test_sync_capped),
                 T(test_error_json),
                 T(test_stats),
                 T(test_scale),
