@@ -100,6 +100,7 @@ struct StoreNode {
         uint32_t children_cap;
         uint32_t hash;           /* hash of the name, for the parent's table */
         uint32_t heap_idx;
+        uint32_t n_ttl;          /* nodes of this subtree (itself included) in the TTL heap */
         uint32_t key_len;
         uint32_t name_off;       /* name = key + name_off */
         bool dir;
@@ -161,6 +162,11 @@ struct Store {
         /* TTL heap */
         StoreNode **heap;
         size_t heap_n, heap_cap;
+
+        /* Removed subtrees waiting to be freed, a few thousand nodes per store_apply()/store_get():
+         * a recursive delete of 100k keys detaches them at once and frees them over the next calls
+         * (linked through StoreNode.parent). */
+        StoreNode *reap;
 
         /* watchers */
         WatchList **wl_buckets;
@@ -777,6 +783,8 @@ static int heap_push(Store *s, StoreNode *n) {
         }
         heap_set(s, s->heap_n++, n);
         heap_up(s, s->heap_n - 1);
+        for (StoreNode *a = n; a; a = a->parent)
+                a->n_ttl++;
         return 0;
 }
 
@@ -786,6 +794,8 @@ static void heap_remove(Store *s, StoreNode *n) {
         if (i == HEAP_NONE)
                 return;
         n->heap_idx = HEAP_NONE;
+        for (StoreNode *a = n; a; a = a->parent)
+                a->n_ttl--;
         s->heap_n--;
         if (i == s->heap_n)
                 return;
@@ -1528,9 +1538,96 @@ static void remove_tree(Store *s, StoreNode *n, StoreEvent *e) {
         free(n);
 }
 
+/* Below this many children, with watchers around, a directory is removed node by node. */
+#define REAP_MIN_CHILDREN 256
+/* Nodes freed per store_apply()/store_get(): well under a millisecond. */
+#define REAP_BUDGET 4096
+
+static void reap(Store *s, size_t budget) {
+        while (s->reap && budget-- > 0) {
+                StoreNode *n = s->reap, *c;
+
+                s->reap = n->parent;
+                if (n->dir)
+                        NODE_FOREACH_CHILD(c, n, i) {
+                                c->parent = s->reap;
+                                s->reap = c;
+                        }
+                free(n->children);
+                value_unref(n->value);
+                free(n);
+        }
+}
+
+bool store_reap(Store *s, size_t budget) {
+        assert(s);
+        reap(s, budget);
+        return s->reap;
+}
+
+/* The node at `path` inside the detached subtree rooted at n, or NULL. */
+static StoreNode *subtree_lookup(StoreNode *n, const char *path, size_t len) {
+        const char *p = path + n->key_len, *end = path + len;
+
+        while (n && p < end) {
+                const char *q;
+
+                assert(*p == '/');
+                p++;
+                q = memchr(p, '/', end - p) ?: end;
+                n = node_child(n, p, q - p);
+                p = q;
+        }
+        return n;
+}
+
+/* What remove_tree() does for watchers, without visiting every node: the watched paths below n that
+ * name a node of the subtree hear the event, then n itself. Paths are copied first: a callback may
+ * free watch lists. */
+static void notify_subtree(Store *s, StoreNode *n, StoreEvent *e) {
+        _cleanup_(freep) char **paths = NULL;
+        size_t k = 0, cap = 0;
+
+        for (size_t b = 0; b < s->wl_cap; b++)
+                for (WatchList *l = s->wl_buckets[b]; l; l = l->bucket_next) {
+                        if (l->path_len <= n->key_len || memcmp(l->path, n->key, n->key_len) != 0 ||
+                            l->path[n->key_len] != '/' || !subtree_lookup(n, l->path, l->path_len))
+                                continue;
+                        if (k == cap) {
+                                char **t = reallocarray(paths, MAX(cap * 2, (size_t) 8), sizeof(char *));
+                                if (!t)
+                                        goto done; /* OOM: those watchers miss this event */
+                                paths = t;
+                                cap = MAX(cap * 2, (size_t) 8);
+                        }
+                        paths[k] = strndup(l->path, l->path_len);
+                        if (!paths[k])
+                                goto done;
+                        k++;
+                }
+done:
+        for (size_t i = 0; i < k; i++) {
+                notify_path(s, e, paths[i], strlen(paths[i]), true);
+                free(paths[i]);
+        }
+        notify_path(s, e, n->key, n->key_len, true);
+}
+
 static void node_remove(Store *s, StoreNode *n, StoreEvent *e) {
+        for (StoreNode *a = n->parent; a; a = a->parent)
+                a->n_ttl -= n->n_ttl;
         if (n->parent)
                 node_unlink_child(n->parent, n);
+        /* A directory without TTLs below: nothing in it is in the heap, so it can leave the tree at
+         * once and be freed in slices. Watchers below it are found through the watch table, which is
+         * worth it for big directories only. */
+        if (n->dir && n->n_ttl == 0 && (s->n_watchers == 0 || n->n_children >= REAP_MIN_CHILDREN)) {
+                if (e && s->n_watchers > 0)
+                        notify_subtree(s, n, e);
+                n->parent = s->reap;
+                s->reap = n;
+                return;
+        }
         remove_tree(s, n, e);
 }
 
@@ -1977,6 +2074,7 @@ int store_get(Store *s, const char *path, bool recursive, bool sorted, uint64_t 
         assert(ret);
 
         *ret = (StoreResult) {};
+        reap(s, REAP_BUDGET);
         return do_get(s, path, recursive, sorted, now_usec, ret);
 }
 
@@ -1989,6 +2087,7 @@ int store_apply(Store *s, const StoreRequest *req, uint64_t now_usec, StoreResul
         assert(s->dispatching == 0); /* no store_apply() from inside a watcher callback */
 
         *ret = (StoreResult) {};
+        reap(s, REAP_BUDGET);
 
         switch (req->method) {
         case STORE_METHOD_POST:
@@ -2113,6 +2212,7 @@ Store *store_free(Store *s) {
         for (unsigned i = 0; i < s->hist_n; i++)
                 store_event_unref(history_at(s, i));
         node_free_tree(s->root);
+        reap(s, SIZE_MAX);
         free(s->heap);
         free(s->buf.p);
         free(s);

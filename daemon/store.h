@@ -188,6 +188,10 @@ int store_apply(Store *s, const StoreRequest *req, uint64_t now_usec, StoreResul
  * sorted. Hidden children (name starting with '_') are omitted from listings. */
 int store_get(Store *s, const char *path, bool recursive, bool sorted, uint64_t now_usec, StoreResult *ret);
 
+/* Big removed directories are freed a slice at a time by the next store_apply()/store_get() calls;
+ * this frees up to `budget` more nodes (e.g. from an idle event source) and says whether any remain. */
+bool store_reap(Store *s, size_t budget);
+
 /* Expiry: the earliest expiration (usec) of any node, or 0 if no node has a TTL. The leader proposes
  * a SYNC with its wall clock once that time has passed. */
 uint64_t store_next_expiration(Store *s);

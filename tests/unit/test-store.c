@@ -1292,6 +1292,59 @@ static void test_sync_capped(void **state) {
         assert_int_equal(store_next_expiration(f->s), 0);
 }
 
+/* A recursive delete of a big directory without TTLs below detaches it at once and frees it over the
+ * next calls; watchers on nodes inside it still hear the delete, watchers on paths that name no node
+ * do not. With a TTL below, the node-by-node removal keeps the heap right. */
+static void test_delete_big_dir(void **state) {
+        Fixture *f = *state;
+        Catch inner = {}, dir = {}, missing = {}, stream = {};
+        StoreWatcher *ws;
+        char path[48];
+
+        for (unsigned i = 0; i < 600; i++) {
+                snprintf(path, sizeof path, i < 10 ? "/1/big/sub/k%u" : "/1/big/k%u", i);
+                assert_int_equal(put(f, path, "v"), 0);
+        }
+        (void) watch(f, "/1/big/k17", false, false, 0, &inner);
+        (void) watch(f, "/1/big/sub", false, false, 0, &dir);
+        ws = watch(f, "/1/big/nothing", false, true, 0, &missing);
+        (void) watch(f, "/1/big/sub/k8", true, false, 0, &stream);
+        assert_int_equal(del(f, "/1/big", true, true), 0);
+        assert_int_equal(f->r.error, 0);
+        assert_int_equal(inner.n, 1);
+        assert_int_equal(dir.n, 1);
+        assert_int_equal(stream.n, 1);
+        assert_int_equal(missing.n, 0);
+        assert_string_equal(inner.events[0]->key, "/1/big");
+        assert_null(store_lookup(f->s, "/1/big/sub/k8"));
+        assert_null(store_lookup(f->s, "/1/big"));
+        assert_true(store_reap(f->s, 10));
+        assert_false(store_reap(f->s, SIZE_MAX));
+        store_watcher_free(ws);
+        catch_done(&inner);
+        catch_done(&dir);
+        catch_done(&stream);
+
+        /* the same, with one TTL below: removed node by node, the heap emptied */
+        for (unsigned i = 0; i < 600; i++) {
+                snprintf(path, sizeof path, "/1/big/k%u", i);
+                assert_int_equal(i == 300 ? put_ttl(f, path, "v", NOW + USEC_PER_SEC) : put(f, path, "v"), 0);
+        }
+        assert_int_equal(put_ttl(f, "/1/other", "v", NOW + 5 * USEC_PER_SEC), 0);
+        assert_int_equal(store_next_expiration(f->s), NOW + USEC_PER_SEC);
+        assert_int_equal(del(f, "/1/big", true, true), 0);
+        assert_int_equal(store_next_expiration(f->s), NOW + 5 * USEC_PER_SEC);
+        /* a big dir again (reaped slices must not touch it) */
+        for (unsigned i = 0; i < 600; i++) {
+                snprintf(path, sizeof path, "/1/big/k%u", i);
+                assert_int_equal(put(f, path, "w"), 0);
+        }
+        assert_int_equal(del(f, "/1/big", true, true), 0);
+        assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_SYNC, .time_usec = NOW + 10 * USEC_PER_SEC }), 0);
+        assert_null(store_lookup(f->s, "/1/other"));
+        assert_int_equal(store_next_expiration(f->s), 0);
+}
+
 static int never_called(StoreWatcher *w, StoreEvent *e, void *userdata) {
         fail();
         return 0;
@@ -1492,6 +1545,7 @@ int main(void) {
                 T(test_load_bad_records),
                 T(test_load_event_v1),
                 T(test_sync_capped),
+                T(test_delete_big_dir),
                 T(test_error_json),
                 T(test_stats),
                 T(test_scale),
