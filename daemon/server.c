@@ -239,6 +239,7 @@ struct Server {
 
         /* TTL */
         sd_event_source *sync_source;
+        sd_event_source *reap_source;
         bool sync_in_flight;
         uint64_t last_sync_usec;  /* wall clock of the last SYNC proposed */
         bool sync_more;           /* the last SYNC applied and stopped at SERVER_SYNC_EXPIRE_MAX */
@@ -2069,6 +2070,17 @@ PeerTransport *server_peer_transport(Server *s) {
 
 /* ---- TTL ---- */
 
+/* A removed big directory is freed a slice at a time (store_reap()): by later store operations and,
+ * so that an idle member frees it too, after every loop iteration that dispatched something (heartbeats
+ * make sure there are some). A slice is well under a millisecond; with nothing to free it costs a check. */
+static int on_reap(sd_event_source *source, void *userdata) {
+        Server *s = userdata;
+
+        if (s->store)
+                (void) store_reap(s->store, 4096);
+        return 0;
+}
+
 static void sync_rearm(Server *s) {
         uint64_t next;
 
@@ -2565,6 +2577,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
                 return r;
         (void) sd_event_source_set_enabled(s->retry_source, SD_EVENT_OFF);
         (void) sd_event_source_set_description(s->retry_source, "server-retry");
+        r = sd_event_add_post(event, &s->reap_source, on_reap, s);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(s->reap_source, "store-reap");
 
         /* Raft */
         s->fsm = (struct raft_fsm) {
@@ -2707,6 +2723,7 @@ Server *server_free(Server *s) {
 
         sd_event_source_disable_unref(s->timeout_source);
         sd_event_source_disable_unref(s->sync_source);
+        sd_event_source_disable_unref(s->reap_source);
         sd_event_source_disable_unref(s->retry_source);
         sd_event_source_disable_unref(s->exit_source);
         if (s->rio)
