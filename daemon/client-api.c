@@ -257,25 +257,30 @@ static enum MHD_Result reply_etcd_error(HttpRequest *r, EtcdError e, const char 
 }
 
 static void event_unref_cb(void *cls) {
+        store_event_json_unpin(cls);
         store_event_unref(cls);
-}
-
-static bool event_has_prev_node(const StoreEvent *e) {
-        /* Inside JSON strings every quote is escaped, so this only matches the member name. */
-        return memmem(e->json, e->json_len, "\"prevNode\":", 11) != NULL;
 }
 
 static enum MHD_Result reply_event(HttpRequest *r, StoreEvent *e, uint64_t etcd_index) {
         struct MHD_Response *resp;
         unsigned status = MHD_HTTP_OK;
 
-        if (e->action == STORE_ACTION_CREATE || (e->action == STORE_ACTION_SET && !event_has_prev_node(e)))
+        const char *json;
+        size_t json_len;
+
+        if (e->action == STORE_ACTION_CREATE || (e->action == STORE_ACTION_SET && !e->has_prev))
                 status = MHD_HTTP_CREATED;
 
-        /* The rendered event is the body as it is: shared, one reference per response. */
-        resp = MHD_create_response_from_buffer_with_free_callback_cls(e->json_len, e->json, event_unref_cb, e);
-        if (!resp)
+        /* The event is rendered at answer time (the history keeps it raw) and the JSON is shared by
+         * every answer that pins it meanwhile: one pin and one reference per response. */
+        json = store_event_json(e, &json_len);
+        if (!json)
                 return MHD_NO;
+        resp = MHD_create_response_from_buffer_with_free_callback_cls(json_len, (void *) json, event_unref_cb, e);
+        if (!resp) {
+                store_event_json_unpin(e);
+                return MHD_NO;
+        }
         store_event_ref(e);
 
         (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
@@ -395,7 +400,10 @@ static void on_proposal_done(StoreResult *res, void *userdata) {
         http_request_resume(r);
 }
 
+/* Takes the reference to e; pins its JSON until it has been sent. */
 static int watch_push(HttpRequest *r, StoreEvent *e) {
+        size_t json_len;
+
         if (r->n_queue >= r->queue_alloc) {
                 size_t a = MAX(r->queue_alloc * 2, (size_t) 4);
                 StoreEvent **t = reallocarray(r->queue, a, sizeof(StoreEvent *));
@@ -404,6 +412,8 @@ static int watch_push(HttpRequest *r, StoreEvent *e) {
                 r->queue = t;
                 r->queue_alloc = a;
         }
+        if (!store_event_json(e, &json_len))
+                return -ENOMEM;
         r->queue[r->n_queue++] = e;
         return 0;
 }
@@ -437,11 +447,12 @@ static ssize_t watch_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 
         if (r->n_queue > 0) {
                 StoreEvent *e = r->queue[0];
-                size_t n = MIN(e->json_len - r->queue_offset, max);
+                size_t n = MIN(e->json_len - r->queue_offset, max); /* pinned: rendered */
 
                 memcpy(buf, e->json + r->queue_offset, n);
                 r->queue_offset += n;
                 if (r->queue_offset >= e->json_len) {
+                        store_event_json_unpin(e);
                         store_event_unref(e);
                         memmove(r->queue, r->queue + 1, (r->n_queue - 1) * sizeof(StoreEvent *));
                         r->n_queue--;
@@ -500,6 +511,10 @@ static enum MHD_Result start_watch(HttpRequest *r, const KeyParams *p) {
         return queue(r, MHD_HTTP_OK, resp);
 }
 
+/* etcd answers every form it cannot parse with errorCode 210 and the parser's text as the cause; it has
+ * no field cap of its own (see HTTP_FORM_FIELDS_MAX, which this text names), so this cause is ours. */
+#define TOO_MANY_FIELDS "too many form fields (more than 10000)"
+
 static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const char *key, const char *query) {
         _cleanup_(http_form_done) HttpForm form = {};
         _cleanup_(freep) char *form_error = NULL;
@@ -520,12 +535,16 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
                 char mt[64];
                 if (streq(req_media_type(r, mt, sizeof mt), CONTENT_TYPE_FORM)) {
                         k = http_form_parse(&form, r->body.data, r->body.len, &form_error);
+                        if (k == -E2BIG)
+                                return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, TOO_MANY_FIELDS, 0, 0);
                         if (k < 0)
                                 return MHD_NO;
                 }
         }
         if (query) {
                 k = http_form_parse(&form, query, strlen(query), &form_error);
+                if (k == -E2BIG)
+                        return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, TOO_MANY_FIELDS, 0, 0);
                 if (k < 0)
                         return MHD_NO;
         }
@@ -1442,8 +1461,10 @@ static enum MHD_Result handle_new_token(HttpRequest *r, const char *method, cons
                 return reply_method_not_allowed(r, "GET,POST,PUT");
         if (query) {
                 k = http_form_parse(&form, query, strlen(query), &form_error);
-                if (k < 0)
+                if (k < 0 && k != -E2BIG)
                         return MHD_NO;
+                if (k == -E2BIG)
+                        return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to parse size"));
         }
         if (form_error)
                 return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to parse size"));
@@ -1636,8 +1657,10 @@ void client_api_request_done(HttpRequest *r) {
         r->token_op = false;
         r->token_url = mfree_ptr(r->token_url);
         store_result_done(&r->result);
-        for (size_t i = 0; i < r->n_queue; i++)
+        for (size_t i = 0; i < r->n_queue; i++) {
+                store_event_json_unpin(r->queue[i]);
                 store_event_unref(r->queue[i]);
+        }
         r->queue = mfree_ptr(r->queue);
         r->n_queue = r->queue_alloc = r->queue_offset = 0;
 }

@@ -364,6 +364,9 @@ static int form_add(HttpForm *f, char *key, char *value, size_t value_len) {
                 f->alloc = a;
         }
         f->fields[f->n++] = (HttpFormField) { .key = key, .value = value, .value_len = value_len };
+        /* a parse after a lookup: the table is rebuilt by the next lookup */
+        f->slots = mfree_buf(f->slots);
+        f->n_slots = 0;
         return 0;
 }
 
@@ -409,6 +412,9 @@ int http_form_parse(HttpForm *f, const char *s, size_t n, char **ret_error) {
                         s++;
                         continue;
                 }
+                /* before unescaping: a flood of fields costs one short scan, not millions of mallocs */
+                if (f->n >= HTTP_FORM_FIELDS_MAX)
+                        return -E2BIG;
                 eq = memchr(s, '=', sep - s);
 
                 r = http_unescape(s, (eq ?: sep) - s, true, &key, NULL, &bad);
@@ -443,7 +449,55 @@ int http_form_parse(HttpForm *f, const char *s, size_t n, char **ret_error) {
         return 0;
 }
 
+/* Below this many fields a linear scan is as cheap as hashing. */
+#define FORM_LINEAR_MAX 16
+
+static uint32_t form_hash(const char *s) {
+        /* FNV-1a */
+        uint32_t h = 2166136261u;
+
+        for (; *s; s++) {
+                h ^= (unsigned char) *s;
+                h *= 16777619u;
+        }
+        return h;
+}
+
+static int form_index(HttpForm *f) {
+        size_t cap = 32;
+
+        while (cap < f->n * 2)
+                cap *= 2;
+        f->slots = malloc(cap * sizeof(uint32_t));
+        if (!f->slots)
+                return -ENOMEM;
+        f->n_slots = cap;
+        for (size_t i = 0; i < cap; i++)
+                f->slots[i] = UINT32_MAX;
+        for (size_t i = 0; i < f->n; i++)
+                for (size_t j = form_hash(f->fields[i].key) & (cap - 1);; j = (j + 1) & (cap - 1)) {
+                        if (f->slots[j] == UINT32_MAX) {
+                                f->slots[j] = (uint32_t) i;
+                                break;
+                        }
+                        /* keep the first occurrence: url.Values.Get returns the first value */
+                        if (streq(f->fields[f->slots[j]].key, f->fields[i].key))
+                                break;
+                }
+        return 0;
+}
+
 const HttpFormField *http_form_get(const HttpForm *f, const char *key) {
+        HttpForm *m = (HttpForm *) f; /* the lookup table is a cache, not part of the value */
+
+        if (f->n > FORM_LINEAR_MAX && (f->slots || form_index(m) >= 0)) {
+                for (size_t j = form_hash(key) & (f->n_slots - 1);; j = (j + 1) & (f->n_slots - 1)) {
+                        if (f->slots[j] == UINT32_MAX)
+                                return NULL;
+                        if (streq(f->fields[f->slots[j]].key, key))
+                                return &f->fields[f->slots[j]];
+                }
+        }
         for (size_t i = 0; i < f->n; i++)
                 if (streq(f->fields[i].key, key))
                         return &f->fields[i];
@@ -457,6 +511,8 @@ void http_form_done(HttpForm *f) {
         }
         f->fields = mfree_buf(f->fields);
         f->n = f->alloc = 0;
+        f->slots = mfree_buf(f->slots);
+        f->n_slots = 0;
 }
 
 int go_parse_bool(const char *s, bool *ret) {

@@ -46,13 +46,24 @@ typedef struct HttpForm {
         HttpFormField *fields;
         size_t n;
         size_t alloc;
+        /* Lookup table (open addressing over indexes into fields, first occurrence of each key wins),
+         * built by the first http_form_get() on a form with many fields: a request's ~15 lookups stay
+         * O(1) however many fields a client sends. */
+        uint32_t *slots;
+        size_t n_slots;
 } HttpForm;
+
+/* Go's ParseForm has no cap on the number of fields (only the 10 MB body cap), but a body of 5 million
+ * empty fields would hold our single event loop for seconds; no real client sends more than a few
+ * dozen. Past this many fields (body and query together) http_form_parse() fails with -E2BIG. */
+#define HTTP_FORM_FIELDS_MAX 10000
 
 /* Parses "a=1&b=2;c" as Go's url.ParseQuery (separators '&' and ';' as Go 1.7 did) and appends the
  * fields. A bad escape skips that field and the first such error is reported in *ret_error (malloc'd,
- * Go's text: invalid URL escape "%zz"); the function still returns 0 then. < 0 only on OOM. */
+ * Go's text: invalid URL escape "%zz"); the function still returns 0 then. -ENOMEM, or -E2BIG once the
+ * form would hold more than HTTP_FORM_FIELDS_MAX fields (it stops there, without reading the rest). */
 int http_form_parse(HttpForm *f, const char *s, size_t n, char **ret_error);
-/* First value of key: the field, or NULL if absent. */
+/* First value of key (as url.Values.Get): the field, or NULL if absent. */
 const HttpFormField *http_form_get(const HttpForm *f, const char *key);
 void http_form_done(HttpForm *f);
 

@@ -321,6 +321,22 @@ static int bus_op_remove_member(void *userdata, sd_bus_message *m, uint64_t id, 
         return 1;
 }
 
+static void on_bus_backup_done(int r, void *userdata) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = userdata;
+        _cleanup_free_ char *msg = NULL;
+        const char *path = NULL;
+
+        (void) sd_bus_message_rewind(m, true);
+        (void) sd_bus_message_read(m, "s", &path);
+        if (r == -EEXIST) {
+                r = -EINVAL;
+                if (asprintf(&msg, "'%s' already holds a member's data", path ?: "?") < 0)
+                        msg = NULL;
+        } else if (r < 0 && asprintf(&msg, "Backup to '%s' failed: %s", path ?: "?", strerror(-r)) < 0)
+                msg = NULL;
+        (void) bus_reply_method(m, r, 0, msg);
+}
+
 static int bus_op_backup(void *userdata, sd_bus_message *m, const char *path, sd_bus_error *error) {
         Manager *mgr = userdata;
         int r;
@@ -328,13 +344,17 @@ static int bus_op_backup(void *userdata, sd_bus_message *m, const char *path, sd
         if (!mgr->server)
                 return sd_bus_error_setf(error, BUS_ERROR_FAILED, "This etcd2 is a proxy, not a member");
 
-        r = server_backup(mgr->server, path);
-        if (r == -EEXIST)
-                return sd_bus_error_setf(error, BUS_ERROR_INVALID_ARGUMENT,
-                                         "'%s' already holds a member's data", path);
+        /* the checkpoint runs off the loop; the reply comes when it is done */
+        sd_bus_message_ref(m);
+        r = server_backup(mgr->server, path, on_bus_backup_done, m);
+        if (r < 0)
+                sd_bus_message_unref(m);
+        if (r == -EBUSY)
+                return sd_bus_error_setf(error, BUS_ERROR_FAILED,
+                                         "Another backup is running; try again when it is done");
         if (r < 0)
                 return sd_bus_error_setf(error, BUS_ERROR_FAILED, "Backup to '%s' failed: %s", path, strerror(-r));
-        return 0;
+        return 1;
 }
 
 /* Has this member's own attributes (name, client URLs) been written through the log? */

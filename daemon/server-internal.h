@@ -7,6 +7,7 @@
  * that the member's other files call (STYLE.md: server.* split by concern, server.c wires them).
  */
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -111,9 +112,25 @@ typedef struct InitialMember {
         char *raft_attributes_json;
 } InitialMember;
 
+/* A Backup in progress: the RocksDB checkpoint (a memtable flush plus hard links, seconds for a big
+ * store on a busy disk) runs on its own thread so that the loop keeps serving raft and clients; the
+ * thread's end is signalled through an eventfd watched by the loop. RocksDB allows a checkpoint
+ * concurrent with writes. */
+typedef struct ServerBackup {
+        Server *server;
+        pthread_t thread;
+        int efd;
+        sd_event_source *io;
+        char *dir;
+        int result;              /* written by the thread before it signals efd */
+        ServerBackupDone done;
+        void *userdata;
+} ServerBackup;
+
 struct Server {
         sd_event *event;
         Persist *persist;
+        ServerBackup *backup;    /* at most one at a time */
         RaftIo *rio;
         PeerTransport *peers;
         char *address;            /* our Raft address: the first of our peer URLs */
@@ -174,8 +191,10 @@ struct Server {
 
         /* TTL */
         sd_event_source *sync_source;
+        sd_event_source *reap_source;
         bool sync_in_flight;
         uint64_t last_sync_usec;  /* wall clock of the last SYNC proposed */
+        bool sync_more;           /* the last SYNC applied and stopped at SERVER_SYNC_EXPIRE_MAX */
 
         bool closing;
 };

@@ -41,9 +41,12 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <json-c/json.h>
@@ -64,8 +67,13 @@
 #define SERVER_DEFAULT_SNAPSHOT_COUNT 10000U
 #define SERVER_SNAPSHOT_MAGIC "E2SNAP01"
 #define SERVER_SYNC_RETRY_USEC (500 * USEC_PER_MSEC)
+/* Nodes one SYNC entry may expire: a few ms of apply (store, RocksDB batch, events) at most. A mass
+ * expiry takes one entry per this many nodes, proposed back to back. */
+#define SERVER_SYNC_EXPIRE_MAX 1000
 #define SERVER_FORWARD_RETRY_USEC (100 * USEC_PER_MSEC)
 #define SERVER_PUBLISH_RETRY_USEC (1 * USEC_PER_SEC)
+static void backup_finish(ServerBackup *b);
+
 
 static const ClusterMember *config_self(const Config *c, uint64_t id);
 
@@ -1234,6 +1242,17 @@ PeerTransport *server_peer_transport(Server *s) {
 
 /* ---- TTL ---- */
 
+/* A removed big directory is freed a slice at a time (store_reap()): by later store operations and,
+ * so that an idle member frees it too, after every loop iteration that dispatched something (heartbeats
+ * make sure there are some). A slice is well under a millisecond; with nothing to free it costs a check. */
+static int on_reap(sd_event_source *source, void *userdata) {
+        Server *s = userdata;
+
+        if (s->store)
+                (void) store_reap(s->store, 4096);
+        return 0;
+}
+
 static void sync_rearm(Server *s) {
         uint64_t next;
 
@@ -1246,9 +1265,10 @@ static void sync_rearm(Server *s) {
                 (void) sd_event_source_set_enabled(s->sync_source, SD_EVENT_OFF);
                 return;
         }
-        /* Something the last SYNC should have expired is still there (it cannot expire, or clocks
-         * disagree): do not spin, retry at a relaxed pace. */
-        if (next <= s->last_sync_usec)
+        /* Something the last SYNC should have expired is still there. If that SYNC stopped at its
+         * cap, the next slice goes at once; otherwise (it failed, or clocks disagree) do not spin,
+         * retry at a relaxed pace. */
+        if (next <= s->last_sync_usec && !s->sync_more)
                 next = s->last_sync_usec + SERVER_SYNC_RETRY_USEC;
         (void) sd_event_source_set_time(s->sync_source, next);
         (void) sd_event_source_set_enabled(s->sync_source, SD_EVENT_ONESHOT);
@@ -1260,6 +1280,9 @@ static void sync_cb(StoreResult *res, void *userdata) {
         s->sync_in_flight = false;
         if (res->error != ETCD_OK)
                 log_warning("TTL sync failed: %s", strempty(res->cause));
+        /* a SYNC that applied leaves nothing due at its time unless it stopped at the cap */
+        s->sync_more = res->error == ETCD_OK && store_next_expiration(s->store) != 0 &&
+                       store_next_expiration(s->store) <= s->last_sync_usec;
         sync_rearm(s);
 }
 
@@ -1269,6 +1292,7 @@ static int on_sync_timer(sd_event_source *source, uint64_t usec, void *userdata)
                 .method = STORE_METHOD_SYNC,
                 .path = "/",
                 .prev_exist = -1,
+                .prev_index = SERVER_SYNC_EXPIRE_MAX,
                 .time_usec = now_realtime_usec(),
         };
         int r;
@@ -1737,6 +1761,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
                 return r;
         (void) sd_event_source_set_enabled(s->retry_source, SD_EVENT_OFF);
         (void) sd_event_source_set_description(s->retry_source, "server-retry");
+        r = sd_event_add_post(event, &s->reap_source, on_reap, s);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(s->reap_source, "store-reap");
 
         /* Raft */
         s->fsm = (struct raft_fsm) {
@@ -1866,6 +1894,13 @@ Server *server_free(Server *s) {
 
         while (s->member_ops)
                 member_op_finish(s->member_ops, -ETIMEDOUT);
+        if (s->backup) {
+                /* the checkpoint reads the database freed below: wait for it */
+                ServerBackup *b = s->backup;
+
+                (void) pthread_join(b->thread, NULL);
+                backup_finish(b);
+        }
         free(s->followers);
         while (s->forwarded_applies) {
                 ForwardedApply *fa = s->forwarded_applies;
@@ -1876,6 +1911,7 @@ Server *server_free(Server *s) {
 
         sd_event_source_disable_unref(s->timeout_source);
         sd_event_source_disable_unref(s->sync_source);
+        sd_event_source_disable_unref(s->reap_source);
         sd_event_source_disable_unref(s->retry_source);
         sd_event_source_disable_unref(s->exit_source);
         if (s->rio)
@@ -1899,9 +1935,83 @@ Server *server_free(Server *s) {
         return NULL;
 }
 
-int server_backup(Server *s, const char *dir) {
+static void backup_finish(ServerBackup *b) {
+        ServerBackupDone done = b->done;
+        void *userdata = b->userdata;
+        int r = b->result;
+
+        b->server->backup = NULL;
+        sd_event_source_disable_unref(b->io);
+        close(b->efd);
+        free(b->dir);
+        free(b);
+        done(r, userdata);
+}
+
+static void *backup_thread(void *userdata) {
+        ServerBackup *b = userdata;
+        uint64_t one = 1;
+
+        b->result = persist_checkpoint(b->server->persist, b->dir);
+        /* an 8-byte eventfd write does not fail short of a bug; if one did, the loop would never
+         * hear of the end and the caller would wait forever: stop loudly instead */
+        if (write(b->efd, &one, sizeof one) != (ssize_t) sizeof one) {
+                log_full_errno(LOG_CRIT, -errno, "Failed to signal the end of a backup: %m");
+                abort();
+        }
+        return NULL;
+}
+
+static int on_backup_done(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
+        ServerBackup *b = userdata;
+        int r;
+
+        r = pthread_join(b->thread, NULL);
+        if (r != 0)
+                log_error_errno(-r, "Failed to join the backup thread: %m");
+        backup_finish(b);
+        return 0;
+}
+
+int server_backup(Server *s, const char *dir, ServerBackupDone done, void *userdata) {
+        _cleanup_free_ ServerBackup *b = NULL;
+        int r;
+
         assert(s);
-        return persist_checkpoint(s->persist, dir);
+        assert(dir);
+        assert(done);
+
+        if (s->backup)
+                return -EBUSY;
+
+        b = calloc(1, sizeof(ServerBackup));
+        if (!b)
+                return -ENOMEM;
+        b->server = s;
+        b->done = done;
+        b->userdata = userdata;
+        b->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (b->efd < 0)
+                return -errno;
+        b->dir = strdup(dir);
+        if (!b->dir) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        r = sd_event_add_io(s->event, &b->io, b->efd, EPOLLIN, on_backup_done, b);
+        if (r < 0)
+                goto fail;
+        (void) sd_event_source_set_description(b->io, "backup-done");
+        r = -pthread_create(&b->thread, NULL, backup_thread, b);
+        if (r < 0)
+                goto fail;
+        s->backup = TAKE_PTR(b);
+        return 0;
+fail:
+        sd_event_source_disable_unref(b->io);
+        close(b->efd);
+        free(b->dir);
+        return r;
 }
 
 Store *server_store(Server *s) {

@@ -110,4 +110,9 @@ void server_self_stats(Server *s, ServerSelfStats *ret);
 
 /* A consistent backup of this member's data into <dir>/member (a RocksDB checkpoint, taken live). It
  * restores as a one-member cluster with `etcd2 --data-dir <dir> --force-new-cluster`. */
-int server_backup(Server *s, const char *dir);
+typedef void (*ServerBackupDone)(int r, void *userdata);
+/* The checkpoint runs on a thread; `done` is called once from the loop with 0 or a negative errno
+ * (-EEXIST: dir already holds a member's data), also when the server is freed meanwhile (after the
+ * thread ended). Returns -EBUSY while another backup runs (one at a time: a second checkpoint would
+ * only compete for the same disk), < 0 if it could not start (done is not called then). */
+int server_backup(Server *s, const char *dir, ServerBackupDone done, void *userdata);

@@ -48,12 +48,50 @@ static inline void *mfree(void *p) {
 }
 
 #define NODE_RECORD_VERSION 1
-#define EVENT_RECORD_VERSION 1
+/* 1: key and the rendered JSON; 2: key and the raw fields of the node and prevNode (both loadable) */
+#define EVENT_RECORD_VERSION_JSON 1
+#define EVENT_RECORD_VERSION 2
+
+/* A file's value: immutable once made and shared by refcount between the node that holds it and the
+ * events that mention it (as node or prevNode), so that a write of a 1 MiB value costs 1 MiB however
+ * many events of the history refer to it. Code passes the data pointer around. */
+typedef struct StoreValue {
+        unsigned n_ref;
+        char data[];
+} StoreValue;
+
+static StoreValue *value_of(char *data) {
+        return (StoreValue *) (data - offsetof(StoreValue, data));
+}
+
+static char *value_new(const char *p, size_t len) {
+        StoreValue *v;
+
+        v = malloc(offsetof(StoreValue, data) + len + 1);
+        if (!v)
+                return NULL;
+        v->n_ref = 1;
+        if (len > 0)
+                memcpy(v->data, p, len);
+        v->data[len] = 0;
+        return v->data;
+}
+
+static char *value_ref(char *data) {
+        if (data)
+                value_of(data)->n_ref++;
+        return data;
+}
+
+static void value_unref(char *data) {
+        if (data && --value_of(data)->n_ref == 0)
+                free(value_of(data));
+}
 
 struct StoreNode {
         StoreNode *parent;
         StoreNode **children;    /* dirs only: hash table with children_cap slots (power of two) */
-        char *value;             /* files only, NUL-terminated, may contain NULs (value_len counts) */
+        char *value;             /* files only, a StoreValue's data: NUL-terminated, may contain NULs (value_len counts) */
         uint64_t created_index;
         uint64_t modified_index;
         uint64_t expiration_usec;/* 0 = permanent */
@@ -62,6 +100,7 @@ struct StoreNode {
         uint32_t children_cap;
         uint32_t hash;           /* hash of the name, for the parent's table */
         uint32_t heap_idx;
+        uint32_t n_ttl;          /* nodes of this subtree (itself included) in the TTL heap */
         uint32_t key_len;
         uint32_t name_off;       /* name = key + name_off */
         bool dir;
@@ -124,6 +163,11 @@ struct Store {
         StoreNode **heap;
         size_t heap_n, heap_cap;
 
+        /* Removed subtrees waiting to be freed, a few thousand nodes per store_apply()/store_get():
+         * a recursive delete of 100k keys detaches them at once and frees them over the next calls
+         * (linked through StoreNode.parent). */
+        StoreNode *reap;
+
         /* watchers */
         WatchList **wl_buckets;
         size_t wl_cap, wl_n;
@@ -133,7 +177,7 @@ struct Store {
 
         StoreStats stats;
 
-        Buf buf, pbuf;           /* scratch buffers for rendering */
+        Buf buf;                 /* scratch buffer for rendering get results */
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -567,13 +611,10 @@ static int node_set_value(StoreNode *n, const char *value, size_t len) {
 
         if (len > UINT32_MAX)
                 return -E2BIG;
-        v = malloc(len + 1);
+        v = value_new(value, len);
         if (!v)
                 return -ENOMEM;
-        if (len > 0)
-                memcpy(v, value, len);
-        v[len] = 0;
-        free(n->value);
+        value_unref(n->value);
         n->value = v;
         n->value_len = len;
         return 0;
@@ -677,7 +718,7 @@ static void node_free_tree(StoreNode *n) {
                 NODE_FOREACH_CHILD(c, n, i)
                         node_free_tree(c);
         free(n->children);
-        free(n->value);
+        value_unref(n->value);
         free(n);
 }
 
@@ -742,6 +783,8 @@ static int heap_push(Store *s, StoreNode *n) {
         }
         heap_set(s, s->heap_n++, n);
         heap_up(s, s->heap_n - 1);
+        for (StoreNode *a = n; a; a = a->parent)
+                a->n_ttl++;
         return 0;
 }
 
@@ -751,6 +794,8 @@ static void heap_remove(Store *s, StoreNode *n) {
         if (i == HEAP_NONE)
                 return;
         n->heap_idx = HEAP_NONE;
+        for (StoreNode *a = n; a; a = a->parent)
+                a->n_ttl--;
         s->heap_n--;
         if (i == s->heap_n)
                 return;
@@ -791,38 +836,145 @@ StoreEvent *store_event_ref(StoreEvent *e) {
         return e;
 }
 
+static void event_node_clear(StoreEventNode *en) {
+        value_unref(en->value);
+        en->value = NULL;
+}
+
 StoreEvent *store_event_unref(StoreEvent *e) {
         if (!e)
                 return NULL;
         assert(e->n_ref > 0);
-        if (--e->n_ref == 0)
+        if (--e->n_ref == 0) {
+                if (!e->json_fixed)
+                        free(e->json);
+                event_node_clear(&e->node);
+                event_node_clear(&e->prev);
                 free(e);
+        }
         return NULL;
 }
 
-/* One allocation: the struct, then the key, then the JSON. */
-static StoreEvent *event_new(StoreAction action, const char *key, size_t key_len, uint64_t index,
-                             bool refresh, bool prev_dir, const char *json, size_t json_len) {
+/* One allocation: the struct, then the key, then (fixed JSON only) the JSON. */
+static StoreEvent *event_alloc(StoreAction action, const char *key, size_t key_len, uint64_t index,
+                               const char *json, size_t json_len) {
         StoreEvent *e;
 
-        e = malloc(sizeof(StoreEvent) + key_len + 1 + json_len + 1);
+        e = malloc(sizeof(StoreEvent) + key_len + 1 + (json ? json_len + 1 : 0));
         if (!e)
                 return NULL;
         *e = (StoreEvent) {
                 .n_ref = 1,
                 .action = action,
                 .index = index,
-                .refresh = refresh,
-                .prev_dir = prev_dir,
-                .json_len = json_len,
         };
         e->key = (char *) (e + 1);
         memcpy(e->key, key, key_len);
         e->key[key_len] = 0;
-        e->json = e->key + key_len + 1;
-        memcpy(e->json, json, json_len);
-        e->json[json_len] = 0;
+        if (json) {
+                e->json = e->key + key_len + 1;
+                memcpy(e->json, json, json_len);
+                e->json[json_len] = 0;
+                e->json_len = json_len;
+                e->json_fixed = true;
+        }
         return e;
+}
+
+/* A node as an event's node or prevNode (node.Repr without children); takes a reference on the value. */
+static void event_node_capture(StoreEventNode *en, const StoreNode *n) {
+        *en = (StoreEventNode) {
+                .value = n->dir ? NULL : value_ref(n->value),
+                .value_len = n->dir ? 0 : n->value_len,
+                .has_value = !n->dir,
+                .dir = n->dir,
+                .expiration_usec = n->expiration_usec,
+                .modified_index = n->modified_index,
+                .created_index = n->created_index,
+        };
+}
+
+/* Makes an event; takes over the value references of *node and *prev (prev may be NULL), also on
+ * failure. */
+static StoreEvent *event_make(StoreAction action, const char *key, uint64_t index, uint64_t now,
+                              bool prev_dir, StoreEventNode *node, StoreEventNode *prev) {
+        StoreEvent *e;
+
+        e = event_alloc(action, key, strlen(key), index, NULL, 0);
+        if (!e) {
+                event_node_clear(node);
+                if (prev)
+                        event_node_clear(prev);
+                return NULL;
+        }
+        e->prev_dir = prev_dir;
+        e->now_usec = now;
+        e->node = *node;
+        *node = (StoreEventNode) {};
+        if (prev) {
+                e->has_prev = true;
+                e->prev = *prev;
+                *prev = (StoreEventNode) {};
+        }
+        return e;
+}
+
+/* Node fields of an event, NodeExtern field order. */
+static void render_event_node(Buf *b, const char *key, const StoreEventNode *en, uint64_t now) {
+        buf_putc(b, '{');
+        render_key(b, key);
+        if (en->has_value) {
+                buf_puts(b, "\"value\":");
+                buf_json_string(b, en->value ?: "", en->value_len);
+                buf_putc(b, ',');
+        }
+        if (en->dir)
+                buf_puts(b, "\"dir\":true,");
+        render_ttl(b, en->expiration_usec, now);
+        render_indexes(b, en->modified_index, en->created_index);
+        render_close(b);
+}
+
+const char *store_event_json(StoreEvent *e, size_t *ret_len) {
+        Buf b = {};
+
+        assert(e);
+
+        if (e->json_fixed || e->json) {
+                if (!e->json_fixed)
+                        e->json_pins++;
+                *ret_len = e->json_len;
+                return e->json;
+        }
+        buf_puts(&b, "{\"action\":\"");
+        buf_puts(&b, store_action_to_string(e->action));
+        buf_puts(&b, "\",\"node\":");
+        render_event_node(&b, e->key, &e->node, e->now_usec);
+        if (e->has_prev) {
+                buf_puts(&b, ",\"prevNode\":");
+                render_event_node(&b, e->key, &e->prev, e->now_usec);
+        }
+        buf_puts(&b, "}\n");
+        if (b.oom) {
+                free(b.p);
+                return NULL;
+        }
+        e->json = b.p;
+        e->json_len = b.n;
+        e->json_pins = 1;
+        *ret_len = e->json_len;
+        return e->json;
+}
+
+void store_event_json_unpin(StoreEvent *e) {
+        if (!e || e->json_fixed)
+                return;
+        assert(e->json_pins > 0);
+        if (--e->json_pins == 0) {
+                free(e->json);
+                e->json = NULL;
+                e->json_len = 0;
+        }
 }
 
 void store_result_done(StoreResult *r) {
@@ -870,23 +1022,55 @@ static void *node_encode(const StoreNode *n, size_t *ret_len) {
         return r;
 }
 
-/* Event record: version(1) action(1) flags(1: bit0 refresh, bit1 prev_dir) index(8) key_len(8) key json */
-#define EVENT_RECORD_HEADER (3 + 8 + 8)
+/* Event record, version 2: version(1) action(1) flags(1) index(8) key_len(8) now(8)
+ * node: expiration(8) created(8) value_len(8)  prev: expiration(8) modified(8) created(8) value_len(8)
+ * then the key, the node's value, the prevNode's value. The node's modifiedIndex is the index.
+ * Version 1 (read only): version(1) action(1) flags(1: bit0 refresh, bit1 prev_dir) index(8)
+ * key_len(8) key json. */
+#define EVENT_RECORD_HEADER_V1 (3 + 8 + 8)
+#define EVENT_RECORD_HEADER (3 + 8 * 10)
+
+enum {
+        EVENT_FLAG_REFRESH = 1 << 0,
+        EVENT_FLAG_PREV_DIR = 1 << 1,
+        EVENT_FLAG_HAS_PREV = 1 << 2,
+        EVENT_FLAG_NODE_VALUE = 1 << 3,
+        EVENT_FLAG_NODE_DIR = 1 << 4,
+        EVENT_FLAG_PREV_VALUE = 1 << 5,
+        EVENT_FLAG_PREV_NODE_DIR = 1 << 6,
+};
 
 static void *event_encode(const StoreEvent *e, size_t *ret_len) {
-        size_t kl = strlen(e->key), len = EVENT_RECORD_HEADER + kl + e->json_len;
-        uint8_t *r;
+        size_t kl = strlen(e->key), len = EVENT_RECORD_HEADER + kl + e->node.value_len + e->prev.value_len;
+        uint8_t *r, *p;
 
         r = malloc(len);
         if (!r)
                 return NULL;
         r[0] = EVENT_RECORD_VERSION;
         r[1] = (uint8_t) e->action;
-        r[2] = (e->refresh ? 1 : 0) | (e->prev_dir ? 2 : 0);
+        r[2] = (e->refresh ? EVENT_FLAG_REFRESH : 0) | (e->prev_dir ? EVENT_FLAG_PREV_DIR : 0) |
+               (e->has_prev ? EVENT_FLAG_HAS_PREV : 0) |
+               (e->node.has_value ? EVENT_FLAG_NODE_VALUE : 0) | (e->node.dir ? EVENT_FLAG_NODE_DIR : 0) |
+               (e->prev.has_value ? EVENT_FLAG_PREV_VALUE : 0) | (e->prev.dir ? EVENT_FLAG_PREV_NODE_DIR : 0);
         put_u64(r + 3, e->index);
         put_u64(r + 11, kl);
-        memcpy(r + EVENT_RECORD_HEADER, e->key, kl);
-        memcpy(r + EVENT_RECORD_HEADER + kl, e->json, e->json_len);
+        put_u64(r + 19, e->now_usec);
+        put_u64(r + 27, e->node.expiration_usec);
+        put_u64(r + 35, e->node.created_index);
+        put_u64(r + 43, e->node.value_len);
+        put_u64(r + 51, e->prev.expiration_usec);
+        put_u64(r + 59, e->prev.modified_index);
+        put_u64(r + 67, e->prev.created_index);
+        put_u64(r + 75, e->prev.value_len);
+        p = r + EVENT_RECORD_HEADER;
+        memcpy(p, e->key, kl);
+        p += kl;
+        if (e->node.value_len > 0)
+                memcpy(p, e->node.value, e->node.value_len);
+        p += e->node.value_len;
+        if (e->prev.value_len > 0)
+                memcpy(p, e->prev.value, e->prev.value_len);
         *ret_len = len;
         return r;
 }
@@ -1350,64 +1534,101 @@ static void remove_tree(Store *s, StoreNode *n, StoreEvent *e) {
         n->n_children = 0;
         n->children_cap = 0;
         free(n->children);
-        free(n->value);
+        value_unref(n->value);
         free(n);
 }
 
+/* Below this many children, with watchers around, a directory is removed node by node. */
+#define REAP_MIN_CHILDREN 256
+/* Nodes freed per store_apply()/store_get(): well under a millisecond. */
+#define REAP_BUDGET 4096
+
+static void reap(Store *s, size_t budget) {
+        while (s->reap && budget-- > 0) {
+                StoreNode *n = s->reap, *c;
+
+                s->reap = n->parent;
+                if (n->dir)
+                        NODE_FOREACH_CHILD(c, n, i) {
+                                c->parent = s->reap;
+                                s->reap = c;
+                        }
+                free(n->children);
+                value_unref(n->value);
+                free(n);
+        }
+}
+
+bool store_reap(Store *s, size_t budget) {
+        assert(s);
+        reap(s, budget);
+        return s->reap;
+}
+
+/* The node at `path` inside the detached subtree rooted at n, or NULL. */
+static StoreNode *subtree_lookup(StoreNode *n, const char *path, size_t len) {
+        const char *p = path + n->key_len, *end = path + len;
+
+        while (n && p < end) {
+                const char *q;
+
+                assert(*p == '/');
+                p++;
+                q = memchr(p, '/', end - p) ?: end;
+                n = node_child(n, p, q - p);
+                p = q;
+        }
+        return n;
+}
+
+/* What remove_tree() does for watchers, without visiting every node: the watched paths below n that
+ * name a node of the subtree hear the event, then n itself. Paths are copied first: a callback may
+ * free watch lists. */
+static void notify_subtree(Store *s, StoreNode *n, StoreEvent *e) {
+        _cleanup_(freep) char **paths = NULL;
+        size_t k = 0, cap = 0;
+
+        for (size_t b = 0; b < s->wl_cap; b++)
+                for (WatchList *l = s->wl_buckets[b]; l; l = l->bucket_next) {
+                        if (l->path_len <= n->key_len || memcmp(l->path, n->key, n->key_len) != 0 ||
+                            l->path[n->key_len] != '/' || !subtree_lookup(n, l->path, l->path_len))
+                                continue;
+                        if (k == cap) {
+                                char **t = reallocarray(paths, MAX(cap * 2, (size_t) 8), sizeof(char *));
+                                if (!t)
+                                        goto done; /* OOM: those watchers miss this event */
+                                paths = t;
+                                cap = MAX(cap * 2, (size_t) 8);
+                        }
+                        paths[k] = strndup(l->path, l->path_len);
+                        if (!paths[k])
+                                goto done;
+                        k++;
+                }
+done:
+        for (size_t i = 0; i < k; i++) {
+                notify_path(s, e, paths[i], strlen(paths[i]), true);
+                free(paths[i]);
+        }
+        notify_path(s, e, n->key, n->key_len, true);
+}
+
 static void node_remove(Store *s, StoreNode *n, StoreEvent *e) {
+        for (StoreNode *a = n->parent; a; a = a->parent)
+                a->n_ttl -= n->n_ttl;
         if (n->parent)
                 node_unlink_child(n->parent, n);
+        /* A directory without TTLs below: nothing in it is in the heap, so it can leave the tree at
+         * once and be freed in slices. Watchers below it are found through the watch table, which is
+         * worth it for big directories only. */
+        if (n->dir && n->n_ttl == 0 && (s->n_watchers == 0 || n->n_children >= REAP_MIN_CHILDREN)) {
+                if (e && s->n_watchers > 0)
+                        notify_subtree(s, n, e);
+                n->parent = s->reap;
+                s->reap = n;
+                return;
+        }
         remove_tree(s, n, e);
-}
-
-/* Node fields of an event, NodeExtern field order. */
-static void render_event_node(Buf *b, const char *key, const char *value, size_t value_len, bool dir,
-                              uint64_t expiration_usec, uint64_t now, uint64_t modified, uint64_t created) {
-        buf_putc(b, '{');
-        render_key(b, key);
-        if (value) {
-                buf_puts(b, "\"value\":");
-                buf_json_string(b, value, value_len);
-                buf_putc(b, ',');
-        }
-        if (dir)
-                buf_puts(b, "\"dir\":true,");
-        render_ttl(b, expiration_usec, now);
-        render_indexes(b, modified, created);
-        render_close(b);
-}
-
-static void render_event_begin(Buf *b, StoreAction a) {
-        buf_reset(b);
-        buf_puts(b, "{\"action\":\"");
-        buf_puts(b, store_action_to_string(a));
-        buf_puts(b, "\",\"node\":");
-}
-
-/* Finishes s->buf with the prevNode (rendered in s->pbuf, if any) and makes the event. */
-static StoreEvent *render_event_end(Store *s, StoreAction a, const char *key, uint64_t index,
-                                    bool has_prev, bool prev_dir) {
-        Buf *b = &s->buf;
-        StoreEvent *e;
-
-        if (has_prev) {
-                buf_puts(b, ",\"prevNode\":");
-                buf_put(b, s->pbuf.p, s->pbuf.n);
-                if (s->pbuf.oom)
-                        b->oom = true;
-        }
-        buf_puts(b, "}\n");
-        if (b->oom)
-                return NULL;
-        e = event_new(a, key, strlen(key), index, false, prev_dir, b->p, b->n);
-        if (e)
-                e->has_prev = has_prev;
-        return e;
-}
-
-static void render_prev(Store *s, const StoreNode *n, uint64_t now) {
-        buf_reset(&s->pbuf);
-        render_node(&s->pbuf, n, false, false, false, now);
 }
 
 /* internalCreate. On success *ret_event holds the (not yet announced) event. */
@@ -1416,9 +1637,9 @@ static int internal_create(Store *s, const char *path, bool dir, const char *val
                            uint64_t now, StoreResult *ret, StoreEvent **ret_event) {
         _cleanup_(freep) char *upath = NULL;
         uint64_t next = s->index + 1;
+        StoreEventNode en, prev = {};
         StoreNode *d, *n, *old;
         const char *name;
-        bool has_prev = false;
         int r;
 
         if (unique) {
@@ -1444,8 +1665,6 @@ static int internal_create(Store *s, const char *path, bool dir, const char *val
                         return set_error_key(ret, ETCD_ERROR_NODE_EXIST, path);
                 if (old->dir)
                         return set_error_key(ret, ETCD_ERROR_NOT_FILE, path);
-                render_prev(s, old, now);
-                has_prev = true;
         }
 
         n = node_new(d, name, strlen(name), dir, next, expiration_usec);
@@ -1470,10 +1689,18 @@ static int internal_create(Store *s, const char *path, bool dir, const char *val
                 n->expiration_usec = expiration_usec;
         }
 
-        render_event_begin(&s->buf, action);
-        render_event_node(&s->buf, path, dir ? NULL : n->value, n->value_len, dir, expiration_usec, now,
-                          next, next);
-        *ret_event = render_event_end(s, action, path, next, has_prev, false);
+        en = (StoreEventNode) {
+                .value = dir ? NULL : value_ref(n->value),
+                .value_len = dir ? 0 : n->value_len,
+                .has_value = !dir,
+                .dir = dir,
+                .expiration_usec = expiration_usec,
+                .modified_index = next,
+                .created_index = next,
+        };
+        if (old)
+                event_node_capture(&prev, old);
+        *ret_event = event_make(action, path, next, now, false, &en, old ? &prev : NULL);
         if (!*ret_event) {
                 node_free_tree(n);
                 return -ENOMEM;
@@ -1567,6 +1794,7 @@ static int op_create(Store *s, const StoreRequest *req, bool unique, uint64_t no
 static int op_update(Store *s, const StoreRequest *req, uint64_t now, StoreResult *ret) {
         uint64_t next = s->index + 1;
         size_t value_len = req->value ? req->value_len : 0;
+        StoreEventNode en, prev;
         StoreEvent *e;
         StoreNode *n;
         int r;
@@ -1583,24 +1811,27 @@ static int op_update(Store *s, const StoreRequest *req, uint64_t now, StoreResul
                 goto fail;
         }
 
-        render_prev(s, n, now);
+        event_node_capture(&prev, n);
         if (!n->dir && !req->refresh) {
                 r = node_set_value(n, req->value, value_len);
-                if (r < 0)
+                if (r < 0) {
+                        event_node_clear(&prev);
                         return r;
+                }
         }
         r = node_update_ttl(s, n, req->expiration_usec);
-        if (r < 0)
+        if (r < 0) {
+                event_node_clear(&prev);
                 return r;
+        }
         /* node.Write() refuses directories, so a dir keeps its modifiedIndex even though the
          * event reports the new index (etcd answers exactly so) */
         if (!n->dir)
                 n->modified_index = next;
 
-        render_event_begin(&s->buf, STORE_ACTION_UPDATE);
-        render_event_node(&s->buf, n->key, n->dir ? NULL : n->value, n->value_len, n->dir, n->expiration_usec,
-                          now, next, n->created_index);
-        e = render_event_end(s, STORE_ACTION_UPDATE, n->key, next, true, false);
+        event_node_capture(&en, n);
+        en.modified_index = next;
+        e = event_make(STORE_ACTION_UPDATE, n->key, next, now, false, &en, &prev);
         if (!e)
                 return -ENOMEM;
         s->index = next;
@@ -1642,6 +1873,7 @@ static int compare(StoreResult *ret, const StoreNode *n, const char *prev_value,
 
 static int op_cas(Store *s, const StoreRequest *req, uint64_t now, StoreResult *ret) {
         uint64_t next = s->index + 1;
+        StoreEventNode en, prev;
         StoreEvent *e;
         StoreNode *n;
         int r;
@@ -1661,21 +1893,23 @@ static int op_cas(Store *s, const StoreRequest *req, uint64_t now, StoreResult *
         if (r != 0)
                 goto fail;
 
-        render_prev(s, n, now);
+        event_node_capture(&prev, n);
         if (!req->refresh) {
                 r = node_set_value(n, req->value, req->value ? req->value_len : 0);
-                if (r < 0)
+                if (r < 0) {
+                        event_node_clear(&prev);
                         return r;
+                }
         }
         r = node_update_ttl(s, n, req->expiration_usec);
-        if (r < 0)
+        if (r < 0) {
+                event_node_clear(&prev);
                 return r;
+        }
         n->modified_index = next;
 
-        render_event_begin(&s->buf, STORE_ACTION_COMPARE_AND_SWAP);
-        render_event_node(&s->buf, n->key, n->value, n->value_len, false, n->expiration_usec, now, next,
-                          n->created_index);
-        e = render_event_end(s, STORE_ACTION_COMPARE_AND_SWAP, n->key, next, true, false);
+        event_node_capture(&en, n);
+        e = event_make(STORE_ACTION_COMPARE_AND_SWAP, n->key, next, now, false, &en, &prev);
         if (!e)
                 return -ENOMEM;
         s->index = next;
@@ -1695,12 +1929,16 @@ fail:
 static int remove_with_event(Store *s, StoreNode *n, StoreAction action, uint64_t now, StoreResult *ret) {
         uint64_t next = s->index + 1;
         _cleanup_(freep) char *key = NULL;
+        StoreEventNode en, prev;
         StoreEvent *e;
 
-        render_prev(s, n, now);
-        render_event_begin(&s->buf, action);
-        render_event_node(&s->buf, n->key, NULL, 0, n->dir, 0, now, next, n->created_index);
-        e = render_event_end(s, action, n->key, next, true, n->dir);
+        event_node_capture(&prev, n);
+        en = (StoreEventNode) {
+                .dir = n->dir,
+                .modified_index = next,
+                .created_index = n->created_index,
+        };
+        e = event_make(action, n->key, next, now, n->dir, &en, &prev);
         if (!e)
                 return -ENOMEM;
 
@@ -1781,11 +2019,13 @@ fail:
         return 0;
 }
 
-/* DeleteExpiredKeys: in expiration order, each node (a dir with its subtree) gives an "expire". */
-static int op_sync(Store *s, uint64_t cutoff_usec, uint64_t now) {
+/* DeleteExpiredKeys: in expiration order, each node (a dir with its subtree) gives an "expire".
+ * etcd expires everything due in one go; a cap (from the entry itself, so that every member applies
+ * the same) lets 100k keys of one TTL expire over many entries instead of one that holds the loop. */
+static int op_sync(Store *s, uint64_t cutoff_usec, uint64_t max, uint64_t now) {
         int r;
 
-        while (s->heap_n > 0 && s->heap[0]->expiration_usec <= cutoff_usec) {
+        for (uint64_t n = 0; (max == 0 || n < max) && s->heap_n > 0 && s->heap[0]->expiration_usec <= cutoff_usec; n++) {
                 r = remove_with_event(s, s->heap[0], STORE_ACTION_EXPIRE, now, NULL);
                 if (r < 0)
                         return r;
@@ -1808,13 +2048,13 @@ static int do_get(Store *s, const char *path, bool recursive, bool sorted, uint6
                 return 0;
         }
 
-        render_event_begin(&s->buf, STORE_ACTION_GET);
+        buf_reset(&s->buf);
+        buf_puts(&s->buf, "{\"action\":\"get\",\"node\":");
         render_node(&s->buf, n, true, recursive, sorted, now);
         buf_puts(&s->buf, "}\n");
         if (s->buf.oom)
                 return -ENOMEM;
-        e = event_new(STORE_ACTION_GET, n->key, n->key_len, n->modified_index, false, false,
-                      s->buf.p, s->buf.n);
+        e = event_alloc(STORE_ACTION_GET, n->key, n->key_len, n->modified_index, s->buf.p, s->buf.n);
         if (!e)
                 return -ENOMEM;
         /* do not keep megabytes of scratch space around after listing a huge directory */
@@ -1834,6 +2074,7 @@ int store_get(Store *s, const char *path, bool recursive, bool sorted, uint64_t 
         assert(ret);
 
         *ret = (StoreResult) {};
+        reap(s, REAP_BUDGET);
         return do_get(s, path, recursive, sorted, now_usec, ret);
 }
 
@@ -1846,6 +2087,7 @@ int store_apply(Store *s, const StoreRequest *req, uint64_t now_usec, StoreResul
         assert(s->dispatching == 0); /* no store_apply() from inside a watcher callback */
 
         *ret = (StoreResult) {};
+        reap(s, REAP_BUDGET);
 
         switch (req->method) {
         case STORE_METHOD_POST:
@@ -1878,7 +2120,7 @@ int store_apply(Store *s, const StoreRequest *req, uint64_t now_usec, StoreResul
                 break;
 
         case STORE_METHOD_SYNC:
-                r = op_sync(s, req->time_usec, now_usec);
+                r = op_sync(s, req->time_usec, req->prev_index, now_usec);
                 break;
 
         default:
@@ -1970,9 +2212,9 @@ Store *store_free(Store *s) {
         for (unsigned i = 0; i < s->hist_n; i++)
                 store_event_unref(history_at(s, i));
         node_free_tree(s->root);
+        reap(s, SIZE_MAX);
         free(s->heap);
         free(s->buf.p);
-        free(s->pbuf.p);
         free(s);
         return NULL;
 }
@@ -2139,26 +2381,108 @@ int store_load_node(Store *s, const char *key, const void *record, size_t record
         return node_update_ttl(s, n, get_u64(r + 18));
 }
 
-int store_load_event(Store *s, uint64_t index, const void *record, size_t record_len) {
-        const uint8_t *r = record;
+static int load_event_v1(uint64_t index, const uint8_t *r, size_t record_len, StoreEvent **ret) {
         uint64_t kl;
         StoreEvent *e;
 
-        assert(s);
-
-        if (record_len < EVENT_RECORD_HEADER || r[0] != EVENT_RECORD_VERSION || r[1] >= _STORE_ACTION_MAX)
+        if (record_len < EVENT_RECORD_HEADER_V1)
                 return -EBADMSG;
         kl = get_u64(r + 11);
-        if (kl > record_len - EVENT_RECORD_HEADER || get_u64(r + 3) != index)
+        if (kl > record_len - EVENT_RECORD_HEADER_V1 || get_u64(r + 3) != index)
+                return -EBADMSG;
+        e = event_alloc((StoreAction) r[1], (const char *) r + EVENT_RECORD_HEADER_V1, kl, index,
+                        (const char *) r + EVENT_RECORD_HEADER_V1 + kl, record_len - EVENT_RECORD_HEADER_V1 - kl);
+        if (!e)
+                return -ENOMEM;
+        e->refresh = r[2] & EVENT_FLAG_REFRESH;
+        e->prev_dir = r[2] & EVENT_FLAG_PREV_DIR;
+        /* inside JSON strings every quote is escaped, so this only matches the member name */
+        e->has_prev = memmem(e->json, e->json_len, "\"prevNode\":", 11);
+        *ret = e;
+        return 0;
+}
+
+static int load_event_v2(uint64_t index, const uint8_t *r, size_t record_len, StoreEvent **ret) {
+        StoreEventNode en, prev;
+        uint64_t kl, vl, pvl;
+        const char *p;
+        StoreEvent *e;
+
+        if (record_len < EVENT_RECORD_HEADER || get_u64(r + 3) != index)
+                return -EBADMSG;
+        kl = get_u64(r + 11);
+        vl = get_u64(r + 43);
+        pvl = get_u64(r + 75);
+        if (kl > record_len || vl > record_len || pvl > record_len ||
+            EVENT_RECORD_HEADER + kl + vl + pvl != record_len || kl == 0)
+                return -EBADMSG;
+        p = (const char *) r + EVENT_RECORD_HEADER;
+        en = (StoreEventNode) {
+                .has_value = r[2] & EVENT_FLAG_NODE_VALUE,
+                .dir = r[2] & EVENT_FLAG_NODE_DIR,
+                .expiration_usec = get_u64(r + 27),
+                .modified_index = index,
+                .created_index = get_u64(r + 35),
+                .value_len = vl,
+        };
+        prev = (StoreEventNode) {
+                .has_value = r[2] & EVENT_FLAG_PREV_VALUE,
+                .dir = r[2] & EVENT_FLAG_PREV_NODE_DIR,
+                .expiration_usec = get_u64(r + 51),
+                .modified_index = get_u64(r + 59),
+                .created_index = get_u64(r + 67),
+                .value_len = pvl,
+        };
+        if (en.has_value) {
+                en.value = value_new(p + kl, vl);
+                if (!en.value)
+                        return -ENOMEM;
+        }
+        if (prev.has_value) {
+                prev.value = value_new(p + kl + vl, pvl);
+                if (!prev.value) {
+                        event_node_clear(&en);
+                        return -ENOMEM;
+                }
+        }
+        e = event_alloc((StoreAction) r[1], p, kl, index, NULL, 0);
+        if (!e) {
+                event_node_clear(&en);
+                event_node_clear(&prev);
+                return -ENOMEM;
+        }
+        e->refresh = r[2] & EVENT_FLAG_REFRESH;
+        e->prev_dir = r[2] & EVENT_FLAG_PREV_DIR;
+        e->has_prev = r[2] & EVENT_FLAG_HAS_PREV;
+        e->now_usec = get_u64(r + 19);
+        e->node = en;
+        if (e->has_prev)
+                e->prev = prev;
+        else
+                event_node_clear(&prev);
+        *ret = e;
+        return 0;
+}
+
+int store_load_event(Store *s, uint64_t index, const void *record, size_t record_len) {
+        const uint8_t *r = record;
+        StoreEvent *e = NULL;
+        int k;
+
+        assert(s);
+
+        if (record_len < 3 || r[1] >= _STORE_ACTION_MAX)
                 return -EBADMSG;
         if (s->hist_n > 0 && index <= s->hist_last)
                 return -EBADMSG;
-
-        e = event_new((StoreAction) r[1], (const char *) r + EVENT_RECORD_HEADER, kl, index,
-                      r[2] & 1, r[2] & 2,
-                      (const char *) r + EVENT_RECORD_HEADER + kl, record_len - EVENT_RECORD_HEADER - kl);
-        if (!e)
-                return -ENOMEM;
+        if (r[0] == EVENT_RECORD_VERSION_JSON)
+                k = load_event_v1(index, r, record_len, &e);
+        else if (r[0] == EVENT_RECORD_VERSION)
+                k = load_event_v2(index, r, record_len, &e);
+        else
+                k = -EBADMSG;
+        if (k < 0)
+                return k;
         history_push(s, e, false);
         store_event_unref(e);
         return 0;

@@ -84,7 +84,8 @@ typedef enum StoreMethod {
         STORE_METHOD_POST,   /* in-order key: create <path>/<index zero-padded to 20 digits> */
         STORE_METHOD_DELETE,
         STORE_METHOD_QGET,   /* quorum GET: a read that went through the log */
-        STORE_METHOD_SYNC,   /* expire every node with expiration <= time_usec */
+        STORE_METHOD_SYNC,   /* expire every node with expiration <= time_usec (at most prev_index of
+                              * them if > 0: a leader slices a mass expiry into many entries) */
         _STORE_METHOD_MAX,
         _STORE_METHOD_INVALID = -22,
 } StoreMethod;
@@ -97,7 +98,7 @@ typedef struct StoreRequest {
         bool dir;
         int prev_exist;          /* -1 absent, 0 false, 1 true */
         const char *prev_value;  /* NULL or "" = absent (etcd2: empty prevValue means "no check") */
-        uint64_t prev_index;     /* 0 = absent */
+        uint64_t prev_index;     /* 0 = absent; SYNC: expire at most this many nodes (0 = all) */
         bool recursive;
         bool sorted;             /* QGET */
         bool refresh;            /* PUT refresh=true: keep the value, silent for watchers */
@@ -116,6 +117,19 @@ typedef struct StoreResult {
 
 void store_result_done(StoreResult *r); /* drops cause and event; r may be reused afterwards */
 
+/* The node (or prevNode) of an event, as raw fields: the JSON is rendered at answer time
+ * (store_event_json()), so an event costs its key and values, not their escaped form (a control byte
+ * escapes to six). Values are shared by refcount with the tree while it holds the same value. */
+typedef struct StoreEventNode {
+        char *value;             /* refcounted value buffer (see store.c), NULL for dirs and deletes */
+        size_t value_len;
+        bool has_value;          /* the JSON has a "value" field */
+        bool dir;
+        uint64_t expiration_usec;
+        uint64_t modified_index;
+        uint64_t created_index;
+} StoreEventNode;
+
 /* An event, immutable once made and shared by refcount between the history, watchers and replies. */
 struct StoreEvent {
         unsigned n_ref;
@@ -125,9 +139,23 @@ struct StoreEvent {
         bool refresh;            /* refresh events are kept in history but never delivered */
         bool prev_dir;           /* delete/expire of a directory (matches watchers below it) */
         bool has_prev;           /* the event has a prevNode (a "set" without one answers 201) */
-        char *json;              /* {"action":...,"node":{...},"prevNode":{...}}\n (with the newline) */
+
+        /* private to store.c: what the JSON is made of */
+        uint64_t now_usec;       /* the clock the "ttl" fields were computed with */
+        StoreEventNode node, prev;
+        /* {"action":...,"node":{...},"prevNode":{...}}\n: fixed for get results (rendered once, at the
+         * read) and for events loaded from version 1 records; otherwise rendered while pinned */
+        char *json;
         size_t json_len;
+        unsigned json_pins;
+        bool json_fixed;
 };
+
+/* The event's JSON (with the trailing newline), rendered on first use and kept until the last pin is
+ * dropped with store_event_json_unpin(): pin while an answer is being sent, so that one write seen by
+ * many watchers is rendered once. NULL on OOM (nothing pinned then). */
+const char *store_event_json(StoreEvent *e, size_t *ret_len);
+void store_event_json_unpin(StoreEvent *e);
 
 StoreEvent *store_event_ref(StoreEvent *e);
 StoreEvent *store_event_unref(StoreEvent *e);
@@ -159,6 +187,10 @@ int store_apply(Store *s, const StoreRequest *req, uint64_t now_usec, StoreResul
 /* A plain (local) GET: action "get", one level of children unless recursive; sorted by key if
  * sorted. Hidden children (name starting with '_') are omitted from listings. */
 int store_get(Store *s, const char *path, bool recursive, bool sorted, uint64_t now_usec, StoreResult *ret);
+
+/* Big removed directories are freed a slice at a time by the next store_apply()/store_get() calls;
+ * this frees up to `budget` more nodes (e.g. from an idle event source) and says whether any remain. */
+bool store_reap(Store *s, size_t budget);
 
 /* Expiry: the earliest expiration (usec) of any node, or 0 if no node has a TTL. The leader proposes
  * a SYNC with its wall clock once that time has passed. */

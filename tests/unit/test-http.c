@@ -155,6 +155,43 @@ static void test_form(void **state) {
         http_form_done(&f);
 }
 
+/* Many fields: lookups go through the hash table and still return the first value of a key; past
+ * HTTP_FORM_FIELDS_MAX the parse stops with -E2BIG. */
+static void test_form_many(void **state) {
+        HttpForm f = {};
+        HttpBuf b = {};
+        char *err = NULL;
+
+        assert_int_equal(http_buf_puts(&b, "value=first&"), 0);
+        for (unsigned i = 0; i < 500; i++)
+                assert_int_equal(http_buf_printf(&b, "k%u=%u&", i, i), 0);
+        assert_int_equal(http_buf_puts(&b, "value=second&ttl=5"), 0);
+        assert_int_equal(http_form_parse(&f, b.data, b.len, &err), 0);
+        assert_null(err);
+        assert_string_equal(http_form_get(&f, "value")->value, "first");
+        assert_string_equal(http_form_get(&f, "k499")->value, "499");
+        assert_string_equal(http_form_get(&f, "ttl")->value, "5");
+        assert_null(http_form_get(&f, "prevExist"));
+        /* a second parse (the query after the body) invalidates the table */
+        assert_int_equal(http_form_parse(&f, "prevExist=true&value=third", 26, &err), 0);
+        assert_string_equal(http_form_get(&f, "prevExist")->value, "true");
+        assert_string_equal(http_form_get(&f, "value")->value, "first");
+        http_form_done(&f);
+        http_buf_done(&b);
+
+        for (unsigned i = 0; i < HTTP_FORM_FIELDS_MAX; i++)
+                assert_int_equal(http_buf_puts(&b, "a&"), 0);
+        assert_int_equal(http_form_parse(&f, b.data, b.len, &err), 0);
+        assert_int_equal(f.n, HTTP_FORM_FIELDS_MAX);
+        assert_int_equal(http_form_parse(&f, "a", 1, &err), -E2BIG);
+        http_form_done(&f);
+        assert_int_equal(http_buf_puts(&b, "a"), 0);
+        assert_int_equal(http_form_parse(&f, b.data, b.len, &err), -E2BIG);
+        assert_null(err);
+        http_form_done(&f);
+        http_buf_done(&b);
+}
+
 static void test_go_parse(void **state) {
         bool b;
         uint64_t u;
@@ -257,6 +294,7 @@ int main(void) {
                 cmocka_unit_test(test_mux_path_is_clean),
                 cmocka_unit_test(test_unescape),
                 cmocka_unit_test(test_form),
+                cmocka_unit_test(test_form_many),
                 cmocka_unit_test(test_go_parse),
                 cmocka_unit_test(test_json_string),
                 cmocka_unit_test(test_duration),

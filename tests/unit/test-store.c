@@ -81,9 +81,21 @@ static int get(Fixture *f, const char *path, bool recursive, bool sorted) {
         return f->r.error;
 }
 
+/* The event's JSON, rendered on demand; the pin is dropped with the event. */
+static const char *ej(StoreEvent *e) {
+        size_t len;
+        const char *j;
+
+        assert_non_null(e);
+        j = store_event_json(e, &len);
+        assert_non_null(j);
+        assert_int_equal(len, strlen(j));
+        return j;
+}
+
 static const char *json(Fixture *f) {
         assert_non_null(f->r.event);
-        return f->r.event->json;
+        return ej(f->r.event);
 }
 
 static void assert_error(Fixture *f, int code, const char *cause) {
@@ -108,7 +120,6 @@ static void test_set_get(void **state) {
         assert_int_equal(f->r.event->index, 1);
         assert_int_equal(f->r.event->action, STORE_ACTION_SET);
         assert_string_equal(f->r.event->key, "/1/foo");
-        assert_int_equal(f->r.event->json_len, strlen(f->r.event->json));
 
         assert_int_equal(get(f, "/1/foo", false, false), 0);
         assert_string_equal(json(f), "{\"action\":\"get\",\"node\":{\"key\":\"/foo\",\"value\":\"bar\",\"modifiedIndex\":1,\"createdIndex\":1}}\n");
@@ -447,7 +458,7 @@ static void test_ttl_sync(void **state) {
                 assert_null(w);
                 assert_non_null(e);
                 assert_int_equal(e->action, STORE_ACTION_EXPIRE);
-                assert_string_equal(e->json, "{\"action\":\"expire\",\"node\":{\"key\":\"/a\",\"modifiedIndex\":6,\"createdIndex\":2},"
+                assert_string_equal(ej(e), "{\"action\":\"expire\",\"node\":{\"key\":\"/a\",\"modifiedIndex\":6,\"createdIndex\":2},"
                                     "\"prevNode\":{\"key\":\"/a\",\"value\":\"v\",\"expiration\":\"2023-11-14T22:13:30Z\",\"ttl\":10,\"modifiedIndex\":2,\"createdIndex\":2}}\n");
                 store_event_unref(e);
         }
@@ -782,7 +793,7 @@ static void test_watch_ops(void **state) {
                 assert_int_equal(c.events[i]->index, i + 1);
         assert_int_equal(cin.n, 1);
         assert_ptr_equal(cin.events[0], c.events[7]);
-        assert_string_equal(cin.events[0]->json, "{\"action\":\"expire\",\"node\":{\"key\":\"/d\",\"dir\":true,\"modifiedIndex\":8,\"createdIndex\":6},"
+        assert_string_equal(ej(cin.events[0]), "{\"action\":\"expire\",\"node\":{\"key\":\"/d\",\"dir\":true,\"modifiedIndex\":8,\"createdIndex\":6},"
                             "\"prevNode\":{\"key\":\"/d\",\"dir\":true,\"expiration\":\"2023-11-14T22:13:21Z\",\"ttl\":1,\"modifiedIndex\":6,\"createdIndex\":6}}\n");
         catch_done(&c);
         catch_done(&cin);
@@ -989,7 +1000,7 @@ static void assert_same_tree(Store *a, Store *b, const char *path) {
         assert_int_equal(store_get(b, path, true, true, NOW, &rb), 0);
         assert_int_equal(ra.error, rb.error);
         if (ra.event)
-                assert_string_equal(ra.event->json, rb.event->json);
+                assert_string_equal(ej(ra.event), ej(rb.event));
         store_result_done(&ra);
         store_result_done(&rb);
 }
@@ -1014,7 +1025,7 @@ static int walk_cb(const StoreNode *n, void *userdata) {
                 assert_int_equal(store_get(w->other, store_node_key(n), false, true, NOW, &r2), 0);
                 assert_non_null(r1.event);
                 assert_non_null(r2.event);
-                assert_string_equal(r1.event->json, r2.event->json);
+                assert_string_equal(ej(r1.event), ej(r2.event));
                 store_result_done(&r1);
                 store_result_done(&r2);
         }
@@ -1092,7 +1103,7 @@ static void test_persist_roundtrip(void **state) {
                 StoreEvent *e2 = NULL;
 
                 assert_int_equal(store_watch(f->s, "/1/q", true, false, store_index(t) - 5, catch_cb, NULL, &w, &e2, NULL), 0);
-                assert_string_equal(e->json, e2->json);
+                assert_string_equal(ej(e), ej(e2));
                 store_event_unref(e2);
         }
         store_event_unref(e);
@@ -1110,7 +1121,7 @@ static void test_persist_roundtrip(void **state) {
 
                 assert_int_equal(store_apply(f->s, &req, NOW, &r1), 0);
                 assert_int_equal(store_apply(t, &req, NOW, &r2), 0);
-                assert_string_equal(r1.event->json, r2.event->json);
+                assert_string_equal(ej(r1.event), ej(r2.event));
                 store_result_done(&r1);
                 store_result_done(&r2);
                 req = (StoreRequest) { .method = STORE_METHOD_SYNC, .time_usec = NOW + 1000 * USEC_PER_SEC };
@@ -1226,7 +1237,7 @@ static void test_persist_random(void **state) {
                         assert_int_equal(store_watch(t, "/", true, false, i, catch_cb, NULL, &w2, &e2, NULL), 0);
                         if (e1) {
                                 assert_non_null(e2);
-                                assert_string_equal(e1->json, e2->json);
+                                assert_string_equal(ej(e1), ej(e2));
                                 assert_int_equal(e1->refresh, e2->refresh);
                                 assert_int_equal(e1->prev_dir, e2->prev_dir);
                         } else {
@@ -1254,6 +1265,123 @@ static void test_load_bad_records(void **state) {
 
         assert_true(store_load_node(f->s, "/1/x", junk, sizeof junk) < 0);
         assert_true(store_load_event(f->s, 1, junk, sizeof junk) < 0);
+}
+
+/* A SYNC with a cap (prev_index) expires at most that many due nodes, in expiration order; the next
+ * SYNC goes on where it stopped. */
+static void test_sync_capped(void **state) {
+        Fixture *f = *state;
+        char path[32];
+
+        for (unsigned i = 0; i < 5; i++) {
+                snprintf(path, sizeof path, "/1/k%u", i);
+                assert_int_equal(put_ttl(f, path, "v", NOW + (i + 1) * USEC_PER_SEC), 0);
+        }
+        assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_SYNC, .prev_index = 2,
+                                                   .time_usec = NOW + 10 * USEC_PER_SEC }), 0);
+        assert_int_equal(store_index(f->s), 7);
+        assert_null(store_lookup(f->s, "/1/k1"));
+        assert_non_null(store_lookup(f->s, "/1/k2"));
+        assert_int_equal(store_next_expiration(f->s), NOW + 3 * USEC_PER_SEC);
+        assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_SYNC, .prev_index = 2,
+                                                   .time_usec = NOW + 10 * USEC_PER_SEC }), 0);
+        assert_int_equal(store_index(f->s), 9);
+        assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_SYNC, .prev_index = 2,
+                                                   .time_usec = NOW + 10 * USEC_PER_SEC }), 0);
+        assert_int_equal(store_index(f->s), 10);
+        assert_int_equal(store_next_expiration(f->s), 0);
+}
+
+/* A recursive delete of a big directory without TTLs below detaches it at once and frees it over the
+ * next calls; watchers on nodes inside it still hear the delete, watchers on paths that name no node
+ * do not. With a TTL below, the node-by-node removal keeps the heap right. */
+static void test_delete_big_dir(void **state) {
+        Fixture *f = *state;
+        Catch inner = {}, dir = {}, missing = {}, stream = {};
+        StoreWatcher *ws;
+        char path[48];
+
+        for (unsigned i = 0; i < 600; i++) {
+                snprintf(path, sizeof path, i < 10 ? "/1/big/sub/k%u" : "/1/big/k%u", i);
+                assert_int_equal(put(f, path, "v"), 0);
+        }
+        (void) watch(f, "/1/big/k17", false, false, 0, &inner);
+        (void) watch(f, "/1/big/sub", false, false, 0, &dir);
+        ws = watch(f, "/1/big/nothing", false, true, 0, &missing);
+        (void) watch(f, "/1/big/sub/k8", true, false, 0, &stream);
+        assert_int_equal(del(f, "/1/big", true, true), 0);
+        assert_int_equal(f->r.error, 0);
+        assert_int_equal(inner.n, 1);
+        assert_int_equal(dir.n, 1);
+        assert_int_equal(stream.n, 1);
+        assert_int_equal(missing.n, 0);
+        assert_string_equal(inner.events[0]->key, "/1/big");
+        assert_null(store_lookup(f->s, "/1/big/sub/k8"));
+        assert_null(store_lookup(f->s, "/1/big"));
+        assert_true(store_reap(f->s, 10));
+        assert_false(store_reap(f->s, SIZE_MAX));
+        store_watcher_free(ws);
+        catch_done(&inner);
+        catch_done(&dir);
+        catch_done(&stream);
+
+        /* the same, with one TTL below: removed node by node, the heap emptied */
+        for (unsigned i = 0; i < 600; i++) {
+                snprintf(path, sizeof path, "/1/big/k%u", i);
+                assert_int_equal(i == 300 ? put_ttl(f, path, "v", NOW + USEC_PER_SEC) : put(f, path, "v"), 0);
+        }
+        assert_int_equal(put_ttl(f, "/1/other", "v", NOW + 5 * USEC_PER_SEC), 0);
+        assert_int_equal(store_next_expiration(f->s), NOW + USEC_PER_SEC);
+        assert_int_equal(del(f, "/1/big", true, true), 0);
+        assert_int_equal(store_next_expiration(f->s), NOW + 5 * USEC_PER_SEC);
+        /* a big dir again (reaped slices must not touch it) */
+        for (unsigned i = 0; i < 600; i++) {
+                snprintf(path, sizeof path, "/1/big/k%u", i);
+                assert_int_equal(put(f, path, "w"), 0);
+        }
+        assert_int_equal(del(f, "/1/big", true, true), 0);
+        assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_SYNC, .time_usec = NOW + 10 * USEC_PER_SEC }), 0);
+        assert_null(store_lookup(f->s, "/1/other"));
+        assert_int_equal(store_next_expiration(f->s), 0);
+}
+
+static int never_called(StoreWatcher *w, StoreEvent *e, void *userdata) {
+        fail();
+        return 0;
+}
+
+/* History records written before events were kept raw (version 1: key and rendered JSON) still load
+ * and answer watchers with their JSON as it was; a truncated version 2 record is refused. */
+static void test_load_event_v1(void **state) {
+        Fixture *f = *state;
+        static const char js[] = "{\"action\":\"set\",\"node\":{\"key\":\"/k\",\"value\":\"\\u0001\",\"modifiedIndex\":5,"
+                                 "\"createdIndex\":5},\"prevNode\":{\"key\":\"/k\",\"value\":\"a\",\"modifiedIndex\":4,"
+                                 "\"createdIndex\":4}}\n";
+        uint8_t rec[3 + 8 + 8 + 4 + sizeof js - 1] = { 1, STORE_ACTION_SET, 0 };
+        StoreWatcher *w = NULL;
+        StoreEvent *e = NULL;
+        char *cause = NULL;
+
+        rec[3] = 5;                     /* index */
+        rec[11] = 4;                    /* key length */
+        memcpy(rec + 19, "/1/k", 4);
+        memcpy(rec + 23, js, sizeof js - 1);
+        assert_int_equal(store_load_event(f->s, 5, rec, 23 + sizeof js - 1), 0);
+        assert_int_equal(store_load_finish(f->s, 5), 0);
+        assert_int_equal(store_watch(f->s, "/1/k", false, false, 5, never_called, NULL, &w, &e, &cause), 0);
+        assert_null(w);
+        assert_non_null(e);
+        assert_true(e->has_prev);
+        assert_string_equal(ej(e), js);
+        store_event_unref(e);
+
+        /* a v2 record must be exactly as long as its lengths say */
+        {
+                uint8_t v2[3 + 80 + 1] = { 2, STORE_ACTION_SET, 0 };
+                v2[3] = 6;
+                v2[11] = 2; /* key of 2 bytes, but only 1 follows */
+                assert_int_equal(store_load_event(f->s, 6, v2, sizeof v2), -EBADMSG);
+        }
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1415,6 +1543,9 @@ int main(void) {
                 T(test_persist_roundtrip),
                 T(test_persist_random),
                 T(test_load_bad_records),
+                T(test_load_event_v1),
+                T(test_sync_capped),
+                T(test_delete_big_dir),
                 T(test_error_json),
                 T(test_stats),
                 T(test_scale),
