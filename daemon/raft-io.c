@@ -40,6 +40,7 @@
 
 #include "codec.h"
 #include "log.h"
+#include "raft-guard.h"
 #include "raft-io.h"
 
 /* How long applied state without log entries may wait for a group to ride with. */
@@ -116,6 +117,12 @@ struct RaftIo {
 
         raft_io_close_cb close_cb;
         bool closing;
+
+        /* The leader-side guard around libraft 0.15 (raft-guard.c) and the defer source that runs
+         * libraft's tick when the guard made followers due (new commit index, held-back results). */
+        struct raft *raft;
+        RaftGuard guard;
+        sd_event_source *notify_source;
 };
 
 static int grow(void **array, size_t *alloc, size_t need, size_t size) {
@@ -283,6 +290,28 @@ static unsigned flush_appends(RaftIo *rio) {
         return n;
 }
 
+/* After libraft ran from the loop: the server's callback first (its proposals may already carry the new
+ * commit index to the followers), then the guard, which may ask for a tick. */
+static void after_raft(RaftIo *rio) {
+        if (rio->event_cb && !rio->closing)
+                rio->event_cb(rio, rio->event_userdata);
+        if (rio->raft && !rio->closing && raft_guard_after(&rio->guard, rio->raft))
+                (void) sd_event_source_set_enabled(rio->notify_source, SD_EVENT_ONESHOT);
+}
+
+/* libraft sends an AppendEntries to a follower marked due only from its tick; running the tick from
+ * here (a defer source: never from inside a libraft callback such as fsm->apply) sends it now. The
+ * tick's timers read io->time(), so the extra tick fires none of them early. */
+static int on_commit_notify(sd_event_source *s, void *userdata) {
+        RaftIo *rio = userdata;
+
+        if (rio->closing || !rio->tick_cb || !rio->raft || raft_state(rio->raft) != RAFT_LEADER)
+                return 0;
+        rio->tick_cb(&rio->io);
+        after_raft(rio);
+        return 0;
+}
+
 static int on_writer_done(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         RaftIo *rio = userdata;
         eventfd_t v;
@@ -291,8 +320,7 @@ static int on_writer_done(sd_event_source *s, int fd, uint32_t revents, void *us
         (void) group_collect(rio, false);
         (void) fire_completions_and_close(rio);
         /* Answering the waiters first lets the proposals they trigger join the next group. */
-        if (rio->event_cb && !rio->closing)
-                rio->event_cb(rio, rio->event_userdata);
+        after_raft(rio);
         group_submit(rio, false);
         return 0;
 }
@@ -364,8 +392,7 @@ static int on_work(sd_event_source *s, void *userdata) {
 
         group_submit(rio, rio->closing);
         (void) fire_completions_and_close(rio);
-        if (rio->event_cb && !rio->closing)
-                rio->event_cb(rio, rio->event_userdata);
+        after_raft(rio);
         return 0;
 }
 
@@ -391,8 +418,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
         if (rio->tick_cb)
                 rio->tick_cb(&rio->io);
-        if (rio->event_cb)
-                rio->event_cb(rio, rio->event_userdata);
+        after_raft(rio);
         return 0;
 }
 
@@ -410,6 +436,7 @@ static void io_close(struct raft_io *io, raft_io_close_cb cb) {
         rio->closing = true;
         rio->close_cb = cb;
         rio->tick_source = sd_event_source_disable_unref(rio->tick_source);
+        rio->notify_source = sd_event_source_disable_unref(rio->notify_source);
         work_schedule(rio);
 }
 
@@ -718,6 +745,8 @@ static int io_send(struct raft_io *io, struct raft_io_send *req, const struct ra
         int r;
 
         req->cb = cb;
+        if (rio->raft)
+                raft_guard_note_send(&rio->guard, rio->raft, message);
         if (!rio->send_func)
                 /* No transport (a single member never sends): fail like an unreachable peer would. */
                 return completion_add(rio, COMPLETION_SEND, req, (void *) cb, NULL, RAFT_NOCONNECTION);
@@ -736,9 +765,20 @@ void raft_io_send_done(RaftIo *rio, struct raft_io_send *req, int status) {
 void raft_io_deliver(RaftIo *rio, struct raft_message *message) {
         if (!rio->recv_cb || rio->closing)
                 return;
+        /* On a leader, an AppendEntries result that would let libraft 0.15 count an older term's entry
+         * is lowered first (raft-guard.c has the argument). */
+        if (rio->raft)
+                (void) raft_guard_filter_recv(&rio->guard, rio->raft, message);
         rio->recv_cb(&rio->io, message);
-        if (rio->event_cb)
-                rio->event_cb(rio, rio->event_userdata);
+        after_raft(rio);
+}
+
+void raft_io_set_raft(RaftIo *rio, struct raft *raft) {
+        rio->raft = raft;
+}
+
+const RaftGuard *raft_io_guard(RaftIo *rio) {
+        return &rio->guard;
 }
 
 void raft_io_set_transport(RaftIo *rio, RaftIoSendFunc send, void *userdata) {
@@ -1081,6 +1121,11 @@ int raft_io_new(sd_event *event, Persist *persist, RaftIo **ret) {
                 return r;
         (void) sd_event_source_set_enabled(rio->work_source, SD_EVENT_OFF);
         (void) sd_event_source_set_description(rio->work_source, "raft-io-work");
+        r = sd_event_add_defer(event, &rio->notify_source, on_commit_notify, rio);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(rio->notify_source, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(rio->notify_source, "raft-commit-notify");
 
         rio->io = (struct raft_io) {
                 .version = 2,
@@ -1113,6 +1158,8 @@ RaftIo *raft_io_free(RaftIo *rio) {
         sd_event_source_disable_unref(rio->tick_source);
         sd_event_source_disable_unref(rio->work_source);
         sd_event_source_disable_unref(rio->lazy_source);
+        sd_event_source_disable_unref(rio->notify_source);
+        raft_guard_done(&rio->guard);
         if (rio->thread_started) {
                 /* libraft is gone: wait for a write in progress, but fire no callbacks */
                 pthread_mutex_lock(&rio->lock);
