@@ -38,10 +38,14 @@
  * counts the messages.
  *
  * 2. The commit index at once. libraft tells followers a new commit index only with the next
- * AppendEntries; for an idle pipeline follower that is the next heartbeat. raft_guard_after() notices
- * the leader's commit index advancing and marks each pipeline follower that was not yet sent that
- * commit index as due (last_send = 0, so progressShouldReplicate() says yes); the caller then runs
- * libraft's tick, which sends them an AppendEntries at once. The tick reads io->time() for its timers
+ * AppendEntries; for an idle pipeline follower that is the next heartbeat. And a follower takes the
+ * commit index of a message only up to the entries it has stored when the message arrives: one that
+ * stores a little after the majority did never looks again. raft_guard_note_send() records, per
+ * follower, the highest commit index sent to it while we knew it had stored that far;
+ * raft_guard_after() marks each pipeline follower that has stored committed entries beyond that as due
+ * (last_send = 0, so progressShouldReplicate() says yes), and the caller runs libraft's tick, which
+ * sends them an AppendEntries at once. Under load the AppendEntries that carry new entries tell the
+ * commit index already and nothing extra is sent. The tick reads io->time() for its timers
  * (election/contact quorum, promotion, transfer), so an extra tick fires none of them early.
  */
 
@@ -86,7 +90,6 @@ raft_term raft_guard_term_of(const struct raft *r, raft_index index) {
 
 static void guard_reset(RaftGuard *g, const struct raft *r) {
         g->term = r->current_term;
-        g->notified = r->commit_index;
         g->lowered_unstored = false;
         g->n_peers = 0;
 }
@@ -144,18 +147,32 @@ static RaftGuardPeer *peer_get(RaftGuard *g, raft_id id, bool create) {
 
 void raft_guard_note_send(RaftGuard *g, const struct raft *r, const struct raft_message *m) {
         RaftGuardPeer *p;
+        raft_index told;
 
         if (m->type != RAFT_IO_APPEND_ENTRIES || r->state != RAFT_LEADER)
                 return;
         if (g->term != r->current_term)
                 guard_reset(g, r);
         p = peer_get(g, m->server_id, true);
-        if (p && m->append_entries.leader_commit > p->told)
-                p->told = m->append_entries.leader_commit;
+        if (!p)
+                return;
+        /* A follower applies the leader's commit index only up to what it has stored when the message
+         * arrives (and an append it finishes later does not look again): count as told only what we
+         * knew it had stored. */
+        told = m->append_entries.leader_commit;
+        for (unsigned i = 0; i < r->configuration.n; i++)
+                if (r->configuration.servers[i].id == m->server_id) {
+                        if (r->leader_state.progress[i].match_index < told)
+                                told = r->leader_state.progress[i].match_index;
+                        break;
+                }
+        if (told > p->told)
+                p->told = told;
 }
 
 bool raft_guard_after(RaftGuard *g, struct raft *r) {
         bool kick = false, unstored_done;
+        raft_index target;
 
         if (r->state != RAFT_LEADER) {
                 g->term = 0;
@@ -165,8 +182,6 @@ bool raft_guard_after(RaftGuard *g, struct raft *r) {
                 guard_reset(g, r);
 
         unstored_done = g->lowered_unstored && raft_guard_term_of(r, r->last_stored) == r->current_term;
-        if (!unstored_done && r->commit_index <= g->notified)
-                return false;
 
         for (unsigned i = 0; i < r->configuration.n; i++) {
                 const struct raft_server *s = &r->configuration.servers[i];
@@ -182,14 +197,15 @@ bool raft_guard_after(RaftGuard *g, struct raft *r) {
                 }
                 if (p->state != GUARD_PROGRESS_PIPELINE)
                         continue;
+                /* Due if it has stored (as far as we know) committed entries it was not told about. */
+                target = p->match_index < r->commit_index ? p->match_index : r->commit_index;
                 peer = peer_get(g, s->id, false);
-                if (!unstored_done && peer && peer->told >= r->commit_index)
+                if (!unstored_done && (target == 0 || (peer && peer->told >= target)))
                         continue;
                 p->last_send = 0;
                 kick = true;
         }
         g->lowered_unstored = false;
-        g->notified = r->commit_index;
         if (kick)
                 g->n_kicks++;
         return kick;

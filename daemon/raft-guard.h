@@ -8,7 +8,8 @@
 
 #include <raft.h>
 
-/* Per-follower record of the highest commit index an AppendEntries carried to it. */
+/* Per-follower record of the highest commit index an AppendEntries told it while we knew it had stored
+ * that far. */
 typedef struct RaftGuardPeer {
         raft_id id;
         raft_index told;
@@ -16,7 +17,6 @@ typedef struct RaftGuardPeer {
 
 typedef struct RaftGuard {
         raft_term term;            /* term of the leadership the fields below belong to, 0 if none */
-        raft_index notified;       /* commit index the followers were last made due for */
         bool lowered_unstored;     /* a result was lowered while our newest stored entry was older */
         RaftGuardPeer *peers;
         size_t n_peers, n_peers_alloc;
