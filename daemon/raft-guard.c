@@ -170,7 +170,7 @@ void raft_guard_note_send(RaftGuard *g, const struct raft *r, const struct raft_
                 p->told = told;
 }
 
-bool raft_guard_after(RaftGuard *g, struct raft *r) {
+static bool guard_due(RaftGuard *g, struct raft *r, bool mark) {
         bool kick = false, unstored_done;
         raft_index target;
 
@@ -191,7 +191,8 @@ bool raft_guard_after(RaftGuard *g, struct raft *r) {
                 if (s->id == r->id || s->role == RAFT_SPARE)
                         continue;
                 if (unstored_done && p->state == GUARD_PROGRESS_PROBE) {
-                        p->last_send = 0;
+                        if (mark)
+                                p->last_send = 0;
                         kick = true;
                         continue;
                 }
@@ -202,11 +203,22 @@ bool raft_guard_after(RaftGuard *g, struct raft *r) {
                 peer = peer_get(g, s->id, false);
                 if (!unstored_done && (target == 0 || (peer && peer->told >= target)))
                         continue;
-                p->last_send = 0;
+                if (mark)
+                        p->last_send = 0;
                 kick = true;
         }
+        if (!mark)
+                return kick;
         g->lowered_unstored = false;
         if (kick)
                 g->n_kicks++;
         return kick;
+}
+
+bool raft_guard_due(RaftGuard *g, struct raft *r) {
+        return guard_due(g, r, false);
+}
+
+bool raft_guard_after(RaftGuard *g, struct raft *r) {
+        return guard_due(g, r, true);
 }

@@ -43,3 +43,6 @@ void raft_guard_note_send(RaftGuard *g, const struct raft *r, const struct raft_
  * followers that must hear from us now as due (progress[i].last_send = 0) and returns true if it did:
  * the caller then runs libraft's tick callback soon, from the event loop, which sends to them. */
 bool raft_guard_after(RaftGuard *g, struct raft *r);
+/* The same test without marking anyone: lets the caller wait until the loop is idle (the next
+ * AppendEntries with new entries may tell the commit index anyway) and call raft_guard_after() then. */
+bool raft_guard_due(RaftGuard *g, struct raft *r);

@@ -291,21 +291,25 @@ static unsigned flush_appends(RaftIo *rio) {
 }
 
 /* After libraft ran from the loop: the server's callback first (its proposals may already carry the new
- * commit index to the followers), then the guard, which may ask for a tick. */
+ * commit index to the followers), then the guard, which may want followers told now. */
 static void after_raft(RaftIo *rio) {
         if (rio->event_cb && !rio->closing)
                 rio->event_cb(rio, rio->event_userdata);
-        if (rio->raft && !rio->closing && raft_guard_after(&rio->guard, rio->raft))
+        if (rio->raft && !rio->closing && raft_guard_due(&rio->guard, rio->raft))
                 (void) sd_event_source_set_enabled(rio->notify_source, SD_EVENT_ONESHOT);
 }
 
 /* libraft sends an AppendEntries to a follower marked due only from its tick; running the tick from
  * here (a defer source: never from inside a libraft callback such as fsm->apply) sends it now. The
- * tick's timers read io->time(), so the extra tick fires none of them early. */
+ * tick's timers read io->time(), so the extra tick fires none of them early. The source runs after
+ * the normal-priority ones: under load the proposals handled meanwhile carry the commit index in
+ * their AppendEntries, and then nobody is due any more. */
 static int on_commit_notify(sd_event_source *s, void *userdata) {
         RaftIo *rio = userdata;
 
         if (rio->closing || !rio->tick_cb || !rio->raft || raft_state(rio->raft) != RAFT_LEADER)
+                return 0;
+        if (!raft_guard_after(&rio->guard, rio->raft))
                 return 0;
         rio->tick_cb(&rio->io);
         after_raft(rio);
@@ -1126,6 +1130,7 @@ int raft_io_new(sd_event *event, Persist *persist, RaftIo **ret) {
                 return r;
         (void) sd_event_source_set_enabled(rio->notify_source, SD_EVENT_OFF);
         (void) sd_event_source_set_description(rio->notify_source, "raft-commit-notify");
+        (void) sd_event_source_set_priority(rio->notify_source, SD_EVENT_PRIORITY_NORMAL + 1);
 
         rio->io = (struct raft_io) {
                 .version = 2,
