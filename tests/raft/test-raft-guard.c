@@ -7,6 +7,8 @@
  * S3 and S4 have only entry 1; everybody has seen term 3. S1 is cut off from S4 and S5 and elected
  * (term 4); it can replicate its term-2 entry to S3 only. Then S1 is isolated and S5 campaigns.
  *
+ * A fourth case checks the other half of the guard: followers are told a new commit index at once.
+ *
  * Set RAFT_GUARD_TEST_DISABLE=1 to run the guarded cases without the guard: they then fail, which shows
  * that they test the guard and not the fixture. */
 
@@ -392,11 +394,54 @@ static void test_guarded_with_barrier(void **state) {
         assert_int_equal(raft_guard_term_of(srv(4), 2), 2);
 }
 
+static void apply_done(struct raft_apply *req, int status, void *result) {
+}
+
+static raft_index want_index;
+
+static bool s2_s3_committed_want(void) {
+        return srv(1)->commit_index >= want_index && srv(2)->commit_index >= want_index;
+}
+
+/* Point 3: once the leader commits, the followers hear the new commit index at once, not with the next
+ * heartbeat (here 1 s, so that a heartbeat can't pass for it). One entry takes a round trip to be
+ * committed (15 ms each way, 10 ms disk) and one more message to be known committed by S2 and S3. */
+static void test_commit_told_at_once(void **state) {
+        Harness *h = *state;
+        struct raft_barrier b;
+        struct raft_apply req;
+        struct raft_buffer buf;
+        raft_time t0;
+
+        h->guarded = !getenv("RAFT_GUARD_TEST_DISABLE");
+        elect_s1();
+        assert_int_equal(raft_barrier(srv(0), &b, barrier_done), 0);
+        want_index = 3;
+        assert_true(run_until(s2_s3_committed_want, 3000));
+        srv(0)->heartbeat_timeout = 1000;
+        run_until(NULL, 1100);    /* the heartbeats at 100 ms stop */
+
+        buf.len = 8;
+        buf.base = raft_malloc(buf.len);
+        assert_non_null(buf.base);
+        memset(buf.base, 'x', buf.len);
+        t0 = raft_fixture_time(&H->f);
+        want_index = raft_guard_last_index(srv(0)) + 1;
+        assert_int_equal(raft_apply(srv(0), &req, &buf, 1, apply_done), 0);
+        assert_true(run_until(s2_s3_committed_want, 3000));
+        fprintf(stderr, "# S2 and S3 knew index %llu committed %llu ms after it was proposed\n",
+                (unsigned long long) want_index, (unsigned long long) (raft_fixture_time(&H->f) - t0));
+        assert_true(raft_fixture_time(&H->f) - t0 < 200);
+        assert_int_equal(h->n_unsafe, 0);
+        assert_int_equal(h->n_conflicts, 0);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_unguarded_loses_committed_entry, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_guarded_no_barrier, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_guarded_with_barrier, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_commit_told_at_once, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
