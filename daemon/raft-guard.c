@@ -102,9 +102,20 @@ bool raft_guard_filter_recv(RaftGuard *g, struct raft *r, struct raft_message *m
         if (m->type != RAFT_IO_APPEND_ENTRIES_RESULT || r->state != RAFT_LEADER)
                 return false;
         res = &m->append_entries_result;
-        /* Rejections steer next_index only; other terms libraft ignores or steps down for. */
-        if (res->rejected != 0 || res->term != r->current_term)
+        if (res->term != r->current_term)
+                return false;   /* libraft ignores it or steps down */
+        if (res->rejected != 0) {
+                /* Rejections only steer next_index, and count nothing. libraft retries a follower in
+                 * probe state at most once per heartbeat interval: let the retry that handling this
+                 * result triggers go at once (a retry is sent only when next_index moved back, so this
+                 * ends when the logs match), as etcd's raft does. */
+                for (unsigned i = 0; i < r->configuration.n; i++)
+                        if (r->configuration.servers[i].id == m->server_id) {
+                                r->leader_state.progress[i].last_send = 0;
+                                break;
+                        }
                 return false;
+        }
         if (g->term != r->current_term)
                 guard_reset(g, r);
 

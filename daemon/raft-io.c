@@ -43,6 +43,9 @@
 #include "raft-guard.h"
 #include "raft-io.h"
 
+/* The coarsest tick we give libraft (see io_start()). */
+#define RAFT_IO_TICK_MAX_MSEC 10u
+
 /* How long applied state without log entries may wait for a group to ride with. */
 #define RAFT_IO_LAZY_USEC (50 * USEC_PER_MSEC)
 
@@ -653,7 +656,11 @@ static int io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, ra
         RaftIo *rio = io->impl;
         int r;
 
-        rio->tick_msecs = msecs;
+        /* libraft asks for ticks every heartbeat interval, but all its timers compare io->time() with
+         * their deadlines, so ticking more often only makes them exact: with etcd2's 100 ms heartbeat a
+         * follower would notice a dead leader (and a candidate its election timeout) up to 100 ms late. */
+        rio->tick_msecs = MIN(msecs, RAFT_IO_TICK_MAX_MSEC);
+        msecs = rio->tick_msecs;
         rio->tick_cb = tick;
         rio->recv_cb = recv;
         /* accuracy 1 ms: 0 would mean sd-event's default of 250 ms */
