@@ -44,7 +44,11 @@
 
 #include "codec.h"
 #include "log.h"
+#include "raft-guard.h"
 #include "raft-io.h"
+
+/* The coarsest tick we give libraft (see io_start()). */
+#define RAFT_IO_TICK_MAX_MSEC 10u
 
 /* How long applied state without log entries may wait for a group to ride with. */
 #define RAFT_IO_LAZY_USEC (50 * USEC_PER_MSEC)
@@ -129,6 +133,11 @@ struct RaftIo {
         RaftIoFatalCallback fatal_cb;
         void *fatal_userdata;
         sd_event_source *fatal_source;
+        /* The leader-side guard around libraft 0.15 (raft-guard.c) and the defer source that runs
+         * libraft's tick when the guard made followers due (new commit index, held-back results). */
+        struct raft *raft;
+        RaftGuard guard;
+        sd_event_source *notify_source;
 };
 
 static void raft_io_exit_default(int status) {
@@ -394,6 +403,32 @@ static unsigned flush_appends(RaftIo *rio) {
         return n;
 }
 
+/* After libraft ran from the loop: the server's callback first (its proposals may already carry the new
+ * commit index to the followers), then the guard, which may want followers told now. */
+static void after_raft(RaftIo *rio) {
+        if (rio->event_cb && !rio->closing)
+                rio->event_cb(rio, rio->event_userdata);
+        if (rio->raft && !rio->closing && !rio->failed && raft_guard_due(&rio->guard, rio->raft))
+                (void) sd_event_source_set_enabled(rio->notify_source, SD_EVENT_ONESHOT);
+}
+
+/* libraft sends an AppendEntries to a follower marked due only from its tick; running the tick from
+ * here (a defer source: never from inside a libraft callback such as fsm->apply) sends it now. The
+ * tick's timers read io->time(), so the extra tick fires none of them early. The source runs after
+ * the normal-priority ones: under load the proposals handled meanwhile carry the commit index in
+ * their AppendEntries, and then nobody is due any more. */
+static int on_commit_notify(sd_event_source *s, void *userdata) {
+        RaftIo *rio = userdata;
+
+        if (rio->failed || rio->closing || !rio->tick_cb || !rio->raft || raft_state(rio->raft) != RAFT_LEADER)
+                return 0;
+        if (!raft_guard_after(&rio->guard, rio->raft))
+                return 0;
+        rio->tick_cb(&rio->io);
+        after_raft(rio);
+        return 0;
+}
+
 static int on_writer_done(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         RaftIo *rio = userdata;
         eventfd_t v;
@@ -404,8 +439,7 @@ static int on_writer_done(sd_event_source *s, int fd, uint32_t revents, void *us
                 return 0;
         (void) fire_completions_and_close(rio);
         /* Answering the waiters first lets the proposals they trigger join the next group. */
-        if (rio->event_cb && !rio->closing)
-                rio->event_cb(rio, rio->event_userdata);
+        after_raft(rio);
         group_submit(rio, false);
         return 0;
 }
@@ -481,8 +515,7 @@ static int on_work(sd_event_source *s, void *userdata) {
                 return 0;
         group_submit(rio, rio->closing);
         (void) fire_completions_and_close(rio);
-        if (rio->event_cb && !rio->closing)
-                rio->event_cb(rio, rio->event_userdata);
+        after_raft(rio);
         return 0;
 }
 
@@ -515,8 +548,7 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
         if (rio->tick_cb)
                 rio->tick_cb(&rio->io);
-        if (rio->event_cb)
-                rio->event_cb(rio, rio->event_userdata);
+        after_raft(rio);
         return 0;
 }
 
@@ -534,6 +566,7 @@ static void io_close(struct raft_io *io, raft_io_close_cb cb) {
         rio->closing = true;
         rio->close_cb = cb;
         rio->tick_source = sd_event_source_disable_unref(rio->tick_source);
+        rio->notify_source = sd_event_source_disable_unref(rio->notify_source);
         work_schedule(rio);
 }
 
@@ -746,7 +779,11 @@ static int io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, ra
         RaftIo *rio = io->impl;
         int r;
 
-        rio->tick_msecs = msecs;
+        /* libraft asks for ticks every heartbeat interval, but all its timers compare io->time() with
+         * their deadlines, so ticking more often only makes them exact: with etcd2's 100 ms heartbeat a
+         * follower would notice a dead leader (and a candidate its election timeout) up to 100 ms late. */
+        rio->tick_msecs = MIN(msecs, RAFT_IO_TICK_MAX_MSEC);
+        msecs = rio->tick_msecs;
         rio->tick_cb = tick;
         rio->recv_cb = recv;
         /* accuracy 1 ms: 0 would mean sd-event's default of 250 ms */
@@ -866,6 +903,8 @@ static int io_send(struct raft_io *io, struct raft_io_send *req, const struct ra
         req->cb = cb;
         if (rio->failed)
                 return 0;   /* never sent, never completed: nothing leaves a member that is stopping */
+        if (rio->raft)
+                raft_guard_note_send(&rio->guard, rio->raft, message);
         if (!rio->send_func)
                 /* No transport (a single member never sends): fail like an unreachable peer would. */
                 return completion_add(rio, COMPLETION_SEND, req, (void *) cb, NULL, RAFT_NOCONNECTION);
@@ -884,9 +923,20 @@ void raft_io_send_done(RaftIo *rio, struct raft_io_send *req, int status) {
 void raft_io_deliver(RaftIo *rio, struct raft_message *message) {
         if (!rio->recv_cb || rio->closing || rio->failed)
                 return;
+        /* On a leader, an AppendEntries result that would let libraft 0.15 count an older term's entry
+         * is lowered first (raft-guard.c has the argument). */
+        if (rio->raft)
+                (void) raft_guard_filter_recv(&rio->guard, rio->raft, message);
         rio->recv_cb(&rio->io, message);
-        if (rio->event_cb)
-                rio->event_cb(rio, rio->event_userdata);
+        after_raft(rio);
+}
+
+void raft_io_set_raft(RaftIo *rio, struct raft *raft) {
+        rio->raft = raft;
+}
+
+const RaftGuard *raft_io_guard(RaftIo *rio) {
+        return &rio->guard;
 }
 
 void raft_io_set_transport(RaftIo *rio, RaftIoSendFunc send, void *userdata) {
@@ -1242,6 +1292,12 @@ int raft_io_new(sd_event *event, Persist *persist, RaftIo **ret) {
                 return r;
         (void) sd_event_source_set_enabled(rio->work_source, SD_EVENT_OFF);
         (void) sd_event_source_set_description(rio->work_source, "raft-io-work");
+        r = sd_event_add_defer(event, &rio->notify_source, on_commit_notify, rio);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(rio->notify_source, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(rio->notify_source, "raft-commit-notify");
+        (void) sd_event_source_set_priority(rio->notify_source, SD_EVENT_PRIORITY_NORMAL + 1);
 
         rio->io = (struct raft_io) {
                 .version = 2,
@@ -1275,6 +1331,8 @@ RaftIo *raft_io_free(RaftIo *rio) {
         sd_event_source_disable_unref(rio->work_source);
         sd_event_source_disable_unref(rio->lazy_source);
         sd_event_source_disable_unref(rio->fatal_source);
+        sd_event_source_disable_unref(rio->notify_source);
+        raft_guard_done(&rio->guard);
         if (rio->thread_started) {
                 /* libraft is gone: wait for a write in progress, but fire no callbacks */
                 pthread_mutex_lock(&rio->lock);

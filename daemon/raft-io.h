@@ -37,6 +37,12 @@ void raft_io_set_event_callback(RaftIo *io, RaftIoEventCallback cb, RaftIoBatchC
 PersistBatch *raft_io_batch(RaftIo *io);
 void raft_io_kick(RaftIo *io);
 
+/* The raft instance this io serves (after raft_init()): lets the io guard the leader against libraft
+ * 0.15's flaws (raft-guard.h) and tell followers a new commit index at once. */
+struct RaftGuard;
+void raft_io_set_raft(RaftIo *io, struct raft *raft);
+const struct RaftGuard *raft_io_guard(RaftIo *io);
+
 /* Transport between members. `send` must copy/serialize the message before returning (libraft's
  * buffers are valid only until the completion) and later report the outcome with
  * raft_io_send_done() (which defers libraft's callback to the loop); returning < 0 fails the send

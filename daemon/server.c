@@ -1780,17 +1780,16 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
                 return log_error_errno(-ENOMEM, "Failed to initialize Raft: %s", raft_strerror(r));
         s->raft_initialized = true;
         s->raft.data = s;
+        raft_io_set_raft(s->rio, &s->raft);
 
         heartbeat_ms = config->heartbeat_interval_ms ?: 100;
         election_ms = config->election_timeout_ms ?: 1000;
         if (election_ms <= heartbeat_ms)
                 election_ms = heartbeat_ms * 5;
-        /* libraft tells followers about a new commit index only with the next AppendEntries; etcd's raft
-         * sends one at once. At etcd's 100 ms a write through a follower waited ~2 heartbeats for its own
-         * apply (200 ms measured). Idle heartbeats every 20th of the interval (>= 5 ms) bring that to ~10
-         * ms (libraft skips the heartbeat of a tick that follows an append, so ~2 ticks); under load the
-         * appends carry the commit index anyway. */
-        raft_set_heartbeat_timeout(&s->raft, (unsigned) MAX(heartbeat_ms / 20, 5u));
+        /* etcd2's --heartbeat-interval as is: libraft would tell followers a new commit index only with
+         * the next AppendEntries, but raft-io makes the followers due and runs a tick as soon as the
+         * leader's commit index advances (raft-guard.c), as etcd's raft sends one at once. */
+        raft_set_heartbeat_timeout(&s->raft, (unsigned) heartbeat_ms);
         /* libraft randomizes in [T, 2T) like etcd, but a follower that still remembers a leader
          * refuses votes until its own timer expires (leader stickiness), which costs one more round
          * after a leader dies: with T = half of etcd's timeout a new leader is there within two

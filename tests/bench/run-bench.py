@@ -794,8 +794,8 @@ def main():
     args = ap.parse_args()
 
     args.groups = [g for g in args.groups.split(',') if g]
-    if args.cluster:
-        args.groups = list(CL_GROUPS)
+    if args.cluster and not (args.groups and all(g in CL_GROUPS for g in args.groups)):
+        args.groups = list(CL_GROUPS)   # --cluster 3 alone: all cluster groups; else the cl_* named
     if args.proxy_bench:
         args.groups = list(PX_GROUPS)
     for g in args.groups:
