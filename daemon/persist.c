@@ -832,6 +832,10 @@ void persist_batch_node_put(PersistBatch *b, const char *key, const void *record
         rocksdb_writebatch_put_cf(b->wb, b->persist->cf[CF_NODES], key, strlen(key), record, len);
 }
 
+void persist_batch_node_put_raw(PersistBatch *b, const void *key, size_t key_len, const void *record, size_t len) {
+        rocksdb_writebatch_put_cf(b->wb, b->persist->cf[CF_NODES], key, key_len, record, len);
+}
+
 void persist_batch_node_delete(PersistBatch *b, const char *key) {
         size_t len = strlen(key);
         char from[len + 2], to[len + 2];

@@ -86,6 +86,8 @@ void persist_batch_term(PersistBatch *b, uint64_t term);
 /* Deletes every log entry with index >= from_index. */
 void persist_batch_log_truncate(PersistBatch *b, uint64_t from_index);
 void persist_batch_node_put(PersistBatch *b, const char *key, const void *record, size_t len);
+/* The same with a counted key (a snapshot's records): no copy to make it NUL-terminated. */
+void persist_batch_node_put_raw(PersistBatch *b, const void *key, size_t key_len, const void *record, size_t len);
 /* Deletes the node `key` and everything below it. */
 void persist_batch_node_delete(PersistBatch *b, const char *key);
 void persist_batch_history_add(PersistBatch *b, uint64_t index, const void *record, size_t len);

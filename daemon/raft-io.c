@@ -878,16 +878,22 @@ typedef struct InstallCtx {
         PersistBatch *batch;
 } InstallCtx;
 
+/* Everything install_record() could refuse, checked before the state is cleared in the batch. */
+static int validate_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
+                           void *userdata) {
+        return kind == 'n' && memchr(key, 0, key_len) ? -EBADMSG : 0;
+}
+
 static int install_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
                           void *userdata) {
         InstallCtx *c = userdata;
 
+        /* Counted key straight into the batch: no copy (a stack copy sized by the sender overflowed
+         * with a 64 MiB key). A key with a NUL inside could never be loaded: refused. */
         if (kind == 'n') {
-                char k[key_len + 1];
-
-                memcpy(k, key, key_len);
-                k[key_len] = 0;
-                persist_batch_node_put(c->batch, k, value, value_len);
+                if (memchr(key, 0, key_len))
+                        return -EBADMSG;
+                persist_batch_node_put_raw(c->batch, key, key_len, value, value_len);
         } else
                 persist_batch_history_put_raw(c->batch, key, key_len, value, value_len);
         return 0;
@@ -931,7 +937,7 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
                 uint64_t applied = 0, etcd_index = 0;
                 uint8_t *marker;
 
-                if (raft_io_snapshot_export_parse(ps.data, total, &applied, &etcd_index, NULL, NULL) < 0) {
+                if (raft_io_snapshot_export_parse(ps.data, total, &applied, &etcd_index, validate_record, NULL) < 0) {
                         log_error("Received a malformed snapshot, refusing it.");
                         persist_snapshot_done(&ps);
                         return RAFT_CORRUPT;

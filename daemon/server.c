@@ -27,7 +27,7 @@
  * every member follows the member keys when it applies them (peer URL updates, removals, its own
  * removal: the process exits 0 a second later). A follower too far behind gets the leader's applied
  * state as an InstallSnapshot (raft-io.h: snapshot export), installed in RocksDB atomically with the
- * snapshot record and then into a fresh Store.
+ * snapshot record and then into a fresh Store that takes over the watchers (snapshot.c).
  *
  * On becoming leader we append a barrier first (so that entries of the previous run are applied
  * before we look at the store), then the internal writes etcd2 makes at start (member raftAttributes
@@ -57,11 +57,11 @@
 #include "persist.h"
 #include "raft-io.h"
 #include "server.h"
+#include "snapshot.h"
 
 #define SERVER_BASE_TIMEOUT_USEC (5 * USEC_PER_SEC)
 #define SERVER_SNAPSHOT_TRAILING_MAX 5000U
 #define SERVER_DEFAULT_SNAPSHOT_COUNT 10000U
-#define SERVER_SNAPSHOT_MAGIC "E2SNAP01"
 #define SERVER_SYNC_RETRY_USEC (500 * USEC_PER_MSEC)
 #define SERVER_FORWARD_RETRY_USEC (100 * USEC_PER_MSEC)
 #define SERVER_PUBLISH_RETRY_USEC (1 * USEC_PER_SEC)
@@ -196,8 +196,6 @@ struct Server {
         size_t n_followers;
         uint64_t recv_appends, send_appends;
         bool force_new_cluster;   /* remove the other members from the store once we lead */
-        Store **zombie_stores;    /* replaced by a snapshot install while they had watchers */
-        size_t n_zombie_stores;
 
         ProposalList pending;     /* unanswered, in creation (= submission = deadline) order */
         ProposalList done;        /* answered by fsm_apply(), callbacks not yet run */
@@ -454,110 +452,55 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs) {
         Server *s = fsm->data;
-        struct raft_buffer *b;
-        uint8_t *m;
 
         /* The snapshot covers everything applied so far, barriers included. The record goes into the
          * same group as the snapshot (snapshot_put follows), so restart finds them consistent. */
         note_applied(s, MAX(s->applied_index, (uint64_t) s->raft.last_applied));
-
-        b = raft_malloc(sizeof(*b));
-        m = raft_malloc(16);
-        if (!b || !m) {
-                raft_free(b);
-                raft_free(m);
+        if (snapshot_marker_make(s->applied_index, bufs, n_bufs) < 0)
                 return RAFT_NOMEM;
-        }
-        memcpy(m, SERVER_SNAPSHOT_MAGIC, 8);
-        codec_put_be64(m + 8, s->applied_index);
-        b->base = m;
-        b->len = 16;
-        *bufs = b;
-        *n_bufs = 1;
         log_debug("Snapshot marker at Raft index %" PRIu64 ".", s->applied_index);
         return 0;
-}
-
-static int load_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
-                       void *userdata) {
-        Store *st = userdata;
-
-        if (kind == 'n') {
-                char k[key_len + 1];
-
-                memcpy(k, key, key_len);
-                k[key_len] = 0;
-                return store_load_node(st, k, value, value_len);
-        }
-        return store_load_event(st, codec_get_be64(key), value, value_len);
 }
 
 static void server_set_store_sink(Server *s);
 
 /* A snapshot of the leader (we were too far behind, or joined empty): its state replaces ours. The
  * records are in RocksDB already (raft-io wrote them with the snapshot record); here the in-memory
- * store is rebuilt. Watchers of the old store keep it alive until they are gone. */
+ * store is rebuilt and the watchers move into it (snapshot.c). */
 static int fsm_install(Server *s, struct raft_buffer *buf) {
         Store *st = NULL;
         uint64_t applied = 0, etcd_index = 0;
         int r;
 
-        r = store_new(&st);
-        if (r < 0)
-                return RAFT_NOMEM;
-        r = raft_io_snapshot_export_parse(buf->base, buf->len, &applied, &etcd_index, load_record, st);
-        if (r >= 0)
-                r = store_load_finish(st, etcd_index);
+        r = snapshot_load_store(buf->base, buf->len, s->store, &st, &applied, &etcd_index);
         if (r < 0) {
                 log_error_errno(r, "Failed to load the snapshot of the leader: %m");
-                store_free(st);
-                return RAFT_CORRUPT;
+                return r == -ENOMEM ? RAFT_NOMEM : RAFT_CORRUPT;
         }
-        if (store_n_watchers(s->store) > 0) {
-                Store **z = reallocarray(s->zombie_stores, s->n_zombie_stores + 1, sizeof(Store *));
-
-                if (!z) {
-                        store_free(st);
-                        return RAFT_NOMEM;
-                }
-                s->zombie_stores = z;
-                s->zombie_stores[s->n_zombie_stores++] = s->store;
-                store_set_sink(s->store, &(StoreSink) {});
-        } else
-                store_free(s->store);
+        store_free(s->store);
         s->store = st;
         server_set_store_sink(s);
         s->applied_index = s->skip_until = applied;
         s->applied_dirty = false;
-        log_info("Installed the leader's snapshot: applied Raft index %" PRIu64 ", etcd index %" PRIu64 ".",
-                 applied, etcd_index);
+        log_info("Installed the leader's snapshot: applied Raft index %" PRIu64 ", etcd index %" PRIu64 ", %u watchers kept.",
+                 applied, etcd_index, store_n_watchers(st));
         raft_free(buf->base);
         return 0;
 }
 
-static void zombies_reap(Server *s) {
-        for (size_t i = 0; i < s->n_zombie_stores; )
-                if (store_n_watchers(s->zombie_stores[i]) == 0) {
-                        store_free(s->zombie_stores[i]);
-                        s->zombie_stores[i] = s->zombie_stores[--s->n_zombie_stores];
-                } else
-                        i++;
-}
-
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf) {
         Server *s = fsm->data;
+        SnapshotKind kind;
         uint64_t index;
 
-        if (buf->len >= RAFT_IO_SNAPSHOT_EXPORT_HEADER && memcmp(buf->base, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8) == 0)
-                return fsm_install(s, buf);
-
-        if (buf->len != 16 || memcmp(buf->base, SERVER_SNAPSHOT_MAGIC, 8) != 0) {
-                log_error("Snapshot data is not a snapshot marker of this daemon.");
+        if (snapshot_classify(buf->base, buf->len, &kind, &index) < 0) {
+                log_error("Snapshot data is not a snapshot of this daemon.");
                 return RAFT_CORRUPT;
         }
-        index = codec_get_be64((uint8_t *) buf->base + 8);
+        if (kind == SNAPSHOT_EXPORT)
+                return fsm_install(s, buf);
         if (index > s->skip_until) {
-                /* Installing a leader's snapshot (multi-member) is not implemented yet. */
+                /* A marker only says the state is in RocksDB: it must reach that far already. */
                 log_error("Snapshot covers Raft index %" PRIu64 " but the stored state only reaches %" PRIu64 ".",
                           index, s->skip_until);
                 return RAFT_CORRUPT;
@@ -2195,8 +2138,6 @@ static void server_on_io_event(RaftIo *rio, void *userdata) {
         if (s->member_ops)
                 member_ops_check(s);
         promote_spares(s);
-        if (s->n_zombie_stores > 0)
-                zombies_reap(s);
         dispatch_done(s);
         sync_rearm(s);
 }
@@ -2681,9 +2622,6 @@ Server *server_free(Server *s) {
         free(s->initial_members);
         free(s->address);
         store_free(s->store);
-        for (size_t i = 0; i < s->n_zombie_stores; i++)
-                store_free(s->zombie_stores[i]);
-        free(s->zombie_stores);
         persist_free(s->persist);
         sd_event_unref(s->event);
         free(s->name);
