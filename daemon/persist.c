@@ -311,15 +311,16 @@ static int get_u64(Persist *p, unsigned cf, const char *key, uint64_t *ret) {
         return 1;
 }
 
-static int get_applied(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index) {
-        char *v = NULL;
-        size_t len;
-        int r;
+/* `ro` NULL: the current state; else read options of a RocksDB snapshot (an export on a worker
+ * thread, which must not touch p->read while the loop uses it). */
+static int get_applied_at(Persist *p, rocksdb_readoptions_t *ro, uint64_t *ret_applied, uint64_t *ret_etcd_index) {
+        char *v = NULL, *err = NULL;
+        size_t len = 0;
 
-        r = get_cf(p, CF_META, "applied", strlen("applied"), &v, &len);
-        if (r < 0)
-                return r;
-        if (r == 0) {
+        v = rocksdb_get_cf(p->db, ro ?: p->read, p->cf[CF_META], "applied", strlen("applied"), &len, &err);
+        if (err)
+                return rocks_error(&err, "read");
+        if (!v) {
                 *ret_applied = *ret_etcd_index = 0;
                 return 0;
         }
@@ -332,6 +333,10 @@ static int get_applied(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_ind
         *ret_etcd_index = codec_get_be64(v + 8);
         rocksdb_free(v);
         return 0;
+}
+
+static int get_applied(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index) {
+        return get_applied_at(p, NULL, ret_applied, ret_etcd_index);
 }
 
 static int persist_check_format(Persist *p) {
@@ -929,7 +934,7 @@ static int export_family(Persist *p, rocksdb_readoptions_t *ro, unsigned cf, cha
 int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, PersistExportCallback cb,
                    void *userdata) {
         const rocksdb_snapshot_t *snap;
-        rocksdb_readoptions_t *ro, *saved;
+        rocksdb_readoptions_t *ro;
         uint64_t applied, etcd_index;
         char from[8];
         int r;
@@ -945,11 +950,7 @@ int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, 
         }
         rocksdb_readoptions_set_snapshot(ro, snap);
 
-        /* get_applied() reads through p->read: point it at the snapshot for this one read. */
-        saved = p->read;
-        p->read = ro;
-        r = get_applied(p, &applied, &etcd_index);
-        p->read = saved;
+        r = get_applied_at(p, ro, &applied, &etcd_index);
         if (r < 0)
                 goto finish;
         *ret_applied = applied;

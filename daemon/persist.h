@@ -104,7 +104,8 @@ int persist_write(PersistBatch *b, bool sync);
 
 /* A consistent export of the applied state, read from one RocksDB snapshot: the applied Raft index
  * and etcd index, then every node record (kind 'n', key order) and the history window's events
- * (kind 'h', key = 8-byte big-endian index). For a follower's InstallSnapshot. */
+ * (kind 'h', key = 8-byte big-endian index). For a follower's InstallSnapshot. Safe on a worker thread
+ * while the loop reads and writes (it touches no shared read options). */
 typedef int (*PersistExportCallback)(char kind, const void *key, size_t key_len, const void *value,
                                      size_t value_len, void *userdata);
 int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, PersistExportCallback cb,

@@ -17,9 +17,11 @@
  *  - send(): handed to the transport set with raft_io_set_transport() (the peer layer), which
  *    reports completion with raft_io_send_done(); without one (a single member never sends) it
  *    completes with RAFT_NOCONNECTION. Received messages come in through raft_io_deliver().
- *  - snapshot_put()/snapshot_get(), close(): done synchronously inside the call, callback deferred.
+ *  - snapshot_put(), close(): done synchronously inside the call, callback deferred.
  *    snapshot_get() (only used to send a snapshot to a follower) returns an export of the applied
- *    state read from one RocksDB snapshot; snapshot_put() of such an export replaces our state in
+ *    state read from one RocksDB snapshot by a thread of its own (an export of a big store takes
+ *    seconds, which the loop must not spend: heartbeats and elections would suffer); its eventfd
+ *    brings the result back to the loop. snapshot_put() of such an export replaces our state in
  *    the same batch as the snapshot record (see raft-io.h).
  *  - recover() (--force-new-cluster) appends a configuration entry synchronously.
  *
@@ -33,6 +35,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/eventfd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +77,9 @@ typedef struct AppendGroup {
         size_t n, alloc;
 } AppendGroup;
 
+/* One snapshot_get() in progress: the export runs on its own thread. */
+typedef struct SnapshotExport SnapshotExport;
+
 struct RaftIo {
         struct raft_io io;
         sd_event *event;
@@ -113,6 +119,11 @@ struct RaftIo {
 
         Completion *completions;
         size_t n_completions, n_completions_alloc;
+
+        /* snapshot_get() exports in progress; each thread signals export_efd when done. */
+        SnapshotExport *exports;
+        int export_efd;
+        sd_event_source *export_source;
 
         raft_io_close_cb close_cb;
         bool closing;
@@ -338,7 +349,7 @@ static unsigned fire_completions(RaftIo *rio) {
 static unsigned fire_completions_and_close(RaftIo *rio) {
         unsigned done = fire_completions(rio);
 
-        if (rio->closing && rio->close_cb && !rio->flight && group_empty(rio->acc)) {
+        if (rio->closing && rio->close_cb && !rio->flight && group_empty(rio->acc) && !rio->exports) {
                 raft_io_close_cb cb = TAKE_PTR(rio->close_cb);
 
                 cb(&rio->io);
@@ -404,12 +415,15 @@ static int io_init(struct raft_io *io, raft_id id, const char *address) {
         return 0;
 }
 
+static void exports_cancel(RaftIo *rio);
+
 static void io_close(struct raft_io *io, raft_io_close_cb cb) {
         RaftIo *rio = io->impl;
 
         rio->closing = true;
         rio->close_cb = cb;
         rio->tick_source = sd_event_source_disable_unref(rio->tick_source);
+        exports_cancel(rio);
         work_schedule(rio);
 }
 
@@ -832,6 +846,7 @@ typedef struct ExportBuf {
         uint8_t *p;
         size_t n, alloc;
         uint64_t *applied, *etcd_index;
+        const atomic_bool *cancel;   /* set by the loop: stop at the next record */
 } ExportBuf;
 
 static int export_reserve(ExportBuf *b, size_t more) {
@@ -851,6 +866,8 @@ static int export_record(char kind, const void *key, size_t key_len, const void 
                          void *userdata) {
         ExportBuf *b = userdata;
 
+        if (b->cancel && atomic_load(b->cancel))
+                return -ECANCELED;
         if (kind == 0) {
                 /* The header: the applied and etcd index are known now. */
                 if (export_reserve(b, RAFT_IO_SNAPSHOT_EXPORT_HEADER) < 0)
@@ -984,12 +1001,113 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
         return 0;
 }
 
+struct SnapshotExport {
+        RaftIo *rio;
+        SnapshotExport *next;
+        struct raft_io_snapshot_get *req;
+        raft_io_snapshot_get_cb cb;
+        struct raft_snapshot *snap;  /* from the snapshot record; bufs[0] becomes the export */
+        pthread_t thread;
+        ExportBuf buf;
+        uint64_t applied, etcd_index;
+        raft_time started_msec;
+        int result;                  /* written by the thread before `done` */
+        atomic_bool done, cancel;
+};
+
+static void snapshot_free_raft(struct raft_snapshot *snap) {
+        if (!snap)
+                return;
+        raft_configuration_close(&snap->configuration);
+        for (unsigned i = 0; i < snap->n_bufs; i++)
+                raft_free(snap->bufs[i].base);
+        raft_free(snap->bufs);
+        raft_free(snap);
+}
+
+static void *export_thread(void *userdata) {
+        SnapshotExport *x = userdata;
+
+        (void) pthread_setname_np(pthread_self(), "snapshot-export");
+        x->result = persist_export(x->rio->persist, &x->applied, &x->etcd_index, export_record, &x->buf);
+        atomic_store(&x->done, true);
+        (void) eventfd_write(x->rio->export_efd, 1);
+        return NULL;
+}
+
+/* Joins the finished exports and completes their requests (libraft then sends the InstallSnapshot
+ * from the loop, as before). A canceled or failed export completes with an error: libraft gives
+ * the follower up for now and retries later. */
+static int on_export_done(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
+        RaftIo *rio = userdata;
+        eventfd_t v;
+
+        (void) eventfd_read(rio->export_efd, &v);
+        for (SnapshotExport **p = &rio->exports; *p; ) {
+                SnapshotExport *x = *p;
+                int status = 0;
+
+                if (!atomic_load(&x->done)) {
+                        p = &x->next;
+                        continue;
+                }
+                *p = x->next;
+                (void) pthread_join(x->thread, NULL);
+                if (x->result < 0) {
+                        if (x->result != -ECANCELED)
+                                log_error_errno(x->result, "Failed to export the state for a snapshot: %m");
+                        status = x->result == -ECANCELED ? RAFT_CANCELED :
+                                 x->result == -ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
+                        raft_free(x->buf.p);
+                        snapshot_free_raft(x->snap);
+                        x->snap = NULL;
+                } else {
+                        raft_free(x->snap->bufs[0].base);
+                        x->snap->bufs[0].base = x->buf.p;
+                        x->snap->bufs[0].len = x->buf.n;
+                        log_info("Sending a snapshot: Raft index %llu, state as of %" PRIu64 " (%zu bytes, exported in %"
+                                 PRIu64 " ms off the loop).", x->snap->index, x->applied, x->buf.n,
+                                 (uint64_t) (io_time(&rio->io) - x->started_msec));
+                }
+                if (completion_add(rio, COMPLETION_SNAPSHOT_GET, x->req, (void *) x->cb, x->snap, status) != 0) {
+                        /* Out of memory for the completion: libraft's request is lost with it. */
+                        log_error("Out of memory completing a snapshot export.");
+                        snapshot_free_raft(x->snap);
+                }
+                free(x);
+        }
+        return 0;
+}
+
+static void exports_cancel(RaftIo *rio) {
+        for (SnapshotExport *x = rio->exports; x; x = x->next)
+                atomic_store(&x->cancel, true);
+}
+
+/* For raft_io_free(): libraft is gone, so no callback; wait for the threads (canceled, they stop at
+ * the next record) and drop what they made. */
+static void exports_free(RaftIo *rio) {
+        exports_cancel(rio);
+        while (rio->exports) {
+                SnapshotExport *x = rio->exports;
+
+                rio->exports = x->next;
+                (void) pthread_join(x->thread, NULL);
+                raft_free(x->buf.p);
+                snapshot_free_raft(x->snap);
+                free(x);
+        }
+}
+
 static int io_snapshot_get(struct raft_io *io, struct raft_io_snapshot_get *req, raft_io_snapshot_get_cb cb) {
         RaftIo *rio = io->impl;
         _cleanup_(persist_snapshot_done) PersistSnapshot ps = {};
         struct raft_snapshot *snap = NULL;
+        SnapshotExport *x;
         int r;
 
+        if (rio->closing)
+                return RAFT_CANCELED;
         r = persist_snapshot_load(rio->persist, &ps);
         if (r < 0)
                 return RAFT_IOERR;
@@ -998,35 +1116,28 @@ static int io_snapshot_get(struct raft_io *io, struct raft_io_snapshot_get *req,
         r = snapshot_from_persist(&ps, &snap);
         if (r != 0)
                 return r;
-        {
-                /* For a follower: the applied state itself (see raft-io.h), not our marker. */
-                uint64_t applied = 0, etcd_index = 0;
-                ExportBuf b = { .applied = &applied, .etcd_index = &etcd_index };
 
-                r = persist_export(rio->persist, &applied, &etcd_index, export_record, &b);
-                if (r < 0) {
-                        raft_free(b.p);
-                        raft_configuration_close(&snap->configuration);
-                        raft_free(snap->bufs[0].base);
-                        raft_free(snap->bufs);
-                        raft_free(snap);
-                        return r == -ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
-                }
-                raft_free(snap->bufs[0].base);
-                snap->bufs[0].base = b.p;
-                snap->bufs[0].len = b.n;
-                log_info("Sending a snapshot: Raft index %llu, state as of %" PRIu64 " (%zu bytes).",
-                         snap->index, applied, b.n);
+        /* For a follower: the applied state itself (see raft-io.h), not our marker, read on a thread. */
+        x = calloc(1, sizeof(*x));
+        if (!x) {
+                snapshot_free_raft(snap);
+                return RAFT_NOMEM;
         }
+        *x = (SnapshotExport) { .rio = rio, .req = req, .cb = cb, .snap = snap, .started_msec = io_time(io) };
+        x->buf = (ExportBuf) { .applied = &x->applied, .etcd_index = &x->etcd_index, .cancel = &x->cancel };
+        atomic_init(&x->done, false);
+        atomic_init(&x->cancel, false);
         req->cb = cb;
-        r = completion_add(rio, COMPLETION_SNAPSHOT_GET, req, (void *) cb, snap, 0);
-        if (r != 0) {
-                raft_configuration_close(&snap->configuration);
-                raft_free(snap->bufs[0].base);
-                raft_free(snap->bufs);
-                raft_free(snap);
+        r = -pthread_create(&x->thread, NULL, export_thread, x);
+        if (r < 0) {
+                log_error_errno(r, "Failed to start the snapshot export thread: %m");
+                snapshot_free_raft(snap);
+                free(x);
+                return RAFT_NOMEM;
         }
-        return r;
+        x->next = rio->exports;
+        rio->exports = x;
+        return 0;
 }
 
 static int io_random(struct raft_io *io, int min, int max) {
@@ -1055,6 +1166,7 @@ int raft_io_new(sd_event *event, Persist *persist, RaftIo **ret) {
         rio->persist = persist;
 
         rio->efd = -1;
+        rio->export_efd = -1;
         for (size_t i = 0; i < 2; i++) {
                 r = persist_batch_new(persist, &rio->groups[i].batch);
                 if (r < 0)
@@ -1068,6 +1180,14 @@ int raft_io_new(sd_event *event, Persist *persist, RaftIo **ret) {
                 return r;
         (void) sd_event_source_set_enabled(rio->lazy_source, SD_EVENT_OFF);
         (void) sd_event_source_set_description(rio->lazy_source, "raft-io-lazy");
+
+        rio->export_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (rio->export_efd < 0)
+                return -errno;
+        r = sd_event_add_io(event, &rio->export_source, rio->export_efd, EPOLLIN, on_export_done, rio);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(rio->export_source, "raft-io-export");
 
         rio->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (rio->efd < 0)
@@ -1131,6 +1251,10 @@ RaftIo *raft_io_free(RaftIo *rio) {
                 pthread_mutex_destroy(&rio->lock);
                 pthread_cond_destroy(&rio->cond);
         }
+        exports_free(rio);
+        sd_event_source_disable_unref(rio->export_source);
+        if (rio->export_efd >= 0)
+                (void) close(rio->export_efd);
         sd_event_source_disable_unref(rio->efd_source);
         if (rio->efd >= 0)
                 (void) close(rio->efd);
