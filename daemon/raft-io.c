@@ -18,11 +18,12 @@
  *    reports completion with raft_io_send_done(); without one (a single member never sends) it
  *    completes with RAFT_NOCONNECTION. Received messages come in through raft_io_deliver().
  *  - snapshot_put(), close(): done synchronously inside the call, callback deferred.
- *    snapshot_get() (only used to send a snapshot to a follower) returns an export of the applied
- *    state read from one RocksDB snapshot by a thread of its own (an export of a big store takes
- *    seconds, which the loop must not spend: heartbeats and elections would suffer); its eventfd
- *    brings the result back to the loop. snapshot_put() of such an export replaces our state in
- *    the same batch as the snapshot record (see raft-io.h).
+ *    snapshot_get() (only used to send a snapshot to a follower) returns a reference to a stream
+ *    of the applied state, which snapshot.c sends in bounded chunks ahead of the InstallSnapshot.
+ *    snapshot_put() of such a reference (the follower staged the stream complete) writes a durable
+ *    install marker with the group; the writer thread then switches to the staged state and builds
+ *    the new Store (persist.h: staged install). An export (a leader of an earlier version: the
+ *    whole state in the message) replaces our state in the same batch as the snapshot record.
  *  - recover() (--force-new-cluster) appends a configuration entry synchronously.
  *
  * set_term()/set_vote() are synchronous and synced, as Raft requires them durable before the
@@ -35,7 +36,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <sys/eventfd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,10 +75,8 @@ typedef struct AppendGroup {
         PersistBatch *batch;
         PendingAppend *appends;
         size_t n, alloc;
+        bool install;             /* the batch holds a staged install's marker: finish it after */
 } AppendGroup;
-
-/* One snapshot_get() in progress: the export runs on its own thread. */
-typedef struct SnapshotExport SnapshotExport;
 
 struct RaftIo {
         struct raft_io io;
@@ -120,10 +118,14 @@ struct RaftIo {
         Completion *completions;
         size_t n_completions, n_completions_alloc;
 
-        /* snapshot_get() exports in progress; each thread signals export_efd when done. */
-        SnapshotExport *exports;
-        int export_efd;
-        sd_event_source *export_source;
+        /* Snapshot streams: IDs we hand out (leader); the stream staged complete (follower), its
+         * install in a group, and the Store the writer thread built from it. */
+        uint64_t stream_seq;
+        bool staged, installing;
+        uint64_t staged_id, staged_applied, staged_etcd_index;
+        RaftIoInstallLoader install_loader;
+        void *install_userdata;
+        void *installed;
 
         raft_io_close_cb close_cb;
         bool closing;
@@ -163,6 +165,8 @@ static int completion_add(RaftIo *rio, CompletionKind kind, void *req, void *cb,
 
 static unsigned fire_completions_and_close(RaftIo *rio);
 
+static int group_write(RaftIo *rio, AppendGroup *g);
+
 static void *writer_thread(void *userdata) {
         RaftIo *rio = userdata;
 
@@ -179,7 +183,7 @@ static void *writer_thread(void *userdata) {
                 g = rio->flight;
                 pthread_mutex_unlock(&rio->lock);
 
-                r = persist_write(g->batch, true);
+                r = group_write(rio, g);
 
                 pthread_mutex_lock(&rio->lock);
                 rio->job_ready = false;
@@ -190,6 +194,23 @@ static void *writer_thread(void *userdata) {
         }
         pthread_mutex_unlock(&rio->lock);
         return NULL;
+}
+
+/* Writes a group, synced (writer thread, or inline). A group with a staged snapshot install (its
+ * batch holds the durable marker) then replaces the live state with the staged one and builds the
+ * new Store, all off the loop; snapshot_put's callback fires after, and fsm->restore only swaps. */
+static int group_write(RaftIo *rio, AppendGroup *g) {
+        int r;
+
+        r = persist_write(g->batch, true);
+        if (r < 0 || !g->install)
+                return r;
+        r = persist_install_finish(rio->persist, NULL, NULL);
+        if (r >= 0 && rio->install_loader)
+                r = rio->install_loader(rio->persist, &rio->installed, rio->install_userdata);
+        if (r < 0)
+                log_error_errno(r, "Failed to install the staged snapshot: %m");
+        return r;
 }
 
 /* Fires the callbacks of a written group and empties it. */
@@ -203,6 +224,10 @@ static unsigned group_complete(RaftIo *rio, AppendGroup *g, int r) {
         }
         /* Appends made from inside the callbacks go to the other group. */
         g->n = 0;
+        if (g->install) {
+                g->install = false;
+                rio->installing = false;
+        }
         for (size_t i = 0; i < n; i++)
                 if (g->appends[i].snapshot)
                         ((raft_io_snapshot_put_cb) g->appends[i].cb)(g->appends[i].req, status);
@@ -244,7 +269,7 @@ static void group_submit(RaftIo *rio, bool force) {
         if (!rio->thread_started) {
                 /* no thread (start-up or shutdown): write inline */
                 g = acc_take(rio);
-                (void) group_complete(rio, g, persist_write(g->batch, true));
+                (void) group_complete(rio, g, group_write(rio, g));
                 return;
         }
 
@@ -289,7 +314,7 @@ static unsigned flush_appends(RaftIo *rio) {
         if (!group_empty(rio->acc)) {
                 AppendGroup *g = acc_take(rio);
 
-                n += group_complete(rio, g, persist_write(g->batch, true));
+                n += group_complete(rio, g, group_write(rio, g));
         }
         return n;
 }
@@ -349,7 +374,7 @@ static unsigned fire_completions(RaftIo *rio) {
 static unsigned fire_completions_and_close(RaftIo *rio) {
         unsigned done = fire_completions(rio);
 
-        if (rio->closing && rio->close_cb && !rio->flight && group_empty(rio->acc) && !rio->exports) {
+        if (rio->closing && rio->close_cb && !rio->flight && group_empty(rio->acc)) {
                 raft_io_close_cb cb = TAKE_PTR(rio->close_cb);
 
                 cb(&rio->io);
@@ -415,15 +440,12 @@ static int io_init(struct raft_io *io, raft_id id, const char *address) {
         return 0;
 }
 
-static void exports_cancel(RaftIo *rio);
-
 static void io_close(struct raft_io *io, raft_io_close_cb cb) {
         RaftIo *rio = io->impl;
 
         rio->closing = true;
         rio->close_cb = cb;
         rio->tick_source = sd_event_source_disable_unref(rio->tick_source);
-        exports_cancel(rio);
         work_schedule(rio);
 }
 
@@ -842,55 +864,6 @@ int raft_io_snapshot_export_parse(const void *buf, size_t len, uint64_t *ret_app
         return 0;
 }
 
-typedef struct ExportBuf {
-        uint8_t *p;
-        size_t n, alloc;
-        uint64_t *applied, *etcd_index;
-        const atomic_bool *cancel;   /* set by the loop: stop at the next record */
-} ExportBuf;
-
-static int export_reserve(ExportBuf *b, size_t more) {
-        if (b->n + more > b->alloc) {
-                size_t a = MAX(b->alloc * 2, b->n + more + 4096);
-                uint8_t *q = raft_realloc(b->p, a);
-
-                if (!q)
-                        return -ENOMEM;
-                b->p = q;
-                b->alloc = a;
-        }
-        return 0;
-}
-
-static int export_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
-                         void *userdata) {
-        ExportBuf *b = userdata;
-
-        if (b->cancel && atomic_load(b->cancel))
-                return -ECANCELED;
-        if (kind == 0) {
-                /* The header: the applied and etcd index are known now. */
-                if (export_reserve(b, RAFT_IO_SNAPSHOT_EXPORT_HEADER) < 0)
-                        return -ENOMEM;
-                memcpy(b->p, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8);
-                codec_put_be64(b->p + 8, *b->applied);
-                codec_put_be64(b->p + 16, *b->etcd_index);
-                b->n = RAFT_IO_SNAPSHOT_EXPORT_HEADER;
-                return 0;
-        }
-        if (export_reserve(b, 1 + 20 + key_len + value_len) < 0)
-                return -ENOMEM;
-        b->p[b->n++] = (uint8_t) kind;
-        b->n += codec_varint_put(b->p + b->n, key_len);
-        memcpy(b->p + b->n, key, key_len);
-        b->n += key_len;
-        b->n += codec_varint_put(b->p + b->n, value_len);
-        if (value_len > 0)
-                memcpy(b->p + b->n, value, value_len);
-        b->n += value_len;
-        return 0;
-}
-
 typedef struct InstallCtx {
         PersistBatch *batch;
 } InstallCtx;
@@ -947,6 +920,53 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
         }
         ps.data_len = total;
 
+        if (total == RAFT_IO_SNAPSHOT_REF_SIZE && memcmp(ps.data, RAFT_IO_SNAPSHOT_REF_MAGIC, 8) == 0) {
+                /* A leader's streamed state, staged complete (snapshot.c): the install marker goes
+                 * into this group's synced batch, after what the FSM applied before; the writer then
+                 * switches to the staged state (group_write). */
+                uint64_t id = codec_get_be64((uint8_t *) ps.data + 8);
+                uint8_t *marker;
+
+                if (!rio->staged || rio->staged_id != id || rio->installing) {
+                        log_error("Snapshot stream %" PRIx64 " is not staged, refusing the snapshot.", id);
+                        persist_snapshot_done(&ps);
+                        return RAFT_CORRUPT;
+                }
+                marker = malloc(16);
+                if (!marker ||
+                    grow((void **) &rio->acc->appends, &rio->acc->alloc, rio->acc->n + 1, sizeof(PendingAppend)) < 0) {
+                        free(marker);
+                        persist_snapshot_done(&ps);
+                        return RAFT_NOMEM;
+                }
+                memcpy(marker, RAFT_IO_SNAPSHOT_MARKER_MAGIC, 8);
+                codec_put_be64(marker + 8, rio->staged_applied);
+                free(ps.data);
+                ps.data = marker;
+                ps.data_len = 16;
+                if (trailing == 0) {
+                        keep_from = UINT64_MAX;
+                        rio->last_index = snapshot->index;
+                } else
+                        keep_from = snapshot->index > trailing ? snapshot->index - trailing + 1 : 1;
+                if (rio->batch_cb)
+                        rio->batch_cb(rio, rio->acc->batch, rio->event_userdata);
+                r = persist_batch_install_begin(rio->acc->batch, &ps, keep_from, rio->staged_applied,
+                                                rio->staged_etcd_index);
+                persist_snapshot_done(&ps);
+                if (r < 0)
+                        return RAFT_NOMEM;
+                rio->acc->install = true;
+                rio->installing = true;
+                rio->staged = false;
+                log_info("Installing the leader's snapshot from stream %" PRIx64 ": Raft index %llu, state as of %"
+                         PRIu64 " (etcd index %" PRIu64 ").", id, snapshot->index, rio->staged_applied,
+                         rio->staged_etcd_index);
+                req->cb = cb;
+                rio->acc->appends[rio->acc->n++] = (PendingAppend) { .req = req, .cb = (void *) cb, .snapshot = true };
+                raft_io_kick(rio);
+                return 0;
+        }
         if (total >= RAFT_IO_SNAPSHOT_EXPORT_HEADER && memcmp(ps.data, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8) == 0) {
                 /* A leader's export: its state replaces ours in the same write as the snapshot record,
                  * which keeps only a marker. What the FSM applied before goes first. */
@@ -1001,20 +1021,6 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
         return 0;
 }
 
-struct SnapshotExport {
-        RaftIo *rio;
-        SnapshotExport *next;
-        struct raft_io_snapshot_get *req;
-        raft_io_snapshot_get_cb cb;
-        struct raft_snapshot *snap;  /* from the snapshot record; bufs[0] becomes the export */
-        pthread_t thread;
-        ExportBuf buf;
-        uint64_t applied, etcd_index;
-        raft_time started_msec;
-        int result;                  /* written by the thread before `done` */
-        atomic_bool done, cancel;
-};
-
 static void snapshot_free_raft(struct raft_snapshot *snap) {
         if (!snap)
                 return;
@@ -1025,85 +1031,11 @@ static void snapshot_free_raft(struct raft_snapshot *snap) {
         raft_free(snap);
 }
 
-static void *export_thread(void *userdata) {
-        SnapshotExport *x = userdata;
-
-        (void) pthread_setname_np(pthread_self(), "snapshot-export");
-        x->result = persist_export(x->rio->persist, &x->applied, &x->etcd_index, export_record, &x->buf);
-        atomic_store(&x->done, true);
-        (void) eventfd_write(x->rio->export_efd, 1);
-        return NULL;
-}
-
-/* Joins the finished exports and completes their requests (libraft then sends the InstallSnapshot
- * from the loop, as before). A canceled or failed export completes with an error: libraft gives
- * the follower up for now and retries later. */
-static int on_export_done(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
-        RaftIo *rio = userdata;
-        eventfd_t v;
-
-        (void) eventfd_read(rio->export_efd, &v);
-        for (SnapshotExport **p = &rio->exports; *p; ) {
-                SnapshotExport *x = *p;
-                int status = 0;
-
-                if (!atomic_load(&x->done)) {
-                        p = &x->next;
-                        continue;
-                }
-                *p = x->next;
-                (void) pthread_join(x->thread, NULL);
-                if (x->result < 0) {
-                        if (x->result != -ECANCELED)
-                                log_error_errno(x->result, "Failed to export the state for a snapshot: %m");
-                        status = x->result == -ECANCELED ? RAFT_CANCELED :
-                                 x->result == -ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
-                        raft_free(x->buf.p);
-                        snapshot_free_raft(x->snap);
-                        x->snap = NULL;
-                } else {
-                        raft_free(x->snap->bufs[0].base);
-                        x->snap->bufs[0].base = x->buf.p;
-                        x->snap->bufs[0].len = x->buf.n;
-                        log_info("Sending a snapshot: Raft index %llu, state as of %" PRIu64 " (%zu bytes, exported in %"
-                                 PRIu64 " ms off the loop).", x->snap->index, x->applied, x->buf.n,
-                                 (uint64_t) (io_time(&rio->io) - x->started_msec));
-                }
-                if (completion_add(rio, COMPLETION_SNAPSHOT_GET, x->req, (void *) x->cb, x->snap, status) != 0) {
-                        /* Out of memory for the completion: libraft's request is lost with it. */
-                        log_error("Out of memory completing a snapshot export.");
-                        snapshot_free_raft(x->snap);
-                }
-                free(x);
-        }
-        return 0;
-}
-
-static void exports_cancel(RaftIo *rio) {
-        for (SnapshotExport *x = rio->exports; x; x = x->next)
-                atomic_store(&x->cancel, true);
-}
-
-/* For raft_io_free(): libraft is gone, so no callback; wait for the threads (canceled, they stop at
- * the next record) and drop what they made. */
-static void exports_free(RaftIo *rio) {
-        exports_cancel(rio);
-        while (rio->exports) {
-                SnapshotExport *x = rio->exports;
-
-                rio->exports = x->next;
-                (void) pthread_join(x->thread, NULL);
-                raft_free(x->buf.p);
-                snapshot_free_raft(x->snap);
-                free(x);
-        }
-}
-
 static int io_snapshot_get(struct raft_io *io, struct raft_io_snapshot_get *req, raft_io_snapshot_get_cb cb) {
         RaftIo *rio = io->impl;
         _cleanup_(persist_snapshot_done) PersistSnapshot ps = {};
         struct raft_snapshot *snap = NULL;
-        SnapshotExport *x;
+        uint8_t *ref;
         int r;
 
         if (rio->closing)
@@ -1117,27 +1049,23 @@ static int io_snapshot_get(struct raft_io *io, struct raft_io_snapshot_get *req,
         if (r != 0)
                 return r;
 
-        /* For a follower: the applied state itself (see raft-io.h), not our marker, read on a thread. */
-        x = calloc(1, sizeof(*x));
-        if (!x) {
+        /* For a follower: a reference to a stream of the applied state (raft-io.h), which the peer
+         * layer sends ahead of the InstallSnapshot (snapshot.c). Nothing is read here. */
+        ref = raft_malloc(RAFT_IO_SNAPSHOT_REF_SIZE);
+        if (!ref) {
                 snapshot_free_raft(snap);
                 return RAFT_NOMEM;
         }
-        *x = (SnapshotExport) { .rio = rio, .req = req, .cb = cb, .snap = snap, .started_msec = io_time(io) };
-        x->buf = (ExportBuf) { .applied = &x->applied, .etcd_index = &x->etcd_index, .cancel = &x->cancel };
-        atomic_init(&x->done, false);
-        atomic_init(&x->cancel, false);
+        memcpy(ref, RAFT_IO_SNAPSHOT_REF_MAGIC, 8);
+        codec_put_be64(ref + 8, ((uint64_t) io_time(io) << 16) ^ ++rio->stream_seq ^ ((uint64_t) rio->id << 40));
+        raft_free(snap->bufs[0].base);
+        snap->bufs[0].base = ref;
+        snap->bufs[0].len = RAFT_IO_SNAPSHOT_REF_SIZE;
         req->cb = cb;
-        r = -pthread_create(&x->thread, NULL, export_thread, x);
-        if (r < 0) {
-                log_error_errno(r, "Failed to start the snapshot export thread: %m");
+        r = completion_add(rio, COMPLETION_SNAPSHOT_GET, req, (void *) cb, snap, 0);
+        if (r != 0)
                 snapshot_free_raft(snap);
-                free(x);
-                return RAFT_NOMEM;
-        }
-        x->next = rio->exports;
-        rio->exports = x;
-        return 0;
+        return r;
 }
 
 static int io_random(struct raft_io *io, int min, int max) {
@@ -1166,7 +1094,6 @@ int raft_io_new(sd_event *event, Persist *persist, RaftIo **ret) {
         rio->persist = persist;
 
         rio->efd = -1;
-        rio->export_efd = -1;
         for (size_t i = 0; i < 2; i++) {
                 r = persist_batch_new(persist, &rio->groups[i].batch);
                 if (r < 0)
@@ -1180,14 +1107,6 @@ int raft_io_new(sd_event *event, Persist *persist, RaftIo **ret) {
                 return r;
         (void) sd_event_source_set_enabled(rio->lazy_source, SD_EVENT_OFF);
         (void) sd_event_source_set_description(rio->lazy_source, "raft-io-lazy");
-
-        rio->export_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (rio->export_efd < 0)
-                return -errno;
-        r = sd_event_add_io(event, &rio->export_source, rio->export_efd, EPOLLIN, on_export_done, rio);
-        if (r < 0)
-                return r;
-        (void) sd_event_source_set_description(rio->export_source, "raft-io-export");
 
         rio->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (rio->efd < 0)
@@ -1251,10 +1170,8 @@ RaftIo *raft_io_free(RaftIo *rio) {
                 pthread_mutex_destroy(&rio->lock);
                 pthread_cond_destroy(&rio->cond);
         }
-        exports_free(rio);
-        sd_event_source_disable_unref(rio->export_source);
-        if (rio->export_efd >= 0)
-                (void) close(rio->export_efd);
+        if (rio->installed && rio->install_loader)
+                rio->install_loader(NULL, &rio->installed, rio->install_userdata);   /* frees it */
         sd_event_source_disable_unref(rio->efd_source);
         if (rio->efd >= 0)
                 (void) close(rio->efd);
@@ -1266,6 +1183,31 @@ RaftIo *raft_io_free(RaftIo *rio) {
         sd_event_unref(rio->event);
         free(rio);
         return NULL;
+}
+
+void raft_io_snapshot_staged(RaftIo *rio, uint64_t stream_id, uint64_t applied, uint64_t etcd_index) {
+        rio->staged = true;
+        rio->staged_id = stream_id;
+        rio->staged_applied = applied;
+        rio->staged_etcd_index = etcd_index;
+}
+
+void raft_io_snapshot_unstage(RaftIo *rio) {
+        rio->staged = false;
+}
+
+bool raft_io_installing(RaftIo *rio) {
+        return rio->installing;
+}
+
+void raft_io_set_install_loader(RaftIo *rio, RaftIoInstallLoader loader, void *userdata) {
+        rio->install_loader = loader;
+        rio->install_userdata = userdata;
+}
+
+void *raft_io_take_installed(RaftIo *rio, uint64_t *ret_applied) {
+        *ret_applied = rio->staged_applied;
+        return TAKE_PTR(rio->installed);
 }
 
 PersistBatch *raft_io_batch(RaftIo *rio) {

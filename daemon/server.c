@@ -158,6 +158,7 @@ struct Server {
         Persist *persist;
         RaftIo *rio;
         PeerTransport *peers;
+        SnapshotStreams *snapshots;
         char *address;            /* our Raft address: the first of our peer URLs */
         Store *store;
         struct raft raft;
@@ -488,6 +489,22 @@ static int fsm_install(Server *s, struct raft_buffer *buf) {
         return 0;
 }
 
+/* A streamed snapshot: raft-io installed it in RocksDB and built its Store on the writer thread
+ * before libraft got here; the watchers move over and the stores swap (snapshot.c). */
+static int fsm_install_streamed(Server *s, struct raft_buffer *buf, uint64_t stream_id) {
+        uint64_t applied = 0;
+        Store *st;
+
+        st = snapshot_take_installed(s->rio, s->store, stream_id, &applied);
+        store_free(s->store);
+        s->store = st;
+        server_set_store_sink(s);
+        s->applied_index = s->skip_until = applied;
+        s->applied_dirty = false;
+        raft_free(buf->base);
+        return 0;
+}
+
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf) {
         Server *s = fsm->data;
         SnapshotKind kind;
@@ -499,6 +516,8 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf) {
         }
         if (kind == SNAPSHOT_EXPORT)
                 return fsm_install(s, buf);
+        if (kind == SNAPSHOT_STREAMED)
+                return fsm_install_streamed(s, buf, index);
         if (index > s->skip_until) {
                 /* A marker only says the state is in RocksDB: it must reach that far already. */
                 log_error("Snapshot covers Raft index %" PRIu64 " but the stored state only reaches %" PRIu64 ".",
@@ -748,6 +767,9 @@ static void handle_opaque(Server *s, PeerFrame *f) {
                 return;
         case MSG_MEMBER_RES:
                 handle_member_res(s, id, b + 1 + n, f->opaque_size - 1 - n);
+                return;
+        case SNAPSHOT_MSG_CHUNK:
+                snapshot_streams_chunk(s->snapshots, f->sender_id, id, b + 1 + n, f->opaque_size - 1 - n);
                 return;
         default:
                 break;
@@ -1956,6 +1978,9 @@ static void on_peer_frame(PeerTransport *t, PeerFrame *f, void *userdata) {
                 handle_opaque(s, f);
                 return;
         }
+        /* A streamed snapshot goes to libraft only once its stream is staged complete. */
+        if (!snapshot_streams_ready(s->snapshots, &f->message))
+                return;
         raft_io_deliver(s->rio, peer_frame_hand_over(f));
 }
 
@@ -1965,6 +1990,12 @@ static int on_raft_send(RaftIo *rio, struct raft_io_send *req, const struct raft
 
         if (m->server_id == s->member_id)
                 return -EINVAL;
+        if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
+                /* The state streams first; the send completes when the message itself is queued. */
+                r = snapshot_streams_send(s->snapshots, req, m);
+                if (r != -ENOTSUP)
+                        return r < 0 ? r : 0;
+        }
         r = peer_transport_send_raft(s->peers, m);
         if (r >= 0 && m->type == RAFT_IO_APPEND_ENTRIES) {
                 FollowerStats *fs = follower_stats(s, m->server_id);
@@ -2416,6 +2447,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
                 if (r < 0)
                         return log_error_errno(r, "Failed to initialize '%s/member': %m", config->data_dir);
         }
+        /* Before anything reads the state: a snapshot install cut short by a kill is finished. */
+        r = snapshot_recover(s->persist);
+        if (r < 0)
+                return r;
         r = persist_meta_load(s->persist, &meta);
         if (r < 0)
                 return r;
@@ -2459,6 +2494,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
                 return r;
         peer_transport_set_handlers(s->peers, on_peer_frame, on_peer_check, on_peer_refused, s);
         raft_io_set_transport(s->rio, on_raft_send, s);
+        r = snapshot_streams_new(event, s->persist, s->rio, s->peers, &s->snapshots);
+        if (r < 0)
+                return r;
+        raft_io_set_install_loader(s->rio, snapshot_load_installed, NULL);
         server_set_store_sink(s);
 
         r = sd_event_add_time(event, &s->timeout_source, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_timeout, s);
@@ -2581,6 +2620,8 @@ Server *server_free(Server *s) {
                 (void) raft_io_drain(s->rio);
                 dispatch_done(s);
         }
+        /* Streams being sent complete now: libraft frees their requests before it closes. */
+        snapshot_streams_cancel(s->snapshots);
         if (s->raft_initialized) {
                 s->raft.data = s;
                 raft_close(&s->raft, on_raft_closed);
@@ -2615,6 +2656,7 @@ Server *server_free(Server *s) {
         sd_event_source_disable_unref(s->exit_source);
         if (s->rio)
                 (void) raft_io_drain(s->rio);   /* the last applied state */
+        s->snapshots = snapshot_streams_free(s->snapshots);
         raft_io_free(s->rio);
         peer_transport_free(s->peers);
         for (size_t i = 0; i < s->n_initial_members; i++)
