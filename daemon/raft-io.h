@@ -61,12 +61,13 @@ int raft_io_configuration_encode(const struct raft_configuration *c, void **ret,
 int raft_io_configuration_decode(const void *buf, size_t len, struct raft_configuration *ret);
 
 /* Snapshot data. Locally a snapshot is a marker (the state is in RocksDB already): MARKER magic and
- * the 8-byte big-endian Raft index it covers. A snapshot sent to a follower (snapshot_get) is an
- * export of the applied state instead: EXPORT magic, be64 applied Raft index, be64 etcd index, then
- * records (u8 kind 'n' node / 'h' history event, varint key length, key, varint value length,
- * value). libraft carries InstallSnapshot data as one buffer, so the export is one buffer too
- * (records in the store's compact encoding). Installing one (snapshot_put) replaces the applied
- * state in RocksDB atomically with the snapshot record, which then holds a marker only. */
+ * the 8-byte big-endian Raft index it covers. A snapshot sent to a follower (snapshot_get) is a REF
+ * instead: the state follows as a stream of chunks ahead of the InstallSnapshot (snapshot.h), so no
+ * message holds the whole state. Members of an earlier version sent an EXPORT (still installed when
+ * received): EXPORT magic, be64 applied Raft index, be64 etcd index, then records (u8 kind 'n' node /
+ * 'h' history event, varint key length, key, varint value length, value), the whole state in one
+ * buffer; installing one (snapshot_put) replaces the applied state in RocksDB atomically with the
+ * snapshot record, which then holds a marker only. */
 /* A reference to a streamed snapshot (snapshot.h): REF magic and the be64 stream ID. */
 #define RAFT_IO_SNAPSHOT_REF_MAGIC "E2SNAP03"
 #define RAFT_IO_SNAPSHOT_REF_SIZE 16

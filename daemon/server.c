@@ -2549,6 +2549,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
         snapshot_count = config->snapshot_count ?: SERVER_DEFAULT_SNAPSHOT_COUNT;
         snapshot_count = MIN(snapshot_count, (uint64_t) UINT32_MAX);
         raft_set_snapshot_threshold(&s->raft, (unsigned) snapshot_count);
+        /* libraft restarts a snapshot whose follower has not answered within this time, whatever
+         * the transfer is doing; our stream reports broken connections itself (the send fails, and
+         * libraft retries at once), so this only needs to cover a big stream and its install. */
+        raft_set_install_snapshot_timeout(&s->raft, SNAPSHOT_INSTALL_TIMEOUT_MSEC);
         raft_set_snapshot_trailing(&s->raft, (unsigned) MIN(snapshot_count, (uint64_t) SERVER_SNAPSHOT_TRAILING_MAX));
         s->proposal_timeout_usec = SERVER_BASE_TIMEOUT_USEC + 2 * election_ms * USEC_PER_MSEC;
         s->strict_reconfig_check = config->strict_reconfig_check;

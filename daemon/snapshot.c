@@ -607,6 +607,8 @@ void snapshot_streams_chunk(SnapshotStreams *ss, uint64_t from, uint64_t stream_
                          PRIu64 ").", from, stream_id, c.applied);
         } else if (!ss->receiving || from != ss->from || stream_id != ss->stream_id)
                 return;   /* the rest of a stream we do not follow (anymore) */
+        else if (ss->complete)
+                return;   /* a duplicate after the end changes nothing */
         else if (c.seq != ss->next_seq) {
                 log_warning("Snapshot stream %" PRIx64 " from member %" PRIx64 ": chunk %" PRIu64 " instead of %" PRIu64
                             ", dropping the stream.", stream_id, from, c.seq, ss->next_seq);

@@ -53,6 +53,9 @@ int snapshot_load_store(const void *buf, size_t len, Store *old, Store **ret_sto
 #define SNAPSHOT_CHUNK_FIRST 1
 #define SNAPSHOT_CHUNK_LAST 2
 #define SNAPSHOT_CHUNK_SIZE_DEFAULT ((size_t) 1024 * 1024)
+/* How long the leader waits for a follower to answer a snapshot (libraft's default is 30 s, too
+ * short to stream and install a store of gigabytes). */
+#define SNAPSHOT_INSTALL_TIMEOUT_MSEC (10U * 60U * 1000U)
 
 typedef struct SnapshotChunk {
         uint64_t seq;
