@@ -14,9 +14,12 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <zlib.h>
 
 #include "codec.h"
+#include "peer.h"
 #include "persist.h"
+#include "raft-io.h"
 #include "snapshot.h"
 #include "store.h"
 
@@ -310,6 +313,140 @@ static void test_install_after_kill(void **state) {
         check_installed(f);
 }
 
+/* ---- the follower's receiver: order, duplicates, damage, the reference check ---- */
+
+typedef struct RecvFixture {
+        Fixture f;
+        sd_event *event;
+        RaftIo *rio;
+        PeerTransport *peers;
+        SnapshotStreams *ss;
+        uint8_t recs[3][64];
+        size_t recs_size[3];
+        uLong crc;
+} RecvFixture;
+
+static int recv_setup(void **state) {
+        RecvFixture *rf = calloc(1, sizeof(*rf));
+        Fixture *f;
+
+        assert_non_null(rf);
+        assert_int_equal(setup((void **) &f), 0);
+        rf->f = *f;
+        free(f);
+        assert_int_equal(sd_event_new(&rf->event), 0);
+        assert_int_equal(raft_io_new(rf->event, rf->f.p, &rf->rio), 0);
+        assert_int_equal(peer_transport_new(rf->event, 1, 2, "http://127.0.0.1:1", &rf->peers), 0);
+        assert_int_equal(snapshot_streams_new(rf->event, rf->f.p, rf->rio, rf->peers, &rf->ss), 0);
+        /* three chunks of one record each */
+        rf->crc = crc32(0, NULL, 0);
+        rf->recs_size[0] = put_record(rf->recs[0], 'n', "/s", 2, "a", 1);
+        rf->recs_size[1] = put_record(rf->recs[1], 'n', "/s/t", 4, "b", 1);
+        rf->recs_size[2] = put_record(rf->recs[2], 'h', "\0\0\0\0\0\0\0\x09", 8, "e9", 2);
+        for (unsigned i = 0; i < 3; i++)
+                rf->crc = crc32(rf->crc, rf->recs[i], (uInt) rf->recs_size[i]);
+        *state = rf;
+        return 0;
+}
+
+static int recv_teardown(void **state) {
+        RecvFixture *rf = *state;
+        Fixture *f = malloc(sizeof(*f));
+
+        snapshot_streams_free(rf->ss);
+        peer_transport_free(rf->peers);
+        raft_io_free(rf->rio);
+        sd_event_unref(rf->event);
+        *f = rf->f;
+        free(rf);
+        return teardown((void **) &f);
+}
+
+/* Feeds chunk `seq` of stream `id` (from member 7) as the opaque handler does. */
+static void feed(RecvFixture *rf, uint64_t from, uint64_t id, uint64_t seq, uLong crc) {
+        SnapshotChunk c = {
+                .seq = seq,
+                .flags = (seq == 0 ? SNAPSHOT_CHUNK_FIRST : 0) | (seq == 2 ? SNAPSHOT_CHUNK_LAST : 0),
+                .applied = 50, .etcd_index = 9, .n_records = 3, .crc = crc,
+                .records = rf->recs[seq], .records_size = rf->recs_size[seq],
+        };
+        uint8_t *msg = NULL;
+        size_t size = 0, off;
+        uint64_t got = 0;
+
+        assert_int_equal(snapshot_chunk_encode(id, &c, &msg, &size), 0);
+        off = 1 + codec_varint_get(msg + 1, size - 1, &got);
+        snapshot_streams_chunk(rf->ss, from, got, msg + off, size - off);
+        free(msg);
+}
+
+static bool ready(RecvFixture *rf, uint64_t from, uint64_t id) {
+        uint8_t ref[RAFT_IO_SNAPSHOT_REF_SIZE];
+        struct raft_message m = { .type = RAFT_IO_INSTALL_SNAPSHOT, .server_id = from };
+
+        memcpy(ref, RAFT_IO_SNAPSHOT_REF_MAGIC, 8);
+        codec_put_be64(ref + 8, id);
+        m.install_snapshot.data = (struct raft_buffer) { .base = ref, .len = sizeof(ref) };
+        return snapshot_streams_ready(rf->ss, &m);
+}
+
+static void test_receiver(void **state) {
+        RecvFixture *rf = *state;
+        struct raft_message other = { .type = RAFT_IO_APPEND_ENTRIES };
+
+        /* Anything but a reference passes. */
+        assert_true(snapshot_streams_ready(rf->ss, &other));
+        /* Nothing received: refused. */
+        assert_false(ready(rf, 7, 0x11));
+
+        /* A gap drops the stream; the rest of it is ignored. */
+        feed(rf, 7, 0x11, 0, rf->crc);
+        feed(rf, 7, 0x11, 2, rf->crc);
+        feed(rf, 7, 0x11, 1, rf->crc);
+        assert_false(ready(rf, 7, 0x11));
+
+        /* A damaged stream (checksum) is refused. */
+        feed(rf, 7, 0x12, 0, rf->crc ^ 1);
+        feed(rf, 7, 0x12, 1, rf->crc ^ 1);
+        feed(rf, 7, 0x12, 2, rf->crc ^ 1);
+        assert_false(ready(rf, 7, 0x12));
+
+        /* Chunks of another stream or sender in between change nothing; a duplicate after the end
+         * neither. The reference must name this stream and this sender. */
+        feed(rf, 7, 0x13, 0, rf->crc);
+        feed(rf, 8, 0x99, 1, rf->crc);
+        feed(rf, 7, 0x14, 1, rf->crc);
+        feed(rf, 7, 0x13, 1, rf->crc);
+        feed(rf, 7, 0x13, 2, rf->crc);
+        feed(rf, 7, 0x13, 2, rf->crc);
+        assert_false(ready(rf, 7, 0x14));
+        assert_false(ready(rf, 8, 0x13));
+        assert_true(ready(rf, 7, 0x13));
+        /* Handed over once: the staging belongs to the install now. */
+        assert_false(ready(rf, 7, 0x13));
+
+        /* The staging holds exactly the last stream's records (the earlier ones were cleared). */
+        {
+                PersistBatch *b = NULL;
+                PersistSnapshot s = { .index = 40, .term = 2, .conf = (void *) "C", .conf_len = 1,
+                                      .data = (void *) "M", .data_len = 1 };
+                Seen seen = {};
+                uint64_t applied = 0, etcd_index = 0;
+
+                assert_int_equal(persist_batch_new(rf->f.p, &b), 0);
+                assert_int_equal(persist_batch_install_begin(b, &s, UINT64_MAX, 50, 9), 0);
+                assert_int_equal(persist_write(b, true), 0);
+                persist_batch_free(b);
+                assert_int_equal(persist_install_finish(rf->f.p, NULL, NULL), 1);
+                assert_int_equal(persist_export(rf->f.p, &applied, &etcd_index, seen_cb, &seen), 0);
+                assert_int_equal(applied, 50);
+                assert_int_equal(seen.n_nodes, 2);
+                assert_string_equal(seen.keys[0], "/s");
+                assert_string_equal(seen.keys[1], "/s/t");
+                assert_int_equal(seen.n_history, 1);
+        }
+}
+
 /* ---- watchers survive the store being replaced ---- */
 
 static int on_event(StoreWatcher *w, StoreEvent *e, void *userdata) {
@@ -361,6 +498,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_cursor_in_pieces, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_install_at_once, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_install_after_kill, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_receiver, recv_setup, recv_teardown),
                 cmocka_unit_test(test_watchers_move),
         };
 
