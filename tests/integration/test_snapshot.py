@@ -4,7 +4,7 @@ with 64 KiB chunks and a peer frame cap of 256 KiB (ETCD2_SNAPSHOT_CHUNK_BYTES /
 state could not go as one message. The follower catches up and all members agree; its watchers (long-poll and
 stream) registered before the install fire on the next change after it; a waitIndex older than the history
 gets errorCode 401; a steady writer on the leader stays fast during the transfer; a follower killed -9 in the
-middle of a stream restarts and catches up."""
+middle of a stream restarts and catches up; so does one whose leader is killed in the middle of a stream."""
 
 import json
 import os
@@ -248,8 +248,43 @@ def test_snapshot_stream_receiver_killed(make_cluster):
     tree = wait_converged(c.members, prefix, timeout=40)
     assert {k: v[0] for k, v in tree.items()} == written
     assert log_has(lagging, r"Installed the leader's streamed snapshot")
+    # the leader saw the stream break and started another one
+    assert log_has(leader, r"Snapshot stream [0-9a-f]+ to member [0-9a-f]+ broke after \d+ chunks"), leader.log_tail(5000)
     wait_identical(c.members)
     # and it keeps following
     r = up[0].put(f"/v2/keys{prefix}/after", data={"value": "x"})
     assert r.status_code == 201, r.text
     wait_converged(c.members, prefix, timeout=10)
+
+
+def test_snapshot_stream_sender_killed(make_cluster):
+    # The leader dies in the middle of a stream: the follower's partial staging is dropped when the new leader's
+    # stream starts, and it catches up from that one.
+    c = make_cluster(3, snapshot_count=200, env=stream_env(40))
+    leader = c.leader()
+    lagging = c.followers(leader)[0]
+    other = next(m for m in c.members if m is not leader and m is not lagging)
+    prefix = "/" + unique("snapsend")
+    rc = lagging.stop()
+    assert rc in (0, -15), rc
+    written = fill([leader, other], prefix, n=600)
+
+    lagging.start()
+    deadline = time.monotonic() + 30
+    while not log_has(lagging, r"Receiving a snapshot from member"):
+        assert time.monotonic() < deadline, lagging.log_tail(5000)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert not log_has(lagging, r"Received snapshot stream"), "the stream was not slow enough to cut"
+    leader.kill9()
+
+    new = c.wait_leader(timeout=30, exclude=(leader,))
+    assert new is not leader
+    tree = wait_converged([lagging, other], prefix, timeout=40)
+    assert {k: v[0] for k, v in tree.items()} == written
+    assert log_has(lagging, r"Installed the leader's streamed snapshot")
+    senders = set(re.findall(r"Receiving a snapshot from member ([0-9a-f]+)", lagging.log_tail(2_000_000)))
+    assert len(senders) == 2, senders   # the dead leader's stream, then the new leader's
+    leader.restart()
+    c.wait_leader(timeout=30)
+    wait_identical(c.members)
