@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "codec.h"
 #include "log.h"
@@ -208,8 +209,13 @@ static int group_write(RaftIo *rio, AppendGroup *g) {
         r = persist_install_finish(rio->persist, NULL, NULL);
         if (r >= 0 && rio->install_loader)
                 r = rio->install_loader(rio->persist, &rio->installed, rio->install_userdata);
-        if (r < 0)
-                log_error_errno(r, "Failed to install the staged snapshot: %m");
+        if (r < 0) {
+                /* The durable marker says "install this staging", the live state may be half gone:
+                 * running on (a new stream would overwrite the staging) could lose the state. Stop;
+                 * a restart finishes the install from the marker. */
+                log_full_errno(LOG_CRIT, r, "Failed to install the staged snapshot, stopping: %m");
+                _exit(EXIT_FAILURE);
+        }
         return r;
 }
 
