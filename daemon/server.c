@@ -26,8 +26,9 @@
  * write, promotion to voter once the new member talks to us; remove = store writes, then raft_remove;
  * every member follows the member keys when it applies them (peer URL updates, removals, its own
  * removal: the process exits 0 a second later). A follower too far behind gets the leader's applied
- * state as an InstallSnapshot (raft-io.h: snapshot export), installed in RocksDB atomically with the
- * snapshot record and then into a fresh Store that takes over the watchers (snapshot.c).
+ * state streamed in chunks ahead of libraft's InstallSnapshot, staged, installed in RocksDB through a
+ * durable marker and loaded into a fresh Store off the loop; the Store takes over the watchers
+ * (snapshot.c).
  *
  * On becoming leader we append a barrier first (so that entries of the previous run are applied
  * before we look at the store), then the internal writes etcd2 makes at start (member raftAttributes
@@ -474,10 +475,9 @@ static int fsm_install(Server *s, struct raft_buffer *buf) {
         int r;
 
         r = snapshot_load_store(buf->base, buf->len, s->store, &st, &applied, &etcd_index);
-        if (r < 0) {
-                log_error_errno(r, "Failed to load the snapshot of the leader: %m");
-                return r == -ENOMEM ? RAFT_NOMEM : RAFT_CORRUPT;
-        }
+        if (r < 0)
+                /* RocksDB holds the leader's state already: memory cannot follow, so stop. */
+                snapshot_fatal(r, "Failed to load the snapshot of the leader");
         store_free(s->store);
         s->store = st;
         server_set_store_sink(s);
