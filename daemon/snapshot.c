@@ -217,6 +217,13 @@ struct SnapshotStreams {
         size_t chunk_size;
         uint64_t test_delay_usec;       /* tests: a pause between chunks, to kill a member mid-stream */
         SnapshotSender *senders;
+        /* Streams sent completely, a few of the last: libraft repeats the snapshot on every
+         * heartbeat until the follower answers, which it does only after its install. */
+        struct {
+                uint64_t to, index;
+                raft_time msec;
+        } sent[8];
+        unsigned n_sent;
 
         /* receiving: one stream at a time (a new one from anyone replaces it) */
         PersistBatch *batch;
@@ -238,6 +245,7 @@ struct SnapshotSender {
         struct raft_message m;
         uint64_t lost_at_start;         /* PeerStats.n_lost then: a change means frames were lost */
         uint64_t n_chunks, bytes;
+        bool all_queued;                /* the last chunk is queued: the message itself is next */
         raft_time started_msec;
 
         /* the producer thread hands over one chunk at a time */
@@ -419,6 +427,26 @@ static void sender_pump(SnapshotSender *x) {
                 }
         }
 
+        if (x->all_queued) {
+                /* Behind every chunk, into an empty queue (which never drops it): the InstallSnapshot. */
+                r = peer_transport_send_raft(ss->peers, &x->m);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to queue the InstallSnapshot of stream %" PRIx64 ": %m", x->stream_id);
+                else {
+                        struct raft_io *io = raft_io_get(ss->rio);
+                        unsigned k = ss->n_sent++ % ELEMENTSOF(ss->sent);
+
+                        ss->sent[k].to = x->to;
+                        ss->sent[k].index = x->m.install_snapshot.last_index;
+                        ss->sent[k].msec = io->time(io);
+                        log_info("Sent a snapshot to member %" PRIx64 " as stream %" PRIx64 ": %" PRIu64 " chunks, %"
+                                 PRIu64 " bytes, in %" PRIu64 " ms.", x->to, x->stream_id, x->n_chunks, x->bytes,
+                                 (uint64_t) (ss->sent[k].msec - x->started_msec));
+                }
+                sender_finish(x, r < 0 ? RAFT_NOCONNECTION : 0);
+                return;
+        }
+
         pthread_mutex_lock(&x->lock);
         msg = TAKE_PTR(x->ready);
         size = x->ready_size;
@@ -440,21 +468,14 @@ static void sender_pump(SnapshotSender *x) {
         }
         x->n_chunks++;
         x->bytes += size;
-        if (!last) {
-                if (ss->test_delay_usec > 0) {
-                        uint64_t now = 0;
+        if (last)
+                x->all_queued = true;   /* the next drain sends the message itself */
+        else if (ss->test_delay_usec > 0) {
+                uint64_t now = 0;
 
-                        (void) sd_event_now(ss->event, CLOCK_MONOTONIC, &now);
-                        x->not_before_usec = now + ss->test_delay_usec;
-                }
-                return;
+                (void) sd_event_now(ss->event, CLOCK_MONOTONIC, &now);
+                x->not_before_usec = now + ss->test_delay_usec;
         }
-        /* Every chunk is queued ahead of it: the InstallSnapshot (the reference) goes last. */
-        r = peer_transport_send_raft(ss->peers, &x->m);
-        log_info("Sent a snapshot to member %" PRIx64 " as stream %" PRIx64 ": %" PRIu64 " chunks, %" PRIu64
-                 " bytes, in %" PRIu64 " ms.", x->to, x->stream_id, x->n_chunks, x->bytes,
-                 (uint64_t) (x->ss->rio ? raft_io_get(ss->rio)->time(raft_io_get(ss->rio)) - x->started_msec : 0));
-        sender_finish(x, r < 0 ? RAFT_NOCONNECTION : 0);
 }
 
 static int on_sender_delay(sd_event_source *es, uint64_t usec, void *userdata) {
@@ -495,12 +516,26 @@ int snapshot_streams_send(SnapshotStreams *ss, struct raft_io_send *req, const s
             memcmp(d->base, RAFT_IO_SNAPSHOT_REF_MAGIC, 8) != 0)
                 return -ENOTSUP;
 
-        /* A new snapshot for the same follower (libraft gave up waiting for the last one): the old
-         * stream ends. Its send "succeeds": failing it would abort the new attempt's progress. */
+        /* libraft 0.15 sends the snapshot again on every heartbeat while the follower has not
+         * answered (progressShouldReplicate() in the snapshot state). Restarting the stream each
+         * time would never finish a big one: the stream under way stands for them, and the repeat
+         * is "sent" (a failure would abort the snapshot progress). A stream that breaks fails its
+         * own send, and then libraft starts over. */
         for (SnapshotSender *o = ss->senders; o; o = o->next)
                 if (o->to == m->server_id) {
-                        sender_finish(o, 0);
-                        break;
+                        log_debug("Snapshot stream %" PRIx64 " to member %" PRIx64 " is under way; not starting another.",
+                                  o->stream_id, o->to);
+                        raft_io_send_done(ss->rio, req, 0);
+                        return 0;
+                }
+
+        /* The same snapshot sent a moment ago: the follower is installing it (its chunks would be
+         * ignored meanwhile). Past the grace time it goes again, in case the message got lost. */
+        for (unsigned i = 0; i < MIN(ss->n_sent, (unsigned) ELEMENTSOF(ss->sent)); i++)
+                if (ss->sent[i].to == m->server_id && ss->sent[i].index == m->install_snapshot.last_index &&
+                    io->time(io) - ss->sent[i].msec < SNAPSHOT_RESEND_GRACE_MSEC) {
+                        raft_io_send_done(ss->rio, req, 0);
+                        return 0;
                 }
 
         x = calloc(1, sizeof(*x));
@@ -662,6 +697,8 @@ bool snapshot_streams_ready(SnapshotStreams *ss, const struct raft_message *m) {
                             ", which did not arrive complete; ignoring it.", (uint64_t) m->server_id, id);
                 return false;
         }
+        log_debug("InstallSnapshot of stream %" PRIx64 " (Raft index %llu, term %llu) goes to Raft.", id,
+                  m->install_snapshot.last_index, m->install_snapshot.term);
         raft_io_snapshot_staged(ss->rio, id, ss->applied, ss->etcd_index);
         receiver_reset(ss);   /* the staging now belongs to raft-io's install */
         return true;

@@ -56,6 +56,9 @@ int snapshot_load_store(const void *buf, size_t len, Store *old, Store **ret_sto
 /* How long the leader waits for a follower to answer a snapshot (libraft's default is 30 s, too
  * short to stream and install a store of gigabytes). */
 #define SNAPSHOT_INSTALL_TIMEOUT_MSEC (10U * 60U * 1000U)
+/* A snapshot streamed completely is not streamed again to the same follower for this long: it
+ * answers only once it installed it. */
+#define SNAPSHOT_RESEND_GRACE_MSEC 30000U
 
 typedef struct SnapshotChunk {
         uint64_t seq;
