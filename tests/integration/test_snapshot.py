@@ -188,9 +188,13 @@ def test_snapshot_stream_catch_up_watchers_latency(make_cluster):
 
     assert log_has(leader, r"Sent a snapshot to member [0-9a-f]+ as stream [0-9a-f]+: (\d+) chunks"), \
         leader.log_tail(5000)
-    # One stream: libraft's repeats of the snapshot on every heartbeat do not restart it.
-    streams = re.findall(r"Streaming a snapshot .* as stream ([0-9a-f]+)", leader.log_tail(2_000_000))
-    assert len(streams) == 1, streams
+    # libraft's repeats of the snapshot on every heartbeat do not restart a stream: each one started ran to
+    # its end (the last may still be under way: with 200 entries per snapshot the follower can fall behind
+    # again during a slowed-down transfer, and gets another one).
+    log = leader.log_tail(2_000_000)
+    streams = re.findall(r"Streaming a snapshot .* as stream ([0-9a-f]+)", log)
+    sent = set(re.findall(r"Sent a snapshot to member [0-9a-f]+ as stream ([0-9a-f]+)", log))
+    assert streams and set(streams[:-1]) <= sent and len(streams) <= 3, (streams, sent)
     m = log_has(lagging, r"Received snapshot stream [0-9a-f]+: (\d+) chunks, (\d+) records, (\d+) bytes")
     assert m, lagging.log_tail(5000)
     n_chunks, n_bytes = int(m.group(1)), int(m.group(3))
