@@ -523,6 +523,12 @@ int snapshot_streams_send(SnapshotStreams *ss, struct raft_io_send *req, const s
          * own send, and then libraft starts over. */
         for (SnapshotSender *o = ss->senders; o; o = o->next)
                 if (o->to == m->server_id) {
+                        if (peer_transport_stats(ss->peers, o->to, &st) >= 0 && st.n_lost != o->lost_at_start) {
+                                /* It broke while waiting for a socket that never drained: this one
+                                 * replaces it (its send is stale, no failure needed). */
+                                sender_finish(o, 0);
+                                break;
+                        }
                         log_debug("Snapshot stream %" PRIx64 " to member %" PRIx64 " is under way; not starting another.",
                                   o->stream_id, o->to);
                         raft_io_send_done(ss->rio, req, 0);
