@@ -771,6 +771,9 @@ static void handle_opaque(Server *s, PeerFrame *f) {
         case SNAPSHOT_MSG_CHUNK:
                 snapshot_streams_chunk(s->snapshots, f->sender_id, id, b + 1 + n, f->opaque_size - 1 - n);
                 return;
+        case SNAPSHOT_MSG_NACK:
+                snapshot_streams_nack(s->snapshots, f->sender_id, id);
+                return;
         default:
                 break;
         }

@@ -539,7 +539,7 @@ int snapshot_streams_send(SnapshotStreams *ss, struct raft_io_send *req, const s
          * ignored meanwhile). Past the grace time it goes again, in case the message got lost. */
         for (unsigned i = 0; i < MIN(ss->n_sent, (unsigned) ELEMENTSOF(ss->sent)); i++)
                 if (ss->sent[i].to == m->server_id && ss->sent[i].index == m->install_snapshot.last_index &&
-                    io->time(io) - ss->sent[i].msec < SNAPSHOT_RESEND_GRACE_MSEC) {
+                    ss->sent[i].msec != 0 && io->time(io) - ss->sent[i].msec < SNAPSHOT_RESEND_GRACE_MSEC) {
                         raft_io_send_done(ss->rio, req, 0);
                         return 0;
                 }
@@ -588,6 +588,14 @@ fail:
         x->req = NULL;
         sender_free(x);
         return r;
+}
+
+void snapshot_streams_nack(SnapshotStreams *ss, uint64_t from, uint64_t stream_id) {
+        /* The next repeat of libraft's snapshot streams again. */
+        for (unsigned i = 0; i < MIN(ss->n_sent, (unsigned) ELEMENTSOF(ss->sent)); i++)
+                if (ss->sent[i].to == from)
+                        ss->sent[i].msec = 0;
+        log_info("Member %" PRIx64 " did not take snapshot stream %" PRIx64 "; it goes again.", from, stream_id);
 }
 
 void snapshot_streams_cancel(SnapshotStreams *ss) {
@@ -699,8 +707,16 @@ bool snapshot_streams_ready(SnapshotStreams *ss, const struct raft_message *m) {
                 return true;
         id = codec_get_be64((const uint8_t *) d->base + 8);
         if (!ss->complete || ss->stream_id != id || ss->from != m->server_id) {
+                uint8_t nack[1 + 10];
+                size_t n;
+
                 log_warning("InstallSnapshot of member %" PRIx64 " refers to stream %" PRIx64
                             ", which did not arrive complete; ignoring it.", (uint64_t) m->server_id, id);
+                /* libraft would wait for an answer that never comes (and the sender takes the
+                 * repeats for "being installed"): tell the sender to stream again. */
+                nack[0] = SNAPSHOT_MSG_NACK;
+                n = 1 + codec_varint_put(nack + 1, id);
+                (void) peer_transport_send_opaque(ss->peers, m->server_id, NULL, nack, n, 0);
                 return false;
         }
         log_debug("InstallSnapshot of stream %" PRIx64 " (Raft index %llu, term %llu) goes to Raft.", id,

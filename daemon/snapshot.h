@@ -49,7 +49,8 @@ int snapshot_load_store(const void *buf, size_t len, Store *old, Store **ret_sto
  * flags (SNAPSHOT_CHUNK_FIRST: be64 applied Raft index and be64 etcd index follow; SNAPSHOT_CHUNK_LAST:
  * be64 record count and be64 CRC-32 of every record byte of the stream follow), then records as in
  * the export (raft-io.h). */
-#define SNAPSHOT_MSG_CHUNK 5   /* opaque message kind, next to server.c's MSG_* */
+#define SNAPSHOT_MSG_CHUNK 5   /* opaque message kinds, next to server.c's MSG_* */
+#define SNAPSHOT_MSG_NACK 6    /* follower -> sender: varint stream ID; it refused that InstallSnapshot */
 #define SNAPSHOT_CHUNK_FIRST 1
 #define SNAPSHOT_CHUNK_LAST 2
 #define SNAPSHOT_CHUNK_SIZE_DEFAULT ((size_t) 1024 * 1024)
@@ -86,6 +87,9 @@ SnapshotStreams *snapshot_streams_free(SnapshotStreams *ss);
 /* Leader: libraft's InstallSnapshot with a reference. 0: taken, the send completes later; -ENOTSUP:
  * not a reference (send it as usual); other < 0: failed. */
 int snapshot_streams_send(SnapshotStreams *ss, struct raft_io_send *req, const struct raft_message *m);
+/* Leader: the follower `from` refused the InstallSnapshot of `stream_id` (its stream did not arrive
+ * complete, e.g. it was installing another): the next repeat streams again. */
+void snapshot_streams_nack(SnapshotStreams *ss, uint64_t from, uint64_t stream_id);
 /* Completes every stream being sent with RAFT_CANCELED (before libraft closes). */
 void snapshot_streams_cancel(SnapshotStreams *ss);
 /* Follower: a chunk message's body after the kind byte, with its stream ID. */
