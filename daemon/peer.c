@@ -136,6 +136,9 @@ struct PeerTransport {
         PeerCheckFunc check;
         PeerRefusedFunc refused;
         void *userdata;
+        PeerDrainedFunc drained;
+        void *drained_userdata;
+        size_t frame_max;        /* inbound frame body cap, 0 = PEER_FRAME_BODY_MAX_DEFAULT */
         bool freeing;
         Conn *dispatching;       /* the connection whose frame is being delivered */
 };
@@ -208,6 +211,8 @@ static void peer_conn_lost(Peer *p, int error, const char *what) {
                 conn_free(p->conn);
                 p->conn = NULL;
         }
+        /* Senders of multi-frame streams (snapshots) learn from this that frames may be lost. */
+        p->stats.n_lost++;
         /* The partly written frame at the head cannot be resumed on a new connection. */
         if (p->queue_head < p->n_queue && p->queue[p->queue_head].offset > 0) {
                 Chunk *ch = &p->queue[p->queue_head];
@@ -534,6 +539,9 @@ static void peer_flush(Peer *p) {
                 }
         }
         (void) conn_epoll(c, EPOLL_CTL_MOD, EPOLLIN);
+        /* Everything is in the socket: a stream sender may produce its next frame now. */
+        if (p->t->drained)
+                p->t->drained(p->t, p->id, p->t->drained_userdata);
 }
 
 static int on_flush(sd_event_source *s, void *userdata) {
@@ -908,7 +916,7 @@ static int conn_start_stream(Conn *c, uint64_t from, const void *extra, size_t e
                         conn_free(o);
         }
 
-        r = peer_decoder_new(0, &c->decoder);
+        r = peer_decoder_new(t->frame_max, &c->decoder);
         if (r < 0) {
                 conn_free(c);
                 return r;
@@ -1235,6 +1243,21 @@ void peer_transport_set_handlers(PeerTransport *t, PeerRecvFunc recv, PeerCheckF
 
 void peer_transport_set_stream_idle_timeout(PeerTransport *t, uint64_t usec) {
         t->stream_idle_usec = usec;
+}
+
+void peer_transport_set_drained(PeerTransport *t, PeerDrainedFunc drained, void *userdata) {
+        t->drained = drained;
+        t->drained_userdata = userdata;
+}
+
+size_t peer_transport_queued_bytes(PeerTransport *t, uint64_t id) {
+        Peer *p = peer_find(t, id);
+
+        return p ? p->queued_bytes : 0;
+}
+
+void peer_transport_set_frame_max(PeerTransport *t, size_t max) {
+        t->frame_max = max;
 }
 
 void peer_transport_set_queue_max(PeerTransport *t, size_t max) {

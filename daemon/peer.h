@@ -96,11 +96,21 @@ int peer_transport_accept(PeerTransport *t, int fd, const char *from_hex, const 
  * server calls it before it stops its daemon. */
 void peer_transport_close_accepted(PeerTransport *t);
 
+/* Called when everything queued for `id` has been written to its socket (flow control for
+ * multi-frame senders: produce the next frame then, never the whole stream at once). */
+typedef void (*PeerDrainedFunc)(PeerTransport *t, uint64_t id, void *userdata);
+void peer_transport_set_drained(PeerTransport *t, PeerDrainedFunc drained, void *userdata);
+/* Bytes queued for `id` and not yet written to its socket (0 for an unknown peer). */
+size_t peer_transport_queued_bytes(PeerTransport *t, uint64_t id);
+/* Cap of an inbound frame's body (0: PEER_FRAME_BODY_MAX_DEFAULT); for streams accepted later. */
+void peer_transport_set_frame_max(PeerTransport *t, size_t max);
+
 typedef struct PeerStats {
         bool connected;
         uint64_t n_sent, n_failed, n_dropped;   /* frames */
         uint64_t bytes_sent;
         uint64_t n_received, bytes_received;    /* frames/bytes from this peer */
+        uint64_t n_lost;                        /* outbound connections lost or failed */
 } PeerStats;
 /* -ENOENT if the peer is unknown. */
 int peer_transport_stats(PeerTransport *t, uint64_t id, PeerStats *ret);

@@ -321,15 +321,16 @@ static int get_u64(Persist *p, unsigned cf, const char *key, uint64_t *ret) {
         return 1;
 }
 
-static int get_applied(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index) {
-        char *v = NULL;
-        size_t len;
-        int r;
+/* `ro` NULL: the current state; else read options of a RocksDB snapshot (an export on a worker
+ * thread, which must not touch p->read while the loop uses it). */
+static int get_applied_at(Persist *p, rocksdb_readoptions_t *ro, uint64_t *ret_applied, uint64_t *ret_etcd_index) {
+        char *v = NULL, *err = NULL;
+        size_t len = 0;
 
-        r = get_cf(p, CF_META, "applied", strlen("applied"), &v, &len);
-        if (r < 0)
-                return r;
-        if (r == 0) {
+        v = rocksdb_get_cf(p->db, ro ?: p->read, p->cf[CF_META], "applied", strlen("applied"), &len, &err);
+        if (err)
+                return rocks_error(&err, "read");
+        if (!v) {
                 *ret_applied = *ret_etcd_index = 0;
                 return 0;
         }
@@ -342,6 +343,10 @@ static int get_applied(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_ind
         *ret_etcd_index = codec_get_be64(v + 8);
         rocksdb_free(v);
         return 0;
+}
+
+static int get_applied(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index) {
+        return get_applied_at(p, NULL, ret_applied, ret_etcd_index);
 }
 
 static int persist_check_format(Persist *p) {
@@ -870,6 +875,10 @@ void persist_batch_node_put(PersistBatch *b, const char *key, const void *record
         rocksdb_writebatch_put_cf(b->wb, b->persist->cf[CF_NODES], key, strlen(key), record, len);
 }
 
+void persist_batch_node_put_raw(PersistBatch *b, const void *key, size_t key_len, const void *record, size_t len) {
+        rocksdb_writebatch_put_cf(b->wb, b->persist->cf[CF_NODES], key, key_len, record, len);
+}
+
 void persist_batch_node_delete(PersistBatch *b, const char *key) {
         size_t len = strlen(key);
         /* Two bounds "<key>/" and "<key>0" on the heap (no array sized from a key on the stack). The
@@ -971,7 +980,7 @@ static int export_family(Persist *p, rocksdb_readoptions_t *ro, unsigned cf, cha
 int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, PersistExportCallback cb,
                    void *userdata) {
         const rocksdb_snapshot_t *snap;
-        rocksdb_readoptions_t *ro, *saved;
+        rocksdb_readoptions_t *ro;
         uint64_t applied, etcd_index;
         char from[8];
         int r;
@@ -987,11 +996,7 @@ int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, 
         }
         rocksdb_readoptions_set_snapshot(ro, snap);
 
-        /* get_applied() reads through p->read: point it at the snapshot for this one read. */
-        saved = p->read;
-        p->read = ro;
-        r = get_applied(p, &applied, &etcd_index);
-        p->read = saved;
+        r = get_applied_at(p, ro, &applied, &etcd_index);
         if (r < 0)
                 goto finish;
         *ret_applied = applied;
@@ -1053,4 +1058,247 @@ int persist_checkpoint(Persist *p, const char *dir) {
         }
         log_info("Backed up '%s' to '%s'.", p->path, member);
         return 0;
+}
+
+/* ---- snapshot streams: export cursor, staging, staged install ---- */
+
+struct PersistCursor {
+        Persist *persist;
+        const rocksdb_snapshot_t *snap;
+        rocksdb_readoptions_t *ro;
+        rocksdb_iterator_t *it;
+        unsigned cf;             /* CF_NODES, then CF_HISTORY */
+        uint64_t etcd_index;
+};
+
+PersistCursor *persist_cursor_free(PersistCursor *c) {
+        if (!c)
+                return NULL;
+        if (c->it)
+                rocksdb_iter_destroy(c->it);
+        if (c->ro)
+                rocksdb_readoptions_destroy(c->ro);
+        if (c->snap)
+                rocksdb_release_snapshot(c->persist->db, c->snap);
+        free(c);
+        return NULL;
+}
+
+int persist_cursor_open(Persist *p, PersistCursor **ret, uint64_t *ret_applied, uint64_t *ret_etcd_index) {
+        _cleanup_(persist_cursor_freep) PersistCursor *c = NULL;
+        uint64_t applied;
+        int r;
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->persist = p;
+        c->snap = rocksdb_create_snapshot(p->db);
+        c->ro = rocksdb_readoptions_create();
+        if (!c->snap || !c->ro)
+                return -ENOMEM;
+        rocksdb_readoptions_set_snapshot(c->ro, c->snap);
+        /* A long scan must not push the hot blocks out of the cache. */
+        rocksdb_readoptions_set_fill_cache(c->ro, 0);
+        r = get_applied_at(p, c->ro, &applied, &c->etcd_index);
+        if (r < 0)
+                return r;
+        c->cf = CF_NODES;
+        c->it = rocksdb_create_iterator_cf(p->db, c->ro, p->cf[CF_NODES]);
+        rocksdb_iter_seek_to_first(c->it);
+        *ret_applied = applied;
+        *ret_etcd_index = c->etcd_index;
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+int persist_cursor_next(PersistCursor *c, size_t budget, PersistExportCallback cb, void *userdata) {
+        Persist *p = c->persist;
+        size_t done = 0;
+        char *err = NULL;
+
+        for (;;) {
+                while (rocksdb_iter_valid(c->it)) {
+                        const char *k, *v;
+                        size_t klen, vlen;
+                        int r;
+
+                        if (done >= budget)
+                                return 1;
+                        k = rocksdb_iter_key(c->it, &klen);
+                        v = rocksdb_iter_value(c->it, &vlen);
+                        r = cb(c->cf == CF_NODES ? 'n' : 'h', k, klen, v, vlen, userdata);
+                        if (r < 0)
+                                return r;
+                        done += klen + vlen + 1;
+                        rocksdb_iter_next(c->it);
+                }
+                rocksdb_iter_get_error(c->it, &err);
+                if (err)
+                        return rocks_error(&err, "iterate for a snapshot stream");
+                if (c->cf == CF_HISTORY)
+                        return 0;
+                /* Nodes done: the history window follows (older events may linger, see above). */
+                rocksdb_iter_destroy(c->it);
+                c->cf = CF_HISTORY;
+                c->it = rocksdb_create_iterator_cf(p->db, c->ro, p->cf[CF_HISTORY]);
+                {
+                        char from[8];
+
+                        codec_put_be64(from, c->etcd_index >= STORE_HISTORY_MAX ?
+                                       c->etcd_index - STORE_HISTORY_MAX + 1 : 0);
+                        rocksdb_iter_seek(c->it, from, sizeof(from));
+                }
+        }
+}
+
+/* Staging lives in the "default" family, unused otherwise (so existing data dirs need no new
+ * family): 'n' + node key, 'h' + be64 index. Nothing reads it but the install below. */
+void persist_batch_staging_clear(PersistBatch *b) {
+        rocksdb_writebatch_delete_range_cf(b->wb, b->persist->cf[CF_DEFAULT], "\0", 1, "\xff", 1);
+}
+
+int persist_batch_staging_put(PersistBatch *b, char kind, const void *key, size_t key_len, const void *value,
+                              size_t value_len) {
+        _cleanup_(freep) char *k = NULL;
+
+        if (kind != 'n' && kind != 'h')
+                return -EINVAL;
+        k = malloc(key_len + 1);
+        if (!k)
+                return -ENOMEM;
+        k[0] = kind;
+        memcpy(k + 1, key, key_len);
+        rocksdb_writebatch_put_cf(b->wb, b->persist->cf[CF_DEFAULT], k, key_len + 1, value, value_len);
+        return 0;
+}
+
+/* The install marker (meta "installing"): applied, etcd index, keep_from, the snapshot record's
+ * index, term, conf_index and the conf length (be64 each), conf, data. While it exists the live state
+ * may be half replaced; persist_install_finish() completes it, at once or after a restart. */
+int persist_batch_install_begin(PersistBatch *b, const PersistSnapshot *s, uint64_t keep_from, uint64_t applied,
+                                uint64_t etcd_index) {
+        _cleanup_(freep) uint8_t *v = NULL;
+        size_t n = 56 + s->conf_len + s->data_len;
+
+        v = malloc(n);
+        if (!v)
+                return -ENOMEM;
+        codec_put_be64(v, applied);
+        codec_put_be64(v + 8, etcd_index);
+        codec_put_be64(v + 16, keep_from);
+        codec_put_be64(v + 24, s->index);
+        codec_put_be64(v + 32, s->term);
+        codec_put_be64(v + 40, s->conf_index);
+        codec_put_be64(v + 48, s->conf_len);
+        memcpy(v + 56, s->conf, s->conf_len);
+        memcpy(v + 56 + s->conf_len, s->data, s->data_len);
+        rocksdb_writebatch_put_cf(b->wb, b->persist->cf[CF_META], "installing", strlen("installing"),
+                                  (const char *) v, n);
+        return 0;
+}
+
+static int copy_staging(Persist *p) {
+        rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+        rocksdb_iterator_t *it;
+        size_t pending = 0;
+        char *err = NULL;
+        int r = 0;
+
+        it = rocksdb_create_iterator_cf(p->db, p->read, p->cf[CF_DEFAULT]);
+        for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+                const char *k, *v;
+                size_t klen, vlen;
+
+                k = rocksdb_iter_key(it, &klen);
+                v = rocksdb_iter_value(it, &vlen);
+                if (klen < 1 || (k[0] != 'n' && k[0] != 'h')) {
+                        log_error("Data directory '%s' is corrupt: unknown staging record.", p->path);
+                        r = -EUCLEAN;
+                        break;
+                }
+                rocksdb_writebatch_put_cf(wb, p->cf[k[0] == 'n' ? CF_NODES : CF_HISTORY], k + 1, klen - 1, v, vlen);
+                pending += klen + vlen;
+                /* Bounded batches: the whole state is never in memory at once. Unsynced: the final
+                 * synced write makes them durable, and until then the marker says "redo". */
+                if (pending >= PERSIST_INSTALL_BATCH_BYTES) {
+                        r = write_batch(p, wb, false);
+                        rocksdb_writebatch_clear(wb);
+                        pending = 0;
+                        if (r < 0)
+                                break;
+                }
+        }
+        if (r >= 0) {
+                rocksdb_iter_get_error(it, &err);
+                if (err)
+                        r = rocks_error(&err, "iterate the staged snapshot");
+        }
+        rocksdb_iter_destroy(it);
+        if (r >= 0 && pending > 0)
+                r = write_batch(p, wb, false);
+        rocksdb_writebatch_destroy(wb);
+        return r;
+}
+
+int persist_install_finish(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index) {
+        PersistSnapshot s = {};
+        uint64_t applied, etcd_index, keep_from;
+        rocksdb_writebatch_t *wb;
+        char *v = NULL;
+        size_t len = 0;
+        uint64_t conf_len;
+        int r;
+
+        r = get_cf(p, CF_META, "installing", strlen("installing"), &v, &len);
+        if (r <= 0)
+                return r;
+        if (len < 56 || (conf_len = codec_get_be64(v + 48)) > len - 56) {
+                rocksdb_free(v);
+                log_error("Data directory '%s' is corrupt: bad snapshot install record.", p->path);
+                return -EUCLEAN;
+        }
+        applied = codec_get_be64(v);
+        etcd_index = codec_get_be64(v + 8);
+        keep_from = codec_get_be64(v + 16);
+        s.index = codec_get_be64(v + 24);
+        s.term = codec_get_be64(v + 32);
+        s.conf_index = codec_get_be64(v + 40);
+        s.conf_len = conf_len;
+        s.conf = v + 56;
+        s.data_len = len - 56 - conf_len;
+        s.data = v + 56 + conf_len;
+
+        /* 1. The old state goes (idempotent: a restart in the middle does it again). */
+        wb = rocksdb_writebatch_create();
+        {
+                PersistBatch b = { .persist = p, .wb = wb };
+
+                persist_batch_state_clear(&b);
+        }
+        r = write_batch(p, wb, false);
+        rocksdb_writebatch_clear(wb);
+        /* 2. The staged state becomes the live one, in bounded batches. */
+        if (r >= 0)
+                r = copy_staging(p);
+        /* 3. One synced write: applied index, snapshot record (log dropped up to it), no marker, no
+         * staging. Before it a restart redoes 1-3; after it the new state is complete. */
+        if (r >= 0) {
+                PersistBatch b = { .persist = p, .wb = wb };
+
+                persist_batch_applied(&b, applied, etcd_index);
+                batch_snapshot_put(p, wb, &s, keep_from);
+                rocksdb_writebatch_delete_cf(wb, p->cf[CF_META], "installing", strlen("installing"));
+                persist_batch_staging_clear(&b);
+                r = write_batch(p, wb, true);
+        }
+        rocksdb_writebatch_destroy(wb);
+        rocksdb_free(v);
+        if (r < 0)
+                return r;
+        if (ret_applied)
+                *ret_applied = applied;
+        if (ret_etcd_index)
+                *ret_etcd_index = etcd_index;
+        return 1;
 }

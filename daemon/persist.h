@@ -86,6 +86,8 @@ void persist_batch_term(PersistBatch *b, uint64_t term);
 /* Deletes every log entry with index >= from_index. */
 void persist_batch_log_truncate(PersistBatch *b, uint64_t from_index);
 void persist_batch_node_put(PersistBatch *b, const char *key, const void *record, size_t len);
+/* The same with a counted key (a snapshot's records): no copy to make it NUL-terminated. */
+void persist_batch_node_put_raw(PersistBatch *b, const void *key, size_t key_len, const void *record, size_t len);
 /* Deletes the node `key` and everything below it. */
 void persist_batch_node_delete(PersistBatch *b, const char *key);
 void persist_batch_history_add(PersistBatch *b, uint64_t index, const void *record, size_t len);
@@ -105,7 +107,8 @@ bool persist_write_failed(Persist *p);
 
 /* A consistent export of the applied state, read from one RocksDB snapshot: the applied Raft index
  * and etcd index, then every node record (kind 'n', key order) and the history window's events
- * (kind 'h', key = 8-byte big-endian index). For a follower's InstallSnapshot. */
+ * (kind 'h', key = 8-byte big-endian index). For a follower's InstallSnapshot. Safe on a worker thread
+ * while the loop reads and writes (it touches no shared read options). */
 typedef int (*PersistExportCallback)(char kind, const void *key, size_t key_len, const void *value,
                                      size_t value_len, void *userdata);
 int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, PersistExportCallback cb,
@@ -114,6 +117,33 @@ int persist_export(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index, 
 void persist_batch_state_clear(PersistBatch *b);
 /* A history record as exported (8-byte big-endian index key). */
 void persist_batch_history_put_raw(PersistBatch *b, const void *key, size_t key_len, const void *record, size_t len);
+
+/* Snapshot streams (snapshot.c). The leader reads its state through a cursor on one RocksDB snapshot,
+ * a bounded piece at a time (safe on a worker thread): records as persist_export() gives them. */
+typedef struct PersistCursor PersistCursor;
+int persist_cursor_open(Persist *p, PersistCursor **ret, uint64_t *ret_applied, uint64_t *ret_etcd_index);
+/* Calls cb for the next records until about `budget` bytes went by: 1 if more follow, 0 at the end. */
+int persist_cursor_next(PersistCursor *c, size_t budget, PersistExportCallback cb, void *userdata);
+PersistCursor *persist_cursor_free(PersistCursor *c);
+static inline void persist_cursor_freep(PersistCursor **c) {
+        if (*c)
+                persist_cursor_free(*c);
+}
+
+/* The follower writes what it receives into a staging area (unsynced, bounded batches) that nothing
+ * else reads. When the stream is complete, install_begin goes into the synced batch of the snapshot
+ * put: a durable marker holding the snapshot record. persist_install_finish() (writer thread, or
+ * start-up if a marker is found) then replaces the live state with the staged one in bounded batches
+ * and ends with one synced write of the applied index and the snapshot record that drops the marker
+ * and the staging. A kill at any point restarts with the old state (no marker yet) or finishes the
+ * install (marker). Returns 1 if it installed, 0 if there was no marker. */
+#define PERSIST_INSTALL_BATCH_BYTES ((size_t) 1024 * 1024)
+void persist_batch_staging_clear(PersistBatch *b);
+int persist_batch_staging_put(PersistBatch *b, char kind, const void *key, size_t key_len, const void *value,
+                              size_t value_len);
+int persist_batch_install_begin(PersistBatch *b, const PersistSnapshot *s, uint64_t keep_from, uint64_t applied,
+                                uint64_t etcd_index);
+int persist_install_finish(Persist *p, uint64_t *ret_applied, uint64_t *ret_etcd_index);
 
 /* Consistent copy of the live database into <dir>/member (which must not exist yet). */
 int persist_checkpoint(Persist *p, const char *dir);

@@ -17,10 +17,13 @@
  *  - send(): handed to the transport set with raft_io_set_transport() (the peer layer), which
  *    reports completion with raft_io_send_done(); without one (a single member never sends) it
  *    completes with RAFT_NOCONNECTION. Received messages come in through raft_io_deliver().
- *  - snapshot_put()/snapshot_get(), close(): done synchronously inside the call, callback deferred.
- *    snapshot_get() (only used to send a snapshot to a follower) returns an export of the applied
- *    state read from one RocksDB snapshot; snapshot_put() of such an export replaces our state in
- *    the same batch as the snapshot record (see raft-io.h).
+ *  - snapshot_put(), close(): done synchronously inside the call, callback deferred.
+ *    snapshot_get() (only used to send a snapshot to a follower) returns a reference to a stream
+ *    of the applied state, which snapshot.c sends in bounded chunks ahead of the InstallSnapshot.
+ *    snapshot_put() of such a reference (the follower staged the stream complete) writes a durable
+ *    install marker with the group; the writer thread then switches to the staged state and builds
+ *    the new Store (persist.h: staged install). An export (a leader of an earlier version: the
+ *    whole state in the message) replaces our state in the same batch as the snapshot record.
  *  - recover() (--force-new-cluster) appends a configuration entry synchronously.
  *
  * set_term()/set_vote() are synchronous and synced, as Raft requires them durable before the
@@ -83,6 +86,7 @@ typedef struct AppendGroup {
         PersistBatch *batch;
         PendingAppend *appends;
         size_t n, alloc;
+        bool install;             /* the batch holds a staged install's marker: finish it after */
 } AppendGroup;
 
 struct RaftIo {
@@ -124,6 +128,15 @@ struct RaftIo {
 
         Completion *completions;
         size_t n_completions, n_completions_alloc;
+
+        /* Snapshot streams: IDs we hand out (leader); the stream staged complete (follower), its
+         * install in a group, and the Store the writer thread built from it. */
+        uint64_t stream_seq;
+        bool staged, installing;
+        uint64_t staged_id, staged_applied, staged_etcd_index;
+        RaftIoInstallLoader install_loader;
+        void *install_userdata;
+        void *installed;
 
         raft_io_close_cb close_cb;
         bool closing;
@@ -266,6 +279,8 @@ static int completion_add(RaftIo *rio, CompletionKind kind, void *req, void *cb,
 
 static unsigned fire_completions_and_close(RaftIo *rio);
 
+static int group_write(RaftIo *rio, AppendGroup *g);
+
 static void *writer_thread(void *userdata) {
         RaftIo *rio = userdata;
 
@@ -282,7 +297,7 @@ static void *writer_thread(void *userdata) {
                 g = rio->flight;
                 pthread_mutex_unlock(&rio->lock);
 
-                r = persist_write(g->batch, true);
+                r = group_write(rio, g);
 
                 pthread_mutex_lock(&rio->lock);
                 rio->job_ready = false;
@@ -295,12 +310,38 @@ static void *writer_thread(void *userdata) {
         return NULL;
 }
 
+/* Writes a group, synced (writer thread, or inline). A group with a staged snapshot install (its
+ * batch holds the durable marker) then replaces the live state with the staged one and builds the
+ * new Store, all off the loop; snapshot_put's callback fires after, and fsm->restore only swaps. */
+static int group_write(RaftIo *rio, AppendGroup *g) {
+        int r;
+
+        r = persist_write(g->batch, true);
+        if (r < 0 || !g->install)
+                return r;
+        r = persist_install_finish(rio->persist, NULL, NULL);
+        if (r >= 0 && rio->install_loader)
+                r = rio->install_loader(rio->persist, &rio->installed, rio->install_userdata);
+        if (r < 0) {
+                /* The durable marker says "install this staging", the live state may be half gone:
+                 * running on (a new stream would overwrite the staging) could lose the state. Stop;
+                 * a restart finishes the install from the marker. */
+                log_full_errno(LOG_CRIT, r, "Failed to install the staged snapshot, stopping: %m");
+                _exit(EXIT_FAILURE);
+        }
+        return r;
+}
+
 /* Fires the callbacks of a written group and empties it. */
 static unsigned group_complete(RaftIo *rio, AppendGroup *g, int r) {
         size_t n = g->n;
 
         /* Appends made from inside the callbacks go to the other group. */
         g->n = 0;
+        if (g->install) {
+                g->install = false;
+                rio->installing = false;
+        }
         if (r < 0 || rio->failed) {
                 /* Never RAFT_IOERR to libraft (see raft_io_fatal()): these requests never complete. */
                 char what[96];
@@ -353,7 +394,7 @@ static void group_submit(RaftIo *rio, bool force) {
         if (!rio->thread_started) {
                 /* no thread (start-up or shutdown): write inline */
                 g = acc_take(rio);
-                (void) group_complete(rio, g, persist_write(g->batch, true));
+                (void) group_complete(rio, g, group_write(rio, g));
                 return;
         }
 
@@ -398,7 +439,7 @@ static unsigned flush_appends(RaftIo *rio) {
         if (!rio->failed && !group_empty(rio->acc)) {
                 AppendGroup *g = acc_take(rio);
 
-                n += group_complete(rio, g, persist_write(g->batch, true));
+                n += group_complete(rio, g, group_write(rio, g));
         }
         return n;
 }
@@ -1034,67 +1075,26 @@ int raft_io_snapshot_export_parse(const void *buf, size_t len, uint64_t *ret_app
         return 0;
 }
 
-typedef struct ExportBuf {
-        uint8_t *p;
-        size_t n, alloc;
-        uint64_t *applied, *etcd_index;
-} ExportBuf;
-
-static int export_reserve(ExportBuf *b, size_t more) {
-        if (b->n + more > b->alloc) {
-                size_t a = MAX(b->alloc * 2, b->n + more + 4096);
-                uint8_t *q = raft_realloc(b->p, a);
-
-                if (!q)
-                        return -ENOMEM;
-                b->p = q;
-                b->alloc = a;
-        }
-        return 0;
-}
-
-static int export_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
-                         void *userdata) {
-        ExportBuf *b = userdata;
-
-        if (kind == 0) {
-                /* The header: the applied and etcd index are known now. */
-                if (export_reserve(b, RAFT_IO_SNAPSHOT_EXPORT_HEADER) < 0)
-                        return -ENOMEM;
-                memcpy(b->p, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8);
-                codec_put_be64(b->p + 8, *b->applied);
-                codec_put_be64(b->p + 16, *b->etcd_index);
-                b->n = RAFT_IO_SNAPSHOT_EXPORT_HEADER;
-                return 0;
-        }
-        if (export_reserve(b, 1 + 20 + key_len + value_len) < 0)
-                return -ENOMEM;
-        b->p[b->n++] = (uint8_t) kind;
-        b->n += codec_varint_put(b->p + b->n, key_len);
-        memcpy(b->p + b->n, key, key_len);
-        b->n += key_len;
-        b->n += codec_varint_put(b->p + b->n, value_len);
-        if (value_len > 0)
-                memcpy(b->p + b->n, value, value_len);
-        b->n += value_len;
-        return 0;
-}
-
 typedef struct InstallCtx {
         PersistBatch *batch;
 } InstallCtx;
+
+/* Everything install_record() could refuse, checked before the state is cleared in the batch. */
+static int validate_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
+                           void *userdata) {
+        return kind == 'n' && memchr(key, 0, key_len) ? -EBADMSG : 0;
+}
 
 static int install_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
                           void *userdata) {
         InstallCtx *c = userdata;
 
+        /* Counted key straight into the batch: no copy (a stack copy sized by the sender overflowed
+         * with a 64 MiB key). A key with a NUL inside could never be loaded: refused. */
         if (kind == 'n') {
-                /* On the heap: the key's length comes from the snapshot a peer sent. */
-                _cleanup_(freep) char *k = strndup(key, key_len);
-
-                if (!k)
-                        return -ENOMEM;
-                persist_batch_node_put(c->batch, k, value, value_len);
+                if (memchr(key, 0, key_len))
+                        return -EBADMSG;
+                persist_batch_node_put_raw(c->batch, key, key_len, value, value_len);
         } else
                 persist_batch_history_put_raw(c->batch, key, key_len, value, value_len);
         return 0;
@@ -1135,6 +1135,53 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
         }
         ps.data_len = total;
 
+        if (total == RAFT_IO_SNAPSHOT_REF_SIZE && memcmp(ps.data, RAFT_IO_SNAPSHOT_REF_MAGIC, 8) == 0) {
+                /* A leader's streamed state, staged complete (snapshot.c): the install marker goes
+                 * into this group's synced batch, after what the FSM applied before; the writer then
+                 * switches to the staged state (group_write). */
+                uint64_t id = codec_get_be64((uint8_t *) ps.data + 8);
+                uint8_t *marker;
+
+                if (!rio->staged || rio->staged_id != id || rio->installing) {
+                        log_error("Snapshot stream %" PRIx64 " is not staged, refusing the snapshot.", id);
+                        persist_snapshot_done(&ps);
+                        return RAFT_CORRUPT;
+                }
+                marker = malloc(16);
+                if (!marker ||
+                    grow((void **) &rio->acc->appends, &rio->acc->alloc, rio->acc->n + 1, sizeof(PendingAppend)) < 0) {
+                        free(marker);
+                        persist_snapshot_done(&ps);
+                        return RAFT_NOMEM;
+                }
+                memcpy(marker, RAFT_IO_SNAPSHOT_MARKER_MAGIC, 8);
+                codec_put_be64(marker + 8, rio->staged_applied);
+                free(ps.data);
+                ps.data = marker;
+                ps.data_len = 16;
+                if (trailing == 0) {
+                        keep_from = UINT64_MAX;
+                        rio->last_index = snapshot->index;
+                } else
+                        keep_from = snapshot->index > trailing ? snapshot->index - trailing + 1 : 1;
+                if (rio->batch_cb)
+                        rio->batch_cb(rio, rio->acc->batch, rio->event_userdata);
+                r = persist_batch_install_begin(rio->acc->batch, &ps, keep_from, rio->staged_applied,
+                                                rio->staged_etcd_index);
+                persist_snapshot_done(&ps);
+                if (r < 0)
+                        return RAFT_NOMEM;
+                rio->acc->install = true;
+                rio->installing = true;
+                rio->staged = false;
+                log_info("Installing the leader's snapshot from stream %" PRIx64 ": Raft index %llu, state as of %"
+                         PRIu64 " (etcd index %" PRIu64 ").", id, snapshot->index, rio->staged_applied,
+                         rio->staged_etcd_index);
+                req->cb = cb;
+                rio->acc->appends[rio->acc->n++] = (PendingAppend) { .req = req, .cb = (void *) cb, .snapshot = true };
+                raft_io_kick(rio);
+                return 0;
+        }
         if (total >= RAFT_IO_SNAPSHOT_EXPORT_HEADER && memcmp(ps.data, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8) == 0) {
                 /* A leader's export: its state replaces ours in the same write as the snapshot record,
                  * which keeps only a marker. What the FSM applied before goes first. */
@@ -1142,7 +1189,7 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
                 uint64_t applied = 0, etcd_index = 0;
                 uint8_t *marker;
 
-                if (raft_io_snapshot_export_parse(ps.data, total, &applied, &etcd_index, NULL, NULL) < 0) {
+                if (raft_io_snapshot_export_parse(ps.data, total, &applied, &etcd_index, validate_record, NULL) < 0) {
                         log_error("Received a malformed snapshot, refusing it.");
                         persist_snapshot_done(&ps);
                         return RAFT_CORRUPT;
@@ -1189,12 +1236,25 @@ static int io_snapshot_put(struct raft_io *io, unsigned trailing, struct raft_io
         return 0;
 }
 
+static void snapshot_free_raft(struct raft_snapshot *snap) {
+        if (!snap)
+                return;
+        raft_configuration_close(&snap->configuration);
+        for (unsigned i = 0; i < snap->n_bufs; i++)
+                raft_free(snap->bufs[i].base);
+        raft_free(snap->bufs);
+        raft_free(snap);
+}
+
 static int io_snapshot_get(struct raft_io *io, struct raft_io_snapshot_get *req, raft_io_snapshot_get_cb cb) {
         RaftIo *rio = io->impl;
         _cleanup_(persist_snapshot_done) PersistSnapshot ps = {};
         struct raft_snapshot *snap = NULL;
+        uint8_t *ref;
         int r;
 
+        if (rio->closing)
+                return RAFT_CANCELED;
         r = persist_snapshot_load(rio->persist, &ps);
         if (r < 0)
                 return RAFT_IOERR;
@@ -1203,34 +1263,23 @@ static int io_snapshot_get(struct raft_io *io, struct raft_io_snapshot_get *req,
         r = snapshot_from_persist(&ps, &snap);
         if (r != 0)
                 return r;
-        {
-                /* For a follower: the applied state itself (see raft-io.h), not our marker. */
-                uint64_t applied = 0, etcd_index = 0;
-                ExportBuf b = { .applied = &applied, .etcd_index = &etcd_index };
 
-                r = persist_export(rio->persist, &applied, &etcd_index, export_record, &b);
-                if (r < 0) {
-                        raft_free(b.p);
-                        raft_configuration_close(&snap->configuration);
-                        raft_free(snap->bufs[0].base);
-                        raft_free(snap->bufs);
-                        raft_free(snap);
-                        return r == -ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
-                }
-                raft_free(snap->bufs[0].base);
-                snap->bufs[0].base = b.p;
-                snap->bufs[0].len = b.n;
-                log_info("Sending a snapshot: Raft index %llu, state as of %" PRIu64 " (%zu bytes).",
-                         snap->index, applied, b.n);
+        /* For a follower: a reference to a stream of the applied state (raft-io.h), which the peer
+         * layer sends ahead of the InstallSnapshot (snapshot.c). Nothing is read here. */
+        ref = raft_malloc(RAFT_IO_SNAPSHOT_REF_SIZE);
+        if (!ref) {
+                snapshot_free_raft(snap);
+                return RAFT_NOMEM;
         }
+        memcpy(ref, RAFT_IO_SNAPSHOT_REF_MAGIC, 8);
+        codec_put_be64(ref + 8, ((uint64_t) io_time(io) << 16) ^ ++rio->stream_seq ^ ((uint64_t) rio->id << 40));
+        raft_free(snap->bufs[0].base);
+        snap->bufs[0].base = ref;
+        snap->bufs[0].len = RAFT_IO_SNAPSHOT_REF_SIZE;
         req->cb = cb;
         r = completion_add(rio, COMPLETION_SNAPSHOT_GET, req, (void *) cb, snap, 0);
-        if (r != 0) {
-                raft_configuration_close(&snap->configuration);
-                raft_free(snap->bufs[0].base);
-                raft_free(snap->bufs);
-                raft_free(snap);
-        }
+        if (r != 0)
+                snapshot_free_raft(snap);
         return r;
 }
 
@@ -1345,6 +1394,8 @@ RaftIo *raft_io_free(RaftIo *rio) {
                 pthread_mutex_destroy(&rio->lock);
                 pthread_cond_destroy(&rio->cond);
         }
+        if (rio->installed && rio->install_loader)
+                rio->install_loader(NULL, &rio->installed, rio->install_userdata);   /* frees it */
         sd_event_source_disable_unref(rio->efd_source);
         if (rio->efd >= 0)
                 (void) close(rio->efd);
@@ -1356,6 +1407,31 @@ RaftIo *raft_io_free(RaftIo *rio) {
         sd_event_unref(rio->event);
         free(rio);
         return NULL;
+}
+
+void raft_io_snapshot_staged(RaftIo *rio, uint64_t stream_id, uint64_t applied, uint64_t etcd_index) {
+        rio->staged = true;
+        rio->staged_id = stream_id;
+        rio->staged_applied = applied;
+        rio->staged_etcd_index = etcd_index;
+}
+
+void raft_io_snapshot_unstage(RaftIo *rio) {
+        rio->staged = false;
+}
+
+bool raft_io_installing(RaftIo *rio) {
+        return rio->installing;
+}
+
+void raft_io_set_install_loader(RaftIo *rio, RaftIoInstallLoader loader, void *userdata) {
+        rio->install_loader = loader;
+        rio->install_userdata = userdata;
+}
+
+void *raft_io_take_installed(RaftIo *rio, uint64_t *ret_applied) {
+        *ret_applied = rio->staged_applied;
+        return TAKE_PTR(rio->installed);
 }
 
 PersistBatch *raft_io_batch(RaftIo *rio) {

@@ -2,6 +2,7 @@
 /* raft-io.h - our struct raft_io for libraft: sd-event ticks, group commit to RocksDB, transport hooks. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <raft.h>
@@ -77,12 +78,16 @@ int raft_io_configuration_encode(const struct raft_configuration *c, void **ret,
 int raft_io_configuration_decode(const void *buf, size_t len, struct raft_configuration *ret);
 
 /* Snapshot data. Locally a snapshot is a marker (the state is in RocksDB already): MARKER magic and
- * the 8-byte big-endian Raft index it covers. A snapshot sent to a follower (snapshot_get) is an
- * export of the applied state instead: EXPORT magic, be64 applied Raft index, be64 etcd index, then
- * records (u8 kind 'n' node / 'h' history event, varint key length, key, varint value length,
- * value). libraft carries InstallSnapshot data as one buffer, so the export is one buffer too
- * (records in the store's compact encoding). Installing one (snapshot_put) replaces the applied
- * state in RocksDB atomically with the snapshot record, which then holds a marker only. */
+ * the 8-byte big-endian Raft index it covers. A snapshot sent to a follower (snapshot_get) is a REF
+ * instead: the state follows as a stream of chunks ahead of the InstallSnapshot (snapshot.h), so no
+ * message holds the whole state. Members of an earlier version sent an EXPORT (still installed when
+ * received): EXPORT magic, be64 applied Raft index, be64 etcd index, then records (u8 kind 'n' node /
+ * 'h' history event, varint key length, key, varint value length, value), the whole state in one
+ * buffer; installing one (snapshot_put) replaces the applied state in RocksDB atomically with the
+ * snapshot record, which then holds a marker only. */
+/* A reference to a streamed snapshot (snapshot.h): REF magic and the be64 stream ID. */
+#define RAFT_IO_SNAPSHOT_REF_MAGIC "E2SNAP03"
+#define RAFT_IO_SNAPSHOT_REF_SIZE 16
 #define RAFT_IO_SNAPSHOT_MARKER_MAGIC "E2SNAP01"
 #define RAFT_IO_SNAPSHOT_EXPORT_MAGIC "E2SNAP02"
 #define RAFT_IO_SNAPSHOT_EXPORT_HEADER 24
@@ -92,3 +97,17 @@ typedef int (*RaftIoExportRecordFunc)(char kind, const void *key, size_t key_len
 /* Validates an export and calls `cb` for each record. -EBADMSG on garbage (nothing is trusted). */
 int raft_io_snapshot_export_parse(const void *buf, size_t len, uint64_t *ret_applied, uint64_t *ret_etcd_index,
                                   RaftIoExportRecordFunc cb, void *userdata);
+
+/* Snapshot streams (snapshot.c). The follower received stream `stream_id` complete into staging:
+ * a snapshot_put of its reference may install it. */
+void raft_io_snapshot_staged(RaftIo *rio, uint64_t stream_id, uint64_t applied, uint64_t etcd_index);
+/* The staging is being replaced by a new stream: nothing staged any more. */
+void raft_io_snapshot_unstage(RaftIo *rio);
+/* A staged stream is being installed (writer thread): the staging must not change. */
+bool raft_io_installing(RaftIo *rio);
+/* Builds the in-memory state of an installed snapshot on the writer thread (*ret); called with a
+ * NULL persist to free an unused result. */
+typedef int (*RaftIoInstallLoader)(Persist *persist, void **ret, void *userdata);
+void raft_io_set_install_loader(RaftIo *rio, RaftIoInstallLoader loader, void *userdata);
+/* What the loader built for the last install (once), or NULL, and the applied index installed. */
+void *raft_io_take_installed(RaftIo *rio, uint64_t *ret_applied);

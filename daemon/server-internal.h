@@ -21,6 +21,7 @@
 #include "persist.h"
 #include "raft-io.h"
 #include "server.h"
+#include "snapshot.h"
 #include "store.h"
 
 /* Opaque frames between members (first byte of the body). */
@@ -133,6 +134,7 @@ struct Server {
         ServerBackup *backup;    /* at most one at a time */
         RaftIo *rio;
         PeerTransport *peers;
+        SnapshotStreams *snapshots;
         char *address;            /* our Raft address: the first of our peer URLs */
         Store *store;
         struct raft raft;
@@ -172,8 +174,6 @@ struct Server {
         size_t n_followers;
         uint64_t recv_appends, send_appends;
         bool force_new_cluster;   /* remove the other members from the store once we lead */
-        Store **zombie_stores;    /* replaced by a snapshot install while they had watchers */
-        size_t n_zombie_stores;
 
         ProposalList pending;     /* unanswered, in creation (= submission = deadline) order */
         ProposalList done;        /* answered by fsm_apply(), callbacks not yet run */

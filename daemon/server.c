@@ -26,8 +26,9 @@
  * write, promotion to voter once the new member talks to us; remove = store writes, then raft_remove;
  * every member follows the member keys when it applies them (peer URL updates, removals, its own
  * removal: the process exits 0 a second later). A follower too far behind gets the leader's applied
- * state as an InstallSnapshot (raft-io.h: snapshot export), installed in RocksDB atomically with the
- * snapshot record and then into a fresh Store.
+ * state streamed in chunks ahead of libraft's InstallSnapshot, staged, installed in RocksDB through a
+ * durable marker and loaded into a fresh Store off the loop; the Store takes over the watchers
+ * (snapshot.c).
  *
  * On becoming leader we append a barrier first (so that entries of the previous run are applied
  * before we look at the store), then the internal writes etcd2 makes at start (member raftAttributes
@@ -61,11 +62,11 @@
 #include "membership.h"
 #include "raft-io.h"
 #include "server-internal.h"
+#include "snapshot.h"
 
 #define SERVER_BASE_TIMEOUT_USEC (5 * USEC_PER_SEC)
 #define SERVER_SNAPSHOT_TRAILING_MAX 5000U
 #define SERVER_DEFAULT_SNAPSHOT_COUNT 10000U
-#define SERVER_SNAPSHOT_MAGIC "E2SNAP01"
 #define SERVER_SYNC_RETRY_USEC (500 * USEC_PER_MSEC)
 /* Nodes one SYNC entry may expire: a few ms of apply (store, RocksDB batch, events) at most. A mass
  * expiry takes one entry per this many nodes, proposed back to back. */
@@ -293,111 +294,72 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs) {
         Server *s = fsm->data;
-        struct raft_buffer *b;
-        uint8_t *m;
 
         /* The snapshot covers everything applied so far, barriers included. The record goes into the
          * same group as the snapshot (snapshot_put follows), so restart finds them consistent. */
         note_applied(s, MAX(s->applied_index, (uint64_t) s->raft.last_applied));
-
-        b = raft_malloc(sizeof(*b));
-        m = raft_malloc(16);
-        if (!b || !m) {
-                raft_free(b);
-                raft_free(m);
+        if (snapshot_marker_make(s->applied_index, bufs, n_bufs) < 0)
                 return RAFT_NOMEM;
-        }
-        memcpy(m, SERVER_SNAPSHOT_MAGIC, 8);
-        codec_put_be64(m + 8, s->applied_index);
-        b->base = m;
-        b->len = 16;
-        *bufs = b;
-        *n_bufs = 1;
         log_debug("Snapshot marker at Raft index %" PRIu64 ".", s->applied_index);
         return 0;
-}
-
-static int load_record(char kind, const void *key, size_t key_len, const void *value, size_t value_len,
-                       void *userdata) {
-        Store *st = userdata;
-
-        if (kind == 'n') {
-                /* On the heap: the key's length comes from the disk (or a peer's snapshot). */
-                _cleanup_(freep) char *k = strndup(key, key_len);
-
-                if (!k)
-                        return -ENOMEM;
-                return store_load_node(st, k, value, value_len);
-        }
-        return store_load_event(st, codec_get_be64(key), value, value_len);
 }
 
 static void server_set_store_sink(Server *s);
 
 /* A snapshot of the leader (we were too far behind, or joined empty): its state replaces ours. The
  * records are in RocksDB already (raft-io wrote them with the snapshot record); here the in-memory
- * store is rebuilt. Watchers of the old store keep it alive until they are gone. */
+ * store is rebuilt and the watchers move into it (snapshot.c). */
 static int fsm_install(Server *s, struct raft_buffer *buf) {
         Store *st = NULL;
         uint64_t applied = 0, etcd_index = 0;
         int r;
 
-        r = store_new(&st);
+        r = snapshot_load_store(buf->base, buf->len, s->store, &st, &applied, &etcd_index);
         if (r < 0)
-                return RAFT_NOMEM;
-        r = raft_io_snapshot_export_parse(buf->base, buf->len, &applied, &etcd_index, load_record, st);
-        if (r >= 0)
-                r = store_load_finish(st, etcd_index);
-        if (r < 0) {
-                log_error_errno(r, "Failed to load the snapshot of the leader: %m");
-                store_free(st);
-                return RAFT_CORRUPT;
-        }
-        if (store_n_watchers(s->store) > 0) {
-                Store **z = reallocarray(s->zombie_stores, s->n_zombie_stores + 1, sizeof(Store *));
-
-                if (!z) {
-                        store_free(st);
-                        return RAFT_NOMEM;
-                }
-                s->zombie_stores = z;
-                s->zombie_stores[s->n_zombie_stores++] = s->store;
-                store_set_sink(s->store, &(StoreSink) {});
-        } else
-                store_free(s->store);
+                /* RocksDB holds the leader's state already: memory cannot follow, so stop. */
+                snapshot_fatal(r, "Failed to load the snapshot of the leader");
+        store_free(s->store);
         s->store = st;
         server_set_store_sink(s);
         s->applied_index = s->skip_until = applied;
         s->applied_dirty = false;
-        log_info("Installed the leader's snapshot: applied Raft index %" PRIu64 ", etcd index %" PRIu64 ".",
-                 applied, etcd_index);
+        log_info("Installed the leader's snapshot: applied Raft index %" PRIu64 ", etcd index %" PRIu64 ", %u watchers kept.",
+                 applied, etcd_index, store_n_watchers(st));
         raft_free(buf->base);
         return 0;
 }
 
-static void zombies_reap(Server *s) {
-        for (size_t i = 0; i < s->n_zombie_stores; )
-                if (store_n_watchers(s->zombie_stores[i]) == 0) {
-                        store_free(s->zombie_stores[i]);
-                        s->zombie_stores[i] = s->zombie_stores[--s->n_zombie_stores];
-                } else
-                        i++;
+/* A streamed snapshot: raft-io installed it in RocksDB and built its Store on the writer thread
+ * before libraft got here; the watchers move over and the stores swap (snapshot.c). */
+static int fsm_install_streamed(Server *s, struct raft_buffer *buf, uint64_t stream_id) {
+        uint64_t applied = 0;
+        Store *st;
+
+        st = snapshot_take_installed(s->rio, s->store, stream_id, &applied);
+        store_free(s->store);
+        s->store = st;
+        server_set_store_sink(s);
+        s->applied_index = s->skip_until = applied;
+        s->applied_dirty = false;
+        raft_free(buf->base);
+        return 0;
 }
 
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf) {
         Server *s = fsm->data;
+        SnapshotKind kind;
         uint64_t index;
 
-        if (buf->len >= RAFT_IO_SNAPSHOT_EXPORT_HEADER && memcmp(buf->base, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8) == 0)
-                return fsm_install(s, buf);
-
-        if (buf->len != 16 || memcmp(buf->base, SERVER_SNAPSHOT_MAGIC, 8) != 0) {
-                log_error("Snapshot data is not a snapshot marker of this daemon.");
+        if (snapshot_classify(buf->base, buf->len, &kind, &index) < 0) {
+                log_error("Snapshot data is not a snapshot of this daemon.");
                 return RAFT_CORRUPT;
         }
-        index = codec_get_be64((uint8_t *) buf->base + 8);
+        if (kind == SNAPSHOT_EXPORT)
+                return fsm_install(s, buf);
+        if (kind == SNAPSHOT_STREAMED)
+                return fsm_install_streamed(s, buf, index);
         if (index > s->skip_until) {
-                /* Installing a leader's snapshot (multi-member) is not implemented yet. */
+                /* A marker only says the state is in RocksDB: it must reach that far already. */
                 log_error("Snapshot covers Raft index %" PRIu64 " but the stored state only reaches %" PRIu64 ".",
                           index, s->skip_until);
                 return RAFT_CORRUPT;
@@ -696,6 +658,12 @@ static void handle_opaque(Server *s, PeerFrame *f) {
                 return;
         case MSG_MEMBER_RES:
                 handle_member_res(s, id, b + 1 + n, f->opaque_size - 1 - n);
+                return;
+        case SNAPSHOT_MSG_CHUNK:
+                snapshot_streams_chunk(s->snapshots, f->sender_id, id, b + 1 + n, f->opaque_size - 1 - n);
+                return;
+        case SNAPSHOT_MSG_NACK:
+                snapshot_streams_nack(s->snapshots, f->sender_id, id);
                 return;
         default:
                 break;
@@ -1211,6 +1179,9 @@ static void on_peer_frame(PeerTransport *t, PeerFrame *f, void *userdata) {
                 handle_opaque(s, f);
                 return;
         }
+        /* A streamed snapshot goes to libraft only once its stream is staged complete. */
+        if (!snapshot_streams_ready(s->snapshots, &f->message))
+                return;
         raft_io_deliver(s->rio, peer_frame_hand_over(f));
 }
 
@@ -1220,6 +1191,12 @@ static int on_raft_send(RaftIo *rio, struct raft_io_send *req, const struct raft
 
         if (m->server_id == s->member_id)
                 return -EINVAL;
+        if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
+                /* The state streams first; the send completes when the message itself is queued. */
+                r = snapshot_streams_send(s->snapshots, req, m);
+                if (r != -ENOTSUP)
+                        return r < 0 ? r : 0;
+        }
         r = peer_transport_send_raft(s->peers, m);
         if (r >= 0 && m->type == RAFT_IO_APPEND_ENTRIES) {
                 FollowerStats *fs = follower_stats(s, m->server_id);
@@ -1421,8 +1398,6 @@ static void server_on_io_event(RaftIo *rio, void *userdata) {
         if (s->member_ops)
                 member_ops_check(s);
         promote_spares(s);
-        if (s->n_zombie_stores > 0)
-                zombies_reap(s);
         dispatch_done(s);
         sync_rearm(s);
 }
@@ -1700,6 +1675,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
                 if (r < 0)
                         return log_error_errno(r, "Failed to initialize '%s/member': %m", config->data_dir);
         }
+        /* Before anything reads the state: a snapshot install cut short by a kill is finished. */
+        r = snapshot_recover(s->persist);
+        if (r < 0)
+                return r;
         r = persist_meta_load(s->persist, &meta);
         if (r < 0)
                 return r;
@@ -1744,6 +1723,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
                 return r;
         peer_transport_set_handlers(s->peers, on_peer_frame, on_peer_check, on_peer_refused, s);
         raft_io_set_transport(s->rio, on_raft_send, s);
+        r = snapshot_streams_new(event, s->persist, s->rio, s->peers, &s->snapshots);
+        if (r < 0)
+                return r;
+        raft_io_set_install_loader(s->rio, snapshot_load_installed, NULL);
         server_set_store_sink(s);
 
         r = sd_event_add_time(event, &s->timeout_source, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_timeout, s);
@@ -1798,6 +1781,10 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
         snapshot_count = config->snapshot_count ?: SERVER_DEFAULT_SNAPSHOT_COUNT;
         snapshot_count = MIN(snapshot_count, (uint64_t) UINT32_MAX);
         raft_set_snapshot_threshold(&s->raft, (unsigned) snapshot_count);
+        /* libraft restarts a snapshot whose follower has not answered within this time, whatever
+         * the transfer is doing; our stream reports broken connections itself (the send fails, and
+         * libraft retries at once), so this only needs to cover a big stream and its install. */
+        raft_set_install_snapshot_timeout(&s->raft, SNAPSHOT_INSTALL_TIMEOUT_MSEC);
         raft_set_snapshot_trailing(&s->raft, (unsigned) MIN(snapshot_count, (uint64_t) SERVER_SNAPSHOT_TRAILING_MAX));
         s->proposal_timeout_usec = SERVER_BASE_TIMEOUT_USEC + 2 * election_ms * USEC_PER_MSEC;
         /* A leader's stream carries heartbeats every heartbeat interval, a follower's answers them;
@@ -1873,6 +1860,8 @@ Server *server_free(Server *s) {
                 (void) raft_io_drain(s->rio);
                 dispatch_done(s);
         }
+        /* Streams being sent complete now: libraft frees their requests before it closes. */
+        snapshot_streams_cancel(s->snapshots);
         if (s->raft_initialized) {
                 s->raft.data = s;
                 raft_close(&s->raft, on_raft_closed);
@@ -1915,6 +1904,7 @@ Server *server_free(Server *s) {
         sd_event_source_disable_unref(s->exit_source);
         if (s->rio)
                 (void) raft_io_drain(s->rio);   /* the last applied state */
+        s->snapshots = snapshot_streams_free(s->snapshots);
         raft_io_free(s->rio);
         peer_transport_free(s->peers);
         for (size_t i = 0; i < s->n_initial_members; i++)
@@ -1922,9 +1912,6 @@ Server *server_free(Server *s) {
         free(s->initial_members);
         free(s->address);
         store_free(s->store);
-        for (size_t i = 0; i < s->n_zombie_stores; i++)
-                store_free(s->zombie_stores[i]);
-        free(s->zombie_stores);
         persist_free(s->persist);
         sd_event_unref(s->event);
         free(s->name);

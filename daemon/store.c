@@ -1427,6 +1427,30 @@ int store_watch(Store *s, const char *path, bool recursive, bool stream, uint64_
         return 0;
 }
 
+/* etcd2's store Recovery keeps its watcherHub: a snapshot install replaces the tree and the history
+ * but the clients waiting on the member must keep waiting. The hash table moves as a whole (lists
+ * and watchers keep their addresses, which clients hold); only the back pointers change. Not allowed
+ * during a dispatch: the zombie list belongs to the store being dispatched. */
+int store_move_watchers(Store *from, Store *to) {
+        assert(from);
+        assert(to);
+
+        if (from->dispatching > 0 || to->dispatching > 0 || to->n_watchers > 0 || to->wl_n > 0)
+                return -EBUSY;
+        free(to->wl_buckets);
+        to->wl_buckets = TAKE_PTR(from->wl_buckets);
+        to->wl_cap = from->wl_cap;
+        to->wl_n = from->wl_n;
+        to->n_watchers = from->n_watchers;
+        from->wl_cap = from->wl_n = 0;
+        from->n_watchers = 0;
+        for (size_t i = 0; i < to->wl_cap; i++)
+                for (WatchList *l = to->wl_buckets[i]; l; l = l->bucket_next)
+                        for (StoreWatcher *w = l->head; w; w = w->next)
+                                w->store = to;
+        return 0;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Operations (store.go) */
 

@@ -214,6 +214,9 @@ int store_watch(Store *s, const char *path, bool recursive, bool stream, uint64_
                 StoreWatcher **ret_watcher, StoreEvent **ret_event, char **ret_cause);
 StoreWatcher *store_watcher_free(StoreWatcher *w);
 unsigned store_n_watchers(Store *s);
+/* Moves every watcher of `from` to `to` (which has none), as a snapshot install that replaces the
+ * store must: they fire on the next matching change of `to`. -EBUSY inside a notification. */
+int store_move_watchers(Store *from, Store *to);
 
 /* Stats for /v2/stats/store: renders etcd2's JSON object (getsSuccess ... watchers), malloc'd.
  * store_get() counts gets; failed/succeeded writes are counted by store_apply(). */

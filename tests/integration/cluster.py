@@ -79,7 +79,7 @@ class Member(Process):
         kw = {}
         if self.uid is not None:
             kw = dict(user=self.uid, group=self.uid, extra_groups=[])
-        self.spawn(self._start_argv, **kw)
+        self.spawn(self._start_argv, env=self.cluster.env, **kw)
 
     def restart(self, kill=False):
         if kill:
@@ -104,8 +104,9 @@ class Cluster:
     """N members bootstrapped together. Always call cleanup() (the fixtures do)."""
 
     def __init__(self, n=3, reference=None, snapshot_count=None, extra_args=(), host="127.0.0.1",
-                 uids=None, ports=None, start=True):
+                 uids=None, ports=None, start=True, env=None):
         self.reference = REFERENCE if reference is None else reference
+        self.env = dict(env or {})   # extra environment of every member (procs strips ETCD* of ours)
         self.binary = require_binary(self.reference)
         self.token = "etcd2-cl-" + uuid.uuid4().hex[:8]
         self.snapshot_count = snapshot_count
