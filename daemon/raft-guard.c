@@ -12,7 +12,8 @@
  * (fixed upstream only in 0.17.1), and convertToLeader() appends no entry of the new term. We can't
  * rebuild the library, so we control what it counts: match_index only ever comes from the
  * last_log_index of successful AppendEntries results (replicationUpdate() -> progressMaybeUpdate()),
- * and those pass through raft_guard_filter_recv() before libraft sees them. The leader lets a result
+ * and those pass through raft_guard_filter_recv() before libraft sees them (the leader's own entry is
+ * its last_stored). The leader lets a result
  * raise a follower's match_index to L only if
  *     L <= commit_index                                  (counting it commits nothing new), or
  *     term(L) == current_term and term(last_stored) == current_term,
@@ -34,7 +35,7 @@
  * is in the log, the next answer passes. For results lowered only because the leader had not stored
  * its own entry yet, raft_guard_after() makes those followers due once it has, so commit does not wait
  * for a heartbeat. That happens at most once per leadership, so it cannot ping-pong; rejections are
- * never touched. The unit test tests/raft/test-raft-guard.c plays figure 8 on libraft's fixture and
+ * never lowered (they count nothing). The unit test tests/raft/test-raft-guard.c plays figure 8 on libraft's fixture and
  * counts the messages.
  *
  * 2. The commit index at once. libraft tells followers a new commit index only with the next

@@ -1326,14 +1326,6 @@ static void server_check_state(Server *s) {
                                    "Member %" PRIx64 " became leader at term %llu.", s->member_id,
                                    s->raft.current_term);
                 }
-                if (!s->barrier_pending) {
-                        s->barrier.data = s;
-                        r = raft_barrier(&s->raft, &s->barrier, barrier_cb);
-                        if (r != 0)
-                                log_warning("Failed to append a barrier: %s", raft_strerror(r));
-                        else
-                                s->barrier_pending = true;
-                }
         } else if (!leader && s->leader) {
                 s->leader = false;
                 s->ready = false;
@@ -1362,6 +1354,21 @@ static void server_check_state(Server *s) {
                 if (s->known_leader != s->member_id)
                         leader_changed(s, s->known_leader);
                 s->known_leader = s->member_id;
+        }
+
+        /* An entry of our own term at once: libraft 0.15 appends none on election, and older entries
+         * commit only behind one (raft-guard.c). We run from the io callback that follows the libraft
+         * call which made us leader, before any other message is handled. Retried on the next event if
+         * appending it failed (the member serves no writes before it is applied). */
+        if (s->leader && !s->barrier_done && !s->barrier_pending) {
+                s->barrier.data = s;
+                r = raft_barrier(&s->raft, &s->barrier, barrier_cb);
+                if (r == 0)
+                        s->barrier_pending = true;
+                else if (r == RAFT_NOTLEADER)   /* a leadership transfer is under way */
+                        log_debug("No barrier during a leadership transfer.");
+                else
+                        log_warning("Failed to append a barrier: %s", raft_strerror(r));
         }
 
         if (s->leader && s->barrier_done && !s->ready) {
