@@ -79,7 +79,11 @@ class Member(Process):
         kw = {}
         if self.uid is not None:
             kw = dict(user=self.uid, group=self.uid, extra_groups=[])
-        self.spawn(self._start_argv, env=self.cluster.env, **kw)
+        if self.cluster.env:
+            # only when set: a test may have bound its own env into self.spawn (functools.partial), and
+            # a keyword given here would replace it
+            kw["env"] = self.cluster.env
+        self.spawn(self._start_argv, **kw)
 
     def restart(self, kill=False):
         if kill:
