@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* main.c - etcd2: argv/env -> manager_new() -> manager_start() -> sd_event_loop(). */
 
+#include <malloc.h>
 #include <signal.h>
 
 #include <systemd/sd-daemon.h>
@@ -16,6 +17,12 @@ int main(int argc, char *argv[]) {
         Manager *m = NULL;
         int exit_status = 0, sig, r;
         bool failed;
+
+        /* Values of up to 1 MiB come and go in request and answer buffers. glibc raises its mmap
+         * threshold after the first such buffer is freed, and from then on keeps them in the heap,
+         * where they stay after the free: twenty 1 MiB writes grew the RSS by ~110 MiB instead of ~50.
+         * A fixed threshold gives big buffers back to the kernel when freed. */
+        (void) mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
         r = config_load(argc, argv, environ, &config, &exit_status);
         if (r < 0) {
