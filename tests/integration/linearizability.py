@@ -155,8 +155,20 @@ def check_key(ops, key=None, init=None, max_states=2_000_000, max_seconds=60.0):
     t_start = time.monotonic()
     # An indeterminate read observed nothing; a failed operation did nothing: neither constrains.
     ops = [o for o in ops if o.status == OK or (o.status == INFO and o.kind != "read")]
+    # Bit numbers: the definite operations first, in invoke order, then the indeterminate ones. The cache
+    # key keeps the definite bits as (lowest unset bit, the bits above it): the search linearizes them
+    # nearly in order, so that stays a few words however long the history, where the plain mask of a
+    # 10-minute run would be kilobytes per cache entry.
+    ops.sort(key=lambda o: (o.status != OK, o.invoke))
     for i, o in enumerate(ops):
         o.id = i
+    n_def = sum(1 for o in ops if o.status == OK)
+    def_bits = (1 << n_def) - 1
+
+    def cache_key(lin, state):
+        d = lin & def_bits
+        w = (~d & (d + 1)).bit_length() - 1  # lowest unset bit
+        return (w, d >> w, lin >> n_def, state)
     definite = sum(1 for o in ops if o.status == OK)
 
     # Event list: calls before returns at equal times, so that touching operations count as concurrent
@@ -209,7 +221,7 @@ def check_key(ops, key=None, init=None, max_states=2_000_000, max_seconds=60.0):
             legal, new = step(op, state)
             if legal:
                 lin = linearized | (1 << op.id)
-                k = (lin, new)
+                k = cache_key(lin, new)
                 if k not in cache:
                     cache.add(k)
                     steps += 1
