@@ -283,7 +283,7 @@ def _counterexample(key, init, ops, snap, context=8):
     for o, s in list(zip(lin, states))[-context:]:
         lines.append(f"    {o.describe(t0)}   => {s!r}")
     lines.append(f"state then: {'absent' if state is None else repr(state)}")
-    lines.append("this operation cannot be linearized next (it completed before anything else could go):")
+    lines.append("this operation cannot be linearized next (and no other order of what came before lets it):")
     lines.append(f"    {blocked.describe(t0)}   {_need(blocked)}")
     others = [o for o in pending if o is not blocked]
     if others:
