@@ -64,10 +64,21 @@ class Op:
         self.note = note
         self.id = None
 
+    FIELDS = ("key", "kind", "value", "prev", "result", "status", "invoke", "complete", "client", "member",
+              "note")
+
+    def to_dict(self):
+        return {f: None if getattr(self, f) == _INF else getattr(self, f) for f in self.FIELDS}
+
+    @classmethod
+    def from_dict(cls, d):
+        o = cls(d["key"], d["kind"], d["invoke"], d["complete"], status=d["status"], value=d["value"],
+                prev=d["prev"], result=d["result"] if d["kind"] != "cas" or d["status"] == OK else None,
+                client=d["client"], member=d["member"], note=d["note"])
+        o.result = d["result"]
+        return o
+
     def describe(self, t0=0.0):
-        def short(v):
-            # the nemesis test pads its values: the unique head is what a reader needs
-            return repr(v) if v is None or len(v) <= 24 else repr(v[:16] + "...")
 
         if self.kind == "write":
             what = f"write {short(self.value)}"
@@ -95,6 +106,11 @@ class Op:
         return f"<Op {self.describe()}>"
 
 
+def short(v):
+    """A value for a human: the nemesis test pads its values, and their unique head is what matters."""
+    return repr(v) if v is None or len(v) <= 24 else repr(v[:16] + "...")
+
+
 def step(op, state):
     """(legal, new state) of applying op in state."""
     if op.kind == "write":
@@ -114,10 +130,10 @@ def step(op, state):
 def _need(op):
     """What state op needs, for the counterexample."""
     if op.kind == "read":
-        return "needs key absent" if op.result is None else f"needs state {op.result!r}"
+        return "needs key absent" if op.result is None else f"needs state {short(op.result)}"
     if op.kind == "cas" and op.status == OK:
-        return {"ok": f"needs state {op.prev!r}",
-                "mismatch": f"needs key present and != {op.prev!r}",
+        return {"ok": f"needs state {short(op.prev)}",
+                "mismatch": f"needs key present and != {short(op.prev)}",
                 "absent": "needs key absent"}[op.result]
     return "always applicable"
 
@@ -273,7 +289,7 @@ def _counterexample(key, init, ops, snap, context=8):
     t0 = min((o.invoke for o in ops), default=0.0)
     lin, state, blocked, pending = snap
     lines = [f"key {key}: NOT linearizable ({len(ops)} ops; times in s from the first invoke)",
-             f"longest linearization found: {len(lin)} ops, from {'absent' if init is None else repr(init)}; "
+             f"longest linearization found: {len(lin)} ops, from {'absent' if init is None else short(init)}; "
              f"its last {min(context, len(lin))} (state after each):"]
     st = init
     states = []
@@ -281,8 +297,8 @@ def _counterexample(key, init, ops, snap, context=8):
         st = step(o, st)[1]
         states.append(st)
     for o, s in list(zip(lin, states))[-context:]:
-        lines.append(f"    {o.describe(t0)}   => {s!r}")
-    lines.append(f"state then: {'absent' if state is None else repr(state)}")
+        lines.append(f"    {o.describe(t0)}   => {short(s)}")
+    lines.append(f"state then: {'absent' if state is None else short(state)}")
     lines.append("this operation cannot be linearized next (and no other order of what came before lets it):")
     lines.append(f"    {blocked.describe(t0)}   {_need(blocked)}")
     others = [o for o in pending if o is not blocked]
@@ -290,13 +306,22 @@ def _counterexample(key, init, ops, snap, context=8):
         lines.append("the other operations that could go before it, none of which leads to a linearization:")
         for o in sorted(others, key=lambda o: o.invoke)[:3 * context]:
             lines.append(f"    {o.describe(t0)}   {_need(o)}")
-    # the operations that completed around it, for context (the window a human needs to read)
-    lo = blocked.invoke - 1.0
-    hi = blocked.complete if blocked.complete != _INF else blocked.invoke + 1.0
-    near = [o for o in ops if o.complete >= lo and o.invoke <= hi and o is not blocked and o not in others]
+    # what a human needs around it: who wrote the value it needs, what completed just before it began,
+    # and what ran at the same time
+    wanted = blocked.result if blocked.kind == "read" else blocked.prev if blocked.kind == "cas" else None
+    if wanted is not None:
+        writers = [o for o in ops if o.kind in ("write", "cas") and o.value == wanted]
+        lines.append(f"the operations that wrote {short(wanted)}:"
+                     if writers else f"no operation wrote {short(wanted)}")
+        for o in writers:
+            lines.append(f"    {o.describe(t0)}")
+    shown = set(map(id, others)) | {id(blocked)}
+    before = sorted((o for o in ops if o.complete < blocked.invoke), key=lambda o: o.complete)[-context:]
+    during = [o for o in ops if o.invoke <= blocked.complete and o.complete >= blocked.invoke]
+    near = [o for o in before + during if id(o) not in shown]
     if near:
-        lines.append("other operations overlapping [its invoke - 1 s, its complete]:")
-        for o in sorted(near, key=lambda o: o.invoke)[:3 * context]:
+        lines.append("the operations that completed just before it began and those concurrent with it:")
+        for o in sorted(set(near), key=lambda o: o.invoke)[:3 * context]:
             lines.append(f"    {o.describe(t0)}")
     return "\n".join(lines)
 

@@ -64,10 +64,8 @@ class History:
 
     def save(self, path, faults, extra=None):
         with open(path, "w") as f:
-            json.dump({"ops": [{s: getattr(o, s) if getattr(o, s) != float("inf") else None
-                                for s in ("key", "kind", "value", "prev", "result", "status", "invoke",
-                                          "complete", "client", "member", "note")} for o in self.ops],
-                       "faults": faults, "extra": extra or {}}, f, indent=0)
+            json.dump({"ops": [o.to_dict() for o in self.ops], "faults": faults, "extra": extra or {}}, f,
+                      indent=0)
 
 
 def _not_sent(e):
@@ -586,3 +584,15 @@ def _report(hist, nem, t_end, skipped):
         print(f"  {d}")
     if hist.anomalies:
         print(f"illegal answers: {len(hist.anomalies)}, e.g. {hist.anomalies[:5]}")
+
+
+if __name__ == "__main__":
+    # Re-checks saved histories: python3 test_linearizability.py /tmp/lin-history-*.json
+    import sys
+    for path in sys.argv[1:]:
+        with open(path) as f:
+            saved = json.load(f)
+        for k, r in check_history([Op.from_dict(d) for d in saved["ops"]]).items():
+            print(f"{path} {k}: {r.verdict} ({len(r.ops)} ops, {r.explored} states, {r.seconds:.2f}s)")
+            if not r.ok:
+                print(r.report)

@@ -176,3 +176,10 @@ def test_big_linearizable_history_is_fast():
     r = check_key(ops, key="k")
     assert r.verdict == "ok", r.report
     assert time.monotonic() - start < 3, r
+
+
+def test_saved_history_round_trip():
+    ops = [W("a", 0, 1), C("a", "b", 2, None, status=INFO), R("b", 3, 4), C("x", "y", 5, 6, result="mismatch")]
+    again = [Op.from_dict(o.to_dict()) for o in ops]
+    assert [o.to_dict() for o in again] == [o.to_dict() for o in ops]
+    assert check_key(again, key="k").verdict == "ok"
