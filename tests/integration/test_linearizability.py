@@ -523,6 +523,10 @@ def test_linearizable_under_faults(env):
                  or (not REFERENCE and d[4][:1] == ["(no LOG_CRIT line; last lines:)"])]
         if wrong:
             problems.append(f"members died outside a full disk or with status 0: {wrong}")
+        for m in c.members:
+            rep = m.sanitizer_report()
+            if rep:
+                problems.append(rep)
         if nem.error is not None:
             problems.append(f"nemesis failed: {nem.error!r}")
         if hist.anomalies:
