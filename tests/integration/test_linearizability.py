@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter, defaultdict
 
 import pytest
@@ -304,7 +305,6 @@ class Nemesis(threading.Thread):
                 self.sleep(3)
         except Exception as e:  # noqa: BLE001 - reported by the test
             self.error = e
-            import traceback
             traceback.print_exc()
 
     def inject(self, kind):
@@ -317,16 +317,19 @@ class Nemesis(threading.Thread):
                 m = ld or self.rng.choice(members)
             else:
                 m = self.rng.choice([x for x in members if x is not ld])
+            who = "no single leader seen, picked at random; " if ld is None else ""
             m.kill9()
             down = self.rng.uniform(1, 3)
             self.sleep(down)
             m.start()
-            self.faults.append((round(start, 2), round(self.now(), 2), kind, m.name, f"down {down:.1f}s"))
+            self.faults.append((round(start, 2), round(self.now(), 2), kind, m.name, f"{who}down {down:.1f}s"))
             self.sleep(2)
         elif kind == "pause":
             m = self.rng.choice(members)
             pause = self.rng.uniform(1, 3)
-            os.kill(m.proc.pid, signal.SIGSTOP)
+            if not m.alive():
+                return
+            os.kill(m.proc.pid, signal.SIGSTOP)  # it is our child, not reaped while alive: the pid is its
             self.paused = m
             time.sleep(pause)
             os.kill(m.proc.pid, signal.SIGCONT)
