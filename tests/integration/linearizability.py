@@ -287,6 +287,8 @@ def _pending(head, stop):
 
 def _counterexample(key, init, ops, snap, context=8):
     t0 = min((o.invoke for o in ops), default=0.0)
+    if snap is None:  # the search never reached a return (cannot happen with a well-formed history)
+        return f"key {key}: NOT linearizable ({len(ops)} ops), no counterexample recorded"
     lin, state, blocked, pending = snap
     lines = [f"key {key}: NOT linearizable ({len(ops)} ops; times in s from the first invoke)",
              f"longest linearization found: {len(lin)} ops, from {'absent' if init is None else short(init)}; "
