@@ -259,7 +259,10 @@ def check_key(ops, key=None, init=None, max_states=2_000_000, max_seconds=60.0):
             # The earliest pending return: its op must be linearized before anything later; no way.
             depth = definite - remaining
             if depth > best[0]:
-                best = (depth, ([e.op for e, _ in stack], state, entry.op, _pending(head, entry)))
+                # only the end of the linearization: copying all of it here would make the search
+                # quadratic in the history's length
+                tail = [(e.op, st) for e, st in stack[-_CONTEXT:]]
+                best = (depth, (len(stack), tail, state, entry.op, _pending(head, entry)))
             if not stack:
                 break
             e, state = stack.pop()
@@ -274,6 +277,9 @@ def check_key(ops, key=None, init=None, max_states=2_000_000, max_seconds=60.0):
     return Result(key, "fail", ops, steps, seconds, _counterexample(key, init, ops, best[1]))
 
 
+_CONTEXT = 8  # operations of the linearization shown before the one that cannot go
+
+
 def _pending(head, stop):
     """The calls before the entry stop: the operations that could have been linearized there."""
     out = []
@@ -285,21 +291,16 @@ def _pending(head, stop):
     return out
 
 
-def _counterexample(key, init, ops, snap, context=8):
+def _counterexample(key, init, ops, snap, context=_CONTEXT):
     t0 = min((o.invoke for o in ops), default=0.0)
     if snap is None:  # the search never reached a return (cannot happen with a well-formed history)
         return f"key {key}: NOT linearizable ({len(ops)} ops), no counterexample recorded"
-    lin, state, blocked, pending = snap
+    n, tail, state, blocked, pending = snap
     lines = [f"key {key}: NOT linearizable ({len(ops)} ops; times in s from the first invoke)",
-             f"longest linearization found: {len(lin)} ops, from {'absent' if init is None else short(init)}; "
-             f"its last {min(context, len(lin))} (state after each):"]
-    st = init
-    states = []
-    for o in lin:
-        st = step(o, st)[1]
-        states.append(st)
-    for o, s in list(zip(lin, states))[-context:]:
-        lines.append(f"    {o.describe(t0)}   => {short(s)}")
+             f"longest linearization found: {n} ops, from {'absent' if init is None else short(init)}; "
+             f"its last {len(tail)} (state after each):"]
+    for o, before in tail:
+        lines.append(f"    {o.describe(t0)}   => {short(step(o, before)[1])}")
     lines.append(f"state then: {'absent' if state is None else short(state)}")
     lines.append("this operation cannot be linearized next (and no other order of what came before lets it):")
     lines.append(f"    {blocked.describe(t0)}   {_need(blocked)}")
