@@ -12,7 +12,8 @@ healed, the members must converge, final quorum reads of every key join the hist
 Environment: LIN_SECONDS (workload seconds, default 60), LIN_CLIENTS (8), LIN_KEYS (4), LIN_SEED (random,
 printed), LIN_VALUE_BYTES (padding of every written value, 1024), LIN_FAULTS (comma-separated subset of
 kill-leader,pause,partition,kill-follower,disk-full), LIN_HISTORY_DIR (also save passing histories there;
-failing ones always go to /tmp), LIN_PLAIN_READS=1 (reads without quorum=true, which are not linearizable
+failing ones always go to /tmp), LIN_TMPFS_MB (size of the full-disk member's tmpfs: 128, 1024 for runs
+over 90 s), LIN_PLAIN_READS=1 (reads without quorum=true, which are not linearizable
 in v2: the test must then FAIL; a check of the harness).
 Partition and full disk need root with ip, nft, unshare and nsenter; they are skipped (with the reason
 printed) otherwise. With ETCD2_REFERENCE=1 the same runs against etcd 3.4, which must pass."""
@@ -47,8 +48,11 @@ TIMEOUT = (1.0, 2.0)  # connect, read: a fault gives an indeterminate op, not a 
 PLAIN_READS = os.environ.get("LIN_PLAIN_READS") == "1"
 PAD = "-" + "x" * int(os.environ.get("LIN_VALUE_BYTES", "1024"))
 UIDS = [64211, 64212, 64213]
-# etcd 3.4 preallocates a 64 MiB WAL, so it needs ~96 MiB to start; ours far less.
-TMPFS_MB = 128
+# etcd 3.4 preallocates 64 MiB WAL files, so it needs ~96 MiB to start, and keeps up to 5 of them until a
+# snapshot (every 100000 entries) lets it purge: a 10-minute run filled 128 MiB by itself after ~230 s and
+# then crash-looped on a broken WAL. So long runs get 1 GiB (only what is written is memory; the fill
+# writes the rest for a few seconds).
+TMPFS_MB = int(os.environ.get("LIN_TMPFS_MB", "128" if SECONDS <= 90 else "1024"))
 DISK_MEMBER = 2  # index of the member whose data dir is the small tmpfs
 
 
