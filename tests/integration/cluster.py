@@ -77,6 +77,10 @@ class Member(Process):
             initial_cluster = self.cluster.initial_cluster()
         self._start_argv = self.argv(initial_cluster, state)
         kw = {}
+        if self.launch_prefix:
+            # e.g. nsenter into a mount namespace: it runs as root and switches to the uid itself (-S/-G)
+            self.spawn(list(self.launch_prefix) + self._start_argv)
+            return
         if self.uid is not None:
             kw = dict(user=self.uid, group=self.uid, extra_groups=[])
         if self.cluster.env:
@@ -93,6 +97,7 @@ class Member(Process):
         # --initial-* flags are ignored once there is a data dir; pass the same ones again.
         self.start(initial_cluster=self.cluster.initial_cluster(), state="existing" if self.joined else "new")
 
+    launch_prefix = None  # argv put before the member's own (test_linearizability: nsenter -t HOLDER -m)
     joined = False  # True for members added at runtime (started with --initial-cluster-state existing)
 
     def stats_self(self, timeout=1):
