@@ -77,16 +77,16 @@ class Member(Process):
             initial_cluster = self.cluster.initial_cluster()
         self._start_argv = self.argv(initial_cluster, state)
         kw = {}
-        if self.launch_prefix:
-            # e.g. nsenter into a mount namespace: it runs as root and switches to the uid itself (-S/-G)
-            self.spawn(list(self.launch_prefix) + self._start_argv)
-            return
-        if self.uid is not None:
-            kw = dict(user=self.uid, group=self.uid, extra_groups=[])
         if self.cluster.env:
             # only when set: a test may have bound its own env into self.spawn (functools.partial), and
             # a keyword given here would replace it
             kw["env"] = self.cluster.env
+        if self.launch_prefix:
+            # e.g. nsenter into a mount namespace: it runs as root and switches to the uid itself (-S/-G)
+            self.spawn(list(self.launch_prefix) + self._start_argv, **kw)
+            return
+        if self.uid is not None:
+            kw.update(user=self.uid, group=self.uid, extra_groups=[])
         self.spawn(self._start_argv, **kw)
 
     def restart(self, kill=False):
