@@ -1032,10 +1032,50 @@ static int io_truncate(struct raft_io *io, raft_index index) {
         return 0;
 }
 
+/* The records of a snapshot, whether one export buffer (below) or a stream's chunks (snapshot.c). */
+int raft_io_snapshot_records_parse(const void *buf, size_t size, RaftIoExportRecordFunc cb, void *userdata,
+                                   uint64_t *ret_n) {
+        const uint8_t *p = buf;
+        uint64_t n_records = 0;
+        size_t off = 0;
+
+        while (off < size) {
+                uint64_t klen, vlen;
+                const uint8_t *k, *v;
+                char kind = (char) p[off++];
+                size_t n;
+
+                if (kind != 'n' && kind != 'h')
+                        return -EBADMSG;
+                n = codec_varint_get(p + off, size - off, &klen);
+                if (n == 0 || klen > size - off - n)
+                        return -EBADMSG;
+                off += n;
+                k = p + off;
+                off += klen;
+                n = codec_varint_get(p + off, size - off, &vlen);
+                if (n == 0 || vlen > size - off - n)
+                        return -EBADMSG;
+                off += n;
+                v = p + off;
+                off += vlen;
+                if ((kind == 'h' && klen != 8) || (kind == 'n' && (klen == 0 || memchr(k, 0, klen))))
+                        return -EBADMSG;
+                if (cb) {
+                        int r = cb(kind, k, klen, v, vlen, userdata);
+                        if (r < 0)
+                                return r;
+                }
+                n_records++;
+        }
+        if (ret_n)
+                *ret_n = n_records;
+        return 0;
+}
+
 int raft_io_snapshot_export_parse(const void *buf, size_t len, uint64_t *ret_applied, uint64_t *ret_etcd_index,
                                   RaftIoExportRecordFunc cb, void *userdata) {
         const uint8_t *p = buf;
-        size_t off = RAFT_IO_SNAPSHOT_EXPORT_HEADER;
 
         if (len < RAFT_IO_SNAPSHOT_EXPORT_HEADER || memcmp(p, RAFT_IO_SNAPSHOT_EXPORT_MAGIC, 8) != 0)
                 return -EBADMSG;
@@ -1043,36 +1083,8 @@ int raft_io_snapshot_export_parse(const void *buf, size_t len, uint64_t *ret_app
                 *ret_applied = codec_get_be64(p + 8);
         if (ret_etcd_index)
                 *ret_etcd_index = codec_get_be64(p + 16);
-        while (off < len) {
-                uint64_t klen, vlen;
-                const uint8_t *k, *v;
-                char kind = (char) p[off++];
-                size_t n;
-                int r;
-
-                if (kind != 'n' && kind != 'h')
-                        return -EBADMSG;
-                n = codec_varint_get(p + off, len - off, &klen);
-                if (n == 0 || klen > len - off - n)
-                        return -EBADMSG;
-                off += n;
-                k = p + off;
-                off += klen;
-                n = codec_varint_get(p + off, len - off, &vlen);
-                if (n == 0 || vlen > len - off - n)
-                        return -EBADMSG;
-                off += n;
-                v = p + off;
-                off += vlen;
-                if (kind == 'h' && klen != 8)
-                        return -EBADMSG;
-                if (cb) {
-                        r = cb(kind, k, klen, v, vlen, userdata);
-                        if (r < 0)
-                                return r;
-                }
-        }
-        return 0;
+        return raft_io_snapshot_records_parse(p + RAFT_IO_SNAPSHOT_EXPORT_HEADER, len - RAFT_IO_SNAPSHOT_EXPORT_HEADER,
+                                              cb, userdata, NULL);
 }
 
 typedef struct InstallCtx {

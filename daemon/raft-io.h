@@ -95,6 +95,10 @@ int raft_io_configuration_decode(const void *buf, size_t len, struct raft_config
 typedef int (*RaftIoExportRecordFunc)(char kind, const void *key, size_t key_len, const void *value,
                                       size_t value_len, void *userdata);
 /* Validates an export and calls `cb` for each record. -EBADMSG on garbage (nothing is trusted). */
+/* Calls cb for every record of `buf` (kind, varint key length, key, varint value length, value); -EBADMSG if
+ * the records are malformed (a key of 'h' is 8 bytes, a node key non-empty without NUL); *ret_n: count. */
+int raft_io_snapshot_records_parse(const void *buf, size_t size, RaftIoExportRecordFunc cb, void *userdata,
+                                   uint64_t *ret_n);
 int raft_io_snapshot_export_parse(const void *buf, size_t len, uint64_t *ret_applied, uint64_t *ret_etcd_index,
                                   RaftIoExportRecordFunc cb, void *userdata);
 

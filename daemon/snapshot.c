@@ -163,48 +163,6 @@ int snapshot_chunk_decode(const void *buf, size_t size, SnapshotChunk *ret) {
         return 0;
 }
 
-int snapshot_records_parse(const void *buf, size_t size,
-                           int (*cb)(char kind, const void *key, size_t key_len, const void *value,
-                                     size_t value_len, void *userdata),
-                           void *userdata, uint64_t *ret_n) {
-        const uint8_t *p = buf;
-        uint64_t n_records = 0;
-        size_t off = 0;
-
-        while (off < size) {
-                uint64_t klen, vlen;
-                const uint8_t *k, *v;
-                char kind = (char) p[off++];
-                size_t n;
-
-                if (kind != 'n' && kind != 'h')
-                        return -EBADMSG;
-                n = codec_varint_get(p + off, size - off, &klen);
-                if (n == 0 || klen > size - off - n)
-                        return -EBADMSG;
-                off += n;
-                k = p + off;
-                off += klen;
-                n = codec_varint_get(p + off, size - off, &vlen);
-                if (n == 0 || vlen > size - off - n)
-                        return -EBADMSG;
-                off += n;
-                v = p + off;
-                off += vlen;
-                if ((kind == 'h' && klen != 8) || (kind == 'n' && (klen == 0 || memchr(k, 0, klen))))
-                        return -EBADMSG;
-                if (cb) {
-                        int r = cb(kind, k, klen, v, vlen, userdata);
-                        if (r < 0)
-                                return r;
-                }
-                n_records++;
-        }
-        if (ret_n)
-                *ret_n = n_records;
-        return 0;
-}
-
 /* ---- sending (leader) ---- */
 
 typedef struct SnapshotSender SnapshotSender;
@@ -665,7 +623,7 @@ void snapshot_streams_chunk(SnapshotStreams *ss, uint64_t from, uint64_t stream_
                 return;
         }
 
-        r = snapshot_records_parse(c.records, c.records_size, stage_record, &ctx, &n);
+        r = raft_io_snapshot_records_parse(c.records, c.records_size, stage_record, &ctx, &n);
         if (r < 0) {
                 log_warning_errno(r, "Bad records in snapshot stream %" PRIx64 " from member %" PRIx64
                                   ", dropping the stream: %m", stream_id, from);

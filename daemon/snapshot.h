@@ -74,11 +74,6 @@ typedef struct SnapshotChunk {
 int snapshot_chunk_encode(uint64_t stream_id, const SnapshotChunk *c, uint8_t **ret, size_t *ret_size);
 /* Decodes a chunk body (after the kind byte and stream ID); records point into `buf`. -EBADMSG. */
 int snapshot_chunk_decode(const void *buf, size_t size, SnapshotChunk *ret);
-/* Calls cb for every record; -EBADMSG if the records are malformed (nothing is trusted). */
-int snapshot_records_parse(const void *buf, size_t size,
-                           int (*cb)(char kind, const void *key, size_t key_len, const void *value,
-                                     size_t value_len, void *userdata),
-                           void *userdata, uint64_t *ret_n);
 
 typedef struct SnapshotStreams SnapshotStreams;
 int snapshot_streams_new(sd_event *event, Persist *persist, RaftIo *rio, PeerTransport *peers,

@@ -85,7 +85,7 @@ static void test_chunk_codec(void **state) {
         assert_int_equal(d.n_records, 3);
         assert_int_equal(d.crc, 0xdeadbeef);
         assert_int_equal(d.records_size, n);
-        assert_int_equal(snapshot_records_parse(d.records, d.records_size, seen_cb, &seen, &count), 0);
+        assert_int_equal(raft_io_snapshot_records_parse(d.records, d.records_size, seen_cb, &seen, &count), 0);
         assert_int_equal(count, 3);
         assert_int_equal(seen.n_nodes, 2);
         assert_string_equal(seen.keys[1], "/a/b");
@@ -100,7 +100,7 @@ static void test_chunk_codec(void **state) {
 
         /* Every truncation of the records fails (no record ends exactly at those points but the three). */
         for (size_t k = 1; k < n; k++) {
-                int r = snapshot_records_parse(recs, k, NULL, NULL, &count);
+                int r = raft_io_snapshot_records_parse(recs, k, NULL, NULL, &count);
 
                 if (r == 0)
                         assert_true(k == 7 || k == 16);   /* after the first, second record */
@@ -109,16 +109,16 @@ static void test_chunk_codec(void **state) {
         }
         /* A history key that is not 8 bytes, a node key with a NUL, an empty key, a length past the end. */
         n = put_record(recs, 'h', "\0\0\5", 3, "e", 1);
-        assert_int_equal(snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
+        assert_int_equal(raft_io_snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
         n = put_record(recs, 'n', "/a\0b", 4, "v", 1);
-        assert_int_equal(snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
+        assert_int_equal(raft_io_snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
         n = put_record(recs, 'n', "", 0, "v", 1);
-        assert_int_equal(snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
+        assert_int_equal(raft_io_snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
         n = put_record(recs, 'n', "/a", 2, "v", 1);
         recs[1] = 100;
-        assert_int_equal(snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
+        assert_int_equal(raft_io_snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
         recs[0] = 'x';
-        assert_int_equal(snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
+        assert_int_equal(raft_io_snapshot_records_parse(recs, n, NULL, NULL, NULL), -EBADMSG);
 }
 
 /* ---- persist: cursor, staging, install ---- */
