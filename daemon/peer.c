@@ -557,15 +557,11 @@ static int on_flush(sd_event_source *s, void *userdata) {
         return 0;
 }
 
-int peer_transport_send_raft(PeerTransport *t, const struct raft_message *m) {
-        Peer *p;
+static int send_one(PeerTransport *t, Peer *p, const struct raft_message *m) {
         uint8_t *buf;
         size_t size;
         int r;
 
-        p = peer_get(t, m->server_id, m->server_address);
-        if (!p)
-                return -ENOMEM;
         r = peer_frame_size(m, t->self_address, &size);
         if (r < 0)
                 return log_warning_errno(r, "Cannot encode raft message of type %d: %m", m->type);
@@ -574,6 +570,61 @@ int peer_transport_send_raft(PeerTransport *t, const struct raft_message *m) {
                 return -ENOMEM;
         (void) peer_frame_write(m, t->cluster_id, t->member_id, t->self_address, buf);
         return peer_enqueue(p, buf, size, 0);
+}
+
+/* The body bound of the AppendEntries frames we send: a quarter of what a receiver accepts (its cap is
+ * ours: the same build and configuration), at most PEER_APPEND_FRAME_MAX. */
+static size_t append_frame_max(PeerTransport *t) {
+        size_t cap = t->frame_max > 0 ? t->frame_max : PEER_FRAME_BODY_MAX_DEFAULT;
+
+        return MIN(cap / 4, (size_t) PEER_APPEND_FRAME_MAX);
+}
+
+/* libraft 0.15 puts everything a follower misses into one AppendEntries (up to the whole log kept after
+ * a snapshot). A frame over the receiver's cap would be refused, the stream reset, and the same message
+ * sent again: the follower would never catch up. So a big one goes as several AppendEntries of
+ * consecutive entries, each a valid message on its own (same term and commit index, prev_log_index and
+ * prev_log_term of the entry before its first): the follower appends them in order and answers each;
+ * one lost in between is a rejection that libraft recovers from as from any lost message (Raft thesis
+ * §3.5). An entry bigger than the bound goes alone. */
+int peer_transport_send_raft(PeerTransport *t, const struct raft_message *m) {
+        const struct raft_append_entries *ae = &m->append_entries;
+        size_t max, size = 0;
+        unsigned first = 0;
+        Peer *p;
+        int r;
+
+        p = peer_get(t, m->server_id, m->server_address);
+        if (!p)
+                return -ENOMEM;
+        if (m->type != RAFT_IO_APPEND_ENTRIES || ae->n_entries <= 1)
+                return send_one(t, p, m);
+        max = append_frame_max(t);
+        for (unsigned i = 0; i < ae->n_entries; i++)
+                size += ae->entries[i].buf.len + 64;
+        if (size <= max)
+                return send_one(t, p, m);
+
+        while (first < ae->n_entries) {
+                struct raft_message piece = *m;
+                unsigned n = 0;
+
+                size = 0;
+                while (first + n < ae->n_entries &&
+                       (n == 0 || size + ae->entries[first + n].buf.len + 64 <= max)) {
+                        size += ae->entries[first + n].buf.len + 64;
+                        n++;
+                }
+                piece.append_entries.prev_log_index = ae->prev_log_index + first;
+                piece.append_entries.prev_log_term = first == 0 ? ae->prev_log_term : ae->entries[first - 1].term;
+                piece.append_entries.entries = ae->entries + first;
+                piece.append_entries.n_entries = n;
+                r = send_one(t, p, &piece);
+                if (r < 0)
+                        return r;   /* the rest is not sent either: as a lost message */
+                first += n;
+        }
+        return 0;
 }
 
 int peer_transport_send_opaque(PeerTransport *t, uint64_t to, const char *address, const void *body, size_t size,

@@ -39,6 +39,9 @@ typedef void (*PeerRefusedFunc)(PeerTransport *t, uint64_t peer_id, int status, 
 
 /* Default cap of the bytes queued for one peer; beyond it messages are dropped (and counted). */
 #define PEER_QUEUE_MAX_DEFAULT ((size_t) 64 * 1024 * 1024)
+/* An AppendEntries body we send is at most this big (a single bigger entry goes alone): see
+ * peer_transport_send_raft(). */
+#define PEER_APPEND_FRAME_MAX ((size_t) 4 * 1024 * 1024)
 #define PEER_BACKOFF_MIN_USEC (50 * USEC_PER_MSEC)
 #define PEER_BACKOFF_MAX_USEC (1 * USEC_PER_SEC)
 

@@ -33,6 +33,8 @@ typedef struct Node {
         char last_opaque[64];
         int refused_status;
         int check_answer;        /* what the check callback answers */
+        /* AppendEntries as received: prev_log_index, prev_log_term, n_entries, first entry's term */
+        uint64_t ae[16][4];
 } Node;
 
 static sd_event *event;
@@ -69,6 +71,14 @@ static void on_recv(PeerTransport *t, PeerFrame *f, void *userdata) {
                 n->last_term = f->message.request_vote.term;
                 break;
         case RAFT_IO_APPEND_ENTRIES:
+                if (n->n_appends < ELEMENTSOF(n->ae)) {
+                        const struct raft_append_entries *ae = &f->message.append_entries;
+
+                        n->ae[n->n_appends][0] = ae->prev_log_index;
+                        n->ae[n->n_appends][1] = ae->prev_log_term;
+                        n->ae[n->n_appends][2] = ae->n_entries;
+                        n->ae[n->n_appends][3] = ae->n_entries > 0 ? ae->entries[0].term : 0;
+                }
                 n->n_appends++;
                 n->n_entries += f->message.append_entries.n_entries;
                 for (unsigned i = 0; i < f->message.append_entries.n_entries; i++)
@@ -200,6 +210,52 @@ static void test_exchange(void **state) {
         /* Unknown opaque destination without an address. */
         assert_int_equal(peer_transport_send_opaque(a.t, 99, NULL, "x", 1, 0), -ENOENT);
 
+        node_stop(&a);
+        node_stop(&b);
+}
+
+static bool entries_reached(void *userdata) {
+        return ((Node *) userdata)->n_entries >= want;
+}
+
+/* An AppendEntries over the frame bound goes as several valid ones (libraft 0.15 sends a follower's
+ * whole missing tail in one): consecutive entries, each with the prev_log_index/prev_log_term of the
+ * entry before its first, and all of them under the receiver's cap. */
+static void test_append_split(void **state) {
+        Node a = {}, b = {};
+        struct raft_entry entries[10];
+        static uint8_t payload[10][1000];
+
+        node_start(&a, 1, CLUSTER, 0);
+        node_start(&b, 2, CLUSTER, 0);
+        /* a cap of 16 KiB: pieces of at most 4 KiB, so three 1000-byte entries each */
+        peer_transport_set_frame_max(a.t, 16384);
+        peer_transport_set_frame_max(b.t, 16384);
+        for (unsigned i = 0; i < 10; i++) {
+                memset(payload[i], 'a' + i, sizeof(payload[i]));
+                entries[i] = (struct raft_entry) { .term = 4 + i / 4, .type = RAFT_COMMAND,
+                                                   .buf = { payload[i], sizeof(payload[i]) } };
+        }
+        {
+                struct raft_message m = {
+                        .type = RAFT_IO_APPEND_ENTRIES,
+                        .server_id = b.id,
+                        .server_address = b.url,
+                        .append_entries = { .term = 7, .prev_log_index = 20, .prev_log_term = 3, .leader_commit = 20,
+                                            .entries = entries, .n_entries = 10 },
+                };
+                assert_int_equal(peer_transport_send_raft(a.t, &m), 0);
+        }
+        want = 10;
+        run_until(entries_reached, &b, 5000000);
+        assert_int_equal(b.n_appends, 4);
+        for (unsigned k = 0, first = 0; k < 4; k++) {
+                assert_int_equal(b.ae[k][0], 20 + first);
+                assert_int_equal(b.ae[k][1], first == 0 ? 3 : entries[first - 1].term);
+                assert_int_equal(b.ae[k][2], k < 3 ? 3 : 1);
+                assert_int_equal(b.ae[k][3], entries[first].term);
+                first += (unsigned) b.ae[k][2];
+        }
         node_stop(&a);
         node_stop(&b);
 }
@@ -518,6 +574,7 @@ static void test_backpressure(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_exchange),
+                cmocka_unit_test(test_append_split),
                 cmocka_unit_test(test_reconnect),
                 cmocka_unit_test(test_refusals),
                 cmocka_unit_test(test_garbage),
