@@ -289,15 +289,20 @@ def test_snapshot_stream_sender_killed(make_cluster):
         time.sleep(0.05)
     time.sleep(0.3)
     assert not log_has(lagging, r"Received snapshot stream"), "the stream was not slow enough to cut"
-    leader.kill9()
+    # The member that streams is the leader now: under a slow build the leadership may have moved during
+    # the writes, so kill the sender the log names, not the leader seen before them.
+    sid = int(re.search(r"Receiving a snapshot from member ([0-9a-f]+)", lagging.log_tail(2_000_000)).group(1), 16)
+    sender = next(m for m in c.members if m.id and int(m.id, 16) == sid)
+    other = next(m for m in c.members if m is not sender and m is not lagging)
+    sender.kill9()
 
-    new = c.wait_leader(timeout=30, exclude=(leader,))
-    assert new is not leader
+    new = c.wait_leader(timeout=30, exclude=(sender,))
+    assert new is not sender
     tree = wait_converged([lagging, other], prefix, timeout=40)
     assert {k: v[0] for k, v in tree.items()} == written
     assert log_has(lagging, r"Installed the leader's streamed snapshot")
     senders = set(re.findall(r"Receiving a snapshot from member ([0-9a-f]+)", lagging.log_tail(2_000_000)))
-    assert len(senders) == 2, senders   # the dead leader's stream, then the new leader's
-    leader.restart()
+    assert len(senders) == 2, senders   # the dead sender's stream, then the new leader's
+    sender.restart()
     c.wait_leader(timeout=30)
     wait_identical(c.members)
