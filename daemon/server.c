@@ -49,10 +49,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <json-c/json.h>
 #include <raft.h>
-#include <strings.h>
 
 #include "codec.h"
 #include "config-build.h"
@@ -60,6 +58,7 @@
 #include "peer.h"
 #include "persist.h"
 #include "membership.h"
+#include "join.h"
 #include "raft-io.h"
 #include "server-internal.h"
 #include "snapshot.h"
@@ -1447,182 +1446,6 @@ static int server_bootstrap(Server *s, const Config *c) {
         return 0;
 }
 
-static size_t curl_collect(char *ptr, size_t size, size_t n, void *userdata) {
-        FILE *f = userdata;
-
-        return fwrite(ptr, size, n, f);
-}
-
-static size_t curl_header(char *ptr, size_t size, size_t n, void *userdata) {
-        uint64_t *cluster = userdata;
-        size_t len = size * n;
-        const char *name = "X-Etcd-Cluster-ID:";
-
-        if (len > strlen(name) && strncasecmp(ptr, name, strlen(name)) == 0) {
-                char buf[64];
-                size_t l = MIN(len - strlen(name), sizeof(buf) - 1);
-
-                memcpy(buf, ptr + strlen(name), l);
-                buf[l] = 0;
-                *cluster = strtoull(buf, NULL, 16);
-        }
-        return len;
-}
-
-static bool url_sets_equal(const EtcdUrlList *a, json_object *urls) {
-        size_t n = json_object_is_type(urls, json_type_array) ? json_object_array_length(urls) : 0;
-
-        if (n != a->n)
-                return false;
-        for (size_t i = 0; i < a->n; i++) {
-                bool found = false;
-
-                for (size_t j = 0; j < n && !found; j++) {
-                        const char *u = json_object_get_string(json_object_array_get_idx(urls, j));
-
-                        found = u && streq(u, a->urls[i].str);
-                }
-                if (!found)
-                        return false;
-        }
-        return true;
-}
-
-/* GET <peer URL>/members: the JSON array and the X-Etcd-Cluster-ID header. 0, or < 0 (logged at debug). */
-static int fetch_members(const char *peer_url, long timeout_ms, json_object **ret, uint64_t *ret_cluster) {
-        _cleanup_(freep) char *body = NULL, *url = NULL;
-        size_t body_len = 0;
-        uint64_t cluster = 0;
-        json_object *j;
-        CURL *curl;
-        FILE *f;
-        long code = 0;
-        CURLcode cr;
-
-        if (asprintf(&url, "%s/members", peer_url) < 0)
-                return -ENOMEM;
-        f = open_memstream(&body, &body_len);
-        if (!f)
-                return -ENOMEM;
-        curl = curl_easy_init();
-        if (!curl) {
-                fclose(f);
-                return -ENOMEM;
-        }
-        (void) curl_easy_setopt(curl, CURLOPT_URL, url);
-        (void) curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-        (void) curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
-        (void) curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, curl_collect);
-        (void) curl_easy_setopt(curl, CURLOPT_WRITEDATA, f);
-        (void) curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, curl_header);
-        (void) curl_easy_setopt(curl, CURLOPT_HEADERDATA, &cluster);
-        cr = curl_easy_perform(curl);
-        (void) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
-        curl_easy_cleanup(curl);
-        fclose(f);
-        if (cr != CURLE_OK || code != 200 || !body) {
-                log_debug("Could not get the member list from %s: %s", url,
-                          cr != CURLE_OK ? curl_easy_strerror(cr) : "bad status");
-                return -EHOSTUNREACH;
-        }
-        j = json_tokener_parse(body);
-        if (!j || !json_object_is_type(j, json_type_array)) {
-                json_object_put(j);
-                log_warning("Could not parse the member list from %s.", url);
-                return -EBADMSG;
-        }
-        *ret = j;
-        *ret_cluster = cluster;
-        return 0;
-}
-
-/* --initial-cluster-state existing: ask the other members (GET <peer>/members) for the cluster; our
- * ID and the cluster ID come from there, not from hashing (etcd2's GetClusterFromRemotePeers). */
-static int fetch_existing_cluster(const Config *c, uint64_t *ret_member_id, uint64_t *ret_cluster_id) {
-        const ClusterMember *self = NULL;
-
-        for (size_t i = 0; i < c->n_initial_members; i++)
-                if (streq(strempty(c->initial_members[i].name), strempty(c->name)))
-                        self = &c->initial_members[i];
-        if (!self)
-                return log_error_errno(-EINVAL, "Couldn't find local name \"%s\" in the initial cluster configuration.",
-                                       strempty(c->name));
-
-        for (size_t i = 0; i < c->n_initial_members; i++) {
-                const ClusterMember *m = &c->initial_members[i];
-
-                if (m == self)
-                        continue;
-                for (size_t u = 0; u < m->peer_urls.n; u++) {
-                        json_object *j = NULL;
-                        uint64_t cluster = 0;
-
-                        if (fetch_members(m->peer_urls.urls[u].str, 10000, &j, &cluster) < 0)
-                                continue;
-                        if (json_object_array_length(j) != c->n_initial_members) {
-                                json_object_put(j);
-                                return log_error_errno(-EINVAL, "Error validating peerURLs: member count is unequal.");
-                        }
-                        for (size_t k = 0; k < json_object_array_length(j); k++) {
-                                json_object *e = json_object_array_get_idx(j, k), *id, *urls;
-
-                                if (!json_object_object_get_ex(e, "id", &id) ||
-                                    !json_object_object_get_ex(e, "peerURLs", &urls))
-                                        continue;
-                                if (url_sets_equal(&self->peer_urls, urls)) {
-                                        *ret_member_id = json_object_get_uint64(id);
-                                        *ret_cluster_id = cluster;
-                                        json_object_put(j);
-                                        if (*ret_member_id == 0 || cluster == 0)
-                                                return log_error_errno(-EINVAL, "Got no member or cluster ID from %s.",
-                                                                       m->peer_urls.urls[u].str);
-                                        log_info("Joining existing cluster %" PRIx64 " as member %" PRIx64 ".",
-                                                 cluster, *ret_member_id);
-                                        return 0;
-                                }
-                        }
-                        json_object_put(j);
-                        return log_error_errno(-EINVAL, "Error validating peerURLs: unmatched member while checking PeerURLs.");
-                }
-        }
-        return log_error_errno(-EHOSTUNREACH, "Cannot fetch cluster info from peer URLs: could not retrieve cluster "
-                               "information from the given URLs.");
-}
-
-/* --initial-cluster-state new on an empty data dir: if the other members already know us with client
- * URLs, this member ran before and lost its data; refuse (etcd2's isMemberBootstrapped). */
-static int check_not_bootstrapped(const Config *c) {
-        for (size_t i = 0; i < c->n_initial_members; i++) {
-                const ClusterMember *m = &c->initial_members[i];
-
-                if (m->id == c->member_id)
-                        continue;
-                for (size_t u = 0; u < m->peer_urls.n; u++) {
-                        json_object *j = NULL;
-                        uint64_t cluster = 0;
-
-                        if (fetch_members(m->peer_urls.urls[u].str, 1000, &j, &cluster) < 0)
-                                continue;
-                        for (size_t k = 0; k < json_object_array_length(j); k++) {
-                                json_object *e = json_object_array_get_idx(j, k), *id, *curls;
-
-                                if (json_object_object_get_ex(e, "id", &id) &&
-                                    json_object_get_uint64(id) == c->member_id &&
-                                    json_object_object_get_ex(e, "clientURLs", &curls) &&
-                                    json_object_is_type(curls, json_type_array) && json_object_array_length(curls) > 0) {
-                                        json_object_put(j);
-                                        return log_error_errno(-EEXIST, "member %" PRIx64 " has already been bootstrapped",
-                                                               c->member_id);
-                                }
-                        }
-                        json_object_put(j);
-                        break;
-                }
-        }
-        return 0;
-}
-
-
 static int initial_members_load(Server *s, const Config *c) {
         s->initial_members = calloc(MAX(c->n_initial_members, (size_t) 1), sizeof(InitialMember));
         if (!s->initial_members)
@@ -1667,12 +1490,12 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
                 uint64_t member_id = config->member_id, cluster_id = config->cluster_id;
 
                 if (config->initial_cluster_state == CLUSTER_STATE_EXISTING) {
-                        r = fetch_existing_cluster(config, &member_id, &cluster_id);
+                        r = join_fetch_existing_cluster(config, &member_id, &cluster_id);
                         if (r < 0)
                                 return r;
                         join = true;
                 } else if (config->n_initial_members > 1 && !config->force_new_cluster) {
-                        r = check_not_bootstrapped(config);
+                        r = join_check_not_bootstrapped(config);
                         if (r < 0)
                                 return r;
                 }

@@ -194,3 +194,17 @@ def test_follower_catch_up_after_snapshot(make_cluster):
     assert r.status_code == 201, r.text
     written[f"{prefix}/after"] = ("x", r.json()["node"]["modifiedIndex"])
     wait_converged(c.members, prefix, want=written, timeout=10)
+
+
+def test_lost_data_dir_refused(make_cluster):
+    # A member that ran before and lost its data dir must not bootstrap a second time with
+    # --initial-cluster-state new: the others know it with client URLs (etcd2's isMemberBootstrapped).
+    c = make_cluster(3)
+    victim = c.followers(c.leader())[0]
+    assert victim.stop() in (0, -15)
+    shutil.rmtree(victim.data_dir)
+    os.mkdir(victim.data_dir)
+    victim.start(c.initial_cluster(), "new")
+    rc = victim.wait_exit(30)
+    assert rc is not None and rc != 0, victim.log_tail(3000)
+    assert "has already been bootstrapped" in victim.log_tail(20000), victim.log_tail(3000)
