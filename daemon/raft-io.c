@@ -221,8 +221,28 @@ static int on_fatal(sd_event_source *s, void *userdata) {
  * and the process exits non-zero after RAFT_IO_FATAL_GRACE_USEC; at once if the loop is not running
  * (start-up, shutdown). A write that was in the failed batch may or may not be on disk: it was never
  * acknowledged, and on restart Raft decides it like any uncommitted entry. */
-static void raft_io_fatal(RaftIo *rio, int error, const char *what) {
+/* The LOG_CRIT line and the STATUS=/ERRNO= for systemd of a member that stops. */
+static void fatal_report(RaftIo *rio, int error, const char *what, const char *why) {
         char member[64], errno_field[32];
+
+        (void) snprintf(member, sizeof member, "ETCD_MEMBER_ID=%" PRIx64, (uint64_t) rio->id);
+        (void) snprintf(errno_field, sizeof errno_field, "ETCD_STORAGE_ERRNO=%i", -error);
+        (void) log_struct_errno(LOG_CRIT, error, LOG_FIELDS(member, "ETCD_EVENT=storage-failed", errno_field),
+                                "Failed to %s: %m. Stopping: %s", what, why);
+        (void) sd_notifyf(false, "STATUS=Storage failure: failed to %s: %s\nERRNO=%i", what, strerror(-error),
+                          -error);
+}
+
+void raft_io_die(RaftIo *rio, int error, const char *what) {
+        if (error >= 0)
+                error = -EIO;
+        fatal_report(rio, error, what, "memory and disk could disagree if it went on (a restart continues "
+                     "from what is on disk).");
+        raft_io_exit(EXIT_FAILURE);
+        _exit(EXIT_FAILURE);   /* a unit test's raft_io_exit returns; this path must not */
+}
+
+static void raft_io_fatal(RaftIo *rio, int error, const char *what) {
         int state;
 
         if (rio->failed)
@@ -231,13 +251,8 @@ static void raft_io_fatal(RaftIo *rio, int error, const char *what) {
         if (error >= 0)
                 error = -EIO;
 
-        (void) snprintf(member, sizeof member, "ETCD_MEMBER_ID=%" PRIx64, (uint64_t) rio->id);
-        (void) snprintf(errno_field, sizeof errno_field, "ETCD_STORAGE_ERRNO=%i", -error);
-        (void) log_struct_errno(LOG_CRIT, error, LOG_FIELDS(member, "ETCD_EVENT=storage-failed", errno_field),
-                                "Failed to %s: %m. Stopping: a member that cannot persist its Raft log "
-                                "must not go on (restart it once the disk is fixed).", what);
-        (void) sd_notifyf(false, "STATUS=Storage failure: failed to %s: %s\nERRNO=%i", what, strerror(-error),
-                          -error);
+        fatal_report(rio, error, what, "a member that cannot persist its Raft log must not go on (restart it "
+                     "once the disk is fixed).");
 
         rio->tick_source = sd_event_source_disable_unref(rio->tick_source);
         (void) sd_event_source_set_enabled(rio->lazy_source, SD_EVENT_OFF);
@@ -326,8 +341,7 @@ static int group_write(RaftIo *rio, AppendGroup *g) {
                 /* The durable marker says "install this staging", the live state may be half gone:
                  * running on (a new stream would overwrite the staging) could lose the state. Stop;
                  * a restart finishes the install from the marker. */
-                log_full_errno(LOG_CRIT, r, "Failed to install the staged snapshot, stopping: %m");
-                _exit(EXIT_FAILURE);
+                raft_io_die(rio, r, "install the staged snapshot");
         }
         return r;
 }

@@ -64,6 +64,10 @@ void raft_io_deliver(RaftIo *io, struct raft_message *message);
 typedef void (*RaftIoFatalCallback)(RaftIo *io, void *userdata);
 void raft_io_set_fatal_callback(RaftIo *io, RaftIoFatalCallback cb, void *userdata);
 bool raft_io_failed(RaftIo *io);
+/* For failures after which not even the loop may run on (a durable snapshot that cannot be installed
+ * or loaded: memory and disk would differ): the same LOG_CRIT and STATUS=/ERRNO= as a storage failure,
+ * then exit status 1 at once. */
+__attribute__((noreturn)) void raft_io_die(RaftIo *io, int error, const char *what);
 /* _exit() after flushing stdio; unit tests replace it (it may then return). */
 extern void (*raft_io_exit)(int status);
 

@@ -316,7 +316,7 @@ static int fsm_install(Server *s, struct raft_buffer *buf) {
         r = snapshot_load_store(buf->base, buf->len, s->store, &st, &applied, &etcd_index);
         if (r < 0)
                 /* RocksDB holds the leader's state already: memory cannot follow, so stop. */
-                snapshot_fatal(r, "Failed to load the snapshot of the leader");
+                raft_io_die(s->rio, r, "load the snapshot of the leader");
         store_free(s->store);
         s->store = st;
         server_set_store_sink(s);

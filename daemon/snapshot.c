@@ -788,11 +788,6 @@ int snapshot_load_installed(Persist *persist, void **ret, void *userdata) {
         return 0;
 }
 
-void snapshot_fatal(int error, const char *what) {
-        log_full_errno(LOG_CRIT, error, "%s, stopping: %m", what);
-        _exit(EXIT_FAILURE);
-}
-
 Store *snapshot_take_installed(RaftIo *rio, Store *old, uint64_t stream_id, uint64_t *ret_applied) {
         uint64_t applied = 0;
         Store *st;
@@ -802,10 +797,10 @@ Store *snapshot_take_installed(RaftIo *rio, Store *old, uint64_t stream_id, uint
         /* RocksDB holds the new state, memory the old one: stop now; a restart loads the durable
          * state, which is consistent (or finishes the install from its marker). */
         if (!st)
-                snapshot_fatal(-ENODATA, "The installed snapshot has no loaded state");
+                raft_io_die(rio, -ENODATA, "load the installed snapshot's state");
         r = store_move_watchers(old, st);
         if (r < 0)
-                snapshot_fatal(r, "Cannot move the watchers to the installed snapshot's store");
+                raft_io_die(rio, r, "move the watchers to the installed snapshot's store");
         log_info("Installed the leader's streamed snapshot: applied Raft index %" PRIu64 ", etcd index %" PRIu64
                  ", %u watchers kept.", applied, store_index(st), store_n_watchers(st));
         *ret_applied = applied;

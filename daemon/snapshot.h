@@ -100,6 +100,3 @@ int snapshot_load_installed(Persist *persist, void **ret, void *userdata);
 /* fsm->restore of a streamed snapshot: the Store raft-io built, with the watchers of `old` moved
  * into it. A member that cannot have it stops (LOG_CRIT, exit status 1): memory and disk differ. */
 Store *snapshot_take_installed(RaftIo *rio, Store *old, uint64_t stream_id, uint64_t *ret_applied);
-/* Memory and disk can no longer agree (a snapshot is durable but cannot be loaded): LOG_CRIT and
- * exit status 1 at once. A restart loads the durable state, which is consistent. */
-__attribute__((noreturn)) void snapshot_fatal(int error, const char *what);
