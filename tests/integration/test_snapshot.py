@@ -35,6 +35,17 @@ def stream_env(delay_ms):
             "ETCD2_SNAPSHOT_TEST_DELAY_MS": str(delay_ms)}
 
 
+def start_until_streaming(lagging):
+    """Starts the member that needs a snapshot and returns once a (slowed) stream to it is under way."""
+    lagging.start()
+    deadline = time.monotonic() + 30
+    while not log_has(lagging, r"Receiving a snapshot from member"):
+        assert time.monotonic() < deadline, lagging.log_tail(5000)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert not log_has(lagging, r"Received snapshot stream"), "the stream was not slow enough to cut"
+
+
 def fill(members, prefix, n=N_KEYS, writers=4):
     """PUTs n keys of ~2.8 KiB through the given members; returns {key: value}."""
     written = {}
@@ -246,13 +257,7 @@ def test_snapshot_stream_receiver_killed(make_cluster):
     assert rc in (0, -15), rc
     written = fill(up, prefix, n=600)
 
-    lagging.start()
-    deadline = time.monotonic() + 30
-    while not log_has(lagging, r"Receiving a snapshot from member"):
-        assert time.monotonic() < deadline, lagging.log_tail(5000)
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert not log_has(lagging, r"Received snapshot stream"), "the stream was not slow enough to cut"
+    start_until_streaming(lagging)
     lagging.kill9()
 
     lagging.restart()
@@ -282,13 +287,7 @@ def test_snapshot_stream_sender_killed(make_cluster):
     assert rc in (0, -15), rc
     written = fill([leader, other], prefix, n=600)
 
-    lagging.start()
-    deadline = time.monotonic() + 30
-    while not log_has(lagging, r"Receiving a snapshot from member"):
-        assert time.monotonic() < deadline, lagging.log_tail(5000)
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert not log_has(lagging, r"Received snapshot stream"), "the stream was not slow enough to cut"
+    start_until_streaming(lagging)
     # The member that streams is the leader now: under a slow build the leadership may have moved during
     # the writes, so kill the sender the log names, not the leader seen before them.
     sid = int(re.search(r"Receiving a snapshot from member ([0-9a-f]+)", lagging.log_tail(2_000_000)).group(1), 16)
