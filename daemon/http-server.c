@@ -479,9 +479,9 @@ static int on_message_begin(llhttp_t *p) {
 
 static int on_url(llhttp_t *p, const char *at, size_t n) {
         HttpConn *c = parser_conn(p);
-        size_t max = c->service->limits.uri_max ?: c->service->limits.head_max;
+        size_t max = c->service->limits.uri_max;
 
-        if (c->uri_len + n > max) {
+        if (max > 0 && c->uri_len + n > max) {
                 c->refuse_status = 414;
                 return -1;
         }
