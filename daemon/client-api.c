@@ -756,7 +756,6 @@ static int reply_member(ApiRequest *r);
 
 static void on_member_done(int error, uint64_t id, void *userdata) {
         ApiRequest *r = userdata;
-
         HttpRequest *h = r->http;
 
         r->member_pending = false;
