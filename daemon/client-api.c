@@ -2,30 +2,33 @@
 /* client-api.c - the v2 client API and the peer endpoints, answered as etcd2 v2.3.8 answers them. */
 
 /*
- * One function per endpoint, each fed one libmicrohttpd request by http-server.c once its body is in.
- * What a client sees is etcd2's etcdhttp package behind Go's ServeMux and etcd's CORS wrapper:
+ * A handler of the HTTP layer (http-server.h): one function per endpoint, each fed one request once its
+ * body is in. What a client sees is etcd2's etcdhttp package behind Go's ServeMux and etcd's CORS
+ * wrapper:
  *  - OPTIONS is answered 200 with no body before anything else (pkg/cors), for any path;
  *  - a path that path.Clean would change gets a 301 to the clean path (ServeMux), query kept;
  *  - each handler first checks its methods (405 with "Allow: A,B"), then sets X-Etcd-Cluster-ID;
  *  - key errors are etcd error JSON with X-Etcd-Index, everything else {"message":"..."}.
  *
- * Plain reads are answered from the local store right away. Writes and quorum reads become proposals:
- * the connection is suspended until the proposal's callback, then resumed, and libmicrohttpd calls the
- * handler again, which queues the answer. Watches queue a chunked response at once (etcd2 flushes the
- * headers immediately) whose reader hands out the events; with nothing to send, the reader suspends
- * the connection and the watcher callback resumes it.
+ * Plain reads are answered from the local store right away. Writes and quorum reads become proposals,
+ * answered from the proposal's callback. Watches start a chunked answer at once (etcd2 flushes the
+ * headers immediately) and write each event as the watcher hands it over; events wait in the request's
+ * queue only while the client reads slower than they come (flow control through drained()).
+ *
+ * The per-request state (ApiRequest) lives at the layer's r->data. The layer may finish the request
+ * (done()) as soon as an answer is complete, so nothing touches the ApiRequest after replying.
  */
 
+#include <assert.h>
 #include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <strings.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
-
-#include <sys/socket.h>
 
 #include "client-api.h"
 #include "peer.h"
@@ -36,11 +39,57 @@
 
 #define STRLEN(s) (sizeof(s) - 1)
 #define WATCH_QUEUE_MAX 100      /* etcd2: each watcher's channel holds 100 events, then it is dropped */
+/* A stream's events are handed to the layer while less than this is waiting for the socket; beyond, they
+ * stay in the queue (at most WATCH_QUEUE_MAX) until drained(). */
+#define WATCH_PENDING_MAX ((size_t) 64 * 1024)
 #define CONTENT_TYPE_JSON "application/json"
 #define CONTENT_TYPE_TEXT "text/plain; charset=utf-8"
 #define CONTENT_TYPE_FORM "application/x-www-form-urlencoded"
 #define AUTH_NOT_SUPPORTED "v2 auth is not supported yet by this etcd2"
 #define MEMBERSHIP_NOT_SUPPORTED "membership changes are not supported yet by this etcd2"
+
+struct ClientApi {
+        Server *server;
+        const Config *config;
+        bool peer;               /* the peer endpoints, not the client API */
+};
+
+/* The headers of an accepted `POST /raft/stream`, kept for the peer transport: the request is gone by
+ * the time the socket is handed over. */
+typedef struct PeerUpgrade {
+        Server *server;
+        char *from, *cluster, *version, *min_version;
+} PeerUpgrade;
+
+typedef struct ApiRequest {
+        HttpRequest *http;
+        ClientApi *api;
+
+        /* membership changes (server_member_*()): answered from their callback */
+        bool member_op;
+        bool member_pending;     /* the callback is still to come */
+        int member_error;
+        uint64_t member_id;
+        char **member_urls;
+
+        /* GET /new?size=N (--enable-discovery-service): answered with token_url once the size is written */
+        bool token_op;
+        char *token_url;
+
+        /* writes and quorum reads */
+        ServerProposal *proposal;
+
+        /* watches */
+        StoreWatcher *watcher;
+        bool stream;
+        bool watching;           /* the chunked answer has begun */
+        bool watch_done;         /* no more events will come: end the body after the queue drains */
+        StoreEvent **queue;      /* events not yet handed to the layer (each a reference and a pin) */
+        size_t n_queue, queue_alloc;
+
+        /* a peer stream being upgraded: freed by taken(), or by hangup() if that never comes */
+        PeerUpgrade *upgrade;
+} ApiRequest;
 
 static bool strv_contains(char **l, const char *s) {
         STRV_FOREACH(i, l)
@@ -65,21 +114,20 @@ static uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
 }
 
-static Server *req_server(HttpRequest *r) {
-        return http_daemon_server(r->daemon);
+static Server *req_server(ApiRequest *r) {
+        return r->api->server;
 }
 
-static Store *req_store(HttpRequest *r) {
+static Store *req_store(ApiRequest *r) {
         return server_store(req_server(r));
 }
 
-static const char *req_header(HttpRequest *r, const char *name) {
-        return MHD_lookup_connection_value(r->connection, MHD_HEADER_KIND, name);
+static const char *req_header(ApiRequest *r, const char *name) {
+        return http_request_header(r->http, name);
 }
 
 /* The media type of Content-Type, without parameters, lower-cased into buf ("" if absent). */
-static const char *req_media_type(HttpRequest *r, char *buf, size_t size) {
-        const char *ct = req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+static const char *media_type(const char *ct, char *buf, size_t size) {
         size_t n = 0;
 
         if (ct) {
@@ -94,13 +142,21 @@ static const char *req_media_type(HttpRequest *r, char *buf, size_t size) {
         return buf;
 }
 
+static const char *req_media_type(ApiRequest *r, char *buf, size_t size) {
+        return media_type(req_header(r, "Content-Type"), buf, size);
+}
+
 /* --- responses ------------------------------------------------------------------------------ */
 
-static void add_cors(HttpRequest *r, struct MHD_Response *resp) {
-        const Config *c = http_daemon_config(r->daemon);
+/* Each reply_*() answers the request (the layer may end it right away: the ApiRequest is not to be
+ * touched afterwards) and returns 0, or returns -ENOMEM having answered nothing; the entry point then
+ * answers 500 and closes the connection (where libmicrohttpd used to drop it). */
+
+static void add_cors(ApiRequest *r) {
+        const Config *c = r->api->config;
         const char *origin = NULL;
 
-        if (http_daemon_kind(r->daemon) != HTTP_LISTENER_CLIENT || !c->cors)
+        if (r->api->peer || !c->cors)
                 return;
 
         STRV_FOREACH(o, c->cors)
@@ -120,93 +176,55 @@ static void add_cors(HttpRequest *r, struct MHD_Response *resp) {
         if (!origin)
                 return;
 
-        (void) MHD_add_response_header(resp, "Access-Control-Allow-Methods", "POST, GET, OPTIONS, PUT, DELETE");
-        (void) MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
-        (void) MHD_add_response_header(resp, "Access-Control-Allow-Headers", "accept, content-type, authorization");
+        http_response_header(r->http, "Access-Control-Allow-Methods", "POST, GET, OPTIONS, PUT, DELETE");
+        http_response_header(r->http, "Access-Control-Allow-Origin", origin);
+        http_response_header(r->http, "Access-Control-Allow-Headers", "accept, content-type, authorization");
 }
 
-void client_api_add_cors(HttpRequest *r, struct MHD_Response *resp) {
-        add_cors(r, resp);
+static void add_cluster_id(ApiRequest *r) {
+        http_response_header_u64(r->http, "X-Etcd-Cluster-Id", server_cluster_id(req_server(r)), 16);
 }
 
-/* u64 as decimal or lower-case hex into buf (at least 21 bytes); returns buf. snprintf() was ~2 % of a
- * GET's CPU with four such headers per response. */
-static const char *format_u64(char *buf, uint64_t v, unsigned base) {
-        char tmp[24];
-        size_t n = 0, i = 0;
-
-        do {
-                tmp[n++] = "0123456789abcdef"[v % base];
-                v /= base;
-        } while (v > 0);
-        while (n > 0)
-                buf[i++] = tmp[--n];
-        buf[i] = 0;
-        return buf;
+static void add_uint_header(ApiRequest *r, const char *name, uint64_t v) {
+        http_response_header_u64(r->http, name, v, 10);
 }
 
-static void add_cluster_id(HttpRequest *r, struct MHD_Response *resp) {
-        char buf[24];
-
-        (void) MHD_add_response_header(resp, "X-Etcd-Cluster-Id", format_u64(buf, server_cluster_id(req_server(r)), 16));
+static void add_raft_headers(ApiRequest *r) {
+        add_uint_header(r, "X-Raft-Index", server_raft_index(req_server(r)));
+        add_uint_header(r, "X-Raft-Term", server_raft_term(req_server(r)));
 }
 
-static void add_uint_header(struct MHD_Response *resp, const char *name, uint64_t v) {
-        char buf[24];
-
-        (void) MHD_add_response_header(resp, name, format_u64(buf, v, 10));
+/* A complete answer (body copied), with the CORS headers last, as etcd's wrapper adds them. */
+static int reply(ApiRequest *r, unsigned status, const char *content_type, const void *body, size_t len) {
+        add_cors(r);
+        http_reply(r->http, status, content_type, body ?: "", len);
+        return 0;
 }
 
-static void add_raft_headers(HttpRequest *r, struct MHD_Response *resp) {
-        add_uint_header(resp, "X-Raft-Index", server_raft_index(req_server(r)));
-        add_uint_header(resp, "X-Raft-Term", server_raft_term(req_server(r)));
-}
+/* What an out-of-memory failure answers, with nothing answered yet. */
+static void reply_oom(HttpRequest *h) {
+        static const char text[] = "Internal Server Error\n";
 
-static enum MHD_Result queue(HttpRequest *r, unsigned status, struct MHD_Response *resp) {
-        enum MHD_Result ret;
-
-        if (!resp) {
-                log_oom();
-                return MHD_NO;
-        }
-        add_cors(r, resp);
-        ret = MHD_queue_response(r->connection, status, resp);
-        MHD_destroy_response(resp);
-        if (r->state != HTTP_REQUEST_WATCHING)
-                r->state = HTTP_REQUEST_QUEUED;
-        return ret;
-}
-
-static struct MHD_Response *resp_copy(const char *body, size_t len) {
-        return MHD_create_response_from_buffer(len, (void *) body, MHD_RESPMEM_MUST_COPY);
-}
-
-static struct MHD_Response *resp_typed(const char *content_type, const char *body, size_t len) {
-        struct MHD_Response *resp = resp_copy(body, len);
-
-        if (resp && content_type)
-                (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
-        return resp;
+        log_oom();
+        http_response_close(h);
+        http_reply(h, 500, CONTENT_TYPE_TEXT, text, STRLEN(text));
 }
 
 /* Go's http.Error(): text/plain, the text and a newline. */
-static struct MHD_Response *resp_go_error(const char *text) {
+static int reply_go_error(ApiRequest *r, unsigned status, const char *text) {
         char buf[256];
         int n = snprintf(buf, sizeof buf, "%s\n", text);
 
-        return resp_typed(CONTENT_TYPE_TEXT, buf, (size_t) MIN(n, (int) sizeof buf - 1));
+        return reply(r, status, CONTENT_TYPE_TEXT, buf, (size_t) MIN(n, (int) sizeof buf - 1));
 }
 
-static enum MHD_Result reply_not_found(HttpRequest *r) {
-        return queue(r, MHD_HTTP_NOT_FOUND, resp_go_error("404 page not found"));
+static int reply_not_found(ApiRequest *r) {
+        return reply_go_error(r, 404, "404 page not found");
 }
 
-static enum MHD_Result reply_method_not_allowed(HttpRequest *r, const char *allow) {
-        struct MHD_Response *resp = resp_go_error("Method Not Allowed");
-
-        if (resp)
-                (void) MHD_add_response_header(resp, "Allow", allow);
-        return queue(r, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+static int reply_method_not_allowed(ApiRequest *r, const char *allow) {
+        http_response_header(r->http, "Allow", allow);
+        return reply_go_error(r, 405, "Method Not Allowed");
 }
 
 static bool method_allowed(const char *method, const char *allow) {
@@ -223,74 +241,67 @@ static bool method_allowed(const char *method, const char *allow) {
 }
 
 /* httptypes.HTTPError: {"message":"..."} without a newline. */
-static enum MHD_Result reply_message(HttpRequest *r, unsigned status, const char *message, bool cluster_id) {
+static int reply_message(ApiRequest *r, unsigned status, const char *message, bool cluster_id) {
         HttpBuf b = {};
-        struct MHD_Response *resp = NULL;
+        int k;
 
-        if (http_buf_puts(&b, "{\"message\":") >= 0 &&
-            http_buf_json_string(&b, message, strlen(message)) >= 0 &&
-            http_buf_puts(&b, "}") >= 0)
-                resp = resp_typed(CONTENT_TYPE_JSON, b.data, b.len);
+        if (http_buf_puts(&b, "{\"message\":") < 0 ||
+            http_buf_json_string(&b, message, strlen(message)) < 0 ||
+            http_buf_puts(&b, "}") < 0) {
+                http_buf_done(&b);
+                return -ENOMEM;
+        }
+        if (cluster_id)
+                add_cluster_id(r);
+        k = reply(r, status, CONTENT_TYPE_JSON, b.data, b.len);
         http_buf_done(&b);
-        if (resp && cluster_id)
-                add_cluster_id(r, resp);
-        return queue(r, status, resp);
+        return k;
 }
 
-static enum MHD_Result reply_etcd_error(HttpRequest *r, EtcdError e, const char *cause, uint64_t index, unsigned status) {
-        struct MHD_Response *resp;
+static int reply_etcd_error(ApiRequest *r, EtcdError e, const char *cause, uint64_t index, unsigned status) {
         size_t len;
         char *json;
 
         json = etcd_error_to_json(e, cause, index, &len);
         if (!json)
-                return MHD_NO;
-        resp = MHD_create_response_from_buffer(len, json, MHD_RESPMEM_MUST_FREE);
-        if (!resp) {
-                free(json);
-                return MHD_NO;
-        }
-        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-        add_cluster_id(r, resp);
-        add_uint_header(resp, "X-Etcd-Index", index);
-        return queue(r, status ?: (unsigned) etcd_error_http_status(e), resp);
+                return -ENOMEM;
+        add_cluster_id(r);
+        add_uint_header(r, "X-Etcd-Index", index);
+        add_cors(r);
+        http_reply_ref(r->http, status ?: (unsigned) etcd_error_http_status(e), CONTENT_TYPE_JSON, json, len,
+                       free, json);
+        return 0;
 }
 
-static void event_unref_cb(void *cls) {
-        store_event_json_unpin(cls);
-        store_event_unref(cls);
+static void event_release(void *userdata) {
+        store_event_json_unpin(userdata);
+        store_event_unref(userdata);
 }
 
-static enum MHD_Result reply_event(HttpRequest *r, StoreEvent *e, uint64_t etcd_index) {
-        struct MHD_Response *resp;
-        unsigned status = MHD_HTTP_OK;
-
+static int reply_event(ApiRequest *r, StoreEvent *e, uint64_t etcd_index) {
+        unsigned status = 200;
         const char *json;
         size_t json_len;
 
         if (e->action == STORE_ACTION_CREATE || (e->action == STORE_ACTION_SET && !e->has_prev))
-                status = MHD_HTTP_CREATED;
+                status = 201;
 
         /* The event is rendered at answer time (the history keeps it raw) and the JSON is shared by
          * every answer that pins it meanwhile: one pin and one reference per response. */
         json = store_event_json(e, &json_len);
         if (!json)
-                return MHD_NO;
-        resp = MHD_create_response_from_buffer_with_free_callback_cls(json_len, (void *) json, event_unref_cb, e);
-        if (!resp) {
-                store_event_json_unpin(e);
-                return MHD_NO;
-        }
+                return -ENOMEM;
         store_event_ref(e);
 
-        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-        add_cluster_id(r, resp);
-        add_uint_header(resp, "X-Etcd-Index", etcd_index);
-        add_raft_headers(r, resp);
-        return queue(r, status, resp);
+        add_cluster_id(r);
+        add_uint_header(r, "X-Etcd-Index", etcd_index);
+        add_raft_headers(r);
+        add_cors(r);
+        http_reply_ref(r->http, status, CONTENT_TYPE_JSON, json, json_len, event_release, e);
+        return 0;
 }
 
-static enum MHD_Result reply_result(HttpRequest *r, StoreResult *res) {
+static int reply_result(ApiRequest *r, StoreResult *res) {
         if (res->error != ETCD_OK)
                 /* etcd2 turns server errors (timeouts, stopped, ...) into errorCode 300 with index 0 */
                 return reply_etcd_error(r, res->error, res->cause,
@@ -388,20 +399,22 @@ static EtcdError parse_key_params(const HttpForm *f, const char *method, KeyPara
 
 /* --- /v2/keys: proposals and watches -------------------------------------------------------- */
 
-static void on_proposal_done(StoreResult *res, void *userdata) {
-        HttpRequest *r = userdata;
+static int reply_token(ApiRequest *r, const StoreResult *res);
 
+static void on_proposal_done(StoreResult *res, void *userdata) {
+        ApiRequest *r = userdata;
+        HttpRequest *h = r->http;
+        int k;
+
+        /* res is borrowed, and good for the answer: reply_event() takes its own reference. */
         r->proposal = NULL;
-        r->result.error = res->error;
-        r->result.index = res->index;
-        r->result.cause = res->cause ? strdup(res->cause) : NULL;
-        r->result.event = res->event ? store_event_ref(res->event) : NULL;
-        r->state = HTTP_REQUEST_ANSWERED;
-        http_request_resume(r);
+        k = r->token_op ? reply_token(r, res) : reply_result(r, res);
+        if (k < 0)
+                reply_oom(h);
 }
 
-/* Takes the reference to e; pins its JSON until it has been sent. */
-static int watch_push(HttpRequest *r, StoreEvent *e) {
+/* Takes the reference to e; pins its JSON until it has been handed to the layer. */
+static int watch_push(ApiRequest *r, StoreEvent *e) {
         size_t json_len;
 
         if (r->n_queue >= r->queue_alloc) {
@@ -418,8 +431,37 @@ static int watch_push(HttpRequest *r, StoreEvent *e) {
         return 0;
 }
 
+/* Hands queued events to the layer while the client keeps up (the rest waits for drained()), and ends
+ * the answer once the watch is over and the queue is empty. The layer may end the request with the
+ * last piece: r is not touched after it. */
+static void watch_flush(ApiRequest *r) {
+        HttpRequest *h = r->http;
+
+        if (!r->watching)
+                return;
+
+        while (r->n_queue > 0 && http_stream_pending(h) < WATCH_PENDING_MAX) {
+                StoreEvent *e = r->queue[0];
+                bool last = r->watch_done && r->n_queue == 1;
+
+                memmove(r->queue, r->queue + 1, (r->n_queue - 1) * sizeof(StoreEvent *));
+                r->n_queue--;
+                if (last)
+                        r->watching = false;
+                /* A non-stream watch: the event and the final chunk leave in one write. */
+                http_stream_write(h, e->json, e->json_len, last); /* pinned: rendered; copied */
+                event_release(e);
+                if (last)
+                        return;
+        }
+        if (r->n_queue == 0 && r->watch_done) {
+                r->watching = false;
+                http_stream_end(h);
+        }
+}
+
 static int on_watch_event(StoreWatcher *w, StoreEvent *e, void *userdata) {
-        HttpRequest *r = userdata;
+        ApiRequest *r = userdata;
         int k = 0;
 
         if (r->n_queue >= WATCH_QUEUE_MAX || watch_push(r, store_event_ref(e)) < 0) {
@@ -434,48 +476,16 @@ static int on_watch_event(StoreWatcher *w, StoreEvent *e, void *userdata) {
                 r->watcher = NULL;
                 r->watch_done = true;
         }
-        if (r->suspended)
-                http_request_resume(r);
+        watch_flush(r);
         return k;
 }
 
-static ssize_t watch_reader(void *cls, uint64_t pos, char *buf, size_t max) {
-        HttpRequest *r = cls;
-
-        if (r->hung_up)
-                return MHD_CONTENT_READER_END_WITH_ERROR;
-
-        if (r->n_queue > 0) {
-                StoreEvent *e = r->queue[0];
-                size_t n = MIN(e->json_len - r->queue_offset, max); /* pinned: rendered */
-
-                memcpy(buf, e->json + r->queue_offset, n);
-                r->queue_offset += n;
-                if (r->queue_offset >= e->json_len) {
-                        store_event_json_unpin(e);
-                        store_event_unref(e);
-                        memmove(r->queue, r->queue + 1, (r->n_queue - 1) * sizeof(StoreEvent *));
-                        r->n_queue--;
-                        r->queue_offset = 0;
-                }
-                return (ssize_t) n;
-        }
-
-        if (r->watch_done)
-                return MHD_CONTENT_READER_END_OF_STREAM;
-
-        /* Nothing to send: park the connection until the watcher fires (or the client hangs up). */
-        http_request_suspend(r);
-        return 0;
-}
-
-static enum MHD_Result start_watch(HttpRequest *r, const KeyParams *p) {
+static int start_watch(ApiRequest *r, const KeyParams *p) {
         _cleanup_(freep) char *cause = NULL;
         Store *st = req_store(r);
         uint64_t start_index = store_index(st);
         StoreWatcher *w = NULL;
         StoreEvent *e = NULL;
-        struct MHD_Response *resp;
         int k;
 
         r->stream = p->stream;
@@ -491,7 +501,7 @@ static enum MHD_Result start_watch(HttpRequest *r, const KeyParams *p) {
         else {
                 if (watch_push(r, e) < 0) {
                         store_event_unref(e);
-                        return MHD_NO;
+                        return -ENOMEM;
                 }
                 /* etcd2 (store/watcher_hub.go): an event found in the history is all such a watcher ever
                  * gets, even with stream=true, since it is never registered with the hub. A stream then
@@ -500,22 +510,22 @@ static enum MHD_Result start_watch(HttpRequest *r, const KeyParams *p) {
                         r->watch_done = true;
         }
 
-        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, watch_reader, r, NULL);
-        if (!resp)
-                return MHD_NO;
-        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-        add_cluster_id(r, resp);
-        add_uint_header(resp, "X-Etcd-Index", start_index);
-        add_raft_headers(r, resp);
-        r->state = HTTP_REQUEST_WATCHING;
-        return queue(r, MHD_HTTP_OK, resp);
+        /* etcd2 flushes the headers at once: the client knows its watch is in place. */
+        add_cluster_id(r);
+        add_uint_header(r, "X-Etcd-Index", start_index);
+        add_raft_headers(r);
+        add_cors(r);
+        r->watching = true;
+        http_stream_begin(r->http, 200, CONTENT_TYPE_JSON, -1);
+        watch_flush(r);
+        return 0;
 }
 
 /* etcd answers every form it cannot parse with errorCode 210 and the parser's text as the cause; it has
  * no field cap of its own (see HTTP_FORM_FIELDS_MAX, which this text names), so this cause is ours. */
 #define TOO_MANY_FIELDS "too many form fields (more than 10000)"
 
-static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const char *key, const char *query) {
+static int handle_keys(ApiRequest *r, const char *method, const char *key, const char *query) {
         _cleanup_(http_form_done) HttpForm form = {};
         _cleanup_(freep) char *form_error = NULL;
         KeyParams p = {};
@@ -527,18 +537,18 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
         if (!method_allowed(method, "HEAD,GET,PUT,POST,DELETE"))
                 return reply_method_not_allowed(r, "HEAD,GET,PUT,POST,DELETE");
 
-        if (r->body_too_large)
+        if (r->http->body_too_large)
                 return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, "http: POST too large", 0, 0);
 
         /* Go's ParseForm: the form body (POST/PUT only) comes first, then the query. */
-        if (r->body.len > 0 && (streq(method, "PUT") || streq(method, "POST"))) {
+        if (r->http->body.len > 0 && (streq(method, "PUT") || streq(method, "POST"))) {
                 char mt[64];
                 if (streq(req_media_type(r, mt, sizeof mt), CONTENT_TYPE_FORM)) {
-                        k = http_form_parse(&form, r->body.data, r->body.len, &form_error);
+                        k = http_form_parse(&form, r->http->body.data, r->http->body.len, &form_error);
                         if (k == -E2BIG)
                                 return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, TOO_MANY_FIELDS, 0, 0);
                         if (k < 0)
-                                return MHD_NO;
+                                return -ENOMEM;
                 }
         }
         if (query) {
@@ -546,7 +556,7 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
                 if (k == -E2BIG)
                         return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, TOO_MANY_FIELDS, 0, 0);
                 if (k < 0)
-                        return MHD_NO;
+                        return -ENOMEM;
         }
         if (form_error)
                 return reply_etcd_error(r, ETCD_ERROR_INVALID_FORM, form_error, 0, 0);
@@ -562,7 +572,7 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
                         kl--;
                 p.path = malloc(STRLEN(STORE_KEYS_PREFIX) + kl + 1);
                 if (!p.path)
-                        return MHD_NO;
+                        return -ENOMEM;
                 memcpy(p.path, STORE_KEYS_PREFIX, STRLEN(STORE_KEYS_PREFIX));
                 memcpy(p.path + STRLEN(STORE_KEYS_PREFIX), key, kl);
                 p.path[STRLEN(STORE_KEYS_PREFIX) + kl] = 0;
@@ -570,7 +580,7 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
 
         if (streq(method, "HEAD") || (streq(method, "GET") && !p.quorum)) {
                 StoreResult res = {};
-                enum MHD_Result ret;
+                int ret;
 
                 if (p.wait) {
                         ret = start_watch(r, &p);
@@ -581,7 +591,7 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
                 k = store_get(req_store(r), p.path, p.recursive, p.sorted, now_usec(), &res);
                 free(p.path);
                 if (k < 0)
-                        return MHD_NO;
+                        return -ENOMEM;
                 ret = reply_result(r, &res);
                 store_result_done(&res);
                 return ret;
@@ -608,22 +618,12 @@ static enum MHD_Result handle_keys(HttpRequest *r, const char *method, const cha
                 req.expiration_usec = now_usec() + ttl * USEC_PER_SEC;
         }
 
-        r->state = HTTP_REQUEST_PROPOSING;
+        /* Answered from on_proposal_done(), which never runs inside server_propose(). */
         k = server_propose(req_server(r), &req, on_proposal_done, r, &r->proposal);
         free(p.path);
-        if (k < 0) {
-                r->state = HTTP_REQUEST_NEW;
+        if (k < 0)
                 return reply_etcd_error(r, ETCD_ERROR_RAFT_INTERNAL, strerror(-k), 0, 0);
-        }
-        if (r->state == HTTP_REQUEST_ANSWERED) {
-                /* The contract says the callback never runs inside server_propose(); cope anyway. */
-                enum MHD_Result ret = reply_result(r, &r->result);
-                store_result_done(&r->result);
-                return ret;
-        }
-
-        http_request_suspend_brief(r);
-        return MHD_YES;
+        return 0;
 }
 
 /* --- members -------------------------------------------------------------------------------- */
@@ -658,40 +658,41 @@ static int buf_member(HttpBuf *b, const Member *m) {
         return k < 0 ? k : http_buf_puts(b, "}");
 }
 
-static enum MHD_Result reply_json_buf(HttpRequest *r, unsigned status, HttpBuf *b, bool cluster_id) {
-        struct MHD_Response *resp = resp_typed(CONTENT_TYPE_JSON, b->data, b->len);
-
-        http_buf_done(b);
-        if (resp && cluster_id)
-                add_cluster_id(r, resp);
-        return queue(r, status, resp);
+static int reply_json_buf(ApiRequest *r, unsigned status, HttpBuf *b, bool cluster_id) {
+        if (cluster_id)
+                add_cluster_id(r);
+        add_cors(r);
+        /* the buffer goes to the layer as it is */
+        http_reply_ref(r->http, status, CONTENT_TYPE_JSON, b->data ?: "", b->len, free, b->data);
+        *b = (HttpBuf) {};
+        return 0;
 }
 
 /* Validates a member request body as etcd2's unmarshalRequest() + types.NewURLs() do. Returns an HTTP
  * status (0 on success) with *ret_message, and the peer URLs. */
-static unsigned parse_member_body(HttpRequest *r, char ***ret_urls, char **ret_message) {
+static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_message) {
         _cleanup_(strv_freep) char **urls = NULL;
         json_object *o = NULL, *a;
-        const char *ct = req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+        const char *ct = req_header(r, "Content-Type");
         enum json_tokener_error jerr;
         size_t n;
 
         if (!ct || !streq(ct, "application/json")) {
                 if (asprintf(ret_message, "Bad Content-Type %s, accept application/json", strempty(ct)) < 0)
                         *ret_message = NULL;
-                return MHD_HTTP_UNSUPPORTED_MEDIA_TYPE;
+                return 415;
         }
-        if (r->body_too_large) {
+        if (r->http->body_too_large) {
                 *ret_message = strdup("http: request body too large");
-                return MHD_HTTP_CONTENT_TOO_LARGE;
+                return 413;
         }
 
-        o = json_tokener_parse_verbose(r->body.data ?: "", &jerr);
+        o = json_tokener_parse_verbose(r->http->body.data ?: "", &jerr);
         if (!o || !json_object_is_type(o, json_type_object)) {
                 if (asprintf(ret_message, "invalid JSON: %s", o ? "not an object" : json_tokener_error_desc(jerr)) < 0)
                         *ret_message = NULL;
                 json_object_put(o);
-                return MHD_HTTP_BAD_REQUEST;
+                return 400;
         }
 
         if (!json_object_object_get_ex(o, "peerURLs", &a) || json_object_is_type(a, json_type_null))
@@ -699,20 +700,20 @@ static unsigned parse_member_body(HttpRequest *r, char ***ret_urls, char **ret_m
         else if (!json_object_is_type(a, json_type_array)) {
                 json_object_put(o);
                 *ret_message = strdup("json: cannot unmarshal peerURLs into Go value of type []string");
-                return MHD_HTTP_BAD_REQUEST;
+                return 400;
         } else
                 n = json_object_array_length(a);
 
         if (n == 0) {
                 json_object_put(o);
                 *ret_message = strdup("no valid URLs given");
-                return MHD_HTTP_BAD_REQUEST;
+                return 400;
         }
 
         urls = calloc(n + 1, sizeof(char *));
         if (!urls) {
                 json_object_put(o);
-                return MHD_HTTP_INTERNAL_SERVER_ERROR;
+                return 500;
         }
         for (size_t i = 0; i < n; i++) {
                 json_object *s = json_object_array_get_idx(a, i);
@@ -722,18 +723,18 @@ static unsigned parse_member_body(HttpRequest *r, char ***ret_urls, char **ret_m
                 if (!json_object_is_type(s, json_type_string)) {
                         json_object_put(o);
                         *ret_message = strdup("json: cannot unmarshal value into Go value of type string");
-                        return MHD_HTTP_BAD_REQUEST;
+                        return 400;
                 }
                 if (etcd_url_parse(json_object_get_string(s), &u, &err) < 0) {
                         json_object_put(o);
                         *ret_message = err ? TAKE_PTR(err) : strdup("invalid URL");
-                        return MHD_HTTP_BAD_REQUEST;
+                        return 400;
                 }
                 urls[i] = strdup(u.str);
                 etcd_url_done(&u);
                 if (!urls[i]) {
                         json_object_put(o);
-                        return MHD_HTTP_INTERNAL_SERVER_ERROR;
+                        return 500;
                 }
         }
         json_object_put(o);
@@ -751,17 +752,21 @@ static bool member_id_removed(Store *st, const char *idstr) {
 
 /* --- membership changes through the server (issue 3) --- */
 
-static void on_member_done(int error, uint64_t id, void *userdata) {
-        HttpRequest *r = userdata;
+static int reply_member(ApiRequest *r);
 
+static void on_member_done(int error, uint64_t id, void *userdata) {
+        ApiRequest *r = userdata;
+        HttpRequest *h = r->http;
+
+        r->member_pending = false;
         r->member_error = error;
         r->member_id = id;
-        r->state = HTTP_REQUEST_ANSWERED;
-        http_request_resume(r);
+        if (reply_member(r) < 0)
+                reply_oom(h);
 }
 
 /* etcd2's writeError() for the members endpoints. */
-static enum MHD_Result reply_member(HttpRequest *r) {
+static int reply_member(ApiRequest *r) {
         _cleanup_(freep) char *msg = NULL;
         char idstr[32];
 
@@ -774,42 +779,37 @@ static enum MHD_Result reply_member(HttpRequest *r) {
 
                         if (buf_member(&b, &m) < 0 || http_buf_puts(&b, "\n") < 0) {
                                 http_buf_done(&b);
-                                return MHD_NO;
+                                return -ENOMEM;
                         }
-                        return reply_json_buf(r, MHD_HTTP_CREATED, &b, true);
+                        return reply_json_buf(r, 201, &b, true);
                 }
-                {
-                        struct MHD_Response *resp = resp_copy("", 0);
-
-                        if (resp)
-                                add_cluster_id(r, resp);
-                        return queue(r, MHD_HTTP_NO_CONTENT, resp);
-                }
+                add_cluster_id(r);
+                return reply(r, 204, NULL, "", 0);
         case -EEXIST:
-                return reply_message(r, MHD_HTTP_CONFLICT, "etcdserver: member ID already exist", true);
+                return reply_message(r, 409, "etcdserver: member ID already exist", true);
         case -EADDRINUSE:
-                return reply_message(r, MHD_HTTP_CONFLICT, "etcdserver: peerURL exists", true);
+                return reply_message(r, 409, "etcdserver: peerURL exists", true);
         case -ENOENT:
                 if (asprintf(&msg, "No such member: %s", idstr) < 0)
-                        return MHD_NO;
-                return reply_message(r, MHD_HTTP_NOT_FOUND, msg, true);
+                        return -ENOMEM;
+                return reply_message(r, 404, msg, true);
         case -EIDRM:
                 if (r->member_urls)   /* an add: etcd2 answers 500 here, not the documented 409/410 */
                         break;
                 if (asprintf(&msg, "Member permanently removed: %s", idstr) < 0)
-                        return MHD_NO;
-                return reply_message(r, MHD_HTTP_GONE, msg, true);
+                        return -ENOMEM;
+                return reply_message(r, 410, msg, true);
         default:
                 break;
         }
-        return reply_message(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "Internal Server Error", true);
+        return reply_message(r, 500, "Internal Server Error", true);
 }
 
 static int member_url_cmp(const void *a, const void *b) {
         return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
-static enum MHD_Result member_change(HttpRequest *r, const char *method, uint64_t id, char **urls) {
+static int member_change(ApiRequest *r, const char *method, uint64_t id, char **urls) {
         Server *s = req_server(r);
         int k;
 
@@ -819,7 +819,7 @@ static enum MHD_Result member_change(HttpRequest *r, const char *method, uint64_
 
         r->member_op = true;
         r->member_id = id;
-        r->state = HTTP_REQUEST_PROPOSING;
+        r->member_pending = true;
         if (streq(method, "POST")) {
                 r->member_urls = urls;
                 k = server_member_add(s, urls, strv_length(urls), on_member_done, r);
@@ -831,20 +831,20 @@ static enum MHD_Result member_change(HttpRequest *r, const char *method, uint64_
                 k = server_member_remove(s, id, on_member_done, r);
         }
         if (k < 0) {
+                r->member_pending = false;
                 r->member_error = k;
-                r->state = HTTP_REQUEST_NEW;
                 return reply_member(r);
         }
-        http_request_suspend(r);
-        return MHD_YES;
+        /* answered from on_member_done() */
+        return 0;
 }
 
-static enum MHD_Result handle_members(HttpRequest *r, const char *method, const char *rest) {
+static int handle_members(ApiRequest *r, const char *method, const char *rest) {
         Store *st = req_store(r);
         Member *ms = NULL;
         size_t n = 0;
         HttpBuf b = {};
-        enum MHD_Result ret;
+        int ret;
         uint64_t id;
         char *end;
 
@@ -856,7 +856,7 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
                 rest++;
 
         if (members_load(st, &ms, &n) < 0)
-                return MHD_NO;
+                return -ENOMEM;
 
         if (streq(method, "GET")) {
                 int k = 0;
@@ -880,21 +880,21 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
                                         m = &ms[i];
                         if (leader == 0 || !m) {
                                 members_free(ms, n);
-                                return reply_message(r, MHD_HTTP_SERVICE_UNAVAILABLE, "During election", true);
+                                return reply_message(r, 503, "During election", true);
                         }
                         k = buf_member(&b, m);
                         if (k >= 0)
                                 k = http_buf_puts(&b, "\n");
                 } else {
                         members_free(ms, n);
-                        return reply_message(r, MHD_HTTP_NOT_FOUND, "Not found", true);
+                        return reply_message(r, 404, "Not found", true);
                 }
                 members_free(ms, n);
                 if (k < 0) {
                         http_buf_done(&b);
-                        return MHD_NO;
+                        return -ENOMEM;
                 }
-                return reply_json_buf(r, MHD_HTTP_OK, &b, true);
+                return reply_json_buf(r, 200, &b, true);
         }
 
         if (streq(method, "POST")) {
@@ -907,7 +907,7 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
                         for (size_t i = 0; i < n && status == 0; i++)
                                 STRV_FOREACH(u, urls)
                                         if (strv_contains(ms[i].peer_urls, *u)) {
-                                                status = MHD_HTTP_CONFLICT;
+                                                status = 409;
                                                 msg = strdup("etcdserver: peerURL exists");
                                                 break;
                                         }
@@ -921,7 +921,7 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
         /* DELETE and PUT take /v2/members/<hex id> */
         if (isempty(rest)) {
                 members_free(ms, n);
-                return queue(r, MHD_HTTP_METHOD_NOT_ALLOWED, resp_go_error("Method Not Allowed"));
+                return reply_go_error(r, 405, "Method Not Allowed");
         }
 
         errno = 0;
@@ -930,8 +930,8 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
                 _cleanup_(freep) char *msg = NULL;
                 members_free(ms, n);
                 if (asprintf(&msg, "No such member: %s", rest) < 0)
-                        return MHD_NO;
-                return reply_message(r, MHD_HTTP_NOT_FOUND, msg, true);
+                        return -ENOMEM;
+                return reply_message(r, 404, msg, true);
         }
 
         {
@@ -945,13 +945,13 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
                                 known = true;
                 if (asprintf(&idstr, "%" PRIx64, id) < 0) {
                         members_free(ms, n);
-                        return MHD_NO;
+                        return -ENOMEM;
                 }
 
                 if (streq(method, "PUT")) {
                         status = parse_member_body(r, &urls, &msg);
                         if (status == 0 && !known) {
-                                status = MHD_HTTP_NOT_FOUND;
+                                status = 404;
                                 (void) asprintf(&msg, "No such member: %s", idstr);
                         }
                         for (size_t i = 0; status == 0 && i < n; i++) {
@@ -959,16 +959,16 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
                                         continue;
                                 STRV_FOREACH(u, urls)
                                         if (strv_contains(ms[i].peer_urls, *u)) {
-                                                status = MHD_HTTP_CONFLICT;
+                                                status = 409;
                                                 msg = strdup("etcdserver: peerURL exists");
                                                 break;
                                         }
                         }
                 } else if (member_id_removed(st, idstr)) {
-                        status = MHD_HTTP_GONE;
+                        status = 410;
                         (void) asprintf(&msg, "Member permanently removed: %s", idstr);
                 } else if (!known) {
-                        status = MHD_HTTP_NOT_FOUND;
+                        status = 404;
                         (void) asprintf(&msg, "No such member: %s", idstr);
                 }
                 members_free(ms, n);
@@ -981,7 +981,7 @@ static enum MHD_Result handle_members(HttpRequest *r, const char *method, const 
 
 /* --- stats, version, health, machines, auth ------------------------------------------------- */
 
-static enum MHD_Result handle_stats(HttpRequest *r, const char *method, const char *which) {
+static int handle_stats(ApiRequest *r, const char *method, const char *which) {
         Server *s = req_server(r);
         HttpBuf b = {};
         int k;
@@ -991,28 +991,23 @@ static enum MHD_Result handle_stats(HttpRequest *r, const char *method, const ch
 
         if (streq(which, "store")) {
                 char *json = store_stats_json(req_store(r));
-                struct MHD_Response *resp;
 
                 if (!json)
-                        return MHD_NO;
-                resp = MHD_create_response_from_buffer(strlen(json), json, MHD_RESPMEM_MUST_FREE);
-                if (!resp) {
-                        free(json);
-                        return MHD_NO;
-                }
-                (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-                return queue(r, MHD_HTTP_OK, resp);
+                        return -ENOMEM;
+                add_cors(r);
+                http_reply_ref(r->http, 200, CONTENT_TYPE_JSON, json, strlen(json), free, json);
+                return 0;
         }
 
         if (streq(which, "leader")) {
                 if (server_role(s) != SERVER_ROLE_LEADER)
-                        return reply_message(r, MHD_HTTP_FORBIDDEN, "not current leader", false);
+                        return reply_message(r, 403, "not current leader", false);
                 {
                         ServerFollowerStats *fs = NULL;
                         size_t nf = 0;
 
                         if (server_follower_stats(s, &fs, &nf) < 0)
-                                return reply_message(r, MHD_HTTP_FORBIDDEN, "not current leader", false);
+                                return reply_message(r, 403, "not current leader", false);
                         k = http_buf_printf(&b, "{\"leader\":\"%" PRIx64 "\",\"followers\":{", server_member_id(s));
                         for (size_t i = 0; k >= 0 && i < nf; i++)
                                 k = http_buf_printf(&b, "%s\"%" PRIx64 "\":{\"latency\":{\"current\":%g,\"average\":%g,"
@@ -1027,15 +1022,15 @@ static enum MHD_Result handle_stats(HttpRequest *r, const char *method, const ch
                                 k = http_buf_puts(&b, "}}");
                         if (k < 0) {
                                 http_buf_done(&b);
-                                return MHD_NO;
+                                return -ENOMEM;
                         }
                 }
-                return reply_json_buf(r, MHD_HTTP_OK, &b, false);
+                return reply_json_buf(r, 200, &b, false);
         }
 
         /* self */
         {
-                const Config *c = http_daemon_config(r->daemon);
+                const Config *c = r->api->config;
                 uint64_t lstart = server_leader_start_time_usec(s), now = now_usec();
 
                 k = http_buf_puts(&b, "{\"name\":");
@@ -1067,13 +1062,13 @@ static enum MHD_Result handle_stats(HttpRequest *r, const char *method, const ch
                 }
                 if (k < 0) {
                         http_buf_done(&b);
-                        return MHD_NO;
+                        return -ENOMEM;
                 }
-                return reply_json_buf(r, MHD_HTTP_OK, &b, false);
+                return reply_json_buf(r, 200, &b, false);
         }
 }
 
-static enum MHD_Result handle_version(HttpRequest *r, const char *method) {
+static int handle_version(ApiRequest *r, const char *method) {
         const StoreNode *n = req_store(r) ? store_lookup(req_store(r), "/0/version") : NULL;
         const char *cluster = ETCD2_CLUSTER_VERSION;
         size_t cluster_len = strlen(cluster);
@@ -1094,12 +1089,12 @@ static enum MHD_Result handle_version(HttpRequest *r, const char *method) {
         if (http_buf_puts(&b, "{\"etcdserver\":\"" ETCD2_VERSION "\",\"etcdcluster\":") < 0 ||
             http_buf_json_string(&b, cluster, cluster_len) < 0 || http_buf_puts(&b, "}") < 0) {
                 http_buf_done(&b);
-                return MHD_NO;
+                return -ENOMEM;
         }
-        return reply_json_buf(r, MHD_HTTP_OK, &b, false);
+        return reply_json_buf(r, 200, &b, false);
 }
 
-static enum MHD_Result handle_health(HttpRequest *r, const char *method) {
+static int handle_health(ApiRequest *r, const char *method) {
         static const char ok[] = "{\"health\": \"true\"}";
 
         if (!streq(method, "GET"))
@@ -1107,33 +1102,32 @@ static enum MHD_Result handle_health(HttpRequest *r, const char *method) {
         /* etcd2 also waits up to 750 ms for the raft index to move; a known leader is what matters for a
          * single member, and answering at once keeps health checks cheap. */
         if (server_leader_id(req_server(r)) == 0)
-                return queue(r, MHD_HTTP_SERVICE_UNAVAILABLE, resp_go_error("{\"health\": \"false\"}"));
-        return queue(r, MHD_HTTP_OK, resp_typed(CONTENT_TYPE_TEXT, ok, sizeof ok - 1));
+                return reply_go_error(r, 503, "{\"health\": \"false\"}");
+        return reply(r, 200, CONTENT_TYPE_TEXT, ok, sizeof ok - 1);
 }
 
 static int strcmp_ptr(const void *a, const void *b) {
         return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
-static enum MHD_Result handle_machines(HttpRequest *r, const char *method) {
+static int handle_machines(ApiRequest *r, const char *method) {
         Member *ms = NULL;
         size_t n = 0, nu = 0;
         _cleanup_(freep) char **urls = NULL;
         HttpBuf b = {};
-        struct MHD_Response *resp;
         int k = 0;
 
         if (!method_allowed(method, "GET,HEAD"))
                 return reply_method_not_allowed(r, "GET,HEAD");
 
         if (members_load(req_store(r), &ms, &n) < 0)
-                return MHD_NO;
+                return -ENOMEM;
         for (size_t i = 0; i < n; i++)
                 nu += strv_length(ms[i].client_urls);
         urls = calloc(nu + 1, sizeof(char *));
         if (!urls) {
                 members_free(ms, n);
-                return MHD_NO;
+                return -ENOMEM;
         }
         nu = 0;
         for (size_t i = 0; i < n; i++)
@@ -1147,34 +1141,33 @@ static enum MHD_Result handle_machines(HttpRequest *r, const char *method) {
         members_free(ms, n);
         if (k < 0) {
                 http_buf_done(&b);
-                return MHD_NO;
+                return -ENOMEM;
         }
-        resp = resp_typed(CONTENT_TYPE_TEXT, b.data, b.len);
+        k = reply(r, 200, CONTENT_TYPE_TEXT, b.data, b.len);
         http_buf_done(&b);
-        return queue(r, MHD_HTTP_OK, resp);
+        return k;
 }
 
-static enum MHD_Result handle_auth(HttpRequest *r, const char *method, const char *what) {
+static int handle_auth(ApiRequest *r, const char *method, const char *what) {
         if (streq(what, "enable")) {
                 if (!method_allowed(method, "GET,PUT,DELETE"))
                         return reply_method_not_allowed(r, "GET,PUT,DELETE");
                 if (streq(method, "GET")) {
                         static const char body[] = "{\"enabled\":false}\n";
-                        struct MHD_Response *resp = resp_typed(CONTENT_TYPE_JSON, body, sizeof body - 1);
-                        if (resp)
-                                add_cluster_id(r, resp);
-                        return queue(r, MHD_HTTP_OK, resp);
+
+                        add_cluster_id(r);
+                        return reply(r, 200, CONTENT_TYPE_JSON, body, sizeof body - 1);
                 }
                 /* Auth is never on and no root user can exist: what etcd2 answers then. */
                 if (streq(method, "DELETE"))
-                        return reply_message(r, MHD_HTTP_CONFLICT, "auth: already disabled", true);
-                return reply_message(r, MHD_HTTP_CONFLICT, "auth: No root user available, please create one", true);
+                        return reply_message(r, 409, "auth: already disabled", true);
+                return reply_message(r, 409, "auth: No root user available, please create one", true);
         }
-        return reply_message(r, MHD_HTTP_NOT_IMPLEMENTED, AUTH_NOT_SUPPORTED, true);
+        return reply_message(r, 501, AUTH_NOT_SUPPORTED, true);
 }
 
 /* PUT /config/local/log {"Level":"DEBUG"} (2.2+): capnslog's level names, mapped to syslog levels. */
-static enum MHD_Result handle_config_log(HttpRequest *r, const char *method) {
+static int handle_config_log(ApiRequest *r, const char *method) {
         static const struct {
                 const char *names[3];
                 int level;
@@ -1194,24 +1187,24 @@ static enum MHD_Result handle_config_log(HttpRequest *r, const char *method) {
         if (!streq(method, "PUT"))
                 return reply_method_not_allowed(r, "PUT");
 
-        o = r->body_too_large ? NULL : json_tokener_parse(r->body.data ?: "");
+        o = r->http->body_too_large ? NULL : json_tokener_parse(r->http->body.data ?: "");
         if (!o || !json_object_is_type(o, json_type_object)) {
                 json_object_put(o);
-                return reply_message(r, MHD_HTTP_BAD_REQUEST, "Invalid json body", false);
+                return reply_message(r, 400, "Invalid json body", false);
         }
         /* encoding/json matches field names case-insensitively */
         json_object_object_foreach(o, k, v)
                 if (strcasecmp(k, "level") == 0) {
                         if (!json_object_is_type(v, json_type_string) && !json_object_is_type(v, json_type_null)) {
                                 json_object_put(o);
-                                return reply_message(r, MHD_HTTP_BAD_REQUEST, "Invalid json body", false);
+                                return reply_message(r, 400, "Invalid json body", false);
                         }
                         level = strempty(json_object_get_string(v));
                 }
         upper = strdup(level);
         if (!upper || asprintf(&msg, "Invalid log level %s", level) < 0) {
                 json_object_put(o);
-                return MHD_NO;
+                return -ENOMEM;
         }
         json_object_put(o);
         for (char *c = upper; *c; c++)
@@ -1222,15 +1215,15 @@ static enum MHD_Result handle_config_log(HttpRequest *r, const char *method) {
                         if (streq(upper, levels[i].names[j])) {
                                 log_notice("Global log level set to %s.", levels[i].names[0]);
                                 log_set_max_level(levels[i].level);
-                                return queue(r, MHD_HTTP_NO_CONTENT, resp_copy("", 0));
+                                return reply(r, 204, NULL, "", 0);
                         }
 
-        return reply_message(r, MHD_HTTP_BAD_REQUEST, msg, false);
+        return reply_message(r, 400, msg, false);
 }
 
 /* --- peer endpoints ------------------------------------------------------------------------- */
 
-static enum MHD_Result handle_peer_members(HttpRequest *r, const char *method) {
+static int handle_peer_members(ApiRequest *r, const char *method) {
         Member *ms = NULL;
         size_t n = 0;
         HttpBuf b = {};
@@ -1239,11 +1232,11 @@ static enum MHD_Result handle_peer_members(HttpRequest *r, const char *method) {
         if (!streq(method, "GET"))
                 return reply_method_not_allowed(r, "GET");
         if (members_load(req_store(r), &ms, &n) < 0)
-                return MHD_NO;
+                return -ENOMEM;
         /* etcd2 knows its members before it serves; ours learns them from the log's first entries. Until
          * then say "not yet" rather than "none": a proxy or a joining member asks another peer. */
         if (n == 0)
-                return reply_message(r, MHD_HTTP_SERVICE_UNAVAILABLE, "member list not known yet", true);
+                return reply_message(r, 503, "member list not known yet", true);
 
         /* etcdserver.Member: numeric id; name and clientURLs omitted when empty. */
         k = http_buf_puts(&b, "[");
@@ -1269,95 +1262,84 @@ static enum MHD_Result handle_peer_members(HttpRequest *r, const char *method) {
         members_free(ms, n);
         if (k < 0) {
                 http_buf_done(&b);
-                return MHD_NO;
+                return -ENOMEM;
         }
-        return reply_json_buf(r, MHD_HTTP_OK, &b, true);
+        return reply_json_buf(r, 200, &b, true);
 }
 
 /* --- peer stream (issue 3): `POST /raft/stream` upgraded to the peer transport (peer.h) ------- */
 
-typedef struct PeerStreamRelease {
-        struct MHD_UpgradeResponseHandle *urh;
-        HttpDaemon *daemon;
-        int fd;
-} PeerStreamRelease;
-
-static void peer_stream_release(void *userdata) {
-        PeerStreamRelease *u = userdata;
-
-        /* The peer sees the end now, not when libmicrohttpd gets round to closing the socket. */
-        (void) shutdown(u->fd, SHUT_RDWR);
-        (void) MHD_upgrade_action(u->urh, MHD_UPGRADE_ACTION_CLOSE);
-        http_daemon_wake(u->daemon);
+static PeerUpgrade *peer_upgrade_free(PeerUpgrade *u) {
+        if (!u)
+                return NULL;
+        free(u->from);
+        free(u->cluster);
+        free(u->version);
+        free(u->min_version);
         free(u);
+        return NULL;
 }
 
-static void on_peer_upgrade(void *cls, struct MHD_Connection *connection, void *req_cls, const char *extra_in,
-                            size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh) {
-        HttpDaemon *d = cls;
-        PeerTransport *t = server_peer_transport(http_daemon_server(d));
-        PeerStreamRelease *u = malloc(sizeof(PeerStreamRelease));
+static int strdup_opt(const char *s, char **ret) {
+        *ret = NULL;
+        if (!s)
+                return 0;
+        *ret = strdup(s);
+        return *ret ? 0 : -ENOMEM;
+}
 
-        if (!t || !u) {
-                free(u);
-                (void) MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
-                http_daemon_wake(d);
-                return;
-        }
-        *u = (PeerStreamRelease) { .urh = urh, .daemon = d, .fd = sock };
-        /* On refusal peer_transport_accept() calls peer_stream_release() itself. */
-        (void) peer_transport_accept(t, sock,
-                                     MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Server-From"),
-                                     MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Etcd-Cluster-ID"),
-                                     MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Server-Version"),
-                                     MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Min-Cluster-Version"),
-                                     extra_in, extra_in_size, peer_stream_release, u);
+/* The 101 is out: the socket is the peer transport's now (it close()s it when the stream ends). */
+static void on_peer_taken(int fd, const void *extra, size_t extra_len, void *userdata) {
+        PeerUpgrade *u = userdata;
+        PeerTransport *t = server_peer_transport(u->server);
+
+        if (!t)
+                (void) close(fd);
+        else
+                /* On refusal peer_transport_accept() closes fd itself. */
+                (void) peer_transport_accept(t, fd, u->from, u->cluster, u->version, u->min_version,
+                                             extra, extra_len, NULL, NULL);
+        peer_upgrade_free(u);
 }
 
 /* 101 for a stream we take, else the status to refuse it with. */
-static int peer_stream_status(HttpRequest *r, PeerTransport *t) {
-        struct MHD_Connection *c = r->connection;
-        const char *upgrade = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_UPGRADE),
-                   *length = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+static int peer_stream_status(ApiRequest *r, PeerTransport *t) {
+        const char *upgrade = req_header(r, "Upgrade"), *length = req_header(r, "Content-Length");
 
         if (!upgrade || !streq(upgrade, "etcd2-raft/1"))
-                return MHD_HTTP_BAD_REQUEST;
+                return 400;
         /* Frames follow the head, there is no body: one declared is refused, never read. */
-        if ((length && !streq(length, "0")) ||
-            MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
-                return MHD_HTTP_BAD_REQUEST;
-        return peer_transport_check(t, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Server-From"),
-                                    MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Etcd-Cluster-ID"),
-                                    MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Server-Version"),
-                                    MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Min-Cluster-Version"));
+        if ((length && !streq(length, "0")) || req_header(r, "Transfer-Encoding"))
+                return 400;
+        return peer_transport_check(t, req_header(r, "X-Server-From"), req_header(r, "X-Etcd-Cluster-ID"),
+                                    req_header(r, "X-Server-Version"), req_header(r, "X-Min-Cluster-Version"));
 }
 
-static enum MHD_Result peer_stream_refuse(HttpRequest *r, int status) {
-        struct MHD_Response *resp = resp_copy("", 0);
-
-        if (resp && status == MHD_HTTP_PRECONDITION_FAILED)
-                add_cluster_id(r, resp);
-        if (resp)
-                (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-        return queue(r, (unsigned) status, resp);
+static int peer_stream_refuse(ApiRequest *r, int status) {
+        if (status == 412)
+                add_cluster_id(r);
+        http_response_close(r->http);
+        return reply(r, (unsigned) status, NULL, "", 0);
 }
 
-bool client_api_peer_refuse_early(HttpRequest *r, const char *method, enum MHD_Result *ret) {
+/* At the head: a `POST /raft/stream` that will be refused is answered now, so that the connection is
+ * closed without reading whatever body it announced. Returns true if it answered. */
+static bool peer_refuse_early(ApiRequest *r) {
         PeerTransport *t = server_peer_transport(req_server(r));
         int status;
 
-        if (!t || !streq(method, "POST") || !streq(r->uri, "/raft/stream"))
+        if (!t || !streq(r->http->method, "POST") || !streq(r->http->uri, "/raft/stream"))
                 return false;
         status = peer_stream_status(r, t);
-        if (status == MHD_HTTP_SWITCHING_PROTOCOLS)
+        if (status == 101)
                 return false;
-        *ret = peer_stream_refuse(r, status);
+        (void) peer_stream_refuse(r, status);
         return true;
 }
 
-static enum MHD_Result handle_peer_stream(HttpRequest *r, const char *method) {
+static int handle_peer_stream(ApiRequest *r, const char *method) {
         PeerTransport *t = server_peer_transport(req_server(r));
-        struct MHD_Response *resp;
+        PeerUpgrade *u;
         int status;
 
         if (!streq(method, "POST"))
@@ -1365,20 +1347,31 @@ static enum MHD_Result handle_peer_stream(HttpRequest *r, const char *method) {
         if (!t)
                 return reply_not_found(r);
         status = peer_stream_status(r, t);
-        if (status != MHD_HTTP_SWITCHING_PROTOCOLS)
+        if (status != 101)
                 return peer_stream_refuse(r, status);
-        resp = MHD_create_response_for_upgrade(on_peer_upgrade, r->daemon);
-        if (!resp)
-                return MHD_NO;
-        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "etcd2-raft/1");
-        return queue(r, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
+
+        /* The request is gone when the socket is handed over: keep what the transport needs. */
+        u = calloc(1, sizeof(PeerUpgrade));
+        if (!u)
+                return -ENOMEM;
+        u->server = req_server(r);
+        if (strdup_opt(req_header(r, "X-Server-From"), &u->from) < 0 ||
+            strdup_opt(req_header(r, "X-Etcd-Cluster-ID"), &u->cluster) < 0 ||
+            strdup_opt(req_header(r, "X-Server-Version"), &u->version) < 0 ||
+            strdup_opt(req_header(r, "X-Min-Cluster-Version"), &u->min_version) < 0) {
+                peer_upgrade_free(u);
+                return -ENOMEM;
+        }
+        r->upgrade = u;
+        http_response_header(r->http, "Upgrade", "etcd2-raft/1");
+        http_upgrade(r->http, 101, on_peer_taken, u);
+        return 0;
 }
 
 /* --- routing -------------------------------------------------------------------------------- */
 
-static enum MHD_Result reply_redirect(HttpRequest *r, const char *method, const char *clean, const char *query) {
+static int reply_redirect(ApiRequest *r, const char *method, const char *clean, const char *query) {
         HttpBuf loc = {}, body = {};
-        struct MHD_Response *resp;
         int k;
 
         k = http_buf_escape_path(&loc, clean);
@@ -1403,27 +1396,21 @@ static enum MHD_Result reply_redirect(HttpRequest *r, const char *method, const 
         if (k < 0) {
                 http_buf_done(&loc);
                 http_buf_done(&body);
-                return MHD_NO;
+                return -ENOMEM;
         }
 
-        resp = resp_copy(body.data ?: "", body.len);
-        if (resp) {
-                if (streq(method, "GET") || streq(method, "HEAD"))
-                        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8");
-                (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, loc.data);
-        }
+        http_response_header(r->http, "Location", loc.data);
+        k = reply(r, 301, streq(method, "GET") || streq(method, "HEAD") ? "text/html; charset=utf-8" : NULL,
+                  body.data, body.len);
         http_buf_done(&loc);
         http_buf_done(&body);
-        return queue(r, MHD_HTTP_MOVED_PERMANENTLY, resp);
+        return k;
 }
 
-static enum MHD_Result reply_bad_request(HttpRequest *r) {
+static int reply_bad_request(ApiRequest *r) {
         /* What Go's server answers to a request line it cannot parse; it closes the connection. */
-        struct MHD_Response *resp = resp_typed(CONTENT_TYPE_TEXT, "400 Bad Request", 15);
-
-        if (resp)
-                (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-        return queue(r, MHD_HTTP_BAD_REQUEST, resp);
+        http_response_close(r->http);
+        return reply(r, 400, CONTENT_TYPE_TEXT, "400 Bad Request", 15);
 }
 
 static const char *strip_prefix(const char *s, const char *prefix) {
@@ -1437,18 +1424,16 @@ static const char *strip_prefix(const char *s, const char *prefix) {
  * that --discovery takes. The key layout is the public service's: /_etcd/registry/<token>. */
 #define DISCOVERY_REGISTRY "/_etcd/registry/"
 
-static enum MHD_Result reply_token(HttpRequest *r) {
-        const StoreResult *res = &r->result;
-
+static int reply_token(ApiRequest *r, const StoreResult *res) {
         if (res->error != ETCD_OK || !r->token_url)
-                return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to generate token"));
-        return queue(r, MHD_HTTP_OK, resp_typed(CONTENT_TYPE_TEXT, r->token_url, strlen(r->token_url)));
+                return reply_go_error(r, 400, "Unable to generate token");
+        return reply(r, 200, CONTENT_TYPE_TEXT, r->token_url, strlen(r->token_url));
 }
 
-static enum MHD_Result handle_new_token(HttpRequest *r, const char *method, const char *query) {
+static int handle_new_token(ApiRequest *r, const char *method, const char *query) {
         _cleanup_(http_form_done) HttpForm form = {};
         _cleanup_(freep) char *form_error = NULL, *path = NULL;
-        const Config *c = http_daemon_config(r->daemon);
+        const Config *c = r->api->config;
         const HttpFormField *v;
         StoreRequest req = {};
         uint8_t raw[16];
@@ -1462,34 +1447,34 @@ static enum MHD_Result handle_new_token(HttpRequest *r, const char *method, cons
         if (query) {
                 k = http_form_parse(&form, query, strlen(query), &form_error);
                 if (k < 0 && k != -E2BIG)
-                        return MHD_NO;
+                        return -ENOMEM;
                 if (k == -E2BIG)
-                        return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to parse size"));
+                        return reply_go_error(r, 400, "Unable to parse size");
         }
         if (form_error)
-                return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to parse size"));
+                return reply_go_error(r, 400, "Unable to parse size");
         v = http_form_get(&form, "size");
         if (v && !isempty(v->value)) {
                 errno = 0;
                 size = strtoull(v->value, &end, 10);
                 if (errno != 0 || *end != 0 || v->value[0] == '-' || size < 1 || size > 1000)
-                        return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to parse size"));
+                        return reply_go_error(r, 400, "Unable to parse size");
         }
         if (getrandom(raw, sizeof raw, 0) != (ssize_t) sizeof raw)
-                return queue(r, MHD_HTTP_BAD_REQUEST, resp_go_error("Unable to generate token"));
+                return reply_go_error(r, 400, "Unable to generate token");
         for (size_t i = 0; i < sizeof raw; i++)
                 (void) snprintf(token + 2 * i, 3, "%02x", raw[i]);
         (void) snprintf(size_str, sizeof size_str, "%llu", size);
 
         if (asprintf(&path, STORE_KEYS_PREFIX DISCOVERY_REGISTRY "%s/_config/size", token) < 0) {
                 path = NULL;
-                return MHD_NO;
+                return -ENOMEM;
         }
         if (asprintf(&r->token_url, "%s/v2/keys" DISCOVERY_REGISTRY "%s",
                      c->advertise_client_urls.n > 0 ? c->advertise_client_urls.urls[0].str : "http://localhost:2379",
                      token) < 0) {
                 r->token_url = NULL;
-                return MHD_NO;
+                return -ENOMEM;
         }
         r->token_op = true;
 
@@ -1500,30 +1485,24 @@ static enum MHD_Result handle_new_token(HttpRequest *r, const char *method, cons
         req.prev_exist = 0;
         req.prev_index = 0;
 
-        r->state = HTTP_REQUEST_PROPOSING;
+        /* answered from on_proposal_done() */
         k = server_propose(req_server(r), &req, on_proposal_done, r, &r->proposal);
-        if (k < 0) {
-                r->state = HTTP_REQUEST_NEW;
-                r->result.error = ETCD_ERROR_RAFT_INTERNAL;
-                return reply_token(r);
-        }
-        if (r->state == HTTP_REQUEST_ANSWERED)
-                return reply_token(r);
-        http_request_suspend_brief(r);
-        return MHD_YES;
+        if (k < 0)
+                return reply_token(r, &(StoreResult) { .error = ETCD_ERROR_RAFT_INTERNAL });
+        return 0;
 }
 
-static enum MHD_Result route(HttpRequest *r, const char *method) {
+static int route(ApiRequest *r, const char *method) {
         _cleanup_(freep) char *decoded = NULL;
         char stack_path[256];
-        const char *target = r->uri, *q, *rest, *path;
+        const char *target = r->http->uri, *q, *rest, *path;
         size_t path_len, dlen;
-        bool client = http_daemon_kind(r->daemon) == HTTP_LISTENER_CLIENT;
+        bool client = !r->api->peer;
         int k;
 
         /* etcd's CORS wrapper answers every OPTIONS request on the client port. */
         if (client && streq(method, "OPTIONS"))
-                return queue(r, MHD_HTTP_OK, resp_copy("", 0));
+                return reply(r, 200, NULL, "", 0);
 
         /* absolute-form targets: keep the path */
         if (strneq(target, "http://", 7) || strneq(target, "https://", 8)) {
@@ -1540,7 +1519,7 @@ static enum MHD_Result route(HttpRequest *r, const char *method) {
         if (memchr(target, '%', path_len)) {
                 k = http_unescape(target, path_len, false, &decoded, &dlen, NULL);
                 if (k == -ENOMEM)
-                        return MHD_NO;
+                        return -ENOMEM;
                 if (k < 0 || strlen(decoded) != dlen)
                         return reply_bad_request(r);
                 path = decoded;
@@ -1552,14 +1531,14 @@ static enum MHD_Result route(HttpRequest *r, const char *method) {
         } else {
                 decoded = strndup(target, path_len);
                 if (!decoded)
-                        return MHD_NO;
+                        return -ENOMEM;
                 path = decoded;
         }
 
         if (!http_mux_path_is_clean(path)) {
                 _cleanup_(freep) char *clean = http_mux_clean_path(path);
                 if (!clean)
-                        return MHD_NO;
+                        return -ENOMEM;
                 if (!streq(clean, path))
                         return reply_redirect(r, method, clean, q);
         }
@@ -1588,7 +1567,7 @@ static enum MHD_Result route(HttpRequest *r, const char *method) {
                 return handle_health(r, method);
         if (streq(path, "/config/local/log"))
                 return handle_config_log(r, method);
-        if (streq(path, "/new") && http_daemon_config(r->daemon)->enable_discovery_service)
+        if (streq(path, "/new") && r->api->config->enable_discovery_service)
                 return handle_new_token(r, method, q);
         if ((rest = strip_prefix(path, "/v2/auth/")) &&
             (streq(rest, "enable") || streq(rest, "users") || streq(rest, "roles") ||
@@ -1598,69 +1577,103 @@ static enum MHD_Result route(HttpRequest *r, const char *method) {
         return reply_not_found(r);
 }
 
-/* --- entry points for http-server.c --------------------------------------------------------- */
+/* --- the handler ----------------------------------------------------------------------------- */
 
-void client_api_begin(HttpRequest *r, const char *method) {
+static HttpBodyMode api_begin(HttpRequest *h) {
+        ApiRequest *r = h->data;
         char mt[64];
 
-        r->head = streq(method, "HEAD");
-        if (!streq(method, "PUT") && !streq(method, "POST"))
-                return;
+        r->http = h;
+        r->api = h->userdata;
+
+        if (r->api->peer && peer_refuse_early(r))
+                return HTTP_BODY_DISCARD;
+
+        if (!streq(h->method, "PUT") && !streq(h->method, "POST"))
+                return HTTP_BODY_DISCARD;
         req_media_type(r, mt, sizeof mt);
-        r->want_body = streq(mt, CONTENT_TYPE_FORM) || streq(mt, "application/json") ||
-                       strneq(r->uri, "/config/", 8);
+        if (streq(mt, CONTENT_TYPE_FORM) || streq(mt, "application/json") || strneq(h->uri, "/config/", 8))
+                return HTTP_BODY_READ;
+        return HTTP_BODY_DISCARD;
 }
 
-enum MHD_Result client_api_handle(HttpRequest *r, const char *method) {
-        enum MHD_Result ret;
+static void api_handle(HttpRequest *h) {
+        ApiRequest *r = h->data;
 
-        if (r->hung_up)
-                return MHD_NO;
-
-        switch (r->state) {
-        case HTTP_REQUEST_NEW:
-                return route(r, method);
-        case HTTP_REQUEST_ANSWERED:
-                if (r->member_op)
-                        return reply_member(r);
-                if (r->token_op) {
-                        ret = reply_token(r);
-                        store_result_done(&r->result);
-                        return ret;
-                }
-                ret = reply_result(r, &r->result);
-                store_result_done(&r->result);
-                return ret;
-        case HTTP_REQUEST_PROPOSING:
-                /* resumed without an answer: only a hang-up does that */
-                return MHD_NO;
-        default:
-                return MHD_YES;
-        }
+        if (route(r, h->method) < 0)
+                reply_oom(h);
 }
 
-void client_api_hangup(HttpRequest *r) {
-        if (r->member_op && r->state == HTTP_REQUEST_PROPOSING)
+/* The client went away before its answer was complete: cancel what waits for it. */
+static void api_hangup(HttpRequest *h) {
+        ApiRequest *r = h->data;
+
+        if (r->member_op && r->member_pending) {
                 server_member_cancel(req_server(r), r);
+                r->member_pending = false;
+        }
         if (r->proposal) {
                 server_proposal_cancel(r->proposal);
                 r->proposal = NULL;
         }
         r->watcher = store_watcher_free(r->watcher);
         r->watch_done = true;
+        r->watching = false;
+        /* The socket will never be handed over: on_peer_taken() does not run. */
+        r->upgrade = peer_upgrade_free(r->upgrade);
 }
 
-void client_api_request_done(HttpRequest *r) {
-        client_api_hangup(r);
-        r->member_op = false;
+static void api_drained(HttpRequest *h) {
+        watch_flush(h->data);
+}
+
+static void api_done(HttpRequest *h) {
+        ApiRequest *r = h->data;
+
+        if (!r->api)   /* begin() never ran */
+                return;
+        /* Nothing but a hang-up ends a request with these still pending; be safe all the same. */
+        if (r->member_op && r->member_pending)
+                server_member_cancel(req_server(r), r);
+        if (r->proposal)
+                server_proposal_cancel(r->proposal);
+        r->proposal = NULL;
+        r->watcher = store_watcher_free(r->watcher);
+        /* r->upgrade: on_peer_taken() runs after done() and frees it, or a hang-up freed it */
+        r->upgrade = NULL;
         r->member_urls = strv_free(r->member_urls);
-        r->token_op = false;
         r->token_url = mfree_ptr(r->token_url);
-        store_result_done(&r->result);
-        for (size_t i = 0; i < r->n_queue; i++) {
-                store_event_json_unpin(r->queue[i]);
-                store_event_unref(r->queue[i]);
-        }
+        for (size_t i = 0; i < r->n_queue; i++)
+                event_release(r->queue[i]);
         r->queue = mfree_ptr(r->queue);
-        r->n_queue = r->queue_alloc = r->queue_offset = 0;
+        r->n_queue = r->queue_alloc = 0;
+}
+
+const HttpHandler client_api_handler = {
+        .data_size = sizeof(ApiRequest),
+        .begin = api_begin,
+        .handle = api_handle,
+        .hangup = api_hangup,
+        .drained = api_drained,
+        .done = api_done,
+};
+
+int client_api_new(Server *server, const Config *config, bool peer, ClientApi **ret) {
+        ClientApi *a;
+
+        assert(server);
+        assert(config);
+        assert(ret);
+
+        a = calloc(1, sizeof(ClientApi));
+        if (!a)
+                return -ENOMEM;
+        *a = (ClientApi) { .server = server, .config = config, .peer = peer };
+        *ret = a;
+        return 0;
+}
+
+ClientApi *client_api_free(ClientApi *a) {
+        free(a);
+        return NULL;
 }
