@@ -1019,6 +1019,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata) {
                 if (!x->paused)
                         log_debug("proxy: the client is slower than %s, pausing the transfer", x->url.data);
                 x->paused = true;
+                xfer_mark_dirty(x); /* proxy_flush() or drained() resumes it */
                 return CURL_WRITEFUNC_PAUSE;
         }
         if (http_buf_append(&x->body, data, n) < 0)
