@@ -1203,7 +1203,7 @@ static int xfer_start(ProxyXfer *x) {
                         continue;
 
                 x->url.len = 0;
-                if (http_buf_append(&x->url, e->url, e->url_len) < 0 || http_buf_puts(&x->url, x->req->uri) < 0)
+                if (http_buf_append(&x->url, e->url, e->url_len) < 0 || http_buf_append(&x->url, x->req->uri, x->req->uri_len) < 0)
                         return -ENOMEM;
                 if (curl_easy_setopt(x->easy, CURLOPT_URL, x->url.data) != CURLE_OK)
                         return -EIO;
