@@ -12,14 +12,20 @@
  * while there is no available endpoint and the interval is >= 30 s. An endpoint that failed a transport is
  * unavailable for --proxy-failure-wait, then available again without a probe.
  *
- * Forwarding. Each client request (body buffered by http-server.c, 10 MiB cap) is sent with libcurl to the
- * available endpoints in turn, trying the next only after a transport error (nothing received); an HTTP
- * error status is passed through. Hop-by-hop headers are dropped both ways and X-Forwarded-For appended.
- * The response is streamed: the client connection stays suspended until the upstream headers are in, then
- * the body goes out through MHD_create_response_from_callback() (chunked unless upstream gave a
- * Content-Length) fed by libcurl's write callback, so long-poll and streaming watches pass through. When
- * the client is slower than upstream, the transfer is paused (CURL_WRITEFUNC_PAUSE) above a buffer high
- * mark and resumed by the reader. A client hang-up cancels the transfer.
+ * Forwarding. Each client request (body read by the HTTP layer, capped by the service's body_max) is sent
+ * with libcurl to the available endpoints in turn, trying the next only after a transport error (nothing
+ * received); an HTTP error status is passed through. Hop-by-hop headers are dropped both ways and
+ * X-Forwarded-For appended. The response is streamed: once the upstream headers are in, they go out with
+ * http_stream_begin() (chunked unless upstream gave a Content-Length) and the body follows piece by piece
+ * with http_stream_write(), so long-poll and streaming watches pass through; an answer that is complete
+ * by the time we look goes out in one http_reply(). When the client is slower than upstream, the transfer
+ * is paused (CURL_WRITEFUNC_PAUSE) above a high mark of output queued in the layer and resumed from the
+ * handler's drained(). A client hang-up cancels the transfer.
+ *
+ * libcurl's callbacks only collect (headers, body pieces) and put the transfer on a "dirty" list; the
+ * layer is told after curl_multi_socket_action() returns (proxy_flush()). The layer may end a request,
+ * and so call our done(), from inside any of its calls: a transfer whose request went away while we are
+ * inside curl or inside proxy_flush() is only detached then, and released (proxy_reap()) once we are out.
  *
  * The forwarding transfers run on a multi handle of their own (not CurlGlue): the latency budget is a
  * tenth of a millisecond, so the multi handle is kicked from a defer source rather than from a 1 ms timer,
@@ -27,7 +33,6 @@
  * with their request-header storage, so that a forwarded request allocates next to nothing of our own.
  */
 
-#include <arpa/inet.h>
 #include <assert.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -41,7 +46,6 @@
 #include <curl/curl.h>
 #include <json-c/json.h>
 
-#include "client-api.h"
 #include "curl-glue.h"
 #include "http-util.h"
 #include "log.h"
@@ -54,7 +58,6 @@
 #define PROXY_MAX_CONNECTS 256L
 #define PROXY_XFER_POOL_MAX 256u
 #define PROXY_BUFFER_HIGH ((size_t) 256 * 1024)       /* pause upstream above this much unsent body */
-#define PROXY_READER_BLOCK 4096
 #define PROXY_BUFFER_KEEP ((size_t) 64 * 1024)        /* larger buffers are not kept in the pool */
 
 typedef struct ProxyEndpoint {
@@ -82,9 +85,13 @@ typedef struct ProxyXfer ProxyXfer;
 struct ProxyXfer {
         Proxy *proxy;
         CURL *easy;
-        HttpRequest *req;
+        HttpRequest *req;           /* NULL once the request went away (or before it is attached) */
         ProxyXfer *prev, *next;     /* active list, or free list (next only) */
+        ProxyXfer *dirty_next;      /* the dirty list: something for the layer (proxy_flush()) */
+        ProxyXfer *orphan_next;     /* the orphan list: to release once out of curl and proxy_flush() */
         bool running;               /* in the multi handle */
+        bool dirty;
+        bool orphan;
 
         ProxyEndpointSet *set;
         size_t ep;                  /* endpoint being tried */
@@ -103,12 +110,19 @@ struct ProxyXfer {
         bool failed;                /* no endpoint answered: 502 */
         bool finished;
         bool paused;
+        bool started;               /* the answer went out to the layer (http_reply() or http_stream_begin()) */
+        bool ended;                 /* ... completely */
         CURLcode result;
         int64_t content_length;     /* -1: unknown */
         HttpBuf resp_hdrs;          /* "Name\0value\0" pairs of the final response */
-        HttpBuf body;               /* received, not yet handed to libmicrohttpd */
+        HttpBuf body;               /* received, not yet handed to the layer */
         size_t body_off;
 };
+
+/* The state of one client request at r->data. */
+typedef struct ProxyRequest {
+        ProxyXfer *xfer;
+} ProxyRequest;
 
 struct Proxy {
         sd_event *event;
@@ -139,7 +153,9 @@ struct Proxy {
         size_t n_sockets;
         sd_event_source *io, *timer, *defer;
         unsigned in_curl;
-        HttpDaemon *woken;          /* a client request was resumed from a libcurl callback */
+        unsigned in_flush;
+        ProxyXfer *dirty;           /* see ProxyXfer.dirty_next */
+        ProxyXfer *orphans;
         ProxyXfer *active;
         ProxyXfer *pool;
         unsigned n_pool;
@@ -624,21 +640,17 @@ static void refresh_start(Proxy *p) {
 
 static void xfer_finished(ProxyXfer *x, CURLcode result);
 
-/* Resumes a client request from libcurl's callbacks; proxy_flush() then runs libmicrohttpd at once. */
-static void request_resume(Proxy *p, HttpRequest *r) {
-        http_request_resume(r);
-        p->woken = r->daemon;
-}
+static void proxy_flush(Proxy *p);
 
-/* After libcurl delivered (never from inside libmicrohttpd or libcurl): answer the resumed requests in
- * this loop iteration instead of the next one. */
-static void proxy_flush(Proxy *p) {
-        HttpDaemon *d = p->woken;
+/* Something for the layer (headers, body, the end): proxy_flush() hands it over once we are out of curl. */
+static void xfer_mark_dirty(ProxyXfer *x) {
+        Proxy *p = x->proxy;
 
-        if (!d)
+        if (x->dirty || !x->req)
                 return;
-        p->woken = NULL;
-        http_daemon_run_if_woken(d);
+        x->dirty = true;
+        x->dirty_next = p->dirty;
+        p->dirty = x;
 }
 
 static void multi_action(Proxy *p, curl_socket_t fd, int flags) {
@@ -851,21 +863,30 @@ static void xfer_destroy(ProxyXfer *x) {
         free(x);
 }
 
-/* Detaches the transfer from its request and the multi handle; back to the pool. Never from inside curl. */
+static void xfer_detach_request(ProxyXfer *x) {
+        if (x->req) {
+                ProxyRequest *pr = x->req->data;
+
+                pr->xfer = NULL;
+                x->req = NULL;
+        }
+}
+
+/* Detaches the transfer from its request and the multi handle; back to the pool. Never from inside curl
+ * or proxy_flush(), never while on the dirty list (see xfer_drop()). */
 static void xfer_release(ProxyXfer *x) {
         Proxy *p = x->proxy;
 
         assert(p->in_curl == 0);
+        assert(!x->dirty);
 
         if (x->running) {
                 (void) curl_multi_remove_handle(p->multi, x->easy);
                 x->running = false;
         }
-        if (x->req) {
-                x->req->proxy_xfer = NULL;
-                x->req = NULL;
-        }
+        xfer_detach_request(x);
         x->set = set_unref(x->set);
+        x->orphan = false;
 
         if (x->next)
                 x->next->prev = x->prev;
@@ -879,7 +900,7 @@ static void xfer_release(ProxyXfer *x) {
                 xfer_destroy(x);
                 return;
         }
-        x->finished = x->failed = false;
+        x->finished = x->failed = x->started = x->ended = false;
         xfer_reset_response(x);
         buf_trim(&x->url);
         buf_trim(&x->hdr_text);
@@ -889,6 +910,35 @@ static void xfer_release(ProxyXfer *x) {
         x->next = p->pool;
         p->pool = x;
         p->n_pool++;
+}
+
+/* The request is gone (hangup(), done()): release the transfer now if we may, else once out of curl and
+ * proxy_flush() (proxy_reap()); meanwhile libcurl's callbacks see x->req == NULL and abort it. */
+static void xfer_drop(ProxyXfer *x) {
+        Proxy *p = x->proxy;
+
+        xfer_detach_request(x);
+        if (p->in_curl == 0 && p->in_flush == 0 && !x->dirty) {
+                xfer_release(x);
+                return;
+        }
+        if (x->orphan)
+                return;
+        x->orphan = true;
+        x->orphan_next = p->orphans;
+        p->orphans = x;
+}
+
+static void proxy_reap(Proxy *p) {
+        if (p->in_curl > 0 || p->in_flush > 0 || p->dirty)
+                return;
+        while (p->orphans) {
+                ProxyXfer *x = p->orphans;
+
+                p->orphans = x->orphan_next;
+                x->orphan_next = NULL;
+                xfer_release(x);
+        }
 }
 
 static size_t on_header(char *data, size_t size, size_t nitems, void *userdata) {
@@ -913,10 +963,7 @@ static size_t on_header(char *data, size_t size, size_t nitems, void *userdata) 
         if (l == 0) {
                 if (x->status >= 200 && !x->headers_done) {
                         x->headers_done = true;
-                        if (x->req && x->req->state == HTTP_REQUEST_PROPOSING) {
-                                x->req->state = HTTP_REQUEST_ANSWERED;
-                                request_resume(x->proxy, x->req);
-                        }
+                        xfer_mark_dirty(x);
                 }
                 return n;
         }
@@ -932,7 +979,8 @@ static size_t on_header(char *data, size_t size, size_t nitems, void *userdata) 
         while (v < data + l && (*v == ' ' || *v == '\t'))
                 v++;
 
-        if (is_hop_header(data, nl))
+        /* the layer writes its own Date (as Go's server would not, given upstream's: a small difference) */
+        if (is_hop_header(data, nl) || (nl == 4 && strncasecmp(data, "Date", 4) == 0))
                 return n;
         if (nl == 14 && strncasecmp(data, "Content-Length", 14) == 0) {
                 char tmp[32];
@@ -966,18 +1014,17 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata) {
 
         if (x->body_off == x->body.len)
                 x->body.len = x->body_off = 0;
-        if (x->body.len - x->body_off >= PROXY_BUFFER_HIGH) {
+        if (x->body.len - x->body_off + (x->started ? http_stream_pending(x->req) : 0) >= PROXY_BUFFER_HIGH) {
                 /* the client does not keep up: libcurl hands this chunk over again once unpaused */
                 if (!x->paused)
                         log_debug("proxy: the client is slower than %s, pausing the transfer", x->url.data);
                 x->paused = true;
+                xfer_mark_dirty(x); /* proxy_flush() or drained() resumes it */
                 return CURL_WRITEFUNC_PAUSE;
         }
         if (http_buf_append(&x->body, data, n) < 0)
                 return 0;
-
-        if (x->req->suspended && x->req->state == HTTP_REQUEST_WATCHING)
-                request_resume(x->proxy, x->req);
+        xfer_mark_dirty(x);
         return n;
 }
 
@@ -1041,21 +1088,20 @@ typedef struct HeaderCollect {
         int error;
 } HeaderCollect;
 
-static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
-        HeaderCollect *c = cls;
+static void collect_header(HeaderCollect *c, const char *key, const char *value) {
         ProxyXfer *x = c->x;
         size_t kl = strlen(key);
 
         if (is_hop_header(key, kl) || strcaseeq_n(key, kl, "Content-Length"))
-                return MHD_YES;
+                return;
         if (strcaseeq_n(key, kl, "Expect")) {
                 c->have_expect = true; /* we send the whole body at once: no 100-continue round trip */
-                return MHD_YES;
+                return;
         }
         if (strcaseeq_n(key, kl, "X-Forwarded-For")) {
                 if ((c->x->xff.len > 0 && http_buf_puts(&x->xff, ", ") < 0) || http_buf_puts(&x->xff, strempty(value)) < 0)
                         c->error = -ENOMEM;
-                return MHD_YES;
+                return;
         }
         if (strcaseeq_n(key, kl, "Content-Type"))
                 c->have_content_type = true;
@@ -1065,36 +1111,29 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
         if (http_buf_puts(&x->hdr_text, key) < 0 || http_buf_puts(&x->hdr_text, ": ") < 0 ||
             http_buf_puts(&x->hdr_text, strempty(value)) < 0 || http_buf_append(&x->hdr_text, "", 1) < 0)
                 c->error = -ENOMEM;
-        return MHD_YES;
-}
-
-static int client_ip(struct MHD_Connection *c, char *buf, size_t size) {
-        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        const struct sockaddr *sa = ci ? ci->client_addr : NULL;
-
-        if (!sa)
-                return -EINVAL;
-        if (sa->sa_family == AF_INET)
-                return inet_ntop(AF_INET, &((const struct sockaddr_in *) sa)->sin_addr, buf, size) ? 0 : -errno;
-        if (sa->sa_family == AF_INET6)
-                return inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) sa)->sin6_addr, buf, size) ? 0 : -errno;
-        return -EAFNOSUPPORT;
 }
 
 /* Method, headers and body of the client request, for every endpoint we try. */
-static int xfer_prepare(ProxyXfer *x, HttpRequest *r, const char *method) {
+static int xfer_prepare(ProxyXfer *x, HttpRequest *r) {
         HeaderCollect c = { .x = x };
+        const char *method = r->method;
         char ip[INET6_ADDRSTRLEN];
-        size_t n = 0;
+        size_t n = 0, n_headers;
         CURL *e = x->easy;
 
         x->hdr_text.len = x->xff.len = 0;
-        (void) MHD_get_connection_values(r->connection, MHD_HEADER_KIND, collect_header, &c);
+        n_headers = http_request_n_headers(r);
+        for (size_t i = 0; i < n_headers && c.error >= 0; i++) {
+                const char *name, *value;
+
+                http_request_header_at(r, i, &name, &value);
+                collect_header(&c, name, value);
+        }
         if (c.error < 0)
                 return c.error;
 
         /* maybeSetForwardedFor(): prior values joined, then the client's address */
-        if (client_ip(r->connection, ip, sizeof ip) >= 0) {
+        if (http_request_peer_ip(r, ip, sizeof ip) >= 0) {
                 if (http_buf_puts(&x->hdr_text, "X-Forwarded-For: ") < 0 ||
                     (x->xff.len > 0 && (http_buf_append(&x->hdr_text, x->xff.data, x->xff.len) < 0 ||
                                         http_buf_puts(&x->hdr_text, ", ") < 0)) ||
@@ -1164,7 +1203,7 @@ static int xfer_start(ProxyXfer *x) {
                         continue;
 
                 x->url.len = 0;
-                if (http_buf_append(&x->url, e->url, e->url_len) < 0 || http_buf_puts(&x->url, x->req->uri) < 0)
+                if (http_buf_append(&x->url, e->url, e->url_len) < 0 || http_buf_append(&x->url, x->req->uri, x->req->uri_len) < 0)
                         return -ENOMEM;
                 if (curl_easy_setopt(x->easy, CURLOPT_URL, x->url.data) != CURLE_OK)
                         return -EIO;
@@ -1183,10 +1222,8 @@ static int xfer_start(ProxyXfer *x) {
 static void xfer_finished(ProxyXfer *x, CURLcode result) {
         HttpRequest *r = x->req;
 
-        if (!r) {
-                xfer_release(x);
-                return;
-        }
+        if (!r)
+                return; /* an orphan: proxy_reap() releases it */
 
         if (!x->headers_done) {
                 /* No response: a transport error. Mark the endpoint, try the next one. */
@@ -1202,10 +1239,7 @@ static void xfer_finished(ProxyXfer *x, CURLcode result) {
                                 log_info("proxy: unable to get response from %u endpoint(s)", x->n_available);
                         x->failed = true;
                         x->finished = true;
-                        if (r->state == HTTP_REQUEST_PROPOSING) {
-                                r->state = HTTP_REQUEST_ANSWERED;
-                                request_resume(x->proxy, r);
-                        }
+                        xfer_mark_dirty(x);
                 }
                 return;
         }
@@ -1214,145 +1248,192 @@ static void xfer_finished(ProxyXfer *x, CURLcode result) {
         x->result = result;
         if (result != CURLE_OK)
                 log_debug("proxy: upstream %s ended: %s", x->url.data, curl_easy_strerror(result));
-        if (r->suspended && r->state == HTTP_REQUEST_WATCHING)
-                request_resume(x->proxy, r);
+        xfer_mark_dirty(x);
 }
 
 /* --- client requests ------------------------------------------------------------------------ */
 
 /* etcd2 wraps the proxy in its CORS handler (headers on every answer, OPTIONS answered here) and, for
  * --proxy readonly, that in the readonly handler (whose 501 has no CORS headers). */
-static enum MHD_Result reply_full(HttpRequest *r, unsigned status, const char *content_type, const char *body,
-                                  const char *allow, bool cors) {
-        struct MHD_Response *resp;
-        enum MHD_Result ret;
+static void add_cors(Proxy *p, HttpRequest *r) {
+        const char *origin = NULL;
 
-        resp = MHD_create_response_from_buffer(strlen(body), (void *) body, MHD_RESPMEM_MUST_COPY);
-        if (!resp) {
-                log_oom();
-                return MHD_NO;
+        if (!p->config->cors)
+                return;
+
+        STRV_FOREACH(o, p->config->cors)
+                if (streq(*o, "*")) {
+                        origin = "*";
+                        break;
+                }
+        if (!origin) {
+                const char *h = http_request_header(r, "Origin");
+
+                if (h)
+                        STRV_FOREACH(o, p->config->cors)
+                                if (streq(*o, h)) {
+                                        origin = h;
+                                        break;
+                                }
         }
-        if (content_type)
-                (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
-        if (allow)
-                (void) MHD_add_response_header(resp, "Allow", allow);
-        if (cors)
-                client_api_add_cors(r, resp);
-        ret = MHD_queue_response(r->connection, status, resp);
-        MHD_destroy_response(resp);
-        r->state = HTTP_REQUEST_QUEUED;
-        return ret;
+        if (!origin)
+                return;
+
+        http_response_header(r, "Access-Control-Allow-Methods", "POST, GET, OPTIONS, PUT, DELETE");
+        http_response_header(r, "Access-Control-Allow-Origin", origin);
+        http_response_header(r, "Access-Control-Allow-Headers", "accept, content-type, authorization");
 }
 
-static enum MHD_Result reply(HttpRequest *r, unsigned status, const char *content_type, const char *body,
-                             const char *allow) {
-        return reply_full(r, status, content_type, body, allow, true);
+static void reply_full(HttpRequest *r, unsigned status, const char *content_type, const char *body,
+                       const char *allow, bool cors) {
+        if (allow)
+                http_response_header(r, "Allow", allow);
+        if (cors)
+                add_cors(r->userdata, r);
+        http_reply(r, status, content_type, body, strlen(body));
+}
+
+static void reply(HttpRequest *r, unsigned status, const char *content_type, const char *body, const char *allow) {
+        reply_full(r, status, content_type, body, allow, true);
 }
 
 /* httptypes.HTTPError.WriteTo() */
-static enum MHD_Result reply_error(HttpRequest *r, unsigned status, const char *message) {
+static void reply_error(HttpRequest *r, unsigned status, const char *message) {
         _cleanup_(http_buf_done) HttpBuf b = {};
 
         if (http_buf_puts(&b, "{\"message\":") < 0 || http_buf_json_string(&b, message, strlen(message)) < 0 ||
-            http_buf_puts(&b, "}") < 0)
-                return MHD_NO;
-        return reply(r, status, "application/json", b.data, NULL);
+            http_buf_puts(&b, "}") < 0) {
+                log_oom();
+                http_response_close(r);
+                http_reply(r, 500, NULL, "", 0);
+                return;
+        }
+        reply(r, status, "application/json", b.data, NULL);
 }
 
 /* GET /v2/config/local/proxy: {"endpoints":[...]} (json.Encoder: with a newline; Go sniffs text/plain). */
-static enum MHD_Result reply_config(HttpRequest *r, Proxy *p, const char *method) {
+static void reply_config(HttpRequest *r, Proxy *p) {
         _cleanup_(http_buf_done) HttpBuf b = {};
+        bool ok = true;
         char **l;
 
-        if (!streq(method, "GET"))
-                return reply(r, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "Method Not Allowed\n", "GET");
+        if (!streq(r->method, "GET")) {
+                reply(r, 405, "text/plain; charset=utf-8", "Method Not Allowed\n", "GET");
+                return;
+        }
 
         l = proxy_endpoints(p);
-        if (http_buf_puts(&b, "{\"endpoints\":[") < 0)
-                return MHD_NO;
+        ok = http_buf_puts(&b, "{\"endpoints\":[") >= 0;
         STRV_FOREACH(u, l)
-                if ((u != l && http_buf_puts(&b, ",") < 0) || http_buf_json_string(&b, *u, strlen(*u)) < 0)
-                        return MHD_NO;
-        if (http_buf_puts(&b, "]}\n") < 0)
-                return MHD_NO;
-        return reply(r, MHD_HTTP_OK, "text/plain; charset=utf-8", b.data, NULL);
+                if (ok)
+                        ok = (u == l || http_buf_puts(&b, ",") >= 0) && http_buf_json_string(&b, *u, strlen(*u)) >= 0;
+        if (!ok || http_buf_puts(&b, "]}\n") < 0) {
+                reply_error(r, 500, "proxy: out of memory");
+                return;
+        }
+        reply(r, 200, "text/plain; charset=utf-8", b.data, NULL);
 }
 
-static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max) {
-        HttpRequest *r = cls;
-        ProxyXfer *x = r->proxy_xfer;
-        size_t avail, n;
+/* Ends an answer whose upstream transfer broke off: the client must not take it for complete, so the
+ * connection closes without the final chunk (or short of the Content-Length). The layer has no call for
+ * exactly that yet: ask for a close and end the stream. */
+static void stream_abort(HttpRequest *r) {
+        http_response_close(r);
+        http_stream_end(r);
+}
 
-        if (r->hung_up || !x)
-                return MHD_CONTENT_READER_END_WITH_ERROR;
+/* Hands what the transfer collected to the layer. Any call into the layer may end the request (and run
+ * our done()): x->req is checked after each; x itself stays valid (released by proxy_reap() only). */
+static void xfer_flush(ProxyXfer *x) {
+        Proxy *p = x->proxy;
+        HttpRequest *r = x->req;
+        size_t have;
 
-        avail = x->body.len - x->body_off;
-        if (avail > 0) {
-                n = MIN(avail, max);
-                memcpy(buf, x->body.data + x->body_off, n);
-                x->body_off += n;
-                if (x->body_off == x->body.len)
-                        x->body.len = x->body_off = 0;
-                if (x->paused && x->body.len - x->body_off < PROXY_BUFFER_HIGH / 2) {
-                        /* may call on_write() right away: our copy is done */
-                        x->paused = false;
-                        (void) curl_easy_pause(x->easy, CURLPAUSE_CONT);
+        if (!r || x->ended)
+                return;
+
+        if (x->failed) {
+                char msg[96];
+
+                x->started = x->ended = true;
+                snprintf(msg, sizeof msg, "proxy: unable to get response from %u endpoint(s)", x->n_available);
+                reply_error(r, 502, msg);
+                return;
+        }
+        if (!x->headers_done)
+                return;
+
+        have = x->body.len - x->body_off;
+        if (!x->started) {
+                x->started = true;
+                for (size_t off = 0; off < x->resp_hdrs.len;) {
+                        const char *name = x->resp_hdrs.data + off, *value;
+
+                        off += strlen(name) + 1;
+                        value = x->resp_hdrs.data + off;
+                        off += strlen(value) + 1;
+                        http_response_header(r, name, value);
                 }
-                return (ssize_t) n;
+                add_cors(p, r);
+
+                if (x->finished && x->result == CURLE_OK && !r->head &&
+                    (x->content_length < 0 || (uint64_t) x->content_length == have)) {
+                        /* the usual small answer, complete already: one piece */
+                        x->ended = true;
+                        http_reply(r, (unsigned) x->status, NULL, x->body.data ? x->body.data + x->body_off : "", have);
+                        return;
+                }
+                http_stream_begin(r, (unsigned) x->status, NULL, x->content_length);
+                if (!x->req)
+                        return;
         }
 
-        if (x->finished)
-                return x->result == CURLE_OK ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
-        if (x->paused) {
+        if (have > 0) {
+                bool last = x->finished && x->result == CURLE_OK;
+
+                if (last)
+                        x->ended = true;
+                http_stream_write(r, x->body.data + x->body_off, have, last);
+                x->body.len = x->body_off = 0;
+                if (last || !x->req)
+                        return;
+        }
+
+        if (x->finished) {
+                x->ended = true;
+                if (x->result == CURLE_OK)
+                        http_stream_end(r);
+                else
+                        stream_abort(r);
+                return;
+        }
+
+        if (x->paused && http_stream_pending(r) < PROXY_BUFFER_HIGH / 2) {
+                /* may call on_write() right away, which puts x on the dirty list again */
                 x->paused = false;
+                p->in_curl++;
                 (void) curl_easy_pause(x->easy, CURLPAUSE_CONT);
-                if (x->body.len > x->body_off)
-                        return 0; /* called again right away */
+                p->in_curl--;
         }
-
-        /* nothing to send: park the connection until upstream delivers (or the client hangs up) */
-        http_request_suspend(r);
-        return 0;
 }
 
-static enum MHD_Result queue_upstream_response(HttpRequest *r, ProxyXfer *x) {
-        struct MHD_Response *resp;
-        enum MHD_Result ret;
-        uint64_t size = x->content_length >= 0 ? (uint64_t) x->content_length : MHD_SIZE_UNKNOWN;
-        size_t have = x->body.len - x->body_off;
+/* Tells the layer what libcurl delivered; called once out of curl. Re-entrant calls (a layer callback
+ * starting a transfer) leave the work to the outer loop. */
+static void proxy_flush(Proxy *p) {
+        if (p->in_flush > 0 || p->in_curl > 0)
+                return;
 
-        if (x->finished && x->result == CURLE_OK && !r->head &&
-            (x->content_length < 0 || (uint64_t) x->content_length == have))
-                /* The usual small answer, complete already: hand over the buffer itself. It stays
-                 * untouched until the request is done (proxy_request_done()), after the response. */
-                resp = MHD_create_response_from_buffer(have, x->body.data ? x->body.data + x->body_off : (char *) "",
-                                                       MHD_RESPMEM_PERSISTENT);
-        else
-                resp = MHD_create_response_from_callback(size, PROXY_READER_BLOCK, body_reader, r, NULL);
-        if (!resp) {
-                log_oom();
-                return MHD_NO;
+        p->in_flush++;
+        while (p->dirty) {
+                ProxyXfer *x = p->dirty;
+
+                p->dirty = x->dirty_next;
+                x->dirty_next = NULL;
+                x->dirty = false;
+                xfer_flush(x);
         }
-        for (size_t off = 0; off < x->resp_hdrs.len;) {
-                const char *name = x->resp_hdrs.data + off, *value;
-
-                off += strlen(name) + 1;
-                value = x->resp_hdrs.data + off;
-                off += strlen(value) + 1;
-                if (MHD_add_response_header(resp, name, value) != MHD_YES)
-                        log_debug("proxy: dropped response header %s", name);
-        }
-        client_api_add_cors(r, resp);
-        r->state = HTTP_REQUEST_WATCHING;
-        ret = MHD_queue_response(r->connection, (unsigned) x->status, resp);
-        MHD_destroy_response(resp);
-        return ret;
-}
-
-void proxy_request_begin(HttpRequest *r, const char *method) {
-        /* etcd's proxy reads every request body (ioutil.ReadAll) before forwarding it */
-        r->want_body = true;
-        r->head = streq(method, "HEAD");
+        p->in_flush--;
+        proxy_reap(p);
 }
 
 static bool uri_is(const char *uri, const char *path) {
@@ -1361,93 +1442,105 @@ static bool uri_is(const char *uri, const char *path) {
         return strneq(uri, path, l) && (uri[l] == 0 || uri[l] == '?');
 }
 
-enum MHD_Result proxy_request_handle(HttpRequest *r, const char *method) {
-        Proxy *p = http_daemon_proxy(r->daemon);
-        ProxyXfer *x = r->proxy_xfer;
+static HttpBodyMode proxy_begin(HttpRequest *r) {
+        /* etcd's proxy reads every request body (ioutil.ReadAll) before forwarding it */
+        return HTTP_BODY_READ;
+}
+
+static void forward(HttpRequest *r, Proxy *p) {
+        ProxyRequest *pr = r->data;
         unsigned n_available;
+        ProxyXfer *x;
         int k;
-
-        if (r->hung_up)
-                return MHD_NO;
-
-        switch (r->state) {
-        case HTTP_REQUEST_NEW:
-                break;
-        case HTTP_REQUEST_ANSWERED:
-                if (!x)
-                        return MHD_NO;
-                if (x->failed) {
-                        char msg[96];
-
-                        snprintf(msg, sizeof msg, "proxy: unable to get response from %u endpoint(s)", x->n_available);
-                        xfer_release(x);
-                        return reply_error(r, MHD_HTTP_BAD_GATEWAY, msg);
-                }
-                return queue_upstream_response(r, x);
-        case HTTP_REQUEST_PROPOSING:
-                return MHD_NO; /* resumed without an answer: only a hang-up does that */
-        default:
-                return MHD_YES;
-        }
-
-        /* NewReadonlyHandler() wraps everything, the config endpoint too */
-        if (p->readonly && !streq(method, "GET"))
-                return reply_full(r, MHD_HTTP_NOT_IMPLEMENTED, NULL, "", NULL, false);
-        if (streq(method, "OPTIONS"))
-                return reply(r, MHD_HTTP_OK, NULL, "", NULL);
-        if (uri_is(r->uri, "/v2/config/local/proxy"))
-                return reply_config(r, p, method);
-        if (r->body_too_large)
-                return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR,
-                                   "proxy: failed to read request body: http: request body too large");
 
         n_available = set_n_available(p->set, now_usec());
         if (n_available == 0) {
                 log_info("proxy: zero endpoints currently available");
-                return reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "proxy: zero endpoints currently available");
+                reply_error(r, 503, "proxy: zero endpoints currently available");
+                return;
         }
 
         x = xfer_get(p);
         if (!x) {
                 log_oom();
-                return MHD_NO;
+                reply_error(r, 500, "proxy: failed to start forwarding");
+                return;
         }
         x->req = r;
-        r->proxy_xfer = x;
+        pr->xfer = x;
         x->set = set_ref(p->set);
         x->ep = 0;
         x->n_available = n_available;
 
-        k = xfer_prepare(x, r, method);
+        k = xfer_prepare(x, r);
         if (k >= 0)
                 k = xfer_start(x);
         if (k < 0) {
                 log_warning_errno(k, "proxy: failed to start forwarding: %m");
-                xfer_release(x);
-                return reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "proxy: failed to start forwarding");
+                xfer_drop(x);
+                reply_error(r, 500, "proxy: failed to start forwarding");
+                return;
         }
 
-        r->state = HTTP_REQUEST_PROPOSING;
-        http_request_suspend_brief(r);
-
         /* Send it now rather than from the defer source on the next loop iteration: one iteration less
-         * per request. Safe here: we are inside libmicrohttpd, not libcurl, and whatever libcurl reports
-         * meanwhile only flags requests for resumption (this one included, after the suspension). */
-        if (p->in_curl == 0)
+         * per request. Whatever libcurl delivers meanwhile (for other requests too) goes to the layer from
+         * the defer source, not from inside this callback of the layer. */
+        if (p->in_curl == 0) {
                 multi_action(p, CURL_SOCKET_TIMEOUT, 0);
-        return MHD_YES;
+                if (p->dirty || p->orphans)
+                        (void) sd_event_source_set_enabled(p->defer, SD_EVENT_ONESHOT);
+        }
 }
 
-void proxy_request_hangup(HttpRequest *r) {
-        ProxyXfer *x = r->proxy_xfer;
+static void proxy_handle(HttpRequest *r) {
+        Proxy *p = r->userdata;
 
-        if (x)
-                xfer_release(x);
+        /* NewReadonlyHandler() wraps everything, the config endpoint too */
+        if (p->readonly && !streq(r->method, "GET"))
+                reply_full(r, 501, NULL, "", NULL, false);
+        else if (streq(r->method, "OPTIONS"))
+                reply(r, 200, NULL, "", NULL);
+        else if (uri_is(r->uri, "/v2/config/local/proxy"))
+                reply_config(r, p);
+        else if (r->body_too_large)
+                reply_error(r, 500, "proxy: failed to read request body: http: request body too large");
+        else
+                forward(r, p);
 }
 
-void proxy_request_done(HttpRequest *r) {
-        proxy_request_hangup(r);
+static void proxy_hangup(HttpRequest *r) {
+        ProxyRequest *pr = r->data;
+
+        if (pr->xfer)
+                xfer_drop(pr->xfer);
 }
+
+static void proxy_drained(HttpRequest *r) {
+        ProxyRequest *pr = r->data;
+        ProxyXfer *x = pr->xfer;
+        Proxy *p = r->userdata;
+
+        if (!x || !x->paused || p->in_curl > 0)
+                return;
+        x->paused = false;
+        p->in_curl++;
+        (void) curl_easy_pause(x->easy, CURLPAUSE_CONT);
+        p->in_curl--;
+        proxy_flush(p);
+}
+
+static void proxy_done(HttpRequest *r) {
+        proxy_hangup(r);
+}
+
+const HttpHandler proxy_http_handler = {
+        .data_size = sizeof(ProxyRequest),
+        .begin = proxy_begin,
+        .handle = proxy_handle,
+        .hangup = proxy_hangup,
+        .drained = proxy_drained,
+        .done = proxy_done,
+};
 
 /* --- setup ---------------------------------------------------------------------------------- */
 
@@ -1560,9 +1653,16 @@ Proxy *proxy_free(Proxy *p) {
         if (!p)
                 return NULL;
 
-        assert(p->in_curl == 0);
+        assert(p->in_curl == 0 && p->in_flush == 0);
 
-        /* requests still forwarding lose their transfer (their reader then ends with an error) */
+        /* the HTTP server is gone first: no request is left, nor anything to flush */
+        while (p->dirty) {
+                ProxyXfer *x = p->dirty;
+
+                p->dirty = x->dirty_next;
+                x->dirty = false;
+        }
+        p->orphans = NULL;      /* all on the active list too */
         while (p->active)
                 xfer_release(p->active);
         while (p->pool) {

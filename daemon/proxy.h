@@ -5,14 +5,13 @@
  * client URLs are learnt from GET <peerURL>/members and refreshed every --proxy-refresh-interval. */
 #pragma once
 
-#include <microhttpd.h>
 #include <systemd/sd-event.h>
 
 #include "config.h"
+#include "http-server.h"
 #include "macro.h"
 
 typedef struct Proxy Proxy;
-typedef struct HttpRequest HttpRequest;
 
 /* `peer_urls` (strv, may be NULL when <data-dir>/proxy/cluster exists) are the cluster's peer URLs. */
 int proxy_new(sd_event *event, const Config *config, char **peer_urls, Proxy **ret);
@@ -26,9 +25,6 @@ bool proxy_refreshed(Proxy *p);
  * /v2/config/local/proxy and the bus. */
 char **proxy_endpoints(Proxy *p);
 
-/* Hooks for the client listeners in proxy mode (see client-api.h for the member's): http-server.c calls
- * these instead of client_api_*() when it was given a Proxy. Free the HttpServer before the Proxy. */
-void proxy_request_begin(HttpRequest *r, const char *method);
-enum MHD_Result proxy_request_handle(HttpRequest *r, const char *method);
-void proxy_request_hangup(HttpRequest *r);
-void proxy_request_done(HttpRequest *r);
+/* The handler of the client listeners in proxy mode; the service's userdata is the Proxy. The body limit
+ * (limits.body_max) is the service's. Free the HttpServer before the Proxy. */
+extern const HttpHandler proxy_http_handler;

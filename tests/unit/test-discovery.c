@@ -2,13 +2,15 @@
 /* test-discovery.c - the discovery client against a fake v2 discovery service inside the test. */
 
 /*
- * The fake service is libmicrohttpd with a thread per connection (the event loop under test is the
- * only thing on the main thread). It keeps a flat map key -> value with etcd's indexes and an event
- * history, and answers just what discovery asks for: GET of a key or a directory (X-Etcd-Index),
- * PUT ?prevExist=false (201, or 412 errorCode 105), and long-poll watches (?wait=true, recursive,
- * waitIndex) that block until a matching event exists, or answer 401 if told the history is cleared.
- * A "garbage" switch makes it answer HTML, and it can be started late on a fixed port (endpoint down,
- * then up). Its keys are plain URL paths: discovery must not insert /v2/keys.
+ * The fake service runs on our own HTTP layer (http-server.c), on the same sd-event loop as the discovery
+ * client under test, so this test exercises the layer as well: a listener on a bound 127.0.0.1 socket,
+ * a handler with per-request state, answers with http_reply(), some of them later than handle() (parked
+ * watches), and client hang-ups of parked requests. It keeps a flat map key -> value with etcd's
+ * indexes and an event history, and answers just what discovery asks for: GET of a key or a directory
+ * (X-Etcd-Index), PUT ?prevExist=false (201, or 412 errorCode 105), and long-poll watches (?wait=true,
+ * recursive, waitIndex) that are answered once a matching event exists, or 401 if told the history is
+ * cleared. A "garbage" switch makes it answer HTML, and it can be started late on a fixed port (endpoint
+ * down, then up). Its keys are plain URL paths: discovery must not insert /v2/keys.
  *
  * The daemon's stderr is captured per test (log lines are checked for etcd2's wording) and echoed as
  * TAP comments.
@@ -19,7 +21,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,12 +36,15 @@
 
 #include <cmocka.h>
 #include <curl/curl.h>
-#include <microhttpd.h>
 
 #include "discovery.h"
+#include "http-server.h"
+#include "http-util.h"
 #include "log.h"
 
 #define TOKEN "/_etcd/registry/4f3a1c0e"
+
+static sd_event *event;
 
 /* ---- the fake discovery service ---- */
 
@@ -49,26 +53,32 @@ typedef struct FakeEntry {
         uint64_t created, modified;
 } FakeEntry;
 
+/* Per request, at r->data. A watch without a matching event yet waits on fake.watches. */
+typedef struct FakeRequest {
+        HttpRequest *r;
+        struct FakeRequest *next;
+        bool parked;
+        char *key;
+        uint64_t wait_index;
+        bool recursive;
+} FakeRequest;
+
 static struct {
-        pthread_mutex_t lock;
-        pthread_cond_t cond;
-        struct MHD_Daemon *mhd;
+        HttpServer *server;
+        HttpService *service;
         uint16_t port;
         FakeEntry keys[64];
         size_t n_keys;
         FakeEntry events[64];
         size_t n_events;
+        FakeRequest *watches;
         uint64_t index;
         bool garbage;
-        bool stopping;
         uint64_t cleared_below;         /* watches with a waitIndex below this get 401 */
         int fail_watches;               /* that many recursive watches get 503 */
-        int n_puts, n_watches, n_gets, n_401, n_proxied, n_v2keys;
+        int n_puts, n_watches, n_gets, n_401, n_proxied, n_v2keys, n_hangups;
         char *last_put_key, *last_put_value;
-} fake = {
-        .lock = PTHREAD_MUTEX_INITIALIZER,
-        .cond = PTHREAD_COND_INITIALIZER,
-};
+} fake;
 
 static void fake_reset(void) {
         for (size_t i = 0; i < fake.n_keys; i++) {
@@ -85,24 +95,76 @@ static void fake_reset(void) {
         memset(fake.keys, 0, sizeof(fake.keys));
         memset(fake.events, 0, sizeof(fake.events));
         fake.n_keys = fake.n_events = 0;
+        fake.watches = NULL;
         fake.index = 10;        /* a used discovery service: indexes do not start at 1 */
-        fake.garbage = fake.stopping = false;
+        fake.garbage = false;
         fake.cleared_below = 0;
         fake.fail_watches = 0;
         fake.n_puts = fake.n_watches = fake.n_gets = fake.n_401 = fake.n_proxied = fake.n_v2keys = 0;
+        fake.n_hangups = 0;
         fake.last_put_key = fake.last_put_value = NULL;
 }
 
-static FakeEntry *fake_find_locked(const char *key) {
+static FakeEntry *fake_find(const char *key) {
         for (size_t i = 0; i < fake.n_keys; i++)
                 if (strcmp(fake.keys[i].key, key) == 0)
                         return &fake.keys[i];
         return NULL;
 }
 
-/* Sets a key (create or update) and records the event; returns the new index. */
-static uint64_t fake_set_locked(const char *key, const char *value) {
-        FakeEntry *e = fake_find_locked(key), *ev;
+static char *node_json(const FakeEntry *e) {
+        char *s;
+
+        assert_true(asprintf(&s, "{\"key\":\"%s\",\"value\":\"%s\",\"modifiedIndex\":%" PRIu64
+                             ",\"createdIndex\":%" PRIu64 "}", e->key, e->value, e->modified, e->created) > 0);
+        return s;
+}
+
+static bool under(const char *key, const char *dir) {
+        size_t n = strlen(dir);
+        return strncmp(key, dir, n) == 0 && key[n] == '/';
+}
+
+static void respond(HttpRequest *r, unsigned status, const char *body) {
+        http_response_header_u64(r, "X-Etcd-Index", fake.index, 10);
+        http_reply(r, status, fake.garbage ? "text/html" : "application/json", body, strlen(body));
+}
+
+static void respond_error(HttpRequest *r, unsigned status, int code, const char *msg, const char *cause) {
+        char body[512];
+
+        snprintf(body, sizeof(body), "{\"errorCode\":%d,\"message\":\"%s\",\"cause\":\"%s\",\"index\":%" PRIu64 "}\n",
+                 code, msg, cause, fake.index);
+        respond(r, status, body);
+}
+
+static bool watch_matches(const FakeRequest *w, const FakeEntry *ev) {
+        return ev->modified >= w->wait_index &&
+               (strcmp(ev->key, w->key) == 0 || (w->recursive && under(ev->key, w->key)));
+}
+
+static void respond_event(HttpRequest *r, const FakeEntry *ev) {
+        char *n = node_json(ev), *b;
+
+        assert_true(asprintf(&b, "{\"action\":\"%s\",\"node\":%s}\n", ev->action, n) > 0);
+        respond(r, 200, b);
+        free(n);
+        free(b);
+}
+
+static void watch_unpark(FakeRequest *w) {
+        for (FakeRequest **i = &fake.watches; *i; i = &(*i)->next)
+                if (*i == w) {
+                        *i = w->next;
+                        break;
+                }
+        w->next = NULL;
+        w->parked = false;
+}
+
+/* Sets a key (create or update), records the event, answers the watches it matches; returns the index. */
+static uint64_t fake_set_key(const char *key, const char *value) {
+        FakeEntry *e = fake_find(key), *ev;
         const char *action = e ? "set" : "create";
 
         fake.index++;
@@ -119,7 +181,14 @@ static uint64_t fake_set_locked(const char *key, const char *value) {
         assert_true(fake.n_events < ELEMENTSOF(fake.events));
         ev = &fake.events[fake.n_events++];
         *ev = (FakeEntry) { strdup(key), strdup(value), strdup(action), e->created, e->modified };
-        pthread_cond_broadcast(&fake.cond);
+
+        for (FakeRequest *w = fake.watches, *next; w; w = next) {
+                next = w->next;
+                if (!watch_matches(w, ev))
+                        continue;
+                watch_unpark(w);
+                respond_event(w->r, ev);
+        }
         return fake.index;
 }
 
@@ -127,56 +196,19 @@ static void fake_set(const char *rel, const char *value) {
         char key[256];
 
         snprintf(key, sizeof(key), "%s/%s", TOKEN, rel);
-        pthread_mutex_lock(&fake.lock);
-        (void) fake_set_locked(key, value);
-        pthread_mutex_unlock(&fake.lock);
+        (void) fake_set_key(key, value);
 }
 
-static char *node_json(const FakeEntry *e) {
-        char *s;
-
-        assert_true(asprintf(&s, "{\"key\":\"%s\",\"value\":\"%s\",\"modifiedIndex\":%" PRIu64
-                             ",\"createdIndex\":%" PRIu64 "}", e->key, e->value, e->modified, e->created) > 0);
-        return s;
+static const char *form_value(const HttpForm *f, const char *key) {
+        const HttpFormField *ff = http_form_get(f, key);
+        return ff ? ff->value : NULL;
 }
 
-static bool under(const char *key, const char *dir) {
-        size_t n = strlen(dir);
-        return strncmp(key, dir, n) == 0 && key[n] == '/';
-}
-
-typedef struct Conn {
-        char *body;
-        size_t size;
-} Conn;
-
-static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const char *body) {
-        struct MHD_Response *r;
-        enum MHD_Result ret;
-        char idx[32];
-
-        r = MHD_create_response_from_buffer(strlen(body), (void *) body, MHD_RESPMEM_MUST_COPY);
-        snprintf(idx, sizeof(idx), "%" PRIu64, fake.index);
-        (void) MHD_add_response_header(r, "Content-Type", fake.garbage ? "text/html" : "application/json");
-        (void) MHD_add_response_header(r, "X-Etcd-Index", idx);
-        ret = MHD_queue_response(c, status, r);
-        MHD_destroy_response(r);
-        return ret;
-}
-
-static enum MHD_Result respond_error(struct MHD_Connection *c, unsigned status, int code, const char *msg,
-                                     const char *cause) {
-        char body[512];
-
-        snprintf(body, sizeof(body), "{\"errorCode\":%d,\"message\":\"%s\",\"cause\":\"%s\",\"index\":%" PRIu64 "}\n",
-                 code, msg, cause, fake.index);
-        return respond(c, status, body);
-}
-
-static enum MHD_Result handle_get(struct MHD_Connection *c, const char *key) {
-        const char *wait = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "wait");
-        const char *rec = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "recursive");
-        const char *wi = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "waitIndex");
+static void handle_get(FakeRequest *fr, const char *key, const HttpForm *q) {
+        HttpRequest *r = fr->r;
+        const char *wait = form_value(q, "wait");
+        const char *rec = form_value(q, "recursive");
+        const char *wi = form_value(q, "waitIndex");
         FakeEntry *e;
 
         if (wait && strcmp(wait, "true") == 0) {
@@ -186,7 +218,8 @@ static enum MHD_Result handle_get(struct MHD_Connection *c, const char *key) {
                 fake.n_watches++;
                 if (recursive && fake.fail_watches > 0) {
                         fake.fail_watches--;
-                        return respond(c, 503, "{\"message\":\"proxy: zero endpoints currently available\"}");
+                        respond(r, 503, "{\"message\":\"proxy: zero endpoints currently available\"}");
+                        return;
                 }
                 if (recursive && w < fake.cleared_below) {
                         char cause[128];
@@ -195,42 +228,35 @@ static enum MHD_Result handle_get(struct MHD_Connection *c, const char *key) {
                         fake.cleared_below = 0;         /* once */
                         snprintf(cause, sizeof(cause), "the requested history has been cleared [%" PRIu64 "/%" PRIu64 "]",
                                  fake.index, w);
-                        return respond_error(c, 400, 401, "The event in requested index is outdated and cleared", cause);
+                        respond_error(r, 400, 401, "The event in requested index is outdated and cleared", cause);
+                        return;
                 }
-                for (;;) {
-                        for (size_t i = 0; i < fake.n_events; i++) {
-                                FakeEntry *ev = &fake.events[i];
-                                char *n, *b;
-                                enum MHD_Result ret;
-
-                                if (ev->modified < w)
-                                        continue;
-                                if (strcmp(ev->key, key) != 0 && !(recursive && under(ev->key, key)))
-                                        continue;
-                                n = node_json(ev);
-                                assert_true(asprintf(&b, "{\"action\":\"%s\",\"node\":%s}\n", ev->action, n) > 0);
-                                ret = respond(c, 200, b);
-                                free(n);
-                                free(b);
-                                return ret;
+                fr->key = strdup(key);
+                assert_non_null(fr->key);
+                fr->wait_index = w;
+                fr->recursive = recursive;
+                for (size_t i = 0; i < fake.n_events; i++)
+                        if (watch_matches(fr, &fake.events[i])) {
+                                respond_event(r, &fake.events[i]);
+                                return;
                         }
-                        if (fake.stopping)
-                                return MHD_NO;
-                        pthread_cond_wait(&fake.cond, &fake.lock);
-                }
+                /* answered by fake_set_key() */
+                fr->parked = true;
+                fr->next = fake.watches;
+                fake.watches = fr;
+                return;
         }
 
         fake.n_gets++;
-        e = fake_find_locked(key);
+        e = fake_find(key);
         if (e) {
                 char *n = node_json(e), *b;
-                enum MHD_Result ret;
 
                 assert_true(asprintf(&b, "{\"action\":\"get\",\"node\":%s}\n", n) > 0);
-                ret = respond(c, 200, b);
+                respond(r, 200, b);
                 free(n);
                 free(b);
-                return ret;
+                return;
         }
 
         /* A directory: direct children, subdirectories as dir nodes. */
@@ -240,7 +266,6 @@ static enum MHD_Result handle_get(struct MHD_Connection *c, const char *key) {
         bool any = false;
         char seen[64][128];
         size_t n_seen = 0;
-        enum MHD_Result ret;
 
         fprintf(f, "{\"action\":\"get\",\"node\":{\"key\":\"%s\",\"dir\":true,\"nodes\":[", key);
         /* Newest first: etcd lists in no particular order, discovery must sort by createdIndex. */
@@ -273,124 +298,138 @@ static enum MHD_Result handle_get(struct MHD_Connection *c, const char *key) {
         fprintf(f, "],\"modifiedIndex\":5,\"createdIndex\":5}}\n");
         fclose(f);
         if (!any)
-                ret = respond_error(c, 404, 100, "Key not found", key);
+                respond_error(r, 404, 100, "Key not found", key);
         else
-                ret = respond(c, 200, b);
+                respond(r, 200, b);
         free(b);
-        return ret;
 }
 
-static enum MHD_Result handle_put(struct MHD_Connection *c, const char *key, Conn *conn) {
-        const char *pe = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "prevExist");
-        const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+static void handle_put(HttpRequest *r, const char *key, const HttpForm *q) {
+        const char *pe = form_value(q, "prevExist");
+        const char *ct = http_request_header(r, "Content-Type");
         char *value = NULL, *n, *b;
         FakeEntry *e;
-        enum MHD_Result ret;
         int len;
 
         fake.n_puts++;
-        if (!ct || strcmp(ct, "application/x-www-form-urlencoded") != 0)
-                return respond_error(c, 400, 209, "Invalid field", "content type");
-        if (conn->body && strncmp(conn->body, "value=", 6) == 0)
-                value = curl_easy_unescape(NULL, conn->body + 6, 0, &len);
-        if (!value)
-                return respond_error(c, 400, 209, "Invalid field", "value");
+        if (!ct || strcmp(ct, "application/x-www-form-urlencoded") != 0) {
+                respond_error(r, 400, 209, "Invalid field", "content type");
+                return;
+        }
+        if (r->body.data && strncmp(r->body.data, "value=", 6) == 0)
+                value = curl_easy_unescape(NULL, r->body.data + 6, 0, &len);
+        if (!value) {
+                respond_error(r, 400, 209, "Invalid field", "value");
+                return;
+        }
         free(fake.last_put_key);
         free(fake.last_put_value);
         fake.last_put_key = strdup(key);
         fake.last_put_value = strdup(value);
 
-        if (pe && strcmp(pe, "false") == 0 && fake_find_locked(key)) {
+        if (pe && strcmp(pe, "false") == 0 && fake_find(key)) {
                 curl_free(value);
-                return respond_error(c, 412, 105, "Key already exists", key);
+                respond_error(r, 412, 105, "Key already exists", key);
+                return;
         }
-        (void) fake_set_locked(key, value);
+        (void) fake_set_key(key, value);
         curl_free(value);
-        e = fake_find_locked(key);
+        e = fake_find(key);
         n = node_json(e);
         assert_true(asprintf(&b, "{\"action\":\"create\",\"node\":%s}\n", n) > 0);
-        ret = respond(c, 201, b);
+        respond(r, 201, b);
         free(n);
         free(b);
-        return ret;
 }
 
-static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
-                                    const char *version, const char *upload_data, size_t *upload_data_size,
-                                    void **con_cls) {
-        Conn *conn = *con_cls;
-        enum MHD_Result ret;
+static HttpBodyMode fake_begin(HttpRequest *r) {
+        FakeRequest *fr = r->data;
 
-        if (!conn) {
-                *con_cls = calloc(1, sizeof(Conn));
-                return MHD_YES;
-        }
-        if (*upload_data_size > 0) {
-                conn->body = realloc(conn->body, conn->size + *upload_data_size + 1);
-                memcpy(conn->body + conn->size, upload_data, *upload_data_size);
-                conn->size += *upload_data_size;
-                conn->body[conn->size] = 0;
-                *upload_data_size = 0;
-                return MHD_YES;
-        }
+        fr->r = r;
+        return HTTP_BODY_READ;
+}
 
-        pthread_mutex_lock(&fake.lock);
+static void fake_handle(HttpRequest *r) {
+        _cleanup_(http_form_done) HttpForm q = {};
+        _cleanup_(freep) char *path = NULL;
+        const char *uri = r->uri, *qm;
+        size_t path_len;
+
         /* Through an HTTP proxy (here: us), the request line carries the absolute URI. */
-        if (strncmp(url, "http://", 7) == 0) {
+        if (strncmp(uri, "http://", 7) == 0) {
                 fake.n_proxied++;
-                url = strchr(url + 7, '/') ?: "/";
+                uri = strchr(uri + 7, '/') ?: "/";
         }
-        if (strstr(url, "/v2/keys"))
+        qm = strchr(uri, '?');
+        assert_int_equal(http_unescape(uri, qm ? (size_t) (qm - uri) : strlen(uri), false, &path, &path_len, NULL), 0);
+        if (qm)
+                assert_int_equal(http_form_parse(&q, qm + 1, strlen(qm + 1), NULL), 0);
+        if (strstr(path, "/v2/keys"))
                 fake.n_v2keys++;
+
         if (fake.garbage)
-                ret = respond(c, 200, "<html><body>It works!</body></html>\n");
-        else if (strcmp(method, "GET") == 0)
-                ret = handle_get(c, url);
-        else if (strcmp(method, "PUT") == 0)
-                ret = handle_put(c, url, conn);
+                respond(r, 200, "<html><body>It works!</body></html>\n");
+        else if (strcmp(r->method, "GET") == 0)
+                handle_get(r->data, path, &q);
+        else if (strcmp(r->method, "PUT") == 0)
+                handle_put(r, path, &q);
         else
-                ret = respond_error(c, 405, 0, "Method not allowed", method);
-        pthread_mutex_unlock(&fake.lock);
-        return ret;
+                respond_error(r, 405, 0, "Method not allowed", r->method);
 }
 
-static void fake_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t) {
-        Conn *conn = *con_cls;
-
-        if (conn) {
-                free(conn->body);
-                free(conn);
-        }
-        *con_cls = NULL;
+static void fake_hangup(HttpRequest *r) {
+        fake.n_hangups++;
 }
+
+static void fake_done(HttpRequest *r) {
+        FakeRequest *fr = r->data;
+
+        if (fr->parked)
+                watch_unpark(fr);
+        free(fr->key);
+}
+
+static const HttpHandler fake_handler = {
+        .data_size = sizeof(FakeRequest),
+        .begin = fake_begin,
+        .handle = fake_handle,
+        .hangup = fake_hangup,
+        .done = fake_done,
+};
 
 static void fake_start(uint16_t port) {
+        static const HttpLimits limits = {
+                .head_max = 64 * 1024,
+                .body_max = 1024 * 1024,
+                .idle_timeout_usec = 60 * USEC_PER_SEC,
+                .head_timeout_usec = 10 * USEC_PER_SEC,
+        };
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
-        const union MHD_DaemonInfo *info;
+        socklen_t l = sizeof(sa);
+        int fd, one = 1;
 
         sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        fake.stopping = false;
-        fake.mhd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, port,
-                                    NULL, NULL, fake_handler, NULL,
-                                    MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
-                                    MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned) 1,
-                                    MHD_OPTION_NOTIFY_COMPLETED, fake_completed, NULL,
-                                    MHD_OPTION_END);
-        assert_non_null(fake.mhd);
-        info = MHD_get_daemon_info(fake.mhd, MHD_DAEMON_INFO_BIND_PORT);
-        assert_non_null(info);
-        fake.port = info->port;
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(fd >= 0);
+        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
+        assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        assert_int_equal(listen(fd, 64), 0);
+        assert_int_equal(getsockname(fd, (struct sockaddr *) &sa, &l), 0);
+        fake.port = ntohs(sa.sin_port);
+
+        assert_int_equal(http_server_new(event, &fake.server), 0);
+        assert_int_equal(http_server_add_service(fake.server, "fake-discovery", &fake_handler, NULL, &limits,
+                                                 &fake.service), 0);
+        assert_int_equal(http_service_add_listener(fake.service, fd), 0);
 }
 
+/* Ends every connection: parked watches get hangup() and done(). */
 static void fake_stop(void) {
-        if (!fake.mhd)
+        if (!fake.server)
                 return;
-        pthread_mutex_lock(&fake.lock);
-        fake.stopping = true;
-        pthread_cond_broadcast(&fake.cond);
-        pthread_mutex_unlock(&fake.lock);
-        MHD_stop_daemon(fake.mhd);
-        fake.mhd = NULL;
+        fake.server = http_server_free(fake.server);
+        fake.service = NULL;
+        assert_null(fake.watches);
 }
 
 static uint16_t free_port(void) {
@@ -463,7 +502,6 @@ typedef struct Result {
         char *cluster;
 } Result;
 
-static sd_event *event;
 static CurlGlue *glue;
 static Result result;
 static bool loop_stop;
@@ -956,6 +994,9 @@ static void test_free_in_callback_and_while_waiting(void **state) {
         d = discovery_free(d);
         assert_int_equal(run(200 * USEC_PER_MSEC), -ETIMEDOUT);
         assert_int_equal(result.calls, 1);
+        /* the layer saw the client of the parked watch go away */
+        assert_int_equal(fake.n_hangups, 1);
+        assert_null(fake.watches);
         capture_stop();
 }
 
