@@ -137,6 +137,7 @@ struct HttpConn {
         size_t hdr_ptrs_alloc;
         bool in_field, value_open;
         unsigned refuse_status;          /* 414 or 431 from a callback, for conn_feed() */
+        char method[24];                 /* an extension method llhttp does not know (see conn_feed()) */
         size_t uri_off, uri_len;
         size_t head_bytes;
 
@@ -594,7 +595,7 @@ static int on_headers_complete(llhttp_t *p) {
                 .service = s,
                 .data = c->data,
                 .userdata = s->userdata,
-                .method = llhttp_method_name(p->method),
+                .method = c->method[0] ? c->method : llhttp_method_name(p->method),
                 .uri = c->head.data + c->uri_off,
                 .uri_len = c->uri_len,
                 .http_major = p->http_major,
@@ -602,7 +603,7 @@ static int on_headers_complete(llhttp_t *p) {
                 .content_length = (p->flags & F_CONTENT_LENGTH) ? (int64_t) p->content_length : -1,
                 .chunked = (p->flags & F_CHUNKED) != 0,
                 .body = r->body,
-                .head = p->method == HTTP_HEAD,
+                .head = !c->method[0] && p->method == HTTP_HEAD,
         };
         r->body.len = 0;
         if (r->body.data)
@@ -726,14 +727,59 @@ static void conn_answer_done(HttpConn *c) {
                 llhttp_resume(&c->parser);
 }
 
+static bool is_tchar(char ch) {
+        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* Does llhttp know this method? */
+static bool method_known(const char *m, size_t n) {
+        for (int i = 0; i < 64; i++) {
+                const char *name = llhttp_method_name((llhttp_method_t) i);
+
+                if (strlen(name) == n && memcmp(name, m, n) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/* Go's server takes any token as a method (and the handlers answer 405); llhttp knows a fixed list.
+ * A request that starts with another token gets parsed as a GET, with its own method kept for the
+ * handler. Only the method token is looked at here; llhttp parses the rest of the request line. */
+static size_t extension_method(HttpConn *c, const char *data, size_t n) {
+        const char *sp = memchr(data, ' ', MIN(n, sizeof c->method));
+        size_t l;
+
+        c->method[0] = 0;
+        if (!sp || sp == data)
+                return 0;
+        l = (size_t) (sp - data);
+        for (size_t i = 0; i < l; i++)
+                if (!is_tchar(data[i]))
+                        return 0;
+        if (method_known(data, l))
+                return 0;
+        if (llhttp_execute(&c->parser, "GET", 3) != HPE_OK)
+                return 0;
+        memcpy(c->method, data, l);
+        c->method[l] = 0;
+        return l;
+}
+
 /* Feeds input to the parser; whatever it leaves (after a complete request) goes to c->in. */
 static void conn_feed(HttpConn *c, const char *data, size_t n) {
         HttpService *s = c->service;
         llhttp_errno_t e;
         const char *pos;
 
-        if (c->state == CONN_IDLE && n > 0)
+        if (c->state == CONN_IDLE && n > 0) {
+                size_t skip;
+
                 c->state = CONN_HEAD; /* on_message_begin() sets the deadline */
+                skip = extension_method(c, data, n);
+                data += skip;
+                n -= skip;
+        }
 
         e = llhttp_execute(&c->parser, data, n);
         if (e == HPE_OK)

@@ -353,6 +353,10 @@ static void c_bodies(void) {
         client_send(fd, "ok");
         client_read(fd, buf, sizeof buf, 200, &closed);
         assert_non_null(strstr(buf, "PUT len=2 big=0"));
+        /* an extension method, as Go takes any token */
+        client_send(fd, "FOO-1 /body HTTP/1.1\r\nContent-Length: 1\r\n\r\nx");
+        client_read(fd, buf, sizeof buf, 200, &closed);
+        assert_non_null(strstr(buf, "FOO-1 len=1 big=0"));
         /* headers: case-insensitive lookup, trailing blanks trimmed, empty values */
         client_send(fd, "GET /hdr HTTP/1.1\r\nX-TEST: v1  \r\nEmpty:\r\nX-Test: v2\r\n\r\n");
         client_read(fd, buf, sizeof buf, 200, &closed);
