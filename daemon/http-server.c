@@ -734,12 +734,15 @@ static bool is_tchar(char ch) {
 
 /* Does llhttp know this method? */
 static bool method_known(const char *m, size_t n) {
-        for (int i = 0; i < 64; i++) {
-                const char *name = llhttp_method_name((llhttp_method_t) i);
+        static const char *const names[] = {
+#define XX(num, name, string) #string,
+                HTTP_METHOD_MAP(XX)
+#undef XX
+        };
 
-                if (strlen(name) == n && memcmp(name, m, n) == 0)
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (strlen(names[i]) == n && memcmp(names[i], m, n) == 0)
                         return true;
-        }
         return false;
 }
 
