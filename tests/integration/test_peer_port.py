@@ -224,8 +224,8 @@ def test_slow_heads_and_connection_cap(make_cluster):
     still_open = 0
     for s in socks:
         try:
-            if s.recv(1) != b"":
-                still_open += 1
+            while s.recv(65536) != b"":  # the rest of a 503, then the end
+                pass
         except BlockingIOError:
             still_open += 1
         except ConnectionResetError:
