@@ -45,7 +45,7 @@ typedef struct HttpHandler {
 
 typedef struct HttpLimits {
         size_t head_max;                 /* request line and headers; beyond: 431, close */
-        size_t uri_max;                  /* request target; beyond: 414, close (0: head_max) */
+        size_t uri_max;                  /* request target; beyond: 414, close (0: only head_max) */
         size_t body_max;                 /* HTTP_BODY_READ beyond this: r->body_too_large, rest dropped */
         uint64_t idle_timeout_usec;      /* keep-alive connection without a request: closed */
         uint64_t head_timeout_usec;      /* first byte of a request to its complete head: closed */

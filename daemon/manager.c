@@ -97,7 +97,7 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         manager_update_status(m);
 
         if (m->http)
-                http_server_stop_listening(m->http);
+                endpoints_stop_listening(m->http);
 
         r = sd_event_now(m->event, CLOCK_MONOTONIC, &now);
         if (r < 0)
@@ -371,7 +371,7 @@ static int manager_start_serving(Manager *m) {
 
         if (m->http)
                 return 0;
-        r = http_server_new(m->event, m->config, m->server, NULL, &m->http);
+        r = endpoints_new(m->event, m->config, m->server, NULL, &m->http);
         if (r < 0)
                 return r;
         log_info("etcd2 %s: member %" PRIx64 " of cluster %" PRIx64 " serving client requests",
@@ -514,7 +514,7 @@ static int manager_start_member(Manager *m) {
 static int manager_proxy_serve(Manager *m) {
         int r;
 
-        r = http_server_new(m->event, m->config, NULL, m->proxy, &m->http);
+        r = endpoints_new(m->event, m->config, NULL, m->proxy, &m->http);
         if (r < 0)
                 return r;
         log_info("etcd2 %s: proxy (%s) serving client requests", ETCD2_VERSION,
@@ -755,7 +755,7 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
 
-        m->http = http_server_free(m->http);
+        m->http = endpoints_free(m->http);
         m->discovery = discovery_free(m->discovery);
         m->glue = curl_glue_free(m->glue);
         m->proxy = proxy_free(m->proxy);

@@ -8,7 +8,7 @@
 #include "config.h"
 #include "curl-glue.h"
 #include "discovery.h"
-#include "http-server.h"
+#include "endpoints.h"
 #include "proxy.h"
 #include "server.h"
 
@@ -17,7 +17,7 @@ typedef struct Manager {
         Config *config;               /* owned */
         Server *server;               /* member mode */
         Proxy *proxy;                 /* proxy mode */
-        HttpServer *http;
+        Endpoints *http;
         CurlGlue *glue;               /* while discovering */
         Discovery *discovery;
         Bus *bus;
