@@ -21,6 +21,9 @@
  * headers (plus Go's 4 KiB slack); bodies are read by the handlers up to 10 MiB (HTTP_BODY_MAX). */
 #define CLIENT_TIMEOUT_USEC (300 * USEC_PER_SEC)
 #define CLIENT_HEAD_MAX ((size_t) 1024 * 1024 + 4096)
+/* Request targets beyond this get a 414 (Go has no such limit below the 1 MiB of the head; etcd 3.4's cmux
+ * closes connections whose request line exceeds 4 KiB): keys of up to 64 KiB travel in the target. */
+#define CLIENT_URI_MAX ((size_t) 64 * 1024)
 /* Connections beyond the fd limit minus this reserve (RocksDB, peers, libcurl) get a 503. */
 #define CLIENT_FD_RESERVE 256u
 /* Peer listeners take members only: a few streams and member-list fetches each. A head must be
@@ -175,6 +178,7 @@ static int setup_listeners(Endpoints *e) {
 int endpoints_new(sd_event *event, const Config *config, Server *server, Proxy *proxy, Endpoints **ret) {
         HttpLimits client = {
                 .head_max = CLIENT_HEAD_MAX,
+                .uri_max = CLIENT_URI_MAX,
                 .body_max = HTTP_BODY_MAX,
                 .idle_timeout_usec = CLIENT_TIMEOUT_USEC,
                 .head_timeout_usec = CLIENT_TIMEOUT_USEC,

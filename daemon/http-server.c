@@ -429,15 +429,15 @@ static int conn_flush(HttpConn *c) {
         return 0;
 }
 
-/* A refusal of the layer's own (malformed request, limits), as Go's server answers them: the text as
- * body, no length, the connection closes. */
-static void conn_refuse(HttpConn *c, unsigned status, const char *text) {
+/* A refusal of the layer's own (malformed request, limits), as Go's server answers them: the text
+ * ("400 Bad Request", maybe with a detail) as status line and as body, no length, the connection closes. */
+static void conn_refuse(HttpConn *c, const char *text) {
         char buf[256];
         int n;
 
         n = snprintf(buf, sizeof buf,
-                     "HTTP/1.1 %u %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%s",
-                     status, http_status_text(status), text);
+                     "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%s",
+                     text, text);
         if (n > 0)
                 (void) out_append(c, buf, MIN((size_t) n, sizeof buf - 1));
         c->parse_stopped = true;
@@ -608,6 +608,11 @@ static int on_headers_complete(llhttp_t *p) {
         r->body.len = 0;
         if (r->body.data)
                 r->body.data[0] = 0;
+        /* Go's server (since 1.6) refuses HTTP/1.1 requests without a Host header. */
+        if (r->http_major == 1 && r->http_minor >= 1 && !http_request_header(r, "Host")) {
+                conn_refuse(c, "400 Bad Request: missing required Host header");
+                return HPE_PAUSED;
+        }
         c->keep_alive = llhttp_should_keep_alive(p);
         c->close_after = false;
         c->handled = c->answer_complete = c->streaming = c->stream_chunked = c->stream_raw_close = false;
@@ -647,7 +652,7 @@ static int on_headers_complete(llhttp_t *p) {
                 expect = http_request_header(r, "Expect");
                 if (expect && r->http_major == 1 && r->http_minor >= 1) {
                         if (strcasecmp(expect, "100-continue") != 0) {
-                                conn_refuse(c, 417, "417 Expectation Failed");
+                                conn_refuse(c, "417 Expectation Failed");
                                 return HPE_PAUSED;
                         }
                         (void) out_append_str(c, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -757,6 +762,8 @@ static size_t extension_method(HttpConn *c, const char *data, size_t n) {
         if (!sp || sp == data)
                 return 0;
         l = (size_t) (sp - data);
+        if (l + 1 < n && data[l + 1] == ' ')
+                return 0; /* two spaces after the method: llhttp would take it, Go refuses it (below) */
         for (size_t i = 0; i < l; i++)
                 if (!is_tchar(data[i]))
                         return 0;
@@ -782,6 +789,18 @@ static void conn_feed(HttpConn *c, const char *data, size_t n) {
                 skip = extension_method(c, data, n);
                 data += skip;
                 n -= skip;
+                /* Go splits the request line at single spaces: "GET  /" is malformed there, not in llhttp */
+                if (skip > 0 && n >= 2 && data[0] == ' ' && data[1] == ' ') {
+                        conn_refuse(c, "400 Bad Request");
+                        return;
+                }
+                if (!skip) {
+                        const char *sp = memchr(data, ' ', MIN(n, sizeof c->method));
+                        if (sp && (size_t) (sp - data) + 1 < n && sp[1] == ' ') {
+                                conn_refuse(c, "400 Bad Request");
+                                return;
+                        }
+                }
         }
 
         e = llhttp_execute(&c->parser, data, n);
@@ -829,17 +848,17 @@ static void conn_feed(HttpConn *c, const char *data, size_t n) {
         if (e == HPE_USER || e == HPE_CB_URL_COMPLETE || e == HPE_CB_HEADER_FIELD_COMPLETE ||
             e == HPE_CB_HEADER_VALUE_COMPLETE || e == HPE_CB_HEADERS_COMPLETE || e == HPE_CB_MESSAGE_BEGIN) {
                 if (c->refuse_status == 431)
-                        conn_refuse(c, 431, "431 Request Header Fields Too Large");
+                        conn_refuse(c, "431 Request Header Fields Too Large");
                 else if (c->refuse_status == 414)
-                        conn_refuse(c, 414, "414 Request URI Too Long");
+                        conn_refuse(c, "414 Request URI Too Long");
                 else
-                        conn_refuse(c, 400, "400 Bad Request");
+                        conn_refuse(c, "400 Bad Request");
         } else if (e == HPE_INVALID_TRANSFER_ENCODING)
-                conn_refuse(c, 501, "501 Not Implemented");
+                conn_refuse(c, "501 Not Implemented: unsupported transfer encoding");
         else if (e == HPE_INVALID_VERSION)
-                conn_refuse(c, 505, "505 HTTP Version Not Supported");
+                conn_refuse(c, "505 HTTP Version Not Supported");
         else
-                conn_refuse(c, 400, "400 Bad Request");
+                conn_refuse(c, "400 Bad Request");
         log_debug("Refusing a malformed HTTP request (%s: %s).", llhttp_errno_name(e),
                   strempty(llhttp_get_error_reason(&c->parser)));
 }

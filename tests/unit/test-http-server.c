@@ -285,7 +285,7 @@ static void c_keepalive(void) {
         /* HEAD: a length, no body: the text ends with the blank line */
         assert_string_equal(buf + strlen(buf) - 4, "\r\n\r\n");
         /* Connection: close is honoured and said */
-        client_send(fd, "GET /d HTTP/1.1\r\nConnection: close\r\n\r\n");
+        client_send(fd, "GET /d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         client_read(fd, buf, sizeof buf, 1000, &closed);
         assert_true(closed);
         assert_non_null(strstr(buf, "Connection: close\r\n"));
@@ -327,14 +327,14 @@ static void c_bodies(void) {
         bool closed;
         int fd = client_connect();
 
-        client_send(fd, "PUT /body HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        client_send(fd, "PUT /body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
         client_read(fd, buf, sizeof buf, 200, &closed);
         assert_non_null(strstr(buf, "PUT len=5 big=0"));
-        client_send(fd, "POST /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n");
+        client_send(fd, "POST /body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n");
         client_read(fd, buf, sizeof buf, 200, &closed);
         assert_non_null(strstr(buf, "POST len=7 big=0"));
         /* over body_max (1000): the handler is told, the rest is read and dropped, the connection goes on */
-        client_send(fd, "PUT /body HTTP/1.1\r\nContent-Length: 3000\r\n\r\n");
+        client_send(fd, "PUT /body HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\n");
         {
                 char big[3000];
                 memset(big, 'x', sizeof big);
@@ -343,24 +343,24 @@ static void c_bodies(void) {
         client_read(fd, buf, sizeof buf, 200, &closed);
         assert_non_null(strstr(buf, "PUT len=0 big=1"));
         assert_false(closed);
-        client_send(fd, "PUT /discard HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd");
+        client_send(fd, "PUT /discard HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd");
         client_read(fd, buf, sizeof buf, 200, &closed);
         assert_non_null(strstr(buf, "PUT len=0 big=0"));
         /* Expect: 100-continue */
-        client_send(fd, "PUT /body HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+        client_send(fd, "PUT /body HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
         client_read(fd, buf, sizeof buf, 200, &closed);
         assert_string_equal(buf, "HTTP/1.1 100 Continue\r\n\r\n");
         client_send(fd, "ok");
         client_read(fd, buf, sizeof buf, 200, &closed);
         assert_non_null(strstr(buf, "PUT len=2 big=0"));
         /* an extension method, as Go takes any token */
-        client_send(fd, "FOO-1 /body HTTP/1.1\r\nContent-Length: 1\r\n\r\nx");
+        client_send(fd, "FOO-1 /body HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
         client_read(fd, buf, sizeof buf, 200, &closed);
         assert_non_null(strstr(buf, "FOO-1 len=1 big=0"));
         /* headers: case-insensitive lookup, trailing blanks trimmed, empty values */
-        client_send(fd, "GET /hdr HTTP/1.1\r\nX-TEST: v1  \r\nEmpty:\r\nX-Test: v2\r\n\r\n");
+        client_send(fd, "GET /hdr HTTP/1.1\r\nHost: x\r\nX-TEST: v1  \r\nEmpty:\r\nX-Test: v2\r\n\r\n");
         client_read(fd, buf, sizeof buf, 200, &closed);
-        assert_non_null(strstr(buf, "[v1] n=3"));
+        assert_non_null(strstr(buf, "[v1] n=4"));
         close(fd);
 }
 
@@ -385,23 +385,25 @@ static void c_refusals(void) {
         char big[6000];
 
         expect_refusal("GARBAGE\r\n\r\n", "HTTP/1.1 400 Bad Request");
-        expect_refusal("GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "HTTP/1.1 400 ");
-        expect_refusal("PUT /body HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-                       "GET /smuggled HTTP/1.1\r\n\r\n", "HTTP/1.1 400 ");
-        expect_refusal("GET / HTTP/1.1\r\nTransfer-Encoding: bogus\r\n\r\n", "HTTP/1.1 501 ");
-        expect_refusal("GET / HTTP/1.1\r\nBad Header\r\n\r\n", "HTTP/1.1 400 ");
-        expect_refusal("PUT /body HTTP/1.1\r\nContent-Length: 2\r\nExpect: magic\r\n\r\nab", "HTTP/1.1 417 ");
+        expect_refusal("GET /a HTTP/1.1\r\n\r\n", "HTTP/1.1 400 Bad Request: missing required Host header\r\n");
+        expect_refusal("GET  /a HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400 Bad Request");
+        expect_refusal("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "HTTP/1.1 400 ");
+        expect_refusal("PUT /body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                       "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400 ");
+        expect_refusal("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus\r\n\r\n", "HTTP/1.1 501 ");
+        expect_refusal("GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", "HTTP/1.1 400 ");
+        expect_refusal("PUT /body HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: magic\r\n\r\nab", "HTTP/1.1 417 ");
         memset(big, 'a', sizeof big);
         big[sizeof big - 1] = 0;
         {
                 char req[7000];
-                snprintf(req, sizeof req, "GET / HTTP/1.1\r\nX-Big: %s\r\n\r\n", big);
+                snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", big);
                 expect_refusal(req, "HTTP/1.1 431 ");
-                snprintf(req, sizeof req, "GET /%s HTTP/1.1\r\n\r\n", big);
+                snprintf(req, sizeof req, "GET /%s HTTP/1.1\r\nHost: x\r\n\r\n", big);
                 expect_refusal(req, "HTTP/1.1 431 ");
         }
         /* answered by begin() with a body announced: answer, then close */
-        expect_refusal("PUT /early HTTP/1.1\r\nContent-Length: 100000\r\n\r\npartial", "HTTP/1.1 403 Forbidden");
+        expect_refusal("PUT /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial", "HTTP/1.1 403 Forbidden");
 }
 
 static void test_refusals(void **state) {
@@ -414,7 +416,7 @@ static void c_stream_late(void) {
         bool closed;
         int fd = client_connect();
 
-        client_send(fd, "GET /stream HTTP/1.1\r\n\r\n");
+        client_send(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
         client_read(fd, buf, sizeof buf, 200, &closed);
         assert_non_null(strstr(buf, "Transfer-Encoding: chunked\r\n"));
         assert_non_null(strstr(buf, "X-A: 1\r\n"));
@@ -427,16 +429,16 @@ static void c_stream_late(void) {
         close(fd);
 
         fd = client_connect();
-        client_send(fd, "GET /late HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n");
+        client_send(fd, "GET /late HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n");
         client_read(fd, buf, sizeof buf, 300, &closed);
         assert_true(strstr(buf, "late") && strstr(buf, "late") < strstr(buf, "/after"));
         /* a late answer the client does not wait for: hang-up */
-        client_send(fd, "GET /late HTTP/1.1\r\n\r\n");
+        client_send(fd, "GET /late HTTP/1.1\r\nHost: x\r\n\r\n");
         close(fd);
         usleep(100 * 1000);
 
         fd = client_connect();
-        client_send(fd, "GET /park HTTP/1.1\r\n\r\n");
+        client_send(fd, "GET /park HTTP/1.1\r\nHost: x\r\n\r\n");
         usleep(50 * 1000);
         close(fd);
         usleep(50 * 1000);
@@ -454,7 +456,7 @@ static void c_upgrade(void) {
         bool closed;
         int fd = client_connect();
 
-        client_send(fd, "POST /upgrade HTTP/1.1\r\nUpgrade: test/1\r\nConnection: Upgrade\r\n\r\nFRAMES");
+        client_send(fd, "POST /upgrade HTTP/1.1\r\nHost: x\r\nUpgrade: test/1\r\nConnection: Upgrade\r\n\r\nFRAMES");
         client_read(fd, buf, sizeof buf, 300, &closed);
         assert_false(closed);
         assert_non_null(strstr(buf, "HTTP/1.1 101 Switching Protocols\r\n"));
@@ -489,19 +491,19 @@ static void c_limits(void) {
 
         for (int i = 0; i < 3; i++) {
                 fds[i] = client_connect();
-                client_send(fds[i], "GET /x HTTP/1.1\r\n\r\n");
+                client_send(fds[i], "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
                 client_read(fds[i], buf, sizeof buf, 100, &closed);
                 assert_non_null(strstr(buf, "200 OK"));
         }
         /* the fourth: 503 and closed */
-        expect_refusal("GET /x HTTP/1.1\r\n\r\n", "HTTP/1.1 503 Service Unavailable");
+        expect_refusal("GET /x HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 503 Service Unavailable");
         for (int i = 0; i < 3; i++)
                 close(fds[i]);
         usleep(100 * 1000);
 
         /* idle keep-alive: closed after ~300 ms, not before 150 */
         fds[0] = client_connect();
-        client_send(fds[0], "GET /x HTTP/1.1\r\n\r\n");
+        client_send(fds[0], "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
         client_read(fds[0], buf, sizeof buf, 50, &closed);
         clock_gettime(CLOCK_MONOTONIC, &a);
         client_read(fds[0], buf, sizeof buf, 3000, &closed);
@@ -515,7 +517,7 @@ static void c_limits(void) {
 
         /* a head that trickles: closed by the head timeout */
         fds[0] = client_connect();
-        client_send(fds[0], "GET /x HTTP/1.1\r\n");
+        client_send(fds[0], "GET /x HTTP/1.1\r\nHost: x\r\n");
         for (int i = 0; i < 10; i++) {
                 usleep(100 * 1000);
                 client_send(fds[0], "X: y\r\n");
