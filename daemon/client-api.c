@@ -87,7 +87,7 @@ typedef struct ApiRequest {
         StoreEvent **queue;      /* events not yet handed to the layer (each a reference and a pin) */
         size_t n_queue, queue_alloc;
 
-        /* a peer stream being upgraded: freed by taken(), or by hangup() if that never comes */
+        /* a peer stream being upgraded: freed by on_peer_taken(), which the layer always calls */
         PeerUpgrade *upgrade;
 } ApiRequest;
 
@@ -1293,6 +1293,11 @@ static void on_peer_taken(int fd, const void *extra, size_t extra_len, void *use
         PeerUpgrade *u = userdata;
         PeerTransport *t = server_peer_transport(u->server);
 
+        if (fd < 0) {
+                /* the connection ended before the hand-over */
+                peer_upgrade_free(u);
+                return;
+        }
         if (!t)
                 (void) close(fd);
         else
@@ -1619,8 +1624,8 @@ static void api_hangup(HttpRequest *h) {
         r->watcher = store_watcher_free(r->watcher);
         r->watch_done = true;
         r->watching = false;
-        /* The socket will never be handed over: on_peer_taken() does not run. */
-        r->upgrade = peer_upgrade_free(r->upgrade);
+        /* on_peer_taken() runs in any case (fd -1 when the socket is never handed over) and frees it */
+        r->upgrade = NULL;
 }
 
 static void api_drained(HttpRequest *h) {

@@ -900,6 +900,11 @@ static void conn_close(HttpConn *c) {
         if (c->state == CONN_DEAD)
                 return;
         request_finish(c);
+        if (c->taken) {
+                /* an upgrade that will not happen: its owner still hears of it */
+                HttpTakenFunc taken = TAKE_PTR(c->taken);
+                taken(-1, NULL, 0, c->taken_userdata);
+        }
         out_reset(c);
         if (c->fd >= 0) {
                 (void) epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);

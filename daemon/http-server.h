@@ -127,8 +127,8 @@ size_t http_stream_pending(const HttpRequest *r);
 
 /* Answers `status` (101) with the headers given so far, and once that is written hands the socket over:
  * taken(fd, extra, extra_len, userdata) gets the fd (ours no more) and the bytes that arrived after
- * the request head; done() of the request runs before. If the client hangs up first, taken is
- * never called (hangup()). */
+ * the request head; done() of the request runs before. taken runs exactly once: with fd = -1 (and no
+ * extra) if the connection ended before the hand-over. */
 typedef void (*HttpTakenFunc)(int fd, const void *extra, size_t extra_len, void *userdata);
 void http_upgrade(HttpRequest *r, unsigned status, HttpTakenFunc taken, void *userdata);
 
