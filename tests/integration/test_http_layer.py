@@ -8,6 +8,8 @@ Where Go's net/http gives the answer, the test also passes against etcd 3.4 (ETC
 limits are set through test knobs of our layer (environment variables, see KNOBS); those tests skip on
 the reference. Every test ends with the daemon still answering."""
 
+import heapq
+import random
 import resource
 import select
 import socket
@@ -628,25 +630,34 @@ def test_expect_100_continue_body_sent_anyway(daemon):
 # 6. a slow reader beside 1000 busy connections
 
 def _busy_clients(d, n_conns, rounds, latencies, errors):
-    """n_conns keep-alive connections, each doing `rounds` GETs one after the other (all concurrently,
-    driven by one selector loop); per-request latencies (s) are appended."""
+    """n_conns keep-alive connections, each doing `rounds` GETs, the first at a random moment of the first
+    second, the next 50-250 ms after the previous answer (so latency, not a burst's queue, is measured),
+    driven by one epoll loop; per-request latencies (s) are appended."""
     req = b"GET /v2/keys/busy HTTP/1.1\r\nHost: x\r\n\r\n"
+    rnd = random.Random(10)
     conns = []
     for i in range(n_conns):
         s = socket.create_connection(("127.0.0.1", d.client_ports[i % 2]), timeout=10)
         s.setblocking(False)
         conns.append(s)
-    state = {s.fileno(): [s, bytearray(), 0, 0.0] for s in conns}  # sock, buf, done, sent_at
+    state = {s.fileno(): [s, bytearray(), 0, 0.0] for s in conns}  # sock, buf, answers, sent_at
+    now = time.monotonic()
+    due = [(now + rnd.uniform(0, 1.0), s.fileno()) for s in conns]
+    heapq.heapify(due)
     poller = select.epoll()
     try:
         for s in conns:
-            state[s.fileno()][3] = time.monotonic()
-            s.send(req)
             poller.register(s.fileno(), select.EPOLLIN)
         left = n_conns
-        deadline = time.monotonic() + 60
+        deadline = now + 60
         while left and time.monotonic() < deadline:
-            for fd, _ in poller.poll(1):
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                _, fd = heapq.heappop(due)
+                state[fd][3] = time.monotonic()
+                state[fd][0].send(req)
+            wait = min(0.5, max(0.0, due[0][0] - time.monotonic())) if due else 0.5
+            for fd, _ in poller.poll(wait):
                 st = state[fd]
                 try:
                     c = st[0].recv(65536)
@@ -674,8 +685,7 @@ def _busy_clients(d, n_conns, rounds, latencies, errors):
                     poller.unregister(fd)
                     left -= 1
                 else:
-                    st[3] = time.monotonic()
-                    st[0].send(req)
+                    heapq.heappush(due, (time.monotonic() + rnd.uniform(0.05, 0.25), fd))
         if left:
             errors.append(f"{left} connections unfinished")
     finally:
