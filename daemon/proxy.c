@@ -110,7 +110,7 @@ struct ProxyXfer {
         bool failed;                /* no endpoint answered: 502 */
         bool finished;
         bool paused;
-        bool started;               /* the answer went out to the layer (http_reply() or http_stream_begin()) */
+        bool started;               /* the answer went to the layer (http_reply() or http_stream_begin()) */
         bool ended;                 /* ... completely */
         CURLcode result;
         int64_t content_length;     /* -1: unknown */
@@ -1203,7 +1203,8 @@ static int xfer_start(ProxyXfer *x) {
                         continue;
 
                 x->url.len = 0;
-                if (http_buf_append(&x->url, e->url, e->url_len) < 0 || http_buf_append(&x->url, x->req->uri, x->req->uri_len) < 0)
+                if (http_buf_append(&x->url, e->url, e->url_len) < 0 ||
+                    http_buf_append(&x->url, x->req->uri, x->req->uri_len) < 0)
                         return -ENOMEM;
                 if (curl_easy_setopt(x->easy, CURLOPT_URL, x->url.data) != CURLE_OK)
                         return -EIO;
@@ -1381,7 +1382,8 @@ static void xfer_flush(ProxyXfer *x) {
                     (x->content_length < 0 || (uint64_t) x->content_length == have)) {
                         /* the usual small answer, complete already: one piece */
                         x->ended = true;
-                        http_reply(r, (unsigned) x->status, NULL, x->body.data ? x->body.data + x->body_off : "", have);
+                        http_reply(r, (unsigned) x->status, NULL, x->body.data ? x->body.data + x->body_off : "",
+                                   have);
                         return;
                 }
                 if (x->finished && x->result == CURLE_OK && r->head && x->content_length >= 0) {
