@@ -110,7 +110,7 @@ struct ProxyXfer {
         bool failed;                /* no endpoint answered: 502 */
         bool finished;
         bool paused;
-        bool started;               /* the answer went out to the layer (http_reply() or http_stream_begin()) */
+        bool started;               /* the answer went to the layer (http_reply() or http_stream_begin()) */
         bool ended;                 /* ... completely */
         CURLcode result;
         int64_t content_length;     /* -1: unknown */
@@ -1203,7 +1203,8 @@ static int xfer_start(ProxyXfer *x) {
                         continue;
 
                 x->url.len = 0;
-                if (http_buf_append(&x->url, e->url, e->url_len) < 0 || http_buf_append(&x->url, x->req->uri, x->req->uri_len) < 0)
+                if (http_buf_append(&x->url, e->url, e->url_len) < 0 ||
+                    http_buf_append(&x->url, x->req->uri, x->req->uri_len) < 0)
                         return -ENOMEM;
                 if (curl_easy_setopt(x->easy, CURLOPT_URL, x->url.data) != CURLE_OK)
                         return -EIO;
@@ -1334,9 +1335,10 @@ static void reply_config(HttpRequest *r, Proxy *p) {
         reply(r, 200, "text/plain; charset=utf-8", b.data, NULL);
 }
 
-/* Ends an answer whose upstream transfer broke off: the client must not take it for complete, so the
- * connection closes without the final chunk (or short of the Content-Length). The layer has no call for
- * exactly that yet: ask for a close and end the stream. */
+/* Ends an answer whose upstream transfer broke off: the client must not take it for complete. With a
+ * Content-Length it is short of it and the connection closes: that the client sees. A chunked one should
+ * close without the final chunk, but the layer has no call for that yet (http_stream_end() writes it):
+ * TODO http_stream_abort(). */
 static void stream_abort(HttpRequest *r) {
         http_response_close(r);
         http_stream_end(r);
@@ -1380,7 +1382,14 @@ static void xfer_flush(ProxyXfer *x) {
                     (x->content_length < 0 || (uint64_t) x->content_length == have)) {
                         /* the usual small answer, complete already: one piece */
                         x->ended = true;
-                        http_reply(r, (unsigned) x->status, NULL, x->body.data ? x->body.data + x->body_off : "", have);
+                        http_reply(r, (unsigned) x->status, NULL, x->body.data ? x->body.data + x->body_off : "",
+                                   have);
+                        return;
+                }
+                if (x->finished && x->result == CURLE_OK && r->head && x->content_length >= 0) {
+                        /* HEAD: upstream's Content-Length, no body (http_reply() sends none for HEAD) */
+                        x->ended = true;
+                        http_reply(r, (unsigned) x->status, NULL, "", (size_t) x->content_length);
                         return;
                 }
                 http_stream_begin(r, (unsigned) x->status, NULL, x->content_length);
