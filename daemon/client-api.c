@@ -1610,8 +1610,13 @@ static void api_handle(HttpRequest *h) {
 }
 
 /* The client went away before its answer was complete: cancel what waits for it. */
-static void api_hangup(HttpRequest *h) {
+static bool api_hangup(HttpRequest *h) {
         ApiRequest *r = h->data;
+
+        /* A client that only closed its sending side still gets the answer to its write (etcd2 watches
+         * for a hang-up only in watches): keep proposals and membership changes going. */
+        if (r->proposal || (r->member_op && r->member_pending))
+                return true;
 
         if (r->member_op && r->member_pending) {
                 server_member_cancel(req_server(r), r);
@@ -1626,6 +1631,7 @@ static void api_hangup(HttpRequest *h) {
         r->watching = false;
         /* on_peer_taken() runs in any case (fd -1 when the socket is never handed over) and frees it */
         r->upgrade = NULL;
+        return false;
 }
 
 static void api_drained(HttpRequest *h) {

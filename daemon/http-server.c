@@ -122,6 +122,8 @@ struct HttpConn {
         bool parse_stopped;              /* the parser must not see more input (refusal, upgrade) */
         bool drained_wanted;
         bool continue_sent;
+        bool read_eof;                   /* the client closed its sending side */
+        bool rdhup;                      /* epoll said so (EPOLLRDHUP): read on to the end */
         uint64_t deadline_usec;
         uint64_t lingered;
 
@@ -613,6 +615,16 @@ static int on_headers_complete(llhttp_t *p) {
                 conn_refuse(c, "400 Bad Request: missing required Host header");
                 return HPE_PAUSED;
         }
+        /* Go reads exactly one coding, "chunked"; lists and other codings are refused (501), where llhttp
+         * takes any list that ends in chunked. */
+        if (p->flags & F_TRANSFER_ENCODING) {
+                const char *te = http_request_header(r, "Transfer-Encoding");
+
+                if (!te || strcasecmp(te, "chunked") != 0) {
+                        conn_refuse(c, "501 Not Implemented: unsupported transfer encoding");
+                        return HPE_PAUSED;
+                }
+        }
         c->keep_alive = llhttp_should_keep_alive(p);
         c->close_after = false;
         c->handled = c->answer_complete = c->streaming = c->stream_chunked = c->stream_raw_close = false;
@@ -871,7 +883,7 @@ static void conn_hangup(HttpConn *c) {
         if (c->req_active) {
                 c->req.hung_up = true;
                 if (c->handled && hd->hangup)
-                        hd->hangup(&c->req);
+                        (void) hd->hangup(&c->req);
                 request_finish(c);
         }
         conn_close(c);
@@ -969,7 +981,7 @@ static void conn_input(HttpConn *c) {
                 case CONN_UPGRADING:
                 case CONN_CLOSING:
                         /* Keep what is pipelined (bounded) and notice a hang-up. */
-                        if (!c->readable || c->in.len >= HTTP_IN_MAX)
+                        if (!c->readable || c->read_eof || c->in.len >= HTTP_IN_MAX)
                                 return;
                         break;
                 case CONN_LINGER:
@@ -1011,15 +1023,34 @@ static void conn_input(HttpConn *c) {
                         return;
                 }
                 if (n == 0) {
+                        const HttpHandler *hd = c->service->handler;
+
                         /* EOF. A request in the middle of its head or body is dropped (as Go does). */
                         if (c->state == CONN_CLOSING && c->out_pending > 0) {
                                 /* the client half-closed: still give it the answer */
                                 c->readable = false;
+                                c->read_eof = true;
                                 return;
+                        }
+                        if (c->state == CONN_HANDLING && c->req_active && c->handled && hd->hangup) {
+                                c->req.hung_up = true;
+                                if (hd->hangup(&c->req)) {
+                                        /* answered all the same, then closed */
+                                        c->readable = false;
+                                        c->read_eof = true;
+                                        c->close_after = true;
+                                        c->keep_alive = false;
+                                        return;
+                                }
+                                request_finish(c);
                         }
                         conn_hangup(c);
                         return;
                 }
+                /* A short read emptied the socket: with edge-triggered epoll, more data is a new event (but
+                 * an end that came with the data is not: then read on until recv() says so). */
+                if ((size_t) n < HTTP_READ_BUFFER && !c->rdhup)
+                        c->readable = false;
 
                 switch (c->state) {
                 case CONN_LINGER:
@@ -1114,6 +1145,8 @@ static int on_epoll(sd_event_source *s, int fd, uint32_t revents, void *userdata
                         continue;
                 if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
                         c->readable = true;
+                if (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                        c->rdhup = true;
                 if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
                         c->writable = true;
                 conn_process(c);
@@ -1581,6 +1614,17 @@ void http_stream_end(HttpRequest *r) {
                 answer_failed(c);
                 return;
         }
+        answer_queued(c);
+}
+
+void http_stream_abort(HttpRequest *r) {
+        HttpConn *c = r->conn;
+
+        if (!c->streaming || c->state == CONN_DEAD)
+                return;
+        c->streaming = false;
+        c->close_after = true;
+        c->keep_alive = false;
         answer_queued(c);
 }
 

@@ -34,9 +34,13 @@ typedef struct HttpHandler {
         HttpBodyMode (*begin)(HttpRequest *r);
         /* The body is complete: answer now, or later from any callback of the event loop. */
         void (*handle)(HttpRequest *r);
-        /* The client hung up (EOF, reset) before the answer was complete; r->hung_up is set. Cancel
-         * what was started; done() follows right after. Optional. */
-        void (*hangup)(HttpRequest *r);
+        /* The client went away before the answer was complete (r->hung_up is set): it closed its side
+         * (EOF) or the connection broke. On an EOF, returning true asks to answer all the same: a client
+         * may close only its sending side and still read, and etcd2 answers a PUT whatever the client
+         * does after sending it; the connection closes after that answer. Otherwise (false, a broken
+         * connection, or no hangup) the request ends now: cancel what was started, done() follows at
+         * once. Optional. */
+        bool (*hangup)(HttpRequest *r);
         /* A streamed answer's queued output was all written (see http_stream_pending()). Optional. */
         void (*drained)(HttpRequest *r);
         /* The request is over: release the state at r->data. Optional. */
@@ -122,6 +126,9 @@ void http_stream_begin(HttpRequest *r, unsigned status, const char *content_type
 void http_stream_write(HttpRequest *r, const void *data, size_t len, bool last);
 /* Ends a streamed answer (the final chunk). */
 void http_stream_end(HttpRequest *r);
+/* Ends a streamed answer as broken: what is queued goes out, then the connection closes without the
+ * final chunk, so that the client sees a truncated body (an upstream that broke off). */
+void http_stream_abort(HttpRequest *r);
 /* Bytes of the answer queued and not yet written to the socket (flow control). */
 size_t http_stream_pending(const HttpRequest *r);
 

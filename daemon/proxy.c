@@ -1335,13 +1335,10 @@ static void reply_config(HttpRequest *r, Proxy *p) {
         reply(r, 200, "text/plain; charset=utf-8", b.data, NULL);
 }
 
-/* Ends an answer whose upstream transfer broke off: the client must not take it for complete. With a
- * Content-Length it is short of it and the connection closes: that the client sees. A chunked one should
- * close without the final chunk, but the layer has no call for that yet (http_stream_end() writes it):
- * TODO http_stream_abort(). */
+/* Ends an answer whose upstream transfer broke off: the client must not take it for complete (short of
+ * its Content-Length, or chunked without the final chunk, then the connection closes). */
 static void stream_abort(HttpRequest *r) {
-        http_response_close(r);
-        http_stream_end(r);
+        http_stream_abort(r);
 }
 
 /* Hands what the transfer collected to the layer. Any call into the layer may end the request (and run
@@ -1517,11 +1514,13 @@ static void proxy_handle(HttpRequest *r) {
                 forward(r, p);
 }
 
-static void proxy_hangup(HttpRequest *r) {
+static bool proxy_hangup(HttpRequest *r) {
         ProxyRequest *pr = r->data;
 
+        /* as etcd2's reverse proxy: the upstream request ends with the client's connection */
         if (pr->xfer)
                 xfer_drop(pr->xfer);
+        return false;
 }
 
 static void proxy_drained(HttpRequest *r) {
@@ -1539,7 +1538,7 @@ static void proxy_drained(HttpRequest *r) {
 }
 
 static void proxy_done(HttpRequest *r) {
-        proxy_hangup(r);
+        (void) proxy_hangup(r);
 }
 
 const HttpHandler proxy_http_handler = {

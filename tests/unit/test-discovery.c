@@ -377,8 +377,9 @@ static void fake_handle(HttpRequest *r) {
                 respond_error(r, 405, 0, "Method not allowed", r->method);
 }
 
-static void fake_hangup(HttpRequest *r) {
+static bool fake_hangup(HttpRequest *r) {
         fake.n_hangups++;
+        return false;
 }
 
 static void fake_done(HttpRequest *r) {

@@ -108,13 +108,14 @@ static void h_handle(HttpRequest *r) {
         http_reply(r, 200, "text/plain", r->uri, r->uri_len);
 }
 
-static void h_hangup(HttpRequest *r) {
+static bool h_hangup(HttpRequest *r) {
         Req *q = r->data;
 
         n_hangup++;
         q->timer = sd_event_source_disable_unref(q->timer);
         if (parked == r)
                 parked = NULL;
+        return false;
 }
 
 static void h_done(HttpRequest *r) {
