@@ -14,6 +14,9 @@
  *   watch   W long-poll watchers GET /v2/keys/<watch-key>?wait=true, then one PUT;
  *           per watcher: time from the PUT's send until its whole response arrived
  *   serve   trivial keep-alive responder (for checking that loadgen is not the bottleneck)
+ *   idle    -c N keep-alive connections, one GET each, then held open without traffic until
+ *           -d passes or SIGTERM; prints a "ready" line once all have their answer, and an
+ *           "end" line with how many the server closed meanwhile
  *
  * Output: one JSON line on stdout. Exit status 0 unless the run could not be done at all.
  */
@@ -54,6 +57,7 @@ typedef enum Mode {
         MODE_MIXED,
         MODE_WATCH,
         MODE_SERVE,
+        MODE_IDLE,
         _MODE_MAX,
         _MODE_INVALID = -EINVAL,
 } Mode;
@@ -64,6 +68,7 @@ static const char *const mode_table[_MODE_MAX] = {
         [MODE_MIXED] = "mixed",
         [MODE_WATCH] = "watch",
         [MODE_SERVE] = "serve",
+        [MODE_IDLE] = "idle",
 };
 
 typedef enum ParseState {
@@ -1204,6 +1209,159 @@ static int run_serve(void) {
         return 0;
 }
 
+/* idle mode: set up at most this many connections at a time, so that the server's accept
+ * backlog never overflows (a dropped SYN costs a 1 s retransmit) */
+#define IDLE_SETUP_BATCH 256u
+
+/* idle mode: open -c N keep-alive connections, one GET of a preloaded key each, then hold them
+ * open without traffic (etcd 3.4 keeps idle client connections indefinitely, etcd2 for its
+ * 5-minute read timeout) until -d passes or a signal. One JSON line when all are set up ("phase":"ready",
+ * flushed at once so that a driver can measure meanwhile), one at the end ("phase":"end"). */
+static int run_idle(void) {
+        Conn *conns;
+        struct epoll_event evs[512];
+        unsigned next = 0, pending = 0, ready = 0, errors = 0, refused_keepalive = 0, closed = 0;
+        uint64_t t0, t_ready, deadline;
+        int r, first_err = 0;
+
+        conns = conn_array = calloc(arg_concurrency, sizeof(Conn));
+        if (!conns)
+                return -ENOMEM;
+        conn_array_n = arg_concurrency;
+        for (unsigned i = 0; i < arg_concurrency; i++) {
+                conns[i].fd = -1;
+                conns[i].kind = KIND_CLIENT;
+                conns[i].target_idx = i % n_targets;
+        }
+
+        t0 = now_usec();
+        while (ready + errors + refused_keepalive < arg_concurrency) {
+                int n;
+
+                while (next < arg_concurrency && pending < IDLE_SETUP_BATCH) {
+                        Conn *c = &conns[next++];
+
+                        r = conn_connect(c);
+                        if (r < 0) {
+                                if (!first_err)
+                                        first_err = r;
+                                errors++;
+                                continue;
+                        }
+                        pending++;
+                }
+                if (got_signal)
+                        return -EINTR;
+                if (now_usec() - t0 > 120 * USEC_PER_SEC) {
+                        fprintf(stderr, "loadgen: idle setup timed out (%u ready, %u errors)\n", ready, errors);
+                        break;
+                }
+                n = epoll_wait(epfd, evs, ELEMENTSOF(evs), 100);
+                for (int i = 0; i < n; i++) {
+                        Conn *c = evs[i].data.ptr;
+                        uint32_t e = evs[i].events;
+                        ReadResult rr;
+
+                        if (c->state == CONN_CONNECTING) {
+                                int err = 0;
+                                socklen_t len = sizeof(err);
+
+                                (void) getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                                if (err != 0 || (e & (EPOLLERR | EPOLLHUP))) {
+                                        if (!first_err)
+                                                first_err = -(err ? err : ECONNREFUSED);
+                                        errors++;
+                                        pending--;
+                                        conn_close(c);
+                                        continue;
+                                }
+                                c->state = CONN_IDLE;
+                                c->want_out = false;
+                                (void) ep_set(c, EPOLLIN, EPOLL_CTL_MOD);
+                                build_get(c, arg_prefix, arg_key_start + (uint64_t) (c - conns) % arg_keys);
+                                c->state = CONN_BUSY;
+                                c->send_usec = now_usec();
+                                if (conn_flush(c) < 0) {
+                                        errors++;
+                                        pending--;
+                                        conn_close(c);
+                                }
+                                continue;
+                        }
+                        if ((e & EPOLLOUT) && c->state == CONN_BUSY && conn_flush(c) < 0) {
+                                errors++;
+                                pending--;
+                                conn_close(c);
+                                continue;
+                        }
+                        if (!(e & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+                                continue;
+                        rr = conn_read(c);
+                        if (rr == READ_AGAIN)
+                                continue;
+                        pending--;
+                        if (rr == READ_ERROR) {
+                                errors++;
+                                conn_close(c);
+                                continue;
+                        }
+                        completed++;
+                        count_status(c->last_status);
+                        lat_add(now_usec() - c->send_usec);
+                        if (c->close_after) {
+                                refused_keepalive++;
+                                conn_close(c);
+                                continue;
+                        }
+                        /* from now on any event means the server closed it (or sent garbage) */
+                        c->state = CONN_IDLE;
+                        (void) ep_set(c, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
+                        free(c->in);
+                        free(c->out);
+                        c->in = c->out = NULL;
+                        c->in_size = c->out_size = c->in_len = 0;
+                        ready++;
+                }
+        }
+        t_ready = now_usec();
+        if (lat_n > 0)
+                qsort(lat, lat_n, sizeof(*lat), cmp_u32);
+        printf("{\"mode\":\"idle\",\"phase\":\"ready\",\"connections\":%u,\"open\":%u,\"errors\":%u"
+               ",\"first_error\":\"%s\",\"refused_keepalive\":%u,\"non2xx\":%" PRIu64
+               ",\"setup_seconds\":%.3f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}\n",
+               arg_concurrency, ready, errors, first_err ? strerror(-first_err) : "",
+               refused_keepalive, n_non2xx, (double) (t_ready - t0) / USEC_PER_SEC,
+               lat_pct_ms(50), lat_pct_ms(99), lat_pct_ms(100));
+        fflush(stdout);
+
+        /* hold them; count those the server closes */
+        deadline = t_ready + (uint64_t) (arg_duration * USEC_PER_SEC);
+        while (!got_signal) {
+                int n = epoll_wait(epfd, evs, ELEMENTSOF(evs), wait_timeout_ms(deadline));
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0 && now_usec() >= deadline)
+                        break;
+                for (int i = 0; i < n; i++) {
+                        Conn *c = evs[i].data.ptr;
+
+                        if (c->fd < 0)
+                                continue;
+                        closed++;
+                        conn_close(c);
+                }
+        }
+        printf("{\"mode\":\"idle\",\"phase\":\"end\",\"connections\":%u,\"open_at_ready\":%u"
+               ",\"closed_by_server\":%u,\"open\":%u,\"idle_seconds\":%.3f}\n",
+               arg_concurrency, ready, closed, ready - closed, (double) (now_usec() - t_ready) / USEC_PER_SEC);
+        fflush(stdout);
+        return 0;
+}
+
 static void conn_array_free(void) {
         for (unsigned i = 0; i < conn_array_n; i++) {
                 conn_close(&conn_array[i]);
@@ -1220,13 +1378,14 @@ static void on_signal(int sig) {
 }
 
 static void help(void) {
-        printf("loadgen --port P --mode put|get|mixed|watch|serve [options]\n"
+        printf("loadgen --port P --mode put|get|mixed|watch|serve|idle [options]\n"
                "  --port P[,P2,...]     server port(s); with several, client connections go\n"
                "                        round-robin over them (watch/serve use the first)\n"
                "  --host ADDR           server address (default 127.0.0.1; numeric IPv4 only)\n"
                "  -c --concurrency N    connections, one request in flight each (default 1)\n"
                "  -d --duration SEC     run time (default 5; with --requests: a time limit;\n"
-               "                        watch: how long to wait for notifications)\n"
+               "                        watch: how long to wait for notifications;\n"
+               "                        idle: how long to hold the connections, default 600)\n"
                "  -n --requests N       stop after N responses instead of after --duration\n"
                "  -s --size BYTES       value size for PUTs (default 256)\n"
                "  -k --keys N           preloaded key count for get/mixed (default 10000)\n"
@@ -1369,6 +1528,8 @@ static int parse_argv(int argc, char *argv[]) {
                 arg_duration = 600;
         if (arg_mode == MODE_WATCH && !arg_duration_set)
                 arg_duration = 10;
+        if (arg_mode == MODE_IDLE && !arg_duration_set)
+                arg_duration = 600;
         return 0;
 }
 
@@ -1417,6 +1578,9 @@ int main(int argc, char *argv[]) {
                 break;
         case MODE_WATCH:
                 r = run_watch();
+                break;
+        case MODE_IDLE:
+                r = run_idle();
                 break;
         default:
                 r = run_throughput();

@@ -11,6 +11,8 @@ import argparse
 import http.client
 import json
 import os
+import resource
+import select
 import shutil
 import signal
 import socket
@@ -53,6 +55,17 @@ ROWS = [
     ('px_put_c64',    'proxy PUT c=64',       'req/s', 'higher', ('>=', 1.0, '>= 1x'),     ''),
     ('px_put_c64_frac', '  % of direct',      '%',     'higher', ('>=', 1.0, '>= 1x'),     ''),
 ]
+ROWS += [
+    # the bare responder (loadgen --mode serve) under the same GET c=64 load, in the get_c64 group (--bare)
+    ('bare_get_c64',  'bare responder GET c=64', 'req/s', 'higher', None,                   ''),
+    # idle10k: 10k idle keep-alive connections (one GET each), RSS delta per connection and a c=4 GET
+    # load on other connections before and while they are open
+    ('idle10k_kb',    '10k idle conns: RSS/conn', 'KB',  'lower',  None,                      ''),
+    ('idle10k_p50_base', 'GET c=4 p50, none idle', 'ms', 'lower',  None,                      ''),
+    ('idle10k_p50',   'GET c=4 p50, 10k idle', 'ms',   'lower',  None,                      ''),
+    ('idle10k_p99_base', 'GET c=4 p99, none idle', 'ms', 'lower',  None,                      ''),
+    ('idle10k_p99',   'GET c=4 p99, 10k idle', 'ms',   'lower',  None,                      ''),
+]
 # rows whose figure is the maximum (not the median) over the runs of another row
 MAX_ROWS = {'cl_failover_max': 'cl_failover'}
 
@@ -65,6 +78,34 @@ CL_GROUPS = ['cl_put_c64', 'cl_get_c64', 'cl_failover', 'cl_put_c1', 'cl_put_c25
 # Proxy group (--proxy-bench): a 3-member cluster plus a proxy of the same implementation; the same
 # loads directly against member m0 and through the proxy, interleaved.
 PX_GROUPS = ['px']
+# 10k idle keep-alive connections (not in the default --groups)
+IDLE_GROUPS = ['idle10k']
+
+# --issue10: exactly issue 10's figures, in this order (interleaved ours/etcd in each group)
+ISSUE10_GROUPS = ['put_c1', 'put_c64', 'put_c256', 'get_c64', 'watch',
+                  'cl_put_c64', 'cl_put_c256', 'cl_get_c64', 'px', 'idle10k']
+# Its table: key, label, unit, target. A target is (on, op, bound, text): on 'ratio' = ours/etcd,
+# on 'ours' = our figure itself (an absolute bound); None = information only.
+ISSUE10_ROWS = [
+    ('put_c1',         '1m PUT c=1',               'req/s', ('ratio', '>=', 1.2, '>= 1.2x')),
+    ('put_c64',        '1m PUT c=64',              'req/s', ('ratio', '>=', 3.0, '>= 3x')),
+    ('put_c256',       '1m PUT c=256',             'req/s', ('ratio', '>=', 3.0, '>= 3x')),
+    ('get_c64',        '1m GET c=64',              'req/s', ('ratio', '>=', 2.5, '>= 2.5x')),
+    ('bare_get_c64',   '  bare responder GET c=64', 'req/s', None),
+    ('get_c64_bare',   '  GET c=64 % of bare',     '%',     ('ours', '>=', 50.0, 'ours >= 50 %')),
+    ('watch_p99',      '1m 1000 watchers p99',     'ms',    ('ratio', '<=', 0.5, '<= 0.5x')),
+    ('watch_last',     '1m 1000 watchers last',    'ms',    ('ratio', '<=', 0.5, '<= 0.5x')),
+    ('cl_put_c64',     '3m PUT c=64',              'req/s', ('ratio', '>=', 3.0, '>= 3x')),
+    ('cl_put_c256',    '3m PUT c=256',             'req/s', ('ratio', '>=', 3.0, '>= 3x')),
+    ('cl_get_c64',     '3m GET c=64',              'req/s', ('ratio', '>=', 2.5, '>= 2.5x')),
+    ('px_get_c64',     'proxy GET c=64',           'req/s', ('ratio', '>=', 2.0, '>= 2x')),
+    ('px_get_c64_frac', '  % of direct',           '%',     ('ours', '>=', 60.0, 'ours >= 60 %')),
+    ('idle10k_kb',     '10k idle: RSS/conn',       'KB',    None),
+    ('idle10k_p50_base', '  GET c=4 p50, none idle', 'ms',  None),
+    ('idle10k_p50',    '  GET c=4 p50, 10k idle',  'ms',    None),
+    ('idle10k_p99_base', '  GET c=4 p99, none idle', 'ms',  None),
+    ('idle10k_p99',    '  GET c=4 p99, 10k idle',  'ms',    None),
+]
 
 running = []
 
@@ -324,6 +365,71 @@ class ProxiedCluster(Cluster):
         super().stop()
 
 
+class BareServer:
+    """`loadgen --mode serve`: the bare responder (a tiny 200 for every request, keep-alive). It takes
+    the same loads as a server, so the GET figure shows what loopback TCP plus the load generator
+    allow on this machine (and its PUTs make the preload a no-op)."""
+
+    impl = 'bare'
+
+    def __init__(self, loadgen, workdir):
+        self.loadgen = loadgen
+        self.workdir = workdir
+        self.client_port = free_port()
+        self.proc = None
+        self.logf = None
+
+    def start(self, timeout=10.0):
+        self.logf = open(os.path.join(self.workdir, 'bare.log'), 'wb')
+        self.proc = subprocess.Popen([self.loadgen, '--port', str(self.client_port), '--mode', 'serve'],
+                                     stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT)
+        running.append(self)
+        t0 = time.monotonic()
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', self.client_port), timeout=0.5).close()
+                return time.monotonic() - t0
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f'loadgen serve exited with status {self.proc.returncode} '
+                                   f'(log: {self.logf.name})')
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f'loadgen serve: port {self.client_port} not open after {timeout:.0f} s')
+            time.sleep(0.005)
+
+    def stop(self, timeout=10.0):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self in running:
+            running.remove(self)
+        self.proc = None
+        self.logf.close()
+
+
+def raise_nofile(need):
+    """Soft RLIMIT_NOFILE to at least `need` (the hard limit too, if root and it is lower), for this
+    process and so for the servers it spawns afterwards. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return soft
+    try:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+        else:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    except (ValueError, OSError) as e:
+        log(f'  could not raise RLIMIT_NOFILE from {soft}/{hard} to {need}: {e}')
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def get_json(port, path, timeout=1.0):
     conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
     try:
@@ -458,7 +564,63 @@ class Bench:
             return {'cl_lost': (None, self.lost_writes(srv))}
         if group == 'px':
             return self.proxy_figures(srv)
+        if group == 'idle10k':
+            return self.idle_figures(srv)
         raise ValueError(group)
+
+    def idle_figures(self, srv):
+        """--idle-conns (10k) keep-alive connections, one GET each, then idle. Figures: the server's
+        RSS delta per connection (KB) and the p50/p99 of a c=4 GET load on other connections, first
+        without them, then while they are open."""
+        a = self.args
+        n = a.idle_conns
+        self.preload(srv, 'g', a.keys)
+        base = self.lg(srv, '--mode', 'get', '-c', 4, '-d', a.duration, '--prefix', 'g', '-k', a.keys)
+        time.sleep(a.settle)
+        rss0 = srv.rss_mb()
+        cmd = [self.loadgen, '--port', str(srv.client_port), '--mode', 'idle', '-c', str(n),
+               '--prefix', 'g', '-k', str(a.keys), '-d', str(max(120.0, 10 * a.duration + 60))]
+        idle = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        end = None
+        try:
+            ready = None
+            t0 = time.monotonic()
+            while ready is None and time.monotonic() - t0 < 150:
+                rd, _, _ = select.select([idle.stdout], [], [], 1.0)
+                if rd:
+                    line = idle.stdout.readline()
+                    if not line:
+                        break
+                    if line.startswith('{'):
+                        ready = json.loads(line)
+            if ready is None or 'error' in ready:
+                raise RuntimeError(f'idle connections not set up: {ready}')
+            if ready['open'] != n:
+                raise RuntimeError(f'only {ready["open"]} of {n} idle connections set up: {ready}')
+            time.sleep(a.settle)
+            rss1 = srv.rss_mb()
+            during = self.lg(srv, '--mode', 'get', '-c', 4, '-d', a.duration, '--prefix', 'g', '-k', a.keys)
+        finally:
+            idle.send_signal(signal.SIGTERM)
+            try:
+                out, err = idle.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                idle.kill()
+                out, err = idle.communicate()
+            ends = [json.loads(l) for l in out.splitlines() if l.startswith('{')]
+            end = ends[-1] if ends else None
+        if end is None or end.get('phase') != 'end':
+            raise RuntimeError(f'idle loadgen gave no end line: {err.strip()}')
+        # connections the server dropped while we measured make the figure suspect: count as errors
+        d = {'rss0_mb': round(rss0, 1), 'rss1_mb': round(rss1, 1), 'setup_s': ready['setup_seconds'],
+             'errors': end['closed_by_server'], 'nofile': resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+        kb = (rss1 - rss0) * 1024.0 / n
+        bd = dict(base, errors=0)
+        dd = dict(during, closed_by_server=end['closed_by_server'])
+        return {'idle10k_kb': (kb, d),
+                'idle10k_p50_base': (base['p50_ms'], bd), 'idle10k_p99_base': (base['p99_ms'], bd),
+                'idle10k_p50': (during['p50_ms'], dd), 'idle10k_p99': (during['p99_ms'], dd)}
 
     def proxy_figures(self, pc):
         """Directly against the member the proxy forwards to (its first endpoint) vs through the proxy,
@@ -474,14 +636,15 @@ class Bench:
         out = {}
         # c=1 GET latency: several short alternating runs, the median p50 of each side
         p50 = {'direct': [], 'proxy': []}
-        for _ in range(3):
+        for _ in range(3 if not a.issue10 else 0):
             for side, srv in (('direct', direct), ('proxy', proxy)):
                 r = self.lg(srv, '--mode', 'get', '-c', 1, '-d', max(1.0, a.duration / 3), '--prefix', 'g',
                             '-k', a.keys)
                 p50[side].append(r['p50_ms'])
-        d50, x50 = median(p50['direct']), median(p50['proxy'])
-        out['px_get_c1_added'] = (x50 - d50, {'p50_ms': x50, 'direct_p50_ms': d50})
-        for mode in ('get', 'put'):
+        if p50['direct']:
+            d50, x50 = median(p50['direct']), median(p50['proxy'])
+            out['px_get_c1_added'] = (x50 - d50, {'p50_ms': x50, 'direct_p50_ms': d50})
+        for mode in ('get', 'put') if not a.issue10 else ('get',):
             extra = ['--prefix', 'g', '-k', a.keys] if mode == 'get' else []
             rd = self.lg(direct, '--mode', mode, '-c', 64, '-d', a.duration, '-s', a.size, *extra)
             rx = self.lg(proxy, '--mode', mode, '-c', 64, '-d', a.duration, '-s', a.size, *extra)
@@ -619,12 +782,21 @@ class Bench:
             reps = max(a.rounds, a.failover_reps) if group == 'cl_failover' else a.rounds
             if group == 'cl_lost':
                 reps = 1
+            if group == 'idle10k':
+                # the servers inherit it; ours raises its own limit anyway, etcd (Go) may not
+                got = raise_nofile(a.idle_conns + 1024)
+                if got < a.idle_conns + 1024:
+                    log(f'  idle10k: RLIMIT_NOFILE is {got}, fewer than {a.idle_conns} connections + margin')
+            # --bare: the bare responder takes the same GET c=64 load, in the same rounds
+            group_impls = impls + ['bare'] if (group == 'get_c64' and a.bare) else impls
             for rnd in range(reps):
-                for impl in impls:
+                for impl in group_impls:
                     if group == 'cl_lost' and impl != 'ours':
                         continue
                     work = tempfile.mkdtemp(prefix=f'bench-{impl}-{group}-', dir=a.tmpdir)
-                    if group == 'px':
+                    if impl == 'bare':
+                        srv = BareServer(self.loadgen, work)
+                    elif group == 'px':
                         srv = ProxiedCluster(impl, binaries[impl], work)
                     elif group.startswith('cl_'):
                         srv = Cluster(impl, binaries[impl], work)
@@ -646,8 +818,10 @@ class Bench:
                             self.lost = d
                             log(f'  cl_lost ours: {d}')
                             continue
-                        results.setdefault(row, {}).setdefault(impl, []).append(v)
-                        details.setdefault(row, {}).setdefault(impl, []).append(d)
+                        # the bare responder's figure is a row of its own, shown in the "ours" column
+                        rkey, rimpl = ('bare_get_c64', 'ours') if impl == 'bare' else (row, impl)
+                        results.setdefault(rkey, {}).setdefault(rimpl, []).append(v)
+                        details.setdefault(rkey, {}).setdefault(rimpl, []).append(d)
                         log(f'  {row:13s} {impl:4s} round {rnd + 1}: {fmt(v)} load1={load1:.2f} {brief(d)}')
                     if ok and not a.keep:
                         shutil.rmtree(work, ignore_errors=True)
@@ -672,7 +846,8 @@ def brief(d):
     if not d:
         return ''
     keys = ['p50_ms', 'direct_p50_ms', 'direct_rps', 'p99_ms', 'non2xx', 'conn_errors', 'reconnects', 'errors', 'notified', 'put_ms',
-            'preload_rps', 'key_after_restart', 'killed', 'new_leader', 'timeout_or_refused', 'members']
+            'preload_rps', 'key_after_restart', 'killed', 'new_leader', 'timeout_or_refused', 'members',
+            'rss0_mb', 'rss1_mb', 'setup_s', 'closed_by_server', 'nofile']
     return ' '.join(f'{k}={d[k]}' for k in keys if k in d)
 
 
@@ -740,6 +915,47 @@ def latency_table(details):
     return '\n'.join(out) if len(out) > 2 else ''
 
 
+def issue10_table(results, details):
+    """One table of issue 10's figures: figure, ours, etcd, ratio (ours/etcd), target, PASS/FAIL."""
+    def med(key, impl):
+        v = results.get(key, {}).get(impl)
+        return median(v) if v else None
+
+    hdr = ['figure', 'unit', 'ours', 'etcd', 'ratio', 'target', 'result']
+    rows = []
+    bare = med('bare_get_c64', 'ours')
+    for key, label, unit, target in ISSUE10_ROWS:
+        if key == 'get_c64_bare':       # derived: each implementation's GET c=64 as % of the bare one
+            o, e = (100.0 * med('get_c64', i) / bare if (bare and med('get_c64', i) is not None) else None
+                    for i in ('ours', 'etcd'))
+            errs = 0
+        else:
+            o, e = med(key, 'ours'), (None if key == 'bare_get_c64' else med(key, 'etcd'))
+            errs = sum(d.get('non2xx', 0) + d.get('conn_errors', 0) + d.get('errors', 0)
+                       for impl in ('ours', 'etcd') for d in details.get(key, {}).get(impl, []))
+        ratio = o / e if (o is not None and e) else None
+        if target is None:
+            verdict = '-'
+        else:
+            on, op, bound, _ = target
+            v = ratio if on == 'ratio' else o
+            if v is None:
+                verdict = 'n/a'
+            else:
+                verdict = 'PASS' if (v >= bound if op == '>=' else v <= bound) else 'FAIL'
+        if errs:
+            verdict += f' ({errs} errors)'
+        rows.append([label, unit, fmt(o), '-' if key == 'bare_get_c64' else fmt(e),
+                     f'{ratio:.2f}' if ratio is not None else ('-' if key == 'bare_get_c64' else 'n/a'),
+                     target[3] if target else '-', verdict])
+    w = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
+    line = '  '.join(h.ljust(w[i]) for i, h in enumerate(hdr))
+    out = [line, '-' * len(line)]
+    for r in rows:
+        out.append('  '.join(str(c).ljust(w[i]) for i, c in enumerate(r)))
+    return '\n'.join(out)
+
+
 def proxy_targets(results):
     """The issue's absolute proxy targets for ours: < 0.1 ms added at p50 (c=1), >= 80 % of direct (c=64)."""
     def ours(key):
@@ -765,13 +981,21 @@ def main():
     ap.add_argument('--watchers', type=int, default=1000)
     ap.add_argument('--settle', type=float, default=2.0, help='seconds to settle before reading RSS')
     ap.add_argument('--groups', default=','.join(GROUPS),
-                    help='comma list of figure groups: ' + ','.join(GROUPS))
+                    help='comma list of figure groups: ' + ','.join(GROUPS) + ' (default), '
+                         + ','.join(CL_GROUPS + PX_GROUPS + IDLE_GROUPS))
     ap.add_argument('--cluster', type=int, choices=(3,), default=None,
                     help='run the 3-member cluster groups (' + ','.join(CL_GROUPS) + ') instead of the '
                          'single-member default (same as --groups with those)')
     ap.add_argument('--proxy-bench', action='store_true',
                     help='run the proxy group (' + ','.join(PX_GROUPS) + '): a proxy of each implementation in '
                          'front of a 3-member cluster, against direct access')
+    ap.add_argument('--issue10', action='store_true',
+                    help='exactly issue 10\'s figures (' + ','.join(ISSUE10_GROUPS) + ', with the bare '
+                         'responder in get_c64; the proxy group only its GET c=64) and one table')
+    ap.add_argument('--bare', action='store_true',
+                    help='get_c64: the bare responder (loadgen --mode serve) takes the same load in each round')
+    ap.add_argument('--idle-conns', type=int, default=10000,
+                    help='idle10k: idle keep-alive connections to open (default 10000)')
     ap.add_argument('--failover-reps', type=int, default=3,
                     help='cl_failover: fresh clusters (kills) per implementation (at least --rounds)')
     ap.add_argument('--failover-timeout', type=float, default=0.2,
@@ -798,8 +1022,11 @@ def main():
         args.groups = list(CL_GROUPS)   # --cluster 3 alone: all cluster groups; else the cl_* named
     if args.proxy_bench:
         args.groups = list(PX_GROUPS)
+    if args.issue10:
+        args.groups = list(ISSUE10_GROUPS)
+        args.bare = True
     for g in args.groups:
-        if g not in GROUPS + CL_GROUPS + PX_GROUPS:
+        if g not in GROUPS + CL_GROUPS + PX_GROUPS + IDLE_GROUPS:
             ap.error(f'unknown group {g}')
     args.etcd2 = os.path.abspath(args.etcd2)     # the servers run with their work dir as cwd
     args.etcd = os.path.abspath(args.etcd)
@@ -835,9 +1062,12 @@ def main():
     print('ratio is always ours/etcd; "better" says whether a higher or lower ratio is better.')
     print(f'load average at the end: {" ".join(f"{x:.2f}" for x in os.getloadavg())} '
           f'(anything else running on the 2 cores skews the figures)')
-    print(table(results, details, args))
+    if args.issue10:
+        print(issue10_table(results, details))
+    else:
+        print(table(results, details, args))
     print(latency_table(details))
-    if 'px' in args.groups:
+    if 'px' in args.groups and not args.issue10:
         print(proxy_targets(results))
     if 'cl_lost' in args.groups:
         d = bench.lost
