@@ -32,10 +32,12 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
@@ -69,6 +71,11 @@
 #define HTTP_LINGER_BYTES_MAX ((uint64_t) 64 * 1024 * 1024)
 /* Refused connections (over a cap) get their 503 with a lingering close while at most this many. */
 #define HTTP_REFUSED_MAX 64u
+/* A flush of at least this many connections at once (a watch event to many watchers, the answers to a
+ * commit of many writes) is written by two threads, half of the sockets each (see HttpSender). */
+#ifndef HTTP_PARALLEL_MIN
+#define HTTP_PARALLEL_MIN 64
+#endif
 
 typedef enum ConnState {
         CONN_IDLE,               /* between requests (or before the first) */
@@ -126,6 +133,8 @@ struct HttpConn {
         bool rdhup;                      /* epoll said so (EPOLLRDHUP): read on to the end */
         uint64_t deadline_usec;
         uint64_t lingered;
+        size_t sent;                     /* conn_send_raw()'s outcome, for the main thread */
+        int send_errno;
 
         llhttp_t parser;
         struct sockaddr_storage peer;
@@ -169,6 +178,22 @@ struct HttpService {
         size_t n_listeners;
 };
 
+/*
+ * The second thread of large flushes. Writing to loopback or a LAN, sendmsg() is the cost of an answer
+ * (the kernel's TCP work, the receiver's wake-up): 1000 watchers notified of one event are 1000 of them
+ * in a row, about 10 us each here. Go's server spreads them over its cores; we give half of a large
+ * batch to this thread. It runs only conn_send_raw() (system calls on sockets and buffers the main thread
+ * does not touch meanwhile); the main thread waits for it, then applies the outcomes itself.
+ */
+typedef struct HttpSender {
+        pthread_t thread;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        HttpConn **items;
+        size_t n;
+        bool started, work, stop;
+} HttpSender;
+
 struct HttpServer {
         sd_event *event;
         int epoll_fd;
@@ -177,6 +202,9 @@ struct HttpServer {
         HttpService **services;
         size_t n_services;
         HttpConn *work;                  /* connections to flush or to go on with */
+        HttpConn **batch, **cand;        /* on_work()'s arrays */
+        size_t batch_alloc;
+        HttpSender sender;
         HttpConn *dead;
         char *rbuf;
         llhttp_settings_t settings;
@@ -187,6 +215,8 @@ struct HttpServer {
 
 static void conn_process(HttpConn *c);
 static void conn_close(HttpConn *c);
+static void conn_send_raw(HttpConn *c);
+static void conn_advance(HttpConn *c, size_t k);
 
 /* --- small helpers ---------------------------------------------------------------------------- */
 
@@ -287,17 +317,141 @@ static void conn_free(HttpConn *c) {
         free(c);
 }
 
+static void *sender_main(void *userdata) {
+        HttpSender *t = userdata;
+
+        (void) pthread_mutex_lock(&t->lock);
+        for (;;) {
+                while (!t->work && !t->stop)
+                        (void) pthread_cond_wait(&t->cond, &t->lock);
+                if (t->stop)
+                        break;
+                (void) pthread_mutex_unlock(&t->lock);
+                for (size_t i = 0; i < t->n; i++)
+                        conn_send_raw(t->items[i]);
+                (void) pthread_mutex_lock(&t->lock);
+                t->work = false;
+                (void) pthread_cond_broadcast(&t->cond);
+        }
+        (void) pthread_mutex_unlock(&t->lock);
+        return NULL;
+}
+
+static bool sender_start(HttpSender *t) {
+        sigset_t all, old;
+        int r;
+
+        if (t->started)
+                return true;
+        (void) pthread_mutex_init(&t->lock, NULL);
+        (void) pthread_cond_init(&t->cond, NULL);
+        /* the thread takes no signals: they belong to the event loop */
+        sigfillset(&all);
+        (void) pthread_sigmask(SIG_SETMASK, &all, &old);
+        r = pthread_create(&t->thread, NULL, sender_main, t);
+        (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (r != 0) {
+                log_debug_errno(-r, "Failed to start the HTTP sender thread, writing on one thread: %m");
+                (void) pthread_cond_destroy(&t->cond);
+                (void) pthread_mutex_destroy(&t->lock);
+                return false;
+        }
+        (void) pthread_setname_np(t->thread, "http-sender");
+        t->started = true;
+        return true;
+}
+
+static void sender_stop(HttpSender *t) {
+        if (!t->started)
+                return;
+        (void) pthread_mutex_lock(&t->lock);
+        t->stop = true;
+        (void) pthread_cond_broadcast(&t->cond);
+        (void) pthread_mutex_unlock(&t->lock);
+        (void) pthread_join(t->thread, NULL);
+        (void) pthread_cond_destroy(&t->cond);
+        (void) pthread_mutex_destroy(&t->lock);
+        t->started = false;
+}
+
+/* Writes the queued output of v[0..n) on two threads, then applies the outcomes here. */
+static void flush_parallel(HttpServer *h, HttpConn **v, size_t n) {
+        HttpSender *t = &h->sender;
+        size_t half = n / 2;
+
+        if (!sender_start(t))
+                return;
+        (void) pthread_mutex_lock(&t->lock);
+        t->items = v;
+        t->n = half;
+        t->work = true;
+        (void) pthread_cond_broadcast(&t->cond);
+        (void) pthread_mutex_unlock(&t->lock);
+
+        for (size_t i = half; i < n; i++)
+                conn_send_raw(v[i]);
+
+        (void) pthread_mutex_lock(&t->lock);
+        while (t->work)
+                (void) pthread_cond_wait(&t->cond, &t->lock);
+        (void) pthread_mutex_unlock(&t->lock);
+
+        for (size_t i = 0; i < n; i++) {
+                HttpConn *c = v[i];
+
+                conn_advance(c, c->sent);
+                if (c->send_errno == EAGAIN)
+                        c->writable = false;
+                /* other errors: conn_process()'s own flush meets them again and ends the connection */
+        }
+}
+
 static int on_work(sd_event_source *s, void *userdata) {
         HttpServer *h = userdata;
 
-        /* Connections scheduled while this runs are taken in the same pass. */
+        /* Connections scheduled while this runs are taken in the next round of the same pass. */
         while (h->work) {
-                HttpConn *c = h->work;
+                size_t n = 0, m = 0;
 
-                h->work = c->work_next;
-                c->on_work_list = false;
-                if (c->state != CONN_DEAD)
-                        conn_process(c);
+                for (HttpConn *c = h->work; c; c = c->work_next)
+                        n++;
+                if (n > h->batch_alloc) {
+                        size_t a = MAX(n, h->batch_alloc * 2);
+                        HttpConn **b = reallocarray(h->batch, a, sizeof(HttpConn *)),
+                                 **d = b ? reallocarray(h->cand, a, sizeof(HttpConn *)) : NULL;
+
+                        if (b)
+                                h->batch = b;
+                        if (d)
+                                h->cand = d;
+                        if (!b || !d) {
+                                /* one at a time, as they come */
+                                HttpConn *c = h->work;
+
+                                h->work = c->work_next;
+                                c->on_work_list = false;
+                                if (c->state != CONN_DEAD)
+                                        conn_process(c);
+                                continue;
+                        }
+                        h->batch_alloc = a;
+                }
+                n = 0;
+                for (HttpConn *c = h->work; c; c = c->work_next) {
+                        h->batch[n++] = c;
+                        if (c->state != CONN_DEAD && c->writable && c->seg_first < c->n_segs)
+                                h->cand[m++] = c;
+                }
+                h->work = NULL;
+                for (size_t i = 0; i < n; i++)
+                        h->batch[i]->on_work_list = false;
+
+                if (m >= HTTP_PARALLEL_MIN)
+                        flush_parallel(h, h->cand, m);
+
+                for (size_t i = 0; i < n; i++)
+                        if (h->batch[i]->state != CONN_DEAD)
+                                conn_process(h->batch[i]);
         }
         while (h->dead) {
                 HttpConn *c = h->dead;
@@ -380,6 +534,75 @@ static void out_reset(HttpConn *c) {
 
 /* Writes what is queued, as far as the socket takes it. Returns -EPIPE (and the caller closes) on a
  * write error. */
+/* Builds the iovecs of what is queued from segment `first` (of which `done` bytes are written). */
+static size_t conn_iov(const HttpConn *c, size_t first, size_t done, struct iovec *iov) {
+        size_t n = 0;
+
+        for (size_t i = first; i < c->n_segs && n < HTTP_IOV_MAX; i++) {
+                const HttpSeg *g = &c->segs[i];
+                const char *base = g->ext ?: c->out.data + g->off;
+                size_t skip = i == first ? done : 0;
+
+                iov[n++] = (struct iovec) { .iov_base = (void *) (base + skip), .iov_len = g->len - skip };
+        }
+        return n;
+}
+
+/* Marks k more bytes as written: segments done are released. */
+static void conn_advance(HttpConn *c, size_t k) {
+        c->out_pending -= k;
+        while (k > 0) {
+                HttpSeg *g = &c->segs[c->seg_first];
+                size_t left = g->len - c->seg_first_done;
+
+                if (k < left) {
+                        c->seg_first_done += k;
+                        break;
+                }
+                k -= left;
+                if (g->release)
+                        g->release(g->userdata);
+                g->release = NULL;
+                c->seg_first++;
+                c->seg_first_done = 0;
+        }
+}
+
+/* The system-call half of a flush, safe on another thread: writes what is queued without touching
+ * anything but c->sent and c->send_errno (the main thread applies them with conn_advance()). */
+static void conn_send_raw(HttpConn *c) {
+        size_t first = c->seg_first, done = c->seg_first_done;
+
+        c->sent = 0;
+        c->send_errno = 0;
+        while (first < c->n_segs) {
+                struct iovec iov[HTTP_IOV_MAX];
+                struct msghdr mh = { .msg_iov = iov };
+                ssize_t k;
+
+                mh.msg_iovlen = conn_iov(c, first, done, iov);
+                k = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        c->send_errno = errno;
+                        return;
+                }
+                c->sent += (size_t) k;
+                while (k > 0) {
+                        size_t left = c->segs[first].len - done;
+
+                        if ((size_t) k < left) {
+                                done += (size_t) k;
+                                break;
+                        }
+                        k -= (ssize_t) left;
+                        first++;
+                        done = 0;
+                }
+        }
+}
+
 static int conn_flush(HttpConn *c) {
         while (c->seg_first < c->n_segs) {
                 struct iovec iov[HTTP_IOV_MAX];
@@ -389,13 +612,7 @@ static int conn_flush(HttpConn *c) {
 
                 if (!c->writable)
                         return 0;
-                for (size_t i = c->seg_first; i < c->n_segs && n < HTTP_IOV_MAX; i++) {
-                        const HttpSeg *g = &c->segs[i];
-                        const char *base = g->ext ?: c->out.data + g->off;
-                        size_t skip = i == c->seg_first ? c->seg_first_done : 0;
-
-                        iov[n++] = (struct iovec) { .iov_base = (void *) (base + skip), .iov_len = g->len - skip };
-                }
+                n = conn_iov(c, c->seg_first, c->seg_first_done, iov);
                 mh.msg_iovlen = n;
                 k = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (k < 0) {
@@ -407,22 +624,7 @@ static int conn_flush(HttpConn *c) {
                         }
                         return -EPIPE;
                 }
-                c->out_pending -= (size_t) k;
-                while (k > 0) {
-                        HttpSeg *g = &c->segs[c->seg_first];
-                        size_t left = g->len - c->seg_first_done;
-
-                        if ((size_t) k < left) {
-                                c->seg_first_done += (size_t) k;
-                                break;
-                        }
-                        k -= (ssize_t) left;
-                        if (g->release)
-                                g->release(g->userdata);
-                        g->release = NULL;
-                        c->seg_first++;
-                        c->seg_first_done = 0;
-                }
+                conn_advance(c, (size_t) k);
         }
         c->n_segs = c->seg_first = c->seg_first_done = 0;
         c->out.len = 0;
@@ -1805,6 +2007,9 @@ HttpServer *http_server_free(HttpServer *h) {
                 free(s);
         }
         free(h->services);
+        sender_stop(&h->sender);
+        free(h->batch);
+        free(h->cand);
         while (h->dead) {
                 HttpConn *c = h->dead;
 

@@ -40,6 +40,9 @@ static int taken_fd = -1;
 static char taken_extra[64];
 static size_t taken_extra_len;
 static HttpRequest *parked;
+#define FAN 100
+static HttpRequest *fan[FAN];
+static unsigned n_fan;
 
 static int on_late(sd_event_source *s, uint64_t usec, void *userdata) {
         HttpRequest *r = userdata;
@@ -84,6 +87,16 @@ static void h_handle(HttpRequest *r) {
         }
         if (streq(r->uri, "/park")) {
                 parked = r;
+                return;
+        }
+        if (streq(r->uri, "/fan")) {
+                /* the last one answers them all at once, as a watch event does: a batch for two threads */
+                fan[n_fan++] = r;
+                if (n_fan == FAN)
+                        for (unsigned i = 0; i < FAN; i++) {
+                                http_stream_begin(fan[i], 200, "application/json", -1);
+                                http_stream_write(fan[i], "{\"event\":1}", 11, true);
+                        }
                 return;
         }
         if (streq(r->uri, "/stream")) {
@@ -467,6 +480,36 @@ static void c_upgrade(void) {
         close(fd);
 }
 
+static void c_fan(void) {
+        int fds[FAN];
+        char buf[4096];
+        bool closed;
+
+        for (int i = 0; i < FAN; i++) {
+                fds[i] = client_connect();
+                client_send(fds[i], "GET /fan HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+        for (int i = 0; i < FAN; i++) {
+                client_read(fds[i], buf, sizeof buf, 300, &closed);
+                assert_false(closed);
+                assert_non_null(strstr(buf, "HTTP/1.1 200 OK\r\n"));
+                assert_string_equal(strstr(buf, "\r\n\r\n") + 4, "b\r\n{\"event\":1}\r\n0\r\n\r\n");
+                /* the connection goes on */
+                client_send(fds[i], "GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+        for (int i = 0; i < FAN; i++) {
+                client_read(fds[i], buf, sizeof buf, 300, &closed);
+                assert_non_null(strstr(buf, "\r\n\r\n/again"));
+                close(fds[i]);
+        }
+}
+
+static void test_fan_out(void **state) {
+        n_fan = 0;
+        run_client(c_fan);
+        assert_int_equal(n_done, 2 * FAN);
+}
+
 static void test_upgrade(void **state) {
         run_client(c_upgrade);
         assert_true(taken_fd >= 0);
@@ -542,6 +585,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stream_late, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_upgrade, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_fan_out, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_limits, setup_limits, teardown),
         };
 
