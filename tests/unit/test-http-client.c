@@ -148,6 +148,9 @@ static void *serve_conn(void *arg) {
                         static const char a[] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh";
                         if (!write_all(fd, a, strlen(a)))
                                 break;
+                } else if (streq(path, "/hang")) {
+                        usleep(600000); /* past the read timeout of test_read_timeout */
+                        break;
                 } else if (streq(path, "/reset")) {
                         struct linger l = { .l_onoff = 1, .l_linger = 0 };
                         (void) setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
@@ -549,6 +552,39 @@ static void test_many_concurrent(void **state) {
                 result_done(&res[i]);
 }
 
+static void test_read_timeout(void **state) {
+        HttpClientOptions o = { .read_timeout_usec = 200000 };
+        HttpUpstream *u;
+        Result res = {}, res2 = {};
+        uint64_t t0;
+
+        /* a client of its own, with a read timeout */
+        client = http_client_free(client);
+        assert_int_equal(http_client_new(ev, &o, &client), 0);
+        u = upstream();
+
+        t0 = now_ms();
+        get(u, "GET", "/hang", &res);
+        assert_int_equal(res.error, -ETIMEDOUT);
+        assert_false(res.head_seen);
+        assert_true(now_ms() - t0 >= 190 && now_ms() - t0 < 550);
+        assert_int_equal(http_upstream_n_connections(u), 0);
+
+        /* a paused response does not time out */
+        res2.pause_first = true;
+        start(u, "GET", "/big", &res2);
+        while (res2.n_pieces == 0)
+                assert_true(sd_event_run(ev, 1000 * 1000) >= 0);
+        run_for(400);
+        assert_false(res2.finished);
+        http_client_request_resume(res2.q);
+        run_until(&res2.finished, 5000);
+        assert_int_equal(res2.error, 0);
+        assert_int_equal(res2.body.len, BIG_SIZE);
+        result_done(&res);
+        result_done(&res2);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_length_and_keepalive, setup, teardown),
@@ -561,6 +597,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_stale_retry, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_idle_closed_by_upstream, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_many_concurrent, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_read_timeout, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
