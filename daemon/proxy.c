@@ -85,7 +85,7 @@ struct ProxyXfer {
         HttpRequest *req;           /* NULL once the request went away (or before it is attached) */
         ProxyXfer *prev, *next;     /* active list, or free list (next only) */
         ProxyXfer *dirty_next;      /* the dirty list: something for the layer (proxy_flush()) */
-        ProxyXfer *orphan_next;     /* the orphan list: to release once out of curl and proxy_flush() */
+        ProxyXfer *orphan_next;     /* the orphan list: to release once out of proxy_flush() */
         bool dirty;
         bool orphan;
 
@@ -469,7 +469,7 @@ static void set_endpoints(Proxy *p, char **urls) {
         for (size_t i = 0; i < n; i++) {
                 ProxyEndpoint *e = &s->eps[k];
 
-                /* Go's url.Parse() accepts almost anything; curl wants a scheme. */
+                /* Go's url.Parse() accepts almost anything; the client and libcurl want a scheme. */
                 if (!strstr(urls[i], "://")) {
                         log_warning("proxy: upstream URL invalid: %s", urls[i]);
                         continue;
