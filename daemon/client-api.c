@@ -150,7 +150,7 @@ static const char *req_media_type(ApiRequest *r, char *buf, size_t size) {
 
 /* Each reply_*() answers the request (the layer may end it right away: the ApiRequest is not to be
  * touched afterwards) and returns 0, or returns -ENOMEM having answered nothing; the entry point then
- * answers 500 and closes the connection (where libmicrohttpd used to drop it). */
+ * answers 500 and closes the connection. */
 
 static void add_cors(ApiRequest *r) {
         const Config *c = r->api->config;

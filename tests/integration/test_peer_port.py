@@ -180,7 +180,7 @@ def test_slow_heads_and_connection_cap(make_cluster):
     m = c.members[0]
 
     # A head that trickles in a byte a second is closed at the head deadline, not after its last byte
-    # (libmicrohttpd's inactivity timeout alone would keep it forever).
+    # (an inactivity timeout alone would keep it forever).
     head = stream_head(0x1234, int(c.expected_cluster_id(), 16))
     s = connect(m)
     t0 = time.monotonic()
