@@ -73,9 +73,7 @@
 #define HTTP_REFUSED_MAX 64u
 /* A flush of at least this many connections at once (a watch event to many watchers, the answers to a
  * commit of many writes) is written by two threads, half of the sockets each (see HttpSender). */
-#ifndef HTTP_PARALLEL_MIN
 #define HTTP_PARALLEL_MIN 64
-#endif
 
 typedef enum ConnState {
         CONN_IDLE,               /* between requests (or before the first) */
@@ -1698,11 +1696,18 @@ static int answer_head(HttpConn *c, unsigned status, const char *content_type, i
         return out_append(c, "\r\n", 2);
 }
 
-/* An answer is fully queued: the layer goes on once control is back with it. */
+/* An answer is fully queued: the layer goes on once control is back with it. An answer given outside
+ * its connection's processing (a proposal's result) is written at once if it is the first of this loop
+ * iteration, so that a lone write's answer does not wait for the next iteration; a batch (many answers or
+ * watch events at once) goes out from on_work(), with two threads when it is large. A failed write is
+ * left for conn_process() to meet again (no handler is called from here). */
 static void answer_queued(HttpConn *c) {
         c->answer_complete = true;
-        if (!c->busy)
-                conn_schedule(c);
+        if (c->busy)
+                return;
+        if (!c->service->server->work && c->writable)
+                (void) conn_flush(c);
+        conn_schedule(c);
 }
 
 static void answer_failed(HttpConn *c) {
