@@ -8,6 +8,7 @@ Run on demand, never from `meson test`. See tests/bench/README.md.
 """
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -461,8 +462,12 @@ def put_once(port, key, value, timeout):
 
 
 def build_loadgen(out):
+    # One binary per version of the source (several checkouts share --tmpdir: a newer binary of an older
+    # source must not be taken for this one's).
     src = os.path.join(HERE, 'loadgen.c')
-    if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(src):
+    with open(src, 'rb') as f:
+        out = out + '-' + hashlib.sha256(f.read()).hexdigest()[:12]
+    if os.path.exists(out):
         return out
     cmd = ['cc', '-O2', '-Wall', '-Wextra', '-o', out, src]
     log('building loadgen: ' + ' '.join(cmd))
