@@ -1,0 +1,195 @@
+# SPDX-License-Identifier: Apache-2.0
+"""v2 auth differential test: one scripted sequence of /v2/auth, /v2/keys, /v2/members and /v2/stats
+requests goes to our etcd2 and to etcd 3.4 (--enable-v2, whose v2 auth is etcd 2.3's etcdserver/auth);
+status, Content-Type and parsed JSON bodies must agree, step by step.
+
+Normalization: indexes (modifiedIndex, createdIndex, error "index") are dropped; /v2/members and
+/v2/stats bodies differ by nature (ids, ports, times) and are compared for status only.
+
+Each step is (method, path, credentials or None, JSON body or form dict or None). Steps run in order:
+later ones depend on the users, roles and the enabled flag set by earlier ones.
+"""
+
+import json
+import os
+
+import pytest
+import requests
+
+from conftest import OUR_BINARY, REFERENCE, REFERENCE_BINARY, Daemon
+
+SELFTEST = os.environ.get("ETCD2_DIFF_SELFTEST") == "1"
+
+pytestmark = pytest.mark.skipif(
+    (REFERENCE and not SELFTEST) or not (SELFTEST or (OUR_BINARY and os.access(OUR_BINARY, os.X_OK)))
+    or not os.access(REFERENCE_BINARY, os.X_OK),
+    reason="needs both ETCD2_BINARY and /usr/bin/etcd")
+
+ROOT = ("root", "rootpw")
+BOB = ("bob", "bobpw")
+J = "json"     # body kinds
+F = "form"
+RAW = "raw"    # (content type, bytes)
+
+
+def user(name, **kw):
+    return dict(user=name, **kw)
+
+
+def role(name, **kw):
+    return dict(role=name, **kw)
+
+
+def kv(read=None, write=None):
+    d = {}
+    if read is not None:
+        d["read"] = read
+    if write is not None:
+        d["write"] = write
+    return {"kv": d}
+
+
+# (method, path, auth, kind, body)
+STEPS_CRUD = [
+    ("GET", "/v2/auth/enable", None, None, None),
+    ("PUT", "/v2/auth/enable", None, None, None),             # 409: no root user
+    ("DELETE", "/v2/auth/enable", None, None, None),          # 409: already disabled
+    ("POST", "/v2/auth/enable", None, None, None),            # 405
+    ("GET", "/v2/auth/users", None, None, None),              # {"users":null}
+    ("GET", "/v2/auth/roles", None, None, None),              # only root
+    ("GET", "/v2/auth/users/root", None, None, None),         # 404
+    ("GET", "/v2/auth/roles/root", None, None, None),
+    ("GET", "/v2/auth/roles/guest", None, None, None),        # 404 before enable
+    ("PUT", "/v2/auth/users/root", None, J, user("root", password=ROOT[1])),      # 201
+    ("PUT", "/v2/auth/users/root", None, J, user("root", password=ROOT[1])),      # 200: password update
+    ("GET", "/v2/auth/users/root", None, None, None),
+    ("PUT", "/v2/auth/roles/rw", None, J, role("rw", permissions=kv(["/a/*"], ["/a/b"]))),  # 201
+    ("PUT", "/v2/auth/roles/rw", None, J, role("rw", permissions=kv(["/a/*"], ["/a/b"]))),  # 409
+    ("PUT", "/v2/auth/roles/empty", None, J, role("empty")),  # 201, read/write null
+    ("PUT", "/v2/auth/roles/empty", None, J, role("empty", grant=kv(["/q"]))),
+    ("PUT", "/v2/auth/roles/empty", None, J, role("empty", revoke=kv(["/q"]))),
+    ("PUT", "/v2/auth/roles/empty", None, J, role("empty", revoke=kv(["/nope"]))),
+    ("DELETE", "/v2/auth/roles/empty", None, None, None),
+    ("DELETE", "/v2/auth/roles/empty", None, None, None),     # 404
+    ("PUT", "/v2/auth/roles/root", None, J, role("root", grant=kv(["/x"]))),      # 403
+    ("DELETE", "/v2/auth/roles/root", None, None, None),      # 403
+    ("PUT", "/v2/auth/users/bob", None, J, user("bob", password=BOB[1], roles=["rw"])),
+    ("PUT", "/v2/auth/users/bob", None, J, user("bob", password=BOB[1], roles=["rw"])),     # 409
+    ("PUT", "/v2/auth/users/bob", None, J, user("bob", grant=["rw"])),           # 409 duplicate grant
+    ("PUT", "/v2/auth/users/bob", None, J, user("bob", revoke=["zz"])),          # 409 ungranted
+    ("PUT", "/v2/auth/users/bob", None, J, user("bobby")),                       # 400 name mismatch
+    ("PUT", "/v2/auth/users/bob", None, J, user("bob")),                         # 400 nothing to do
+    ("PUT", "/v2/auth/users/bob", None, RAW, ("application/json", b"xx")),       # 400 invalid JSON
+    ("POST", "/v2/auth/users/bob", None, None, None),         # 405
+    ("DELETE", "/v2/auth/users/nosuch", None, None, None),    # 404
+    ("DELETE", "/v2/auth/roles/nosuch", None, None, None),    # 404
+    ("GET", "/v2/auth/users", None, None, None),
+    ("GET", "/v2/auth/roles", None, None, None),
+    ("GET", "/v2/auth/users/bob", None, None, None),
+]
+
+STEPS_ENABLED = [
+    ("PUT", "/v2/auth/enable", None, None, None),             # 200, creates guest
+    ("GET", "/v2/auth/enable", None, None, None),
+    ("PUT", "/v2/auth/enable", ROOT, None, None),             # 409 already enabled
+    ("GET", "/v2/auth/roles", None, None, None),              # 401
+    ("GET", "/v2/auth/roles", ROOT, None, None),              # guest now listed
+    ("GET", "/v2/auth/roles/guest", ROOT, None, None),
+    ("GET", "/v2/auth/users/bob", BOB, None, None),           # 401: not root
+    ("GET", "/v2/auth/users", ("root", "wrong"), None, None),  # 401
+    ("PUT", "/v2/keys/open", None, F, {"value": "1"}),        # guest may write everything
+    ("GET", "/v2/keys/open", None, None, None),
+    ("PUT", "/v2/auth/roles/guest", ROOT, J, role("guest", revoke=kv(["/*"], ["/*"]))),
+    ("GET", "/v2/keys/open", None, None, None),               # 401 errorCode 110
+    ("PUT", "/v2/keys/a/b", None, F, {"value": "1"}),         # 401
+    ("PUT", "/v2/keys/a/b", BOB, F, {"value": "1"}),          # write /a/b granted
+    ("PUT", "/v2/keys/a/c", BOB, F, {"value": "1"}),          # 401: read only
+    ("GET", "/v2/keys/a/b", BOB, None, None),
+    ("GET", "/v2/keys/a/c", BOB, None, None),                 # 404: read allowed, key absent
+    ("GET", "/v2/keys/a?recursive=true", BOB, None, None),    # 401: /a not covered by /a/*
+    ("GET", "/v2/keys/a", BOB, None, None),
+    ("GET", "/v2/keys/a/b", ("bob", "wrong"), None, None),
+    ("GET", "/v2/keys/a/b", ("nobody", "x"), None, None),
+    ("GET", "/v2/keys/a/b", ROOT, None, None),
+    ("PUT", "/v2/keys/z", ROOT, F, {"value": "1"}),
+    ("DELETE", "/v2/keys/a/b", BOB, None, None),
+    ("GET", "/v2/members", None, None, None),                 # members GET: open
+    ("GET", "/v2/members", BOB, None, None),
+    ("DELETE", "/v2/members/1234", BOB, None, None),          # 401: root only
+    ("GET", "/v2/stats/self", None, None, None),
+    ("GET", "/v2/stats/store", None, None, None),
+    ("DELETE", "/v2/auth/users/root", ROOT, None, None),      # 403 while enabled
+    ("DELETE", "/v2/auth/enable", BOB, None, None),           # 401
+    ("DELETE", "/v2/auth/enable", ROOT, None, None),          # 200
+    ("DELETE", "/v2/auth/enable", None, None, None),          # 409
+    ("GET", "/v2/auth/roles/guest", None, None, None),        # guest stays
+    ("DELETE", "/v2/auth/users/root", None, None, None),      # 200 once disabled
+    ("GET", "/v2/auth/users", None, None, None),
+]
+
+NO_BODY_COMPARE = ("/v2/members", "/v2/stats/")
+
+
+def send(d, step):
+    method, path, auth, kind, body = step
+    kw = {"timeout": 10, "allow_redirects": False}
+    if auth:
+        kw["auth"] = auth
+    if kind == J:
+        kw["data"] = json.dumps(body)
+        kw["headers"] = {"Content-Type": "application/json"}
+    elif kind == F:
+        kw["data"] = body
+    elif kind == RAW:
+        kw["data"] = body[1]
+        kw["headers"] = {"Content-Type": body[0]}
+    return requests.request(method, d.url + path, **kw)
+
+
+def strip_indexes(o):
+    if isinstance(o, dict):
+        return {k: strip_indexes(v) for k, v in o.items() if k not in ("modifiedIndex", "createdIndex", "index")}
+    if isinstance(o, list):
+        return [strip_indexes(v) for v in o]
+    return o
+
+
+def view(step, r):
+    ct = r.headers.get("Content-Type", "")
+    out = {"status": r.status_code, "content-type": ct, "allow": r.headers.get("Allow")}
+    if any(step[1].startswith(p) for p in NO_BODY_COMPARE) and r.status_code == 200:
+        return out
+    if ct.startswith("application/json") and r.text.strip():
+        out["json"] = strip_indexes(r.json())
+    else:
+        out["text"] = r.text
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair():
+    ours = Daemon(reference=True, binary=REFERENCE_BINARY) if SELFTEST else Daemon(reference=False, binary=OUR_BINARY)
+    try:
+        ref = Daemon(reference=True, binary=REFERENCE_BINARY)
+    except Exception:
+        ours.cleanup()
+        raise
+    yield ours, ref
+    ours.cleanup()
+    ref.cleanup()
+
+
+def run_steps(pair, steps):
+    ours, ref = pair
+    for i, step in enumerate(steps):
+        a = view(step, send(ours, step))
+        b = view(step, send(ref, step))
+        assert a == b, f"step {i}: {step[0]} {step[1]} auth={step[2]} body={step[4]}\nours: {a}\nref:  {b}"
+
+
+def test_crud(pair):
+    run_steps(pair, STEPS_CRUD)
+
+
+def test_enabled(pair):
+    run_steps(pair, STEPS_ENABLED)
