@@ -33,11 +33,6 @@
 #define CACHE_SIZE 256
 #define DIGEST_SIZE 32
 
-static void json_object_putp(json_object **o) {
-        if (*o)
-                json_object_put(*o);
-}
-
 static bool strv_contains_str(char **l, const char *s) {
         STRV_FOREACH(i, l)
                 if (streq(*i, s))

@@ -13,6 +13,11 @@
 #define AUTH_ROOT "root"
 #define AUTH_GUEST "guest"
 
+static inline void json_object_putp(json_object **o) {
+        if (*o)
+                json_object_put(*o);
+}
+
 bool auth_enabled(Store *st);
 
 /* The stored user as etcd2 unmarshals it ({"user","password","roles"}), the root role attached to
