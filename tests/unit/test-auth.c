@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test-auth.c - cmocka tests for the v2 auth model: patterns, merges, Basic credentials, bcrypt. */
+
+/*
+ * Expected answers are what etcd 3.4 --enable-v2 gives (its v2 auth is etcd 2.3's etcdserver/auth);
+ * the end-to-end comparison is tests/integration/test_auth.py.
+ */
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <crypt.h>
+
+#include "auth.h"
+#include "macro.h"
+
+static json_object *role(const char *json) {
+        json_object *o = json_tokener_parse(json);
+
+        assert_non_null(o);
+        return o;
+}
+
+static void test_patterns(void **state) {
+        _cleanup_(json_object_putp) json_object *r = role(
+                "{\"role\":\"x\",\"permissions\":{\"kv\":{\"read\":[\"/a/*\",\"/exact\"],\"write\":[\"/a/b\"]}}}");
+        _cleanup_(json_object_putp) json_object *root = auth_role_new_full(AUTH_ROOT);
+
+        assert_true(auth_role_has_access(r, "/a/b", false, false));
+        assert_true(auth_role_has_access(r, "/a/", false, false));
+        assert_false(auth_role_has_access(r, "/a", false, false));     /* the prefix pattern ends after "/a/" */
+        assert_true(auth_role_has_access(r, "/exact", false, false));
+        assert_false(auth_role_has_access(r, "/exact", false, true));  /* recursive needs a prefix */
+        assert_true(auth_role_has_access(r, "/a/c", false, true));
+        assert_true(auth_role_has_access(r, "/a/b", true, false));
+        assert_false(auth_role_has_access(r, "/a/c", true, false));
+        assert_true(auth_role_has_access(root, "/anything", true, true));
+}
+
+static void test_basic(void **state) {
+        char *u = NULL, *p = NULL;
+
+        assert_true(auth_parse_basic("Basic cm9vdDpwdzpjb2xvbg==", &u, &p));  /* root:pw:colon */
+        assert_string_equal(u, "root");
+        assert_string_equal(p, "pw:colon");
+        free(u);
+        free(p);
+        assert_false(auth_parse_basic("Basic !!!", &u, &p));
+        assert_false(auth_parse_basic("Bearer x", &u, &p));
+        assert_false(auth_parse_basic("Basic cm9vdA==", &u, &p));              /* no colon */
+}
+
+static void test_user_merge(void **state) {
+        _cleanup_(json_object_putp) json_object *old = role("{\"user\":\"bob\",\"password\":\"h\",\"roles\":[\"x\"]}");
+        _cleanup_(json_object_putp) json_object *in = role("{\"user\":\"bob\",\"grant\":[\"x\"]}");
+        _cleanup_(json_object_putp) json_object *in2 = role("{\"user\":\"bob\",\"grant\":[\"y\"],\"revoke\":[\"x\"]}");
+        json_object *out = NULL;
+        char *msg = NULL;
+
+        assert_int_equal(auth_user_merge(old, in, &out, &msg), 409);
+        assert_string_equal(msg, "auth: Granting duplicate role x for user bob");
+        free(msg);
+        msg = NULL;
+        assert_int_equal(auth_user_merge(old, in2, &out, &msg), 0);
+        assert_string_equal(json_object_to_json_string_ext(out, JSON_C_TO_STRING_PLAIN),
+                            "{\"user\":\"bob\",\"password\":\"h\",\"roles\":[\"y\"]}");
+        json_object_put(out);
+}
+
+static void test_role_merge(void **state) {
+        /* a role created without permissions keeps null lists; any grant or revoke makes them [] */
+        _cleanup_(json_object_putp) json_object *old = role(
+                "{\"role\":\"y\",\"permissions\":{\"kv\":{\"read\":null,\"write\":null}}}");
+        _cleanup_(json_object_putp) json_object *in = role("{\"role\":\"y\",\"revoke\":{\"kv\":{\"read\":[\"/q\"]}}}");
+        _cleanup_(json_object_putp) json_object *dup = role(
+                "{\"role\":\"y\",\"grant\":{\"kv\":{\"read\":[\"/q\",\"/q\"]}}}");
+        json_object *out = NULL;
+        char *msg = NULL;
+
+        assert_int_equal(auth_role_merge(old, in, &out, &msg), 0);
+        assert_string_equal(json_object_to_json_string_ext(out, JSON_C_TO_STRING_PLAIN),
+                            "{\"role\":\"y\",\"permissions\":{\"kv\":{\"read\":[],\"write\":[]}}}");
+        assert_false(json_object_equal(old, out));
+        json_object_put(out);
+        assert_int_equal(auth_role_merge(old, dup, &out, &msg), 409);
+        assert_string_equal(msg, "auth: Granting duplicate read permission /q");
+        free(msg);
+}
+
+static void test_bcrypt(void **state) {
+        char *h = NULL;
+
+        assert_int_equal(auth_hash_password("secret", &h), 0);
+        assert_true(strncmp(h, "$2b$10$", 7) == 0);
+        assert_true(auth_check_password(h, "secret"));
+        assert_false(auth_check_password(h, "Secret"));
+        /* the second check of the same credentials is a cache hit; a wrong password never is */
+        assert_true(auth_check_password_cached("u", h, "secret"));
+        assert_true(auth_check_password_cached("u", h, "secret"));
+        assert_false(auth_check_password_cached("u", h, "wrong"));
+        assert_false(auth_check_password_cached("v", h, "wrong"));
+        free(h);
+        /* Go's golang.org/x/crypto/bcrypt writes $2a$ hashes (data of an etcd2 upgraded from Go) */
+        {
+                char setting[CRYPT_GENSALT_OUTPUT_SIZE];
+                struct crypt_data cd = {};
+                const char *a;
+
+                assert_non_null(crypt_gensalt_rn("$2a$", 4, NULL, 0, setting, sizeof setting));
+                a = crypt_r("pw", setting, &cd);
+                assert_true(strncmp(a, "$2a$04$", 7) == 0);
+                assert_true(auth_check_password(a, "pw"));
+                assert_false(auth_check_password(a, "pW"));
+        }
+        assert_false(auth_check_password("", "pw"));
+        assert_false(auth_check_password("plain", "plain"));
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_patterns),
+                cmocka_unit_test(test_basic),
+                cmocka_unit_test(test_user_merge),
+                cmocka_unit_test(test_role_merge),
+                cmocka_unit_test(test_bcrypt),
+        };
+
+        return cmocka_run_group_tests_name("auth", tests, NULL, NULL);
+}
