@@ -14,6 +14,7 @@
  * $2a$ hashes verify too). A bcrypt costs ~50-100 ms, far too much for the event loop on every request,
  * so verified credentials are remembered as an HMAC-SHA256 (random per-process key) of user, stored hash
  * and password: a client that repeats good credentials costs one HMAC. Wrong passwords are not cached.
+ * The bcrypt itself runs on auth-worker.c's thread; the cache is touched on the loop thread only.
  */
 
 #include <crypt.h>
@@ -352,23 +353,34 @@ static int cache_digest(const char *user, const char *hash, const char *password
         return r < 0 ? -EIO : 0;
 }
 
-bool auth_check_password_cached(const char *user, const char *hash, const char *password) {
+bool auth_cache_lookup(const char *user, const char *hash, const char *password) {
         uint8_t d[DIGEST_SIZE];
         bool hit = false;
 
         if (cache_digest(user, hash, password, d) < 0)
-                return auth_check_password(hash, password);
+                return false;
         /* look at every slot: the time taken does not say which one matched */
         for (unsigned i = 0; i < CACHE_SIZE; i++)
                 hit |= cache.used[i] && const_time_eq(cache.digest[i], d, DIGEST_SIZE);
-        if (hit)
-                return true;
-        /* TODO: this bcrypt still runs on the event loop; move it to a worker thread (see NOTES-auth.md) */
-        if (!auth_check_password(hash, password))
-                return false;
+        return hit;
+}
+
+void auth_cache_add(const char *user, const char *hash, const char *password) {
+        uint8_t d[DIGEST_SIZE];
+
+        if (cache_digest(user, hash, password, d) < 0)
+                return;
         memcpy(cache.digest[cache.next], d, DIGEST_SIZE);
         cache.used[cache.next] = true;
         cache.next = (cache.next + 1) % CACHE_SIZE;
+}
+
+bool auth_check_password_cached(const char *user, const char *hash, const char *password) {
+        if (auth_cache_lookup(user, hash, password))
+                return true;
+        if (!auth_check_password(hash, password))
+                return false;
+        auth_cache_add(user, hash, password);
         return true;
 }
 
@@ -560,7 +572,8 @@ static json_object *set_apply(json_object *cur, json_object *add, json_object *d
         return out;
 }
 
-unsigned auth_user_merge(json_object *old, json_object *in, json_object **ret, char **ret_message) {
+unsigned auth_user_merge(json_object *old, json_object *in, const char *prehash, json_object **ret,
+                         char **ret_message) {
         _cleanup_(json_object_putp) json_object *grant = NULL, *revoke = NULL;
         const char *user = str_field(old, "user"), *pw = str_field(in, "password"), *bad;
         json_object *u, *roles;
@@ -581,8 +594,8 @@ unsigned auth_user_merge(json_object *old, json_object *in, json_object **ret, c
         }
         json_object_object_add(u, "user", json_object_new_string(user));
         if (!isempty(pw)) {
-                _cleanup_free_ char *hash = NULL;
-                if (auth_hash_password(pw, &hash) < 0) {
+                _cleanup_free_ char *hash = prehash ? strdup(prehash) : NULL;
+                if ((prehash && !hash) || (!prehash && auth_hash_password(pw, &hash) < 0)) {
                         json_object_put(u);
                         json_object_put(roles);
                         return 500;

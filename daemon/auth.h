@@ -38,7 +38,10 @@ bool auth_check_password(const char *hash, const char *password);
 
 /* A cache of verified (user, stored hash, password) triples, so a client repeating its credentials
  * costs an HMAC, not a bcrypt, on the event loop. Keyed by an HMAC-SHA256 with a per-process key; a
- * changed stored hash (new password) misses. */
+ * changed stored hash (new password) misses. Loop thread only. */
+bool auth_cache_lookup(const char *user, const char *hash, const char *password);
+void auth_cache_add(const char *user, const char *hash, const char *password);
+/* lookup, else a bcrypt right here (then cached): for callers that cannot wait for auth-worker.c */
 bool auth_check_password_cached(const char *user, const char *hash, const char *password);
 
 /* etcd2's Role.HasKeyAccess / HasRecursiveAccess: exact pattern, or prefix with a trailing '*'. */
@@ -49,5 +52,7 @@ bool auth_user_has_role(json_object *user, const char *role);
 bool auth_parse_basic(const char *header, char **ret_user, char **ret_password);
 
 /* Go-style set merges for PUT /v2/auth/{users,roles}: return an HTTP status (0 = fine) and a message. */
-unsigned auth_user_merge(json_object *old, json_object *in, json_object **ret, char **ret_message);
+/* prehash: the bcrypt of in's password if already made (auth-worker.c), else it is made here. */
+unsigned auth_user_merge(json_object *old, json_object *in, const char *prehash, json_object **ret,
+                         char **ret_message);
 unsigned auth_role_merge(json_object *old, json_object *in, json_object **ret, char **ret_message);

@@ -31,6 +31,7 @@
 #include <json-c/json.h>
 
 #include "auth.h"
+#include "auth-worker.h"
 #include "client-api.h"
 #include "peer.h"
 #include "config-build.h"
@@ -52,6 +53,7 @@ struct ClientApi {
         Server *server;
         const Config *config;
         bool peer;               /* the peer endpoints, not the client API */
+        AuthWorker *auth_worker; /* bcrypt off the loop; started with the first job */
 };
 
 /* The headers of an accepted `POST /raft/stream`, kept for the peer transport: the request is gone by
@@ -89,6 +91,11 @@ typedef struct ApiRequest {
         size_t n_auth_writes, auth_next;
         unsigned auth_status;
         char *auth_body, *auth_exists_msg, *auth_missing_msg;
+        /* before routing (auth_prepare()): bcrypt work done on the worker thread */
+        AuthJob *auth_job;
+        bool auth_checked, auth_hashed;
+        bool auth_bad;           /* the Basic credentials are wrong (or could not be checked) */
+        char *auth_prehash;      /* PUT /v2/auth/users/<u>: the bcrypt of the body's password */
 
         /* writes and quorum reads */
         ServerProposal *proposal;
@@ -1193,9 +1200,11 @@ static json_object *req_auth_user(ApiRequest *r, bool *ret_had) {
         bool ok;
 
         *ret_had = !isempty(h);
-        if (!*ret_had || !auth_parse_basic(h, &name, &password))
+        if (!*ret_had || r->auth_bad || !auth_parse_basic(h, &name, &password))
                 return NULL;
         u = auth_get_user(req_store(r), name);
+        /* auth_prepare() verified them on the worker: a cache hit (bcrypt here only if the user's hash
+         * changed in between, which the loop does not let happen) */
         ok = u && auth_check_password_cached(name, json_object_get_string(json_object_object_get(u, "password")),
                                              password);
         explicit_bzero(password, strlen(password));
@@ -1523,9 +1532,9 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                 nu = json_object_new_object();
                 if (!nu)
                         return -ENOMEM;
-                /* TODO: bcrypt on the event loop (~50-100 ms); move to a worker thread */
-                k = auth_hash_password(pw, &hash);
-                if (k < 0)
+                /* auth_prepare() made it on the worker thread */
+                hash = r->auth_prehash ? strdup(r->auth_prehash) : NULL;
+                if (!hash && auth_hash_password(pw, &hash) < 0)
                         return reply_message(r, 500, "Internal Server Error", true);
                 json_object_object_add(nu, "user", json_object_new_string(name));
                 json_object_object_add(nu, "password", json_object_new_string(hash));
@@ -1560,7 +1569,7 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                 }
                 free(msg);
                 msg = NULL;
-                status = auth_user_merge(old, in, &nu, &msg);
+                status = auth_user_merge(old, in, r->auth_prehash, &nu, &msg);
                 if (status == 400)
                         return reply_message(r, 400, "Invalid JSON in request body.", true);
                 if (status != 0)
@@ -2148,9 +2157,104 @@ static HttpBodyMode api_begin(HttpRequest *h) {
         return HTTP_BODY_DISCARD;
 }
 
+static void api_handle(HttpRequest *h);
+
+static void on_auth_job_done(AuthJob *j, void *userdata) {
+        ApiRequest *r = userdata;
+        const char *hash = auth_job_hash(j);
+
+        r->auth_job = NULL;
+        if (r->auth_hashed && !r->auth_prehash && hash) {
+                r->auth_prehash = strdup(hash);
+                if (!r->auth_prehash) {
+                        reply_oom(r->http);
+                        return;
+                }
+        } else if (!r->auth_hashed) {
+                /* the credentials check */
+                if (!auth_job_ok(j))
+                        r->auth_bad = true;
+        }
+        api_handle(r->http);
+}
+
+static int auth_submit(ApiRequest *r, const char *password, const char *hash) {
+        ClientApi *a = r->api;
+        int k;
+
+        if (!a->auth_worker) {
+                _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+
+                k = sd_event_default(&e);
+                if (k < 0)
+                        return k;
+                k = auth_worker_new(e, &a->auth_worker);
+                if (k < 0)
+                        return k;
+        }
+        return auth_worker_submit(a->auth_worker, password, hash, on_auth_job_done, r, &r->auth_job);
+}
+
+/* The bcrypt work a request needs, done on the worker thread before it is routed: the check of Basic
+ * credentials not in the cache (when auth is on), then the hash of a new password for a PUT of a user by
+ * someone allowed to make it. Returns true if the request waits for a job (api_handle() runs again when
+ * it is done). */
+static bool auth_prepare(ApiRequest *r) {
+        Store *st = req_store(r);
+        const char *h;
+        int k;
+
+        if (r->api->peer || streq(r->http->method, "OPTIONS"))
+                return false;
+
+        if (!r->auth_checked) {
+                _cleanup_free_ char *name = NULL, *password = NULL;
+                _cleanup_(json_object_putp) json_object *u = NULL;
+                const char *hash;
+
+                r->auth_checked = true;
+                h = req_header(r, "Authorization");
+                if (auth_enabled(st) && !isempty(h) && auth_parse_basic(h, &name, &password) &&
+                    (u = auth_get_user(st, name))) {
+                        hash = json_object_get_string(json_object_object_get(u, "password"));
+                        if (!auth_cache_lookup(name, hash, password)) {
+                                k = auth_submit(r, password, hash);
+                                explicit_bzero(password, strlen(password));
+                                if (k >= 0)
+                                        return true;
+                                /* too many checks waiting: refused as bad credentials */
+                                log_debug("auth: cannot check credentials now: %s", strerror(-k));
+                                r->auth_bad = true;
+                        }
+                }
+                if (password)
+                        explicit_bzero(password, strlen(password));
+        }
+
+        if (!r->auth_hashed) {
+                _cleanup_(json_object_putp) json_object *in = NULL;
+                json_object *pw;
+
+                r->auth_hashed = true;
+                if (streq(r->http->method, "PUT") && strneq(r->http->uri, "/v2/auth/users/", 15) &&
+                    has_root_access(r) && (in = auth_body_object(r)) &&
+                    (pw = json_object_object_get(in, "password")) && json_object_is_type(pw, json_type_string) &&
+                    !isempty(json_object_get_string(pw))) {
+                        k = auth_submit(r, json_object_get_string(pw), NULL);
+                        if (k >= 0)
+                                return true;
+                        /* hashed on the loop then, as a last resort */
+                        log_debug("auth: cannot hash on the worker: %s", strerror(-k));
+                }
+        }
+        return false;
+}
+
 static void api_handle(HttpRequest *h) {
         ApiRequest *r = h->data;
 
+        if (auth_prepare(r))
+                return;
         if (route(r, h->method) < 0)
                 reply_oom(h);
 }
@@ -2168,6 +2272,8 @@ static bool api_hangup(HttpRequest *h) {
                 server_member_cancel(req_server(r), r);
                 r->member_pending = false;
         }
+        auth_job_cancel(r->auth_job);
+        r->auth_job = NULL;
         if (r->proposal) {
                 server_proposal_cancel(r->proposal);
                 r->proposal = NULL;
@@ -2208,6 +2314,9 @@ static void api_done(HttpRequest *h) {
         r->auth_body = mfree_ptr(r->auth_body);
         r->auth_exists_msg = mfree_ptr(r->auth_exists_msg);
         r->auth_missing_msg = mfree_ptr(r->auth_missing_msg);
+        auth_job_cancel(r->auth_job);
+        r->auth_job = NULL;
+        r->auth_prehash = mfree_ptr(r->auth_prehash);
         for (size_t i = 0; i < r->n_queue; i++)
                 event_release(r->queue[i]);
         r->queue = mfree_ptr(r->queue);
@@ -2239,6 +2348,9 @@ int client_api_new(Server *server, const Config *config, bool peer, ClientApi **
 }
 
 ClientApi *client_api_free(ClientApi *a) {
+        if (!a)
+                return NULL;
+        auth_worker_free(a->auth_worker);
         free(a);
         return NULL;
 }

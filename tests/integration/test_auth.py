@@ -193,3 +193,74 @@ def test_crud(pair):
 
 def test_enabled(pair):
     run_steps(pair, STEPS_ENABLED)
+
+
+# --- beyond the differential: our daemon alone -----------------------------------------------------
+
+@pytest.fixture
+def solo():
+    d = Daemon(reference=False, binary=OUR_BINARY) if not SELFTEST else Daemon(reference=True, binary=REFERENCE_BINARY)
+    yield d
+    d.cleanup()
+
+
+def _setup_auth(d):
+    h = {"Content-Type": "application/json"}
+    assert d.req("PUT", "/v2/auth/users/root", data=json.dumps(user("root", password=ROOT[1])), headers=h).status_code == 201
+    assert d.req("PUT", "/v2/auth/roles/rw", data=json.dumps(role("rw", permissions=kv(["/a/*"], ["/a/*"]))),
+                 headers=h).status_code == 201
+    assert d.req("PUT", "/v2/auth/users/bob", data=json.dumps(user("bob", password=BOB[1], roles=["rw"])),
+                 headers=h).status_code == 200
+    assert d.req("PUT", "/v2/auth/enable").status_code == 200
+    assert d.req("PUT", "/v2/auth/roles/guest", auth=ROOT, data=json.dumps(role("guest", revoke=kv(["/*"], ["/*"]))),
+                 headers=h).status_code == 200
+
+
+def test_restart_keeps_auth(solo):
+    """Users, roles and the flag are Raft writes under /2: a kill -9 and restart keeps them."""
+    _setup_auth(solo)
+    # the harness's readiness check reads /v2/keys/, which the guest may no longer do: wait here
+    solo.restart(kill=True, wait=False)
+    solo.wait_ready(lambda: requests.get(solo.url + "/v2/keys/", auth=ROOT, timeout=2).status_code == 200,
+                    20, "serving")
+    assert solo.req("GET", "/v2/auth/enable").json() == {"enabled": True}
+    assert solo.req("PUT", "/v2/keys/a/x", auth=BOB, data={"value": "1"}).status_code == 201
+    assert solo.req("PUT", "/v2/keys/b", auth=BOB, data={"value": "1"}).status_code == 401
+    assert solo.req("GET", "/v2/keys/a/x").status_code == 401
+    assert [u["user"] for u in solo.req("GET", "/v2/auth/users", auth=ROOT).json()["users"]] == ["bob", "root"]
+
+
+def test_wrong_passwords_do_not_stall_the_loop(solo):
+    """bcrypt runs on the worker thread: while wrong passwords are being checked (each a full bcrypt,
+    never cached), other clients are answered at once."""
+    import threading
+    import time
+
+    _setup_auth(solo)
+    stop = threading.Event()
+
+    def attacker():
+        with requests.Session() as s:
+            while not stop.is_set():
+                s.get(solo.url + "/v2/keys/a/x", auth=("bob", "wrong"), timeout=30)
+
+    threads = [threading.Thread(target=attacker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        worst = 0.0
+        with requests.Session() as s:
+            for _ in range(20):
+                t0 = time.monotonic()
+                assert s.get(solo.url + "/version", timeout=10).status_code == 200
+                worst = max(worst, time.monotonic() - t0)
+                time.sleep(0.02)
+        # a bcrypt at cost 10 is ~50-100 ms here: on the loop, 4 attackers would stall /version that long
+        assert worst < 0.04, f"/version took {worst * 1000:.0f} ms under a wrong-password flood"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    # good credentials still work (a cache miss first, then hits)
+    assert solo.req("GET", "/v2/keys/a/x", auth=BOB).status_code == 404

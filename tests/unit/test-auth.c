@@ -63,11 +63,11 @@ static void test_user_merge(void **state) {
         json_object *out = NULL;
         char *msg = NULL;
 
-        assert_int_equal(auth_user_merge(old, in, &out, &msg), 409);
+        assert_int_equal(auth_user_merge(old, in, NULL, &out, &msg), 409);
         assert_string_equal(msg, "auth: Granting duplicate role x for user bob");
         free(msg);
         msg = NULL;
-        assert_int_equal(auth_user_merge(old, in2, &out, &msg), 0);
+        assert_int_equal(auth_user_merge(old, in2, NULL, &out, &msg), 0);
         assert_string_equal(json_object_to_json_string_ext(out, JSON_C_TO_STRING_PLAIN),
                             "{\"user\":\"bob\",\"password\":\"h\",\"roles\":[\"y\"]}");
         json_object_put(out);
