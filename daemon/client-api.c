@@ -1384,22 +1384,36 @@ static int handle_auth_enable(ApiRequest *r, const char *method) {
         return k < 0 ? k : auth_start(r, 200, NULL);
 }
 
-/* userWithRoles: {"user","roles":[role objects]} (roles that do not exist are left out). */
-static json_object *user_with_roles(Store *st, json_object *u) {
+/* userWithRoles: {"user","roles":[role objects]}; no roles at all: the field is left out (omitempty). A
+ * granted role that does not exist: the list of users leaves it out, the GET of the user fails with 404
+ * and *ret_missing (ret_missing NULL: leave it out), as etcd2 does. */
+static json_object *user_with_roles(Store *st, json_object *u, char **ret_missing) {
         json_object *out = json_object_new_object(), *roles = json_object_object_get(u, "roles"), *list = NULL;
 
+        if (ret_missing)
+                *ret_missing = NULL;
         if (!out)
                 return NULL;
         json_object_object_add(out, "user", json_object_get(json_object_object_get(u, "user")));
         for (size_t i = 0; roles && i < json_object_array_length(roles); i++) {
-                json_object *role = auth_get_role(st, json_object_get_string(json_object_array_get_idx(roles, i)));
-                if (!role)
+                const char *name = json_object_get_string(json_object_array_get_idx(roles, i));
+                json_object *role = auth_get_role(st, name);
+
+                if (!role && !ret_missing)
                         continue;
+                if (!role) {
+                        if (asprintf(ret_missing, "auth: Role %s does not exist.", name) < 0)
+                                *ret_missing = NULL;
+                        json_object_put(list);
+                        json_object_put(out);
+                        return NULL;
+                }
                 if (!list)
                         list = json_object_new_array();
                 json_object_array_add(list, role);
         }
-        json_object_object_add(out, "roles", list);
+        if (list)
+                json_object_object_add(out, "roles", list);
         return out;
 }
 
@@ -1450,7 +1464,7 @@ static int user_reply_object(json_object *u, json_object **ret) {
 
 static int handle_auth_users(ApiRequest *r, const char *method, const char *name) {
         _cleanup_(json_object_putp) json_object *in = NULL, *old = NULL, *nu = NULL, *out = NULL;
-        _cleanup_free_ char *msg = NULL;
+        _cleanup_free_ char *msg = NULL, *msg2 = NULL;
         Store *st = req_store(r);
         unsigned status;
         int k;
@@ -1469,11 +1483,18 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                         return -ENOMEM;
                 STRV_FOREACH(n, names) {
                         _cleanup_(json_object_putp) json_object *u = auth_get_user(st, *n);
+                        json_object *uwr;
+
                         if (!u)
                                 continue;
+                        uwr = user_with_roles(st, u, NULL);
+                        if (!uwr) {
+                                json_object_put(list);
+                                return -ENOMEM;
+                        }
                         if (!list)
                                 list = json_object_new_array();
-                        json_object_array_add(list, user_with_roles(st, u));
+                        json_object_array_add(list, uwr);
                 }
                 json_object_object_add(out, "users", list);
                 return reply_json_object(r, 200, out);
@@ -1491,8 +1512,10 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
         if (streq(method, "GET")) {
                 if (!old)
                         return reply_message(r, 404, msg, true);
-                out = user_with_roles(st, old);
-                return out ? reply_json_object(r, 200, out) : -ENOMEM;
+                out = user_with_roles(st, old, &msg2);
+                if (!out)
+                        return msg2 ? reply_message(r, 404, msg2, true) : -ENOMEM;
+                return reply_json_object(r, 200, out);
         }
 
         if (streq(method, "DELETE")) {
@@ -1561,12 +1584,8 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                 if (!json_strings_empty(in, "roles") &&
                     (!json_strings_empty(in, "grant") || !json_strings_empty(in, "revoke")))
                         return reply_message(r, 400, "User JSON contains both roles and grant/revoke", true);
-                if (!old) {
-                        free(msg);
-                        if (asprintf(&msg, "auth: User %s doesn't exist.", name) < 0)
-                                return -ENOMEM;
+                if (!old)   /* getUser()'s error: UpdateUser()'s own "doesn't exist" is never reached */
                         return reply_message(r, 404, msg, true);
-                }
                 free(msg);
                 msg = NULL;
                 status = auth_user_merge(old, in, r->auth_prehash, &nu, &msg);
@@ -1687,8 +1706,13 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
                 if (streq(name, AUTH_ROOT))
                         return reply_message(r, 403, "auth: Cannot modify role root: is root role.", true);
                 old = auth_get_role(st, name);
-                if (!old)
+                if (!old) {
+                        /* getRole()'s error: UpdateRole()'s own "doesn't exist" is never reached */
+                        free(msg);
+                        if (asprintf(&msg, "auth: Role %s does not exist.", name) < 0)
+                                return -ENOMEM;
                         return reply_message(r, 404, msg, true);
+                }
                 free(msg);
                 msg = NULL;
                 status = auth_role_merge(old, in, &nu, &msg);
