@@ -510,8 +510,26 @@ static bool keys_path_valid(const char *path) {
         return *p == 0;
 }
 
+/* A v2 auth write the client API makes (client-api.c, auth.h): PUT or DELETE of /2/users/<name> or
+ * /2/roles/<name> (one non-empty segment, not "." or ".."), PUT of /2/enabled. */
+static bool auth_path_valid(const StoreRequest *req) {
+        const char *p = req->path, *name = NULL;
+
+        if (!p || req->dir || req->recursive)
+                return false;
+        if (streq(p, "/2/enabled"))
+                return req->method == STORE_METHOD_PUT;
+        if (strneq(p, "/2/users/", 9))
+                name = p + 9;
+        else if (strneq(p, "/2/roles/", 9))
+                name = p + 9;
+        if (!name || !*name || strchr(name, '/') || streq(name, ".") || streq(name, ".."))
+                return false;
+        return req->method == STORE_METHOD_PUT || req->method == STORE_METHOD_DELETE;
+}
+
 /* Could member `from` have proposed this for one of its clients (the keys API: set, create, delete,
- * quorum get under /1), or is it publishing its own attributes? The rest of /0 (members' raft
+ * quorum get under /1; v2 auth under /2), or is it publishing its own attributes? The rest of /0 (members' raft
  * attributes, removed members, the cluster version) and TTL syncs are the leader's own proposals:
  * in a forwarded proposal they are forged (a write to /0/removed_members/<id> makes that member
  * exit), whatever stream they came on. */
@@ -527,7 +545,7 @@ static bool forwarded_request_allowed(uint64_t from, const StoreRequest *req) {
         default:
                 return false;
         }
-        if (keys_path_valid(req->path))
+        if (keys_path_valid(req->path) || auth_path_valid(req))
                 return true;
         (void) snprintf(own, sizeof(own), STORE_MEMBERS_PREFIX "/%" PRIx64 "/attributes", from);
         return req->method == STORE_METHOD_PUT && !req->dir && req->path && streq(req->path, own);
