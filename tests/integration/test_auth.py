@@ -292,6 +292,25 @@ def test_restart_keeps_auth(solo):
     assert [u["user"] for u in solo.req("GET", "/v2/auth/users", auth=ROOT).json()["users"]] == ["bob", "root"]
 
 
+def test_snapshot_keeps_auth():
+    """/2 is part of the store, so of its snapshots: a restart from a snapshot (not a log replay) keeps
+    auth as well."""
+    d = Daemon(reference=SELFTEST, binary=REFERENCE_BINARY if SELFTEST else OUR_BINARY,
+               extra_args=["--snapshot-count", "10"])
+    try:
+        _setup_auth(d)
+        for i in range(30):
+            assert d.req("PUT", f"/v2/keys/a/{i}", auth=BOB, data={"value": "x"}).status_code == 201
+        d.restart(kill=False, wait=False)
+        d.wait_ready(lambda: requests.get(d.url + "/v2/keys/", auth=ROOT, timeout=2).status_code == 200,
+                     20, "serving")
+        assert d.req("GET", "/v2/keys/a/29", auth=BOB).status_code == 200
+        assert d.req("GET", "/v2/keys/a/29").status_code == 401
+        assert d.req("GET", "/v2/auth/roles/rw", auth=ROOT).json()["permissions"]["kv"]["write"] == ["/a/*"]
+    finally:
+        d.cleanup()
+
+
 def test_wrong_passwords_do_not_stall_the_loop(solo):
     """bcrypt runs on the worker thread: while wrong passwords are being checked (each a full bcrypt,
     never cached), other clients are answered at once."""
