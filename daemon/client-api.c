@@ -1191,16 +1191,16 @@ static int reply_no_auth(ApiRequest *r) {
         return reply_message(r, 401, "Insufficient credentials", true);
 }
 
-/* The user named by valid Basic credentials (NULL otherwise); *ret_had says whether Basic credentials
- * came at all (netutil.BasicAuth()'s ok: a header that is not valid Basic counts as none). */
+/* The user named by valid Basic credentials (NULL otherwise); *ret_had says whether an Authorization
+ * header came at all. */
 static json_object *req_auth_user(ApiRequest *r, bool *ret_had) {
         _cleanup_free_ char *name = NULL, *password = NULL;
         const char *h = req_header(r, "Authorization");
         json_object *u;
         bool ok;
 
-        *ret_had = !isempty(h) && auth_parse_basic(h, &name, &password);
-        if (!*ret_had || r->auth_bad)
+        *ret_had = !isempty(h);
+        if (!*ret_had || r->auth_bad || !auth_parse_basic(h, &name, &password))
                 return NULL;
         u = auth_get_user(req_store(r), name);
         /* auth_prepare() verified them on the worker: a cache hit (bcrypt here only if the user's hash
@@ -1228,9 +1228,8 @@ static bool has_root_access(ApiRequest *r) {
         return ok;
 }
 
-/* hasKeyPrefixAccess() of 2.3: no valid Basic credentials (absent or malformed header) means the guest
- * role; wrong ones mean no access; else any role of the user that grants it (a recursive request needs
- * a prefix pattern). etcd 3.x refuses a malformed header instead of falling back to the guest. */
+/* hasKeyPrefixAccess(): no credentials at all means the guest role; bad ones mean no access; else any
+ * role of the user that grants it (a recursive request needs a prefix pattern). */
 static bool has_key_access(ApiRequest *r, const char *key, bool recursive, bool write) {
         Store *st = req_store(r);
         json_object *u, *roles;
@@ -1387,32 +1386,42 @@ static int handle_auth_enable(ApiRequest *r, const char *method) {
         return k < 0 ? k : auth_start(r, 200, NULL);
 }
 
-/* GET /v2/auth/users/<u> in 2.3: the stored User with the password left out, {"user","roles"} (roles
- * null when it has none). etcd 3.x answers role objects instead (userWithRoles), which python-etcd's
- * EtcdUser cannot read. */
-static json_object *user_public(json_object *u) {
-        json_object *out = json_object_new_object();
+/* userWithRoles: {"user","roles":[role objects]}; no roles at all: the field is left out (omitempty). A
+ * granted role that does not exist: the list of users leaves it out, the GET of the user fails with 404
+ * and *ret_missing (ret_missing NULL: leave it out).
+ *
+ * This is etcd 3.4's answer (etcdserver/api/v2http), and so is the list of role objects below. etcd
+ * 2.3.8 (etcdserver/etcdhttp) answered names: {"users":["bob"]}, {"roles":["root"]}, and for one user
+ * the stored user without password. 3.4's etcdctl (ETCDCTL_API=2) cannot read 2.3's lists and
+ * python-etcd's EtcdUser cannot read 3.4's user: see NOTES-auth.md; commit 5a4aae6 has the 2.3 form. */
+static json_object *user_with_roles(Store *st, json_object *u, char **ret_missing) {
+        json_object *out = json_object_new_object(), *roles = json_object_object_get(u, "roles"), *list = NULL;
 
+        if (ret_missing)
+                *ret_missing = NULL;
         if (!out)
                 return NULL;
         json_object_object_add(out, "user", json_object_get(json_object_object_get(u, "user")));
-        json_object_object_add(out, "roles", json_object_get(json_object_object_get(u, "roles")));
-        return out;
-}
+        for (size_t i = 0; roles && i < json_object_array_length(roles); i++) {
+                const char *name = json_object_get_string(json_object_array_get_idx(roles, i));
+                json_object *role = auth_get_role(st, name);
 
-/* {"users":[names]} / {"roles":[names]} as 2.3's baseUsers()/baseRoles() answer ([] when none). */
-static int reply_names(ApiRequest *r, const char *field, char **names) {
-        _cleanup_(json_object_putp) json_object *out = json_object_new_object();
-        json_object *list = json_object_new_array();
-
-        if (!out || !list) {
-                json_object_put(list);
-                return -ENOMEM;
+                if (!role && !ret_missing)
+                        continue;
+                if (!role) {
+                        if (asprintf(ret_missing, "auth: Role %s does not exist.", name) < 0)
+                                *ret_missing = NULL;
+                        json_object_put(list);
+                        json_object_put(out);
+                        return NULL;
+                }
+                if (!list)
+                        list = json_object_new_array();
+                json_object_array_add(list, role);
         }
-        STRV_FOREACH(n, names)
-                json_object_array_add(list, json_object_new_string(*n));
-        json_object_object_add(out, field, list);
-        return reply_json_object(r, 200, out);
+        if (list)
+                json_object_object_add(out, "roles", list);
+        return out;
 }
 
 /* The request body as Go's json.Unmarshal into the struct would take it: an object, else NULL. */
@@ -1462,22 +1471,40 @@ static int user_reply_object(json_object *u, json_object **ret) {
 
 static int handle_auth_users(ApiRequest *r, const char *method, const char *name) {
         _cleanup_(json_object_putp) json_object *in = NULL, *old = NULL, *nu = NULL, *out = NULL;
-        _cleanup_free_ char *msg = NULL;
+        _cleanup_free_ char *msg = NULL, *msg2 = NULL;
         Store *st = req_store(r);
         unsigned status;
         int k;
 
         if (!name) {
                 _cleanup_strv_free_ char **names = NULL;
+                json_object *list = NULL;
 
                 if (!streq(method, "GET"))
                         return reply_method_not_allowed(r, "GET");
                 if (!has_root_access(r))
                         return reply_no_auth(r);
                 names = auth_list(st, "users", false);
-                if (!names)
+                out = json_object_new_object();
+                if (!names || !out)
                         return -ENOMEM;
-                return reply_names(r, "users", names);
+                STRV_FOREACH(n, names) {
+                        _cleanup_(json_object_putp) json_object *u = auth_get_user(st, *n);
+                        json_object *uwr;
+
+                        if (!u)
+                                continue;
+                        uwr = user_with_roles(st, u, NULL);
+                        if (!uwr) {
+                                json_object_put(list);
+                                return -ENOMEM;
+                        }
+                        if (!list)
+                                list = json_object_new_array();
+                        json_object_array_add(list, uwr);
+                }
+                json_object_object_add(out, "users", list);
+                return reply_json_object(r, 200, out);
         }
 
         if (!method_allowed(method, "GET,PUT,DELETE"))
@@ -1492,8 +1519,10 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
         if (streq(method, "GET")) {
                 if (!old)
                         return reply_message(r, 404, msg, true);
-                out = user_public(old);
-                return out ? reply_json_object(r, 200, out) : -ENOMEM;
+                out = user_with_roles(st, old, &msg2);
+                if (!out)
+                        return msg2 ? reply_message(r, 404, msg2, true) : -ENOMEM;
+                return reply_json_object(r, 200, out);
         }
 
         if (streq(method, "DELETE")) {
@@ -1594,15 +1623,26 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
 
         if (!name) {
                 _cleanup_strv_free_ char **names = NULL;
+                json_object *list = NULL;
 
                 if (!streq(method, "GET"))
                         return reply_method_not_allowed(r, "GET");
                 if (!has_root_access(r))
                         return reply_no_auth(r);
                 names = auth_list(st, "roles", true);
-                if (!names)
+                out = json_object_new_object();
+                if (!names || !out)
                         return -ENOMEM;
-                return reply_names(r, "roles", names);
+                STRV_FOREACH(n, names) {
+                        json_object *role = auth_get_role(st, *n);
+                        if (!role)
+                                continue;
+                        if (!list)
+                                list = json_object_new_array();
+                        json_object_array_add(list, role);
+                }
+                json_object_object_add(out, "roles", list);
+                return reply_json_object(r, 200, out);
         }
 
         if (!method_allowed(method, "GET,PUT,DELETE"))

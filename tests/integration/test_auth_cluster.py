@@ -51,8 +51,7 @@ def test_auth_replicated(make_cluster):
         assert r.status_code == 201, (m.name, r.text)
         assert requests.put(m.url + "/v2/keys/b", data={"value": "1"}, auth=BOB, timeout=10).status_code == 401
         users = requests.get(m.url + "/v2/auth/users", auth=ROOT, timeout=5).json()["users"]
-        # 2.3 lists names, 3.4 user objects
-        assert [u if isinstance(u, str) else u["user"] for u in users] == ["bob", "root"], (m.name, users)
+        assert [u["user"] for u in users] == ["bob", "root"], (m.name, users)
 
     # kill -9 a member; it comes back with users, roles and the flag
     d.restart(kill=True)
