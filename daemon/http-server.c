@@ -26,8 +26,9 @@
  *
  * TLS. A connection accepted on a TLS listener has a GnuTLS session on its socket and starts in
  * CONN_HANDSHAKE: the handshake runs non-blocking, a step whenever epoll says the socket moved, and a
- * handshake not done by the head deadline is closed like a slow head, so that a stalled or plain-HTTP
- * client costs a connection slot, never the loop. Afterwards only the three places that touch the socket
+ * handshake not done by the head deadline is closed like a slow head, so that a stalled client costs a
+ * connection slot, never the loop. A failed handshake (no or a bad client certificate, plain HTTP) just
+ * closes the connection, as etcd2 and etcd 3.4 do (no "400 ... HTTP request to an HTTPS server"). Afterwards only the three places that touch the socket
  * differ: conn_read() (gnutls_record_recv(), read until GnuTLS says EAGAIN: a record holds at most 16 KiB
  * and GnuTLS may keep decrypted bytes, so a short read says nothing about the socket), and conn_write()
  * for both flushes (small segments gathered into one record, large ones sent from where they are; a
@@ -126,7 +127,6 @@ struct HttpConn {
         int fd;
         gnutls_session_t tls;            /* NULL: plain TCP */
         bool tls_again;                  /* a record send would have blocked: finish it before more */
-        bool tls_checked;                /* the first byte was seen to be no plain HTTP */
         ConnState state;
         bool readable, writable;         /* as last told by epoll, until EAGAIN */
         bool on_work_list;
@@ -1264,27 +1264,6 @@ static ssize_t conn_read(HttpConn *c, void *buf, size_t size) {
 static void conn_handshake(HttpConn *c) {
         int r;
 
-        if (!c->tls_checked) {
-                unsigned char b;
-
-                if (recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1) {
-                        c->tls_checked = true;
-                        if (b != 0x16 && isalpha(b)) {
-                                /* Plain HTTP to a TLS port: Go's server (1.12+, so etcd 3.4) answers this
-                                 * and closes; the connection goes on as a plain one for that answer. */
-                                static const char text[] = "HTTP/1.0 400 Bad Request\r\n\r\n"
-                                                           "Client sent an HTTP request to an HTTPS server.\n";
-
-                                gnutls_deinit(c->tls);
-                                c->tls = NULL;
-                                (void) out_append(c, text, sizeof text - 1);
-                                c->parse_stopped = true;
-                                c->close_after = true;
-                                c->state = CONN_CLOSING;
-                                return;
-                        }
-                }
-        }
         for (;;) {
                 r = gnutls_handshake(c->tls);
                 if (r == GNUTLS_E_INTERRUPTED)
