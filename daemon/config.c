@@ -1685,17 +1685,9 @@ int config_check_supported(const Config *c) {
 
         assert(c);
 
-        if (!isempty(c->cert_file))
-                what = "--cert-file";
-        else if (!isempty(c->key_file))
-                what = "--key-file";
-        else if (!isempty(c->ca_file))
-                what = "--ca-file";
-        else if (!isempty(c->trusted_ca_file))
-                what = "--trusted-ca-file";
-        else if (c->client_cert_auth)
-                what = "--client-cert-auth";
-        else if (!isempty(c->peer_cert_file))
+        /* Client TLS (--cert-file, --key-file, --ca-file, --trusted-ca-file, --client-cert-auth, https
+         * client URLs) is done: endpoints.c checks and warns as etcd2's listeners do. Peer TLS is not. */
+        if (!isempty(c->peer_cert_file))
                 what = "--peer-cert-file";
         else if (!isempty(c->peer_key_file))
                 what = "--peer-key-file";
@@ -1710,12 +1702,12 @@ int config_check_supported(const Config *c) {
         else if (c->enable_pprof)
                 what = "--enable-pprof";
         else {
-                for (size_t i = 0; !what && i < c->listen_client_urls.n; i++)
-                        if (streq(c->listen_client_urls.urls[i].scheme, "https"))
-                                what = "--listen-client-urls with an https URL";
                 for (size_t i = 0; !what && i < c->listen_peer_urls.n; i++)
                         if (streq(c->listen_peer_urls.urls[i].scheme, "https"))
-                                what = "--listen-peer-urls with an https URL";
+                                what = "--listen-peer-urls with an https URL (peer TLS)";
+                for (size_t i = 0; !what && i < c->initial_advertise_peer_urls.n; i++)
+                        if (streq(c->initial_advertise_peer_urls.urls[i].scheme, "https"))
+                                what = "--initial-advertise-peer-urls with an https URL (peer TLS)";
         }
 
         if (what)

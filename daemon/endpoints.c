@@ -76,15 +76,15 @@ static unsigned client_connections_max(void) {
         return (unsigned) rl.rlim_cur - CLIENT_FD_RESERVE;
 }
 
-static int listen_url(HttpService *s, const char *what, const EtcdUrl *u) {
+static int listen_url(HttpService *s, const char *what, const EtcdUrl *u, bool tls) {
         struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
         struct addrinfo *res = NULL;
         char port[8];
         unsigned n_ok = 0;
         int r, last = 0;
 
-        if (!streq(u->scheme, "http"))
-                return log_error_errno(-EOPNOTSUPP, "Failed to listen on '%s': TLS listeners are not supported yet.", u->str);
+        /* config_check_supported() refused https peer URLs (no peer TLS yet) */
+        assert(streq(u->scheme, "http") || tls);
 
         snprintf(port, sizeof port, "%u", (unsigned) u->port);
         r = getaddrinfo(u->host, port, &hints, &res);
@@ -112,7 +112,7 @@ static int listen_url(HttpService *s, const char *what, const EtcdUrl *u) {
                         continue;
                 }
 
-                r = http_service_add_listener(s, fd);
+                r = tls ? http_service_add_tls_listener(s, fd) : http_service_add_listener(s, fd);
                 if (r < 0) {
                         freeaddrinfo(res);
                         return r;
@@ -128,10 +128,65 @@ static int listen_url(HttpService *s, const char *what, const EtcdUrl *u) {
         return 0;
 }
 
+/* etcd2's TLSInfo.Empty(): neither --cert-file nor --key-file */
+static bool client_tls_given(const Config *c) {
+        return !isempty(c->cert_file) || !isempty(c->key_file);
+}
+
+/* What etcd2 (etcdmain.startEtcd(), transport.NewListener(), TLSInfo.ServerConfig()) checks and says about
+ * the client URLs and the TLS flags, then the service's credentials if an https URL needs them. Returns
+ * whether the client listeners (socket-activated ones too) speak TLS. */
+static int setup_client_tls(Endpoints *e) {
+        const Config *c = e->config;
+        const EtcdUrlList *l = &c->listen_client_urls;
+        bool https = false;
+        int r;
+
+        for (size_t i = 0; i < l->n; i++) {
+                const EtcdUrl *u = &l->urls[i];
+
+                if (streq(u->scheme, "http") && client_tls_given(c))
+                        log_warning("The scheme of client url %s is HTTP while client key/cert files are presented. "
+                                    "Ignored client key/cert files.", u->str);
+                if (!streq(u->scheme, "https"))
+                        continue;
+                if (!client_tls_given(c))
+                        return log_error_errno(-EINVAL, "cannot listen on TLS for %s: KeyFile and CertFile are not presented",
+                                               u->str);
+                if (isempty(c->cert_file) || isempty(c->key_file))
+                        return log_error_errno(-EINVAL, "KeyFile and CertFile must both be present[key: %s, cert: %s]",
+                                               strempty(c->key_file), strempty(c->cert_file));
+                https = true;
+        }
+        if (!https)
+                return 0;
+        if (!isempty(c->ca_file))
+                log_warning("--ca-file is deprecated: '--ca-file ca.crt' is '--trusted-ca-file ca.crt --client-cert-auth'.");
+
+        r = http_service_set_tls(e->client, &(HttpTlsConfig) {
+                .cert_file = c->cert_file,
+                .key_file = c->key_file,
+                .trusted_ca_file = c->trusted_ca_file,
+                .ca_file = c->ca_file,
+                .client_cert_auth = c->client_cert_auth,
+        });
+        if (r < 0)
+                return r;
+        log_info("ClientTLS: cert = %s, key = %s, ca = %s, trusted-ca = %s, client-cert-auth = %s", c->cert_file,
+                 c->key_file, strempty(c->ca_file), strempty(c->trusted_ca_file),
+                 c->client_cert_auth ? "true" : "false");
+        return 1;
+}
+
 static int setup_listeners(Endpoints *e) {
         _cleanup_(strv_freep) char **names = NULL;
-        bool have_client = false, have_peer = false;
+        bool have_client = false, have_peer = false, client_tls;
         int n, r;
+
+        r = setup_client_tls(e);
+        if (r < 0)
+                return r;
+        client_tls = r > 0;
 
         n = sd_listen_fds_with_names(false, &names);
         if (n < 0)
@@ -155,20 +210,22 @@ static int setup_listeners(Endpoints *e) {
                         s = e->client;
                         have_client = true;
                 }
-                r = http_service_add_listener(s, fd);
+                /* Socket-activated client sockets speak TLS when the client URLs are https ones. */
+                r = s == e->client && client_tls ? http_service_add_tls_listener(s, fd) : http_service_add_listener(s, fd);
                 if (r < 0)
                         return r;
         }
 
         if (!have_client)
                 for (size_t i = 0; i < e->config->listen_client_urls.n; i++) {
-                        r = listen_url(e->client, "client", &e->config->listen_client_urls.urls[i]);
+                        r = listen_url(e->client, "client", &e->config->listen_client_urls.urls[i],
+                                       streq(e->config->listen_client_urls.urls[i].scheme, "https"));
                         if (r < 0)
                                 return r;
                 }
         if (!have_peer && e->peer)
                 for (size_t i = 0; i < e->config->listen_peer_urls.n; i++) {
-                        r = listen_url(e->peer, "peer", &e->config->listen_peer_urls.urls[i]);
+                        r = listen_url(e->peer, "peer", &e->config->listen_peer_urls.urls[i], false);
                         if (r < 0)
                                 return r;
                 }

@@ -23,6 +23,16 @@
  *
  * Limits and timeouts are per service (HttpLimits); one sweep timer closes connections past their
  * deadline (idle keep-alive, slow head, slow body, lingering close).
+ *
+ * TLS. A connection accepted on a TLS listener has a GnuTLS session on its socket and starts in
+ * CONN_HANDSHAKE: the handshake runs non-blocking, a step whenever epoll says the socket moved, and a
+ * handshake not done by the head deadline is closed like a slow head, so that a stalled client costs a
+ * connection slot, never the loop. A failed handshake (no or a bad client certificate, plain HTTP) just
+ * closes the connection, as etcd2 and etcd 3.4 do (no "400 ... HTTP request to an HTTPS server"). Afterwards only the three places that touch the socket
+ * differ: conn_read() (gnutls_record_recv(), read until GnuTLS says EAGAIN: a record holds at most 16 KiB
+ * and GnuTLS may keep decrypted bytes, so a short read says nothing about the socket), and conn_write()
+ * for both flushes (small segments gathered into one record, large ones sent from where they are; a
+ * send that would block is finished by calling gnutls_record_send() again with no data).
  */
 
 #include <arpa/inet.h>
@@ -46,6 +56,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <llhttp.h>
 
 #include "http-server.h"
@@ -74,8 +86,11 @@
 /* A flush of at least this many connections at once (a watch event to many watchers, the answers to a
  * commit of many writes) is written by two threads, half of the sockets each (see HttpSender). */
 #define HTTP_PARALLEL_MIN 64
+/* Plaintext per TLS record (TLS's maximum): small segments are gathered up to this into one record. */
+#define HTTP_TLS_RECORD ((size_t) 16 * 1024)
 
 typedef enum ConnState {
+        CONN_HANDSHAKE,          /* TLS: the handshake is under way (no request yet) */
         CONN_IDLE,               /* between requests (or before the first) */
         CONN_HEAD,               /* reading a request head */
         CONN_BODY,               /* reading a request body */
@@ -100,6 +115,7 @@ typedef struct HttpHeaderRef {
 typedef struct HttpListener {
         HttpService *service;
         int fd;
+        bool tls;
         sd_event_source *source;
 } HttpListener;
 
@@ -109,6 +125,8 @@ struct HttpConn {
         HttpConn *work_next;             /* the server's work list (flush, next request) */
         HttpConn *dead_next;
         int fd;
+        gnutls_session_t tls;            /* NULL: plain TCP */
+        bool tls_again;                  /* a record send would have blocked: finish it before more */
         ConnState state;
         bool readable, writable;         /* as last told by epoll, until EAGAIN */
         bool on_work_list;
@@ -174,6 +192,8 @@ struct HttpService {
         unsigned n_refused;
         HttpListener **listeners;
         size_t n_listeners;
+        gnutls_certificate_credentials_t tls_cred;
+        bool tls_verify_client;
 };
 
 /*
@@ -304,6 +324,8 @@ static void conn_schedule(HttpConn *c) {
 }
 
 static void conn_free(HttpConn *c) {
+        if (c->tls)
+                gnutls_deinit(c->tls);
         http_buf_done(&c->in);
         http_buf_done(&c->head);
         http_buf_done(&c->rhdrs);
@@ -566,6 +588,52 @@ static void conn_advance(HttpConn *c, size_t k) {
         }
 }
 
+/* Writes from segment `first` (`done` bytes of it written) like sendmsg(): bytes written, or -1 with
+ * errno. Over TLS one record per call: small segments gathered, a large one sent from its place. Safe on
+ * the sender thread (touches only the session and c->tls_again, which the main thread leaves alone while
+ * it waits). */
+static ssize_t conn_write(HttpConn *c, size_t first, size_t done) {
+        struct iovec iov[HTTP_IOV_MAX];
+        size_t n = conn_iov(c, first, done, iov);
+        ssize_t k;
+
+        if (!c->tls) {
+                struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n };
+
+                return sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
+        if (n == 0)
+                return 0; /* (not reached: called with something queued) */
+        if (c->tls_again)
+                /* GnuTLS holds the record it could not send: NULL, 0 sends that one (and returns its length) */
+                k = gnutls_record_send(c->tls, NULL, 0);
+        else if (n == 1 || iov[0].iov_len >= HTTP_TLS_RECORD)
+                k = gnutls_record_send(c->tls, iov[0].iov_base, MIN(iov[0].iov_len, HTTP_TLS_RECORD));
+        else {
+                char buf[HTTP_TLS_RECORD];
+                size_t m = 0;
+
+                for (size_t i = 0; i < n && m < sizeof buf; i++) {
+                        size_t take = MIN(iov[i].iov_len, sizeof buf - m);
+
+                        memcpy(buf + m, iov[i].iov_base, take);
+                        m += take;
+                }
+                k = gnutls_record_send(c->tls, buf, m);
+        }
+        if (k >= 0) {
+                c->tls_again = false;
+                return k;
+        }
+        if (k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED) {
+                c->tls_again = true;
+                errno = k == GNUTLS_E_AGAIN ? EAGAIN : EINTR;
+                return -1;
+        }
+        errno = EPIPE;
+        return -1;
+}
+
 /* The system-call half of a flush, safe on another thread: writes what is queued without touching
  * anything but c->sent and c->send_errno (the main thread applies them with conn_advance()). */
 static void conn_send_raw(HttpConn *c) {
@@ -574,12 +642,9 @@ static void conn_send_raw(HttpConn *c) {
         c->sent = 0;
         c->send_errno = 0;
         while (first < c->n_segs) {
-                struct iovec iov[HTTP_IOV_MAX];
-                struct msghdr mh = { .msg_iov = iov };
                 ssize_t k;
 
-                mh.msg_iovlen = conn_iov(c, first, done, iov);
-                k = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+                k = conn_write(c, first, done);
                 if (k < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -603,16 +668,11 @@ static void conn_send_raw(HttpConn *c) {
 
 static int conn_flush(HttpConn *c) {
         while (c->seg_first < c->n_segs) {
-                struct iovec iov[HTTP_IOV_MAX];
-                struct msghdr mh = { .msg_iov = iov };
-                size_t n = 0;
                 ssize_t k;
 
                 if (!c->writable)
                         return 0;
-                n = conn_iov(c, c->seg_first, c->seg_first_done, iov);
-                mh.msg_iovlen = n;
-                k = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+                k = conn_write(c, c->seg_first, c->seg_first_done);
                 if (k < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -1123,6 +1183,10 @@ static void conn_close(HttpConn *c) {
                 (void) close(c->fd);
                 c->fd = -1;
         }
+        if (c->tls) {
+                gnutls_deinit(c->tls);
+                c->tls = NULL;
+        }
         conn_unlink(c);
         c->state = CONN_DEAD;
         c->dead_next = h->dead;
@@ -1140,6 +1204,8 @@ static void conn_close_gracefully(HttpConn *c) {
                 conn_close(c);
                 return;
         }
+        if (c->tls)
+                (void) gnutls_bye(c->tls, GNUTLS_SHUT_WR); /* close_notify, if the socket takes it now */
         (void) shutdown(c->fd, SHUT_WR);
         c->state = CONN_LINGER;
         c->lingered = 0;
@@ -1154,6 +1220,12 @@ static void conn_upgrade_now(HttpConn *c) {
         HttpBuf extra = c->in;
         int fd = c->fd;
 
+        if (c->tls) {
+                /* a raw socket cannot be handed over from inside a TLS session */
+                log_debug("Refusing a protocol upgrade over TLS, closing the connection.");
+                conn_close(c);
+                return;
+        }
         c->in = (HttpBuf) {};
         c->taken = NULL;
         request_finish(c);
@@ -1162,6 +1234,65 @@ static void conn_upgrade_now(HttpConn *c) {
         conn_close(c);
         taken(fd, extra.data, extra.len, userdata);
         http_buf_done(&extra);
+}
+
+/* Reads like recv(): bytes, 0 at the end, or -1 with errno. Over TLS, the end of the stream without a
+ * close_notify is an end too (clients that just close); a lingering connection is drained raw. */
+static ssize_t conn_read(HttpConn *c, void *buf, size_t size) {
+        ssize_t n;
+
+        if (!c->tls || c->state == CONN_LINGER)
+                return recv(c->fd, buf, size, MSG_DONTWAIT);
+        n = gnutls_record_recv(c->tls, buf, size);
+        if (n >= 0)
+                return n;
+        if (n == GNUTLS_E_AGAIN)
+                errno = EAGAIN;
+        else if (n == GNUTLS_E_INTERRUPTED)
+                errno = EINTR;
+        else if (n == GNUTLS_E_PREMATURE_TERMINATION)
+                return 0;
+        else {
+                log_debug("Failed to read from a TLS connection: %s", gnutls_strerror((int) n));
+                errno = ECONNRESET;
+        }
+        return -1;
+}
+
+/* One step of a TLS handshake (CONN_HANDSHAKE): on success the connection waits for its first request;
+ * a failure (no or a bad client certificate, not TLS at all) closes it, and only it. */
+static void conn_handshake(HttpConn *c) {
+        int r;
+
+        for (;;) {
+                r = gnutls_handshake(c->tls);
+                if (r == GNUTLS_E_INTERRUPTED)
+                        continue;
+                break;
+        }
+        if (r == GNUTLS_E_AGAIN) {
+                /* wait for the direction it blocked on; epoll (edge-triggered) tells when it moves */
+                if (gnutls_record_get_direction(c->tls) == 0)
+                        c->readable = false;
+                else
+                        c->writable = false;
+                return;
+        }
+        if (r < 0) {
+                char ip[INET6_ADDRSTRLEN] = "?";
+
+                if (c->peer.ss_family == AF_INET)
+                        (void) inet_ntop(AF_INET, &((struct sockaddr_in *) &c->peer)->sin_addr, ip, sizeof ip);
+                else if (c->peer.ss_family == AF_INET6)
+                        (void) inet_ntop(AF_INET6, &((struct sockaddr_in6 *) &c->peer)->sin6_addr, ip, sizeof ip);
+                /* Go's server logs these the same way ("http: TLS handshake error from ...") */
+                log_debug("TLS handshake error from %s: %s", ip, gnutls_strerror(r));
+                (void) gnutls_alert_send_appropriate(c->tls, r); /* if the socket takes it now */
+                conn_close(c);
+                return;
+        }
+        c->state = CONN_IDLE;
+        c->readable = true; /* GnuTLS may hold the first request already (read with the client's Finished) */
 }
 
 /* Reads and parses what the state allows. */
@@ -1211,7 +1342,7 @@ static void conn_input(HttpConn *c) {
                         break;
                 }
 
-                n = recv(c->fd, h->rbuf, HTTP_READ_BUFFER, MSG_DONTWAIT);
+                n = conn_read(c, h->rbuf, HTTP_READ_BUFFER);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -1249,7 +1380,7 @@ static void conn_input(HttpConn *c) {
                 }
                 /* A short read emptied the socket: with edge-triggered epoll, more data is a new event (but
                  * an end that came with the data is not: then read on until recv() says so). */
-                if ((size_t) n < HTTP_READ_BUFFER && !c->rdhup)
+                if ((size_t) n < HTTP_READ_BUFFER && !c->rdhup && (!c->tls || c->state == CONN_LINGER))
                         c->readable = false;
 
                 switch (c->state) {
@@ -1290,6 +1421,11 @@ static void conn_process(HttpConn *c) {
         do {
                 c->again = false;
 
+                if (c->state == CONN_HANDSHAKE) {
+                        conn_handshake(c);
+                        if (c->state == CONN_HANDSHAKE || c->state == CONN_DEAD)
+                                break;
+                }
                 if (c->answer_complete)
                         conn_answer_done(c);
 
@@ -1368,6 +1504,10 @@ static int on_sweep(sd_event_source *s, uint64_t usec, void *userdata) {
                         if (c->deadline_usec > now || c->busy)
                                 continue;
                         switch (c->state) {
+                        case CONN_HANDSHAKE:
+                                log_debug("Closing a connection whose TLS handshake did not finish in time.");
+                                conn_close(c);
+                                break;
                         case CONN_IDLE:
                         case CONN_HEAD:
                         case CONN_BODY:
@@ -1412,7 +1552,38 @@ static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_stor
         return false;
 }
 
-static int conn_new(HttpService *s, int fd, const struct sockaddr_storage *sa, socklen_t salen, bool refused) {
+static gnutls_typed_vdata_st tls_client_purpose[] = {
+        { .type = GNUTLS_DT_KEY_PURPOSE_OID, .data = (unsigned char *) GNUTLS_KP_TLS_WWW_CLIENT },
+};
+
+static int conn_tls_start(HttpConn *c) {
+        HttpService *s = c->service;
+        int r;
+
+        r = gnutls_init(&c->tls, GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL);
+        if (r < 0) {
+                c->tls = NULL;
+                return -ENOMEM;
+        }
+        r = gnutls_set_default_priority(c->tls);
+        if (r >= 0)
+                r = gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, s->tls_cred);
+        if (r < 0)
+                return -EIO;
+        if (s->tls_verify_client) {
+                /* Go's RequireAndVerifyClientCert: a certificate is required, chains to a trusted CA, and
+                 * is meant for TLS clients (extended key usage) */
+                gnutls_certificate_server_set_request(c->tls, GNUTLS_CERT_REQUIRE);
+                /* the session keeps the pointer: static data, not a local */
+                gnutls_session_set_verify_cert2(c->tls, tls_client_purpose, ELEMENTSOF(tls_client_purpose), 0);
+        }
+        gnutls_transport_set_int(c->tls, c->fd);
+        c->state = CONN_HANDSHAKE;
+        return 0;
+}
+
+static int conn_new(HttpService *s, int fd, const struct sockaddr_storage *sa, socklen_t salen, bool refused,
+                    bool tls) {
         HttpServer *h = s->server;
         struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET };
         HttpConn *c;
@@ -1434,6 +1605,11 @@ static int conn_new(HttpService *s, int fd, const struct sockaddr_storage *sa, s
         llhttp_init(&c->parser, HTTP_REQUEST, &h->settings);
         c->parser.data = c;
         c->deadline_usec = server_now(h) + s->limits.head_timeout_usec;
+        if (tls && conn_tls_start(c) < 0) {
+                (void) close(fd);
+                conn_free(c);
+                return log_warning_errno(-ENOMEM, "Failed to start a TLS session, closing the connection: %m");
+        }
 
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         ev.data.ptr = c;
@@ -1467,12 +1643,13 @@ static int conn_new(HttpService *s, int fd, const struct sockaddr_storage *sa, s
         return 0;
 }
 
-static void accept_refuse(HttpService *s, int fd, const struct sockaddr_storage *sa, socklen_t salen) {
-        if (s->n_refused >= HTTP_REFUSED_MAX) {
+static void accept_refuse(HttpService *s, int fd, const struct sockaddr_storage *sa, socklen_t salen, bool tls) {
+        /* a TLS client could not read a plain 503: it is just closed (so is it by Go's server) */
+        if (tls || s->n_refused >= HTTP_REFUSED_MAX) {
                 (void) close(fd);
                 return;
         }
-        (void) conn_new(s, fd, sa, salen, true);
+        (void) conn_new(s, fd, sa, salen, true, false);
 }
 
 static int on_accept_retry(sd_event_source *src, uint64_t usec, void *userdata) {
@@ -1524,7 +1701,7 @@ static int on_listener(sd_event_source *src, int fd, uint32_t revents, void *use
 
                 if (s->limits.max_connections > 0 && s->n_conns >= s->limits.max_connections) {
                         log_debug("Refusing a connection on %s: %u open, the cap.", s->name, s->n_conns);
-                        accept_refuse(s, cfd, &sa, salen);
+                        accept_refuse(s, cfd, &sa, salen, l->tls);
                         continue;
                 }
                 if (s->limits.max_per_ip > 0) {
@@ -1535,16 +1712,16 @@ static int on_listener(sd_event_source *src, int fd, uint32_t revents, void *use
                                         same++;
                         if (same >= s->limits.max_per_ip) {
                                 log_debug("Refusing a connection on %s: %u open from that address, the cap.", s->name, same);
-                                accept_refuse(s, cfd, &sa, salen);
+                                accept_refuse(s, cfd, &sa, salen, l->tls);
                                 continue;
                         }
                 }
-                (void) conn_new(s, cfd, &sa, salen, false);
+                (void) conn_new(s, cfd, &sa, salen, false, l->tls);
         }
         return 0;
 }
 
-int http_service_add_listener(HttpService *s, int fd) {
+static int service_add_listener(HttpService *s, int fd, bool tls) {
         HttpListener **t, *l;
         int flags, r;
 
@@ -1560,7 +1737,7 @@ int http_service_add_listener(HttpService *s, int fd) {
         l = malloc(sizeof(HttpListener));
         if (!l)
                 return log_oom();
-        *l = (HttpListener) { .service = s, .fd = fd };
+        *l = (HttpListener) { .service = s, .fd = fd, .tls = tls };
         s->listeners[s->n_listeners++] = l;
 
         r = sd_event_add_io(s->server->event, &l->source, fd, EPOLLIN, on_listener, l);
@@ -1568,6 +1745,59 @@ int http_service_add_listener(HttpService *s, int fd) {
                 return log_error_errno(r, "Failed to add a listener to the event loop: %m");
         (void) sd_event_source_set_description(l->source, s->name);
         return 0;
+}
+
+int http_service_add_listener(HttpService *s, int fd) {
+        return service_add_listener(s, fd, false);
+}
+
+int http_service_add_tls_listener(HttpService *s, int fd) {
+        assert(s->tls_cred);
+        return service_add_listener(s, fd, true);
+}
+
+int http_service_set_tls(HttpService *s, const HttpTlsConfig *t) {
+        gnutls_certificate_credentials_t cred = NULL;
+        const char *cas[2] = { t->ca_file, t->trusted_ca_file };
+        bool have_ca = false;
+        int r;
+
+        assert(!s->tls_cred);
+        assert(t->cert_file && t->key_file);
+
+        r = gnutls_certificate_allocate_credentials(&cred);
+        if (r < 0)
+                return log_oom();
+        r = gnutls_certificate_set_x509_key_file(cred, t->cert_file, t->key_file, GNUTLS_X509_FMT_PEM);
+        if (r < 0) {
+                log_error("Failed to load the TLS certificate '%s' and key '%s': %s", t->cert_file, t->key_file,
+                          gnutls_strerror(r));
+                goto fail;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(cas); i++) {
+                if (isempty(cas[i]))
+                        continue;
+                r = gnutls_certificate_set_x509_trust_file(cred, cas[i], GNUTLS_X509_FMT_PEM);
+                if (r <= 0) {
+                        log_error("Failed to load trusted CA certificates from '%s': %s", cas[i],
+                                  r < 0 ? gnutls_strerror(r) : "no certificate found");
+                        goto fail;
+                }
+                have_ca = true;
+        }
+        s->tls_verify_client = t->client_cert_auth || !isempty(t->ca_file);
+        if (s->tls_verify_client && !have_ca) {
+                /* Go verifies against the system's roots when no CA is given */
+                r = gnutls_certificate_set_x509_system_trust(cred);
+                if (r < 0)
+                        log_warning("Failed to load the system's trusted CAs, ignoring: %s", gnutls_strerror(r));
+        }
+        s->tls_cred = cred;
+        return 0;
+
+fail:
+        gnutls_certificate_free_credentials(cred);
+        return -EINVAL;
 }
 
 int http_service_add_connection(HttpService *s, int fd) {
@@ -1583,7 +1813,7 @@ int http_service_add_connection(HttpService *s, int fd) {
         }
         if (getpeername(fd, (struct sockaddr *) &sa, &salen) < 0)
                 salen = 0;
-        return conn_new(s, fd, salen > 0 ? &sa : NULL, salen, false);
+        return conn_new(s, fd, salen > 0 ? &sa : NULL, salen, false, false);
 }
 
 unsigned http_service_n_connections(HttpService *s) {
@@ -2008,10 +2238,7 @@ HttpServer *http_server_free(HttpServer *h) {
                 for (size_t j = 0; j < s->n_listeners; j++)
                         free(s->listeners[j]);
                 free(s->listeners);
-                free(s->name);
-                free(s);
         }
-        free(h->services);
         sender_stop(&h->sender);
         free(h->batch);
         free(h->cand);
@@ -2021,6 +2248,16 @@ HttpServer *http_server_free(HttpServer *h) {
                 h->dead = c->dead_next;
                 conn_free(c);
         }
+        /* TLS credentials last: sessions refer to them */
+        for (size_t i = 0; i < h->n_services; i++) {
+                HttpService *s = h->services[i];
+
+                if (s->tls_cred)
+                        gnutls_certificate_free_credentials(s->tls_cred);
+                free(s->name);
+                free(s);
+        }
+        free(h->services);
         h->work = NULL;
 
         h->sweep_source = sd_event_source_disable_unref(h->sweep_source);

@@ -58,6 +58,18 @@ typedef struct HttpLimits {
         unsigned max_per_ip;             /* per client address, likewise (0: no cap) */
 } HttpLimits;
 
+/* TLS of a service's https listeners (etcd2's TLSInfo): the server's certificate chain and key (PEM),
+ * and client certificates: with client_cert_auth (or a ca_file, deprecated) every client must present a
+ * certificate that verifies against the trusted CAs (ca_file and trusted_ca_file; the system's if
+ * neither is given) for TLS client authentication, as Go's tls.RequireAndVerifyClientCert. */
+typedef struct HttpTlsConfig {
+        const char *cert_file;
+        const char *key_file;
+        const char *trusted_ca_file;
+        const char *ca_file;             /* deprecated: trusted CA, and client_cert_auth */
+        bool client_cert_auth;
+} HttpTlsConfig;
+
 /* The request being served on a connection (one at a time; pipelined ones wait their turn). Fields are
  * read-only for handlers, except body (which a handler may take over, e.g. by swapping it out). */
 struct HttpRequest {
@@ -87,8 +99,13 @@ HttpServer *http_server_free(HttpServer *h);
 /* A service: `handler` serves every connection of its listeners, with `limits` (copied). */
 int http_server_add_service(HttpServer *h, const char *name, const HttpHandler *handler, void *userdata,
                             const HttpLimits *limits, HttpService **ret);
+/* Loads the service's TLS credentials (once, before its TLS listeners). Errors are logged. */
+int http_service_set_tls(HttpService *s, const HttpTlsConfig *tls);
 /* Serves connections accepted on `fd` (a listening socket; taken over, made non-blocking). */
 int http_service_add_listener(HttpService *s, int fd);
+/* The same over TLS (http_service_set_tls() first): every connection starts with a non-blocking
+ * handshake, bounded by limits.head_timeout_usec. Upgrades (http_upgrade()) are refused on them. */
+int http_service_add_tls_listener(HttpService *s, int fd);
 /* Serves an already connected socket (taken over). */
 int http_service_add_connection(HttpService *s, int fd);
 /* Open connections of the service (upgraded ones no longer count). */
