@@ -294,3 +294,24 @@ def test_client_tls_context_sanity(certs):
     """The test's own certificates verify with Python's ssl (guards the fixture, not the daemon)."""
     ctx = ssl.create_default_context(cafile=certs.crt("ca"))
     ctx.load_cert_chain(*certs.pair("client"))
+
+
+@only_ours
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing")
+def test_socket_activated_tls(certs):
+    """A socket-activated client socket speaks TLS when the client URLs are https."""
+    _require_binary()
+
+    class Activated(TlsDaemon):
+        def argv(self):
+            a = super().argv()
+            return ["systemd-socket-activate", "-l", f"127.0.0.1:{self.client_ports[0]}", "--fdname=client"] + a
+
+    d = Activated(certs, ["--cert-file", certs.crt("server"), "--key-file", f"{certs.dir}/server.key",
+                          "--client-cert-auth", "--trusted-ca-file", certs.crt("ca")])
+    try:
+        assert d.tls_get("/v2/keys/").status_code == 200
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(d.url + "/v2/keys/", verify=certs.crt("ca"), timeout=10)
+    finally:
+        d.cleanup()
