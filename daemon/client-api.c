@@ -2298,6 +2298,10 @@ static bool api_hangup(HttpRequest *h) {
          * for a hang-up only in watches): keep proposals and membership changes going. */
         if (r->proposal || (r->member_op && r->member_pending))
                 return true;
+        /* Likewise a write waiting for its bcrypt (credentials, or a new user's password): it goes on to
+         * its proposal as etcd2's handler would. A read waiting for one is dropped. */
+        if (r->auth_job && !streq(r->http->method, "GET") && !streq(r->http->method, "HEAD"))
+                return true;
 
         if (r->member_op && r->member_pending) {
                 server_member_cancel(req_server(r), r);
