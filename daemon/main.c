@@ -3,10 +3,12 @@
 
 #include <malloc.h>
 #include <signal.h>
+#include <stdlib.h>
 
 #include <systemd/sd-daemon.h>
 
 #include "config-build.h"
+#include "credentials.h"
 #include "log.h"
 #include "manager.h"
 
@@ -31,6 +33,14 @@ int main(int argc, char *argv[]) {
         }
         if (r > 0)
                 return exit_status;
+
+        /* Under LoadCredential=, --cert-file cert.pem etc. name credentials (credentials.h); a missing one
+         * is a configuration error like any other: exit 1 with a message naming it. */
+        r = credentials_resolve(config, getenv("CREDENTIALS_DIRECTORY"));
+        if (r < 0) {
+                config_free(config);
+                return 1;
+        }
 
         r = manager_new(config, &m);
         if (r < 0) {
