@@ -62,6 +62,12 @@ ip link set lo up
 # Units, configuration and the generator link prepared by the harness.
 cp -a "$W/run/." /run/
 
+# What systemd does itself when booted by the kernel (not in a container): every mount shared, so that
+# mounts made in a unit's helper's namespace reach PID 1's (LoadCredential= mounts the credentials in a child
+# of its own and moves them to /run/credentials/<unit>; with private mounts PID 1 and the service would see
+# an empty directory). The peer groups are new and of this namespace alone: nothing propagates to the host.
+mount --make-rshared /
+
 export container=etcd2-test
 export SYSTEMD_UNIT_PATH=/run/systemd/system:/run/systemd/generator
 export SYSTEMD_GENERATOR_PATH=/run/etcd2-test/generators
