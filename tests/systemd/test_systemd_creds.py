@@ -3,7 +3,8 @@
 
 The exposure score `systemd-analyze security` gives the installed unit, measured by the namespace's own
 systemd 252. Then client TLS whose certificate and key live in a root-only directory (0700, files 0600) and
-reach the daemon (User=etcd) only as LoadCredential= credentials named in ETCD_CERT_FILE/ETCD_KEY_FILE; and a
+reach the daemon (User=etcd) only as LoadCredential= credentials named in ETCD_CERT_FILE/ETCD_KEY_FILE (and the
+client CA in ETCD_TRUSTED_CA_FILE, with client-cert-auth); and a
 flag naming a credential the unit does not load: the start fails with the daemon's error in the journal.
 Certificates are made at test time with openssl, as tests/integration/test_tls.py makes them.
 """
@@ -58,11 +59,13 @@ def journal_messages(m, *args):
     return [json.loads(line).get("MESSAGE", "") for line in out.splitlines() if line.strip()]
 
 
-def https(m, path, cacert=True, timeout=10):
+def https(m, path, cacert=True, client=True, timeout=10):
     """(curl's exit status, HTTP status, body) of a GET over https inside the namespace's network."""
     cmd = ["curl", "-sS", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}"]
     if cacert:
         cmd += ["--cacert", f"{CERTS_IN_NS}/ca.crt"]
+    if client:
+        cmd += ["--cert", f"{CERTS_IN_NS}/client.crt", "--key", f"{CERTS_IN_NS}/client.key"]
     r = m.run(cmd + ["https://127.0.0.1:2379" + path], check=False, timeout=timeout + 5)
     body, _, code = r.stdout.rpartition("\n")
     return r.returncode, int(code) if code.isdigit() else None, body
@@ -70,14 +73,16 @@ def https(m, path, cacert=True, timeout=10):
 
 @pytest.fixture(scope="module")
 def certs(machine):
-    """A CA and a server certificate; the server's pair is moved into KEYS (0700 root, files 0600 root)."""
+    """A CA, a server and a client certificate; the server's pair and the CA certificate go into KEYS (0700
+    root, files 0600 root), the server key only there."""
     m = machine
     d = os.path.join(m.workdir, "certs")
     os.makedirs(d, mode=0o700)
     _make_ca(d, "ca")
     _make_cert(d, "server", "ca", "serverAuth,clientAuth")
+    _make_cert(d, "client", "ca", "clientAuth")
     m.run(["install", "-d", "-m", "0700", "-o", "root", "-g", "root", KEYS])
-    for f in ("server.crt", "server.key"):
+    for f in ("server.crt", "server.key", "ca.crt"):
         m.run(["install", "-m", "0600", "-o", "root", "-g", "root", f"{CERTS_IN_NS}/{f}", f"{KEYS}/{f}"])
     os.unlink(os.path.join(d, "server.key"))
     os.chmod(d, 0o755)  # the CA certificate is public
@@ -111,7 +116,8 @@ def test_tls_keys_from_credentials(machine, certs):
     write_dropin(m, "70-tls.conf", f"""[Service]
 LoadCredential=cert.pem:{KEYS}/server.crt
 LoadCredential=key.pem:{KEYS}/server.key
-Environment=ETCD_CERT_FILE=cert.pem ETCD_KEY_FILE=key.pem
+LoadCredential=ca.pem:{KEYS}/ca.crt
+Environment=ETCD_CERT_FILE=cert.pem ETCD_KEY_FILE=key.pem ETCD_TRUSTED_CA_FILE=ca.pem ETCD_CLIENT_CERT_AUTH=true
 Environment=ETCD_LISTEN_CLIENT_URLS=https://127.0.0.1:2379,https://127.0.0.1:4001
 Environment=ETCD_ADVERTISE_CLIENT_URLS=https://127.0.0.1:2379,https://127.0.0.1:4001
 """)
@@ -127,9 +133,13 @@ Environment=ETCD_ADVERTISE_CLIENT_URLS=https://127.0.0.1:2379,https://127.0.0.1:
         assert json.loads(body)["etcdserver"] == "2.3.8"
         rc, code, body = https(m, "/v2/keys/creds")
         assert code == 404, body
-        r = m.run(["curl", "-sS", "-m", "10", "--cacert", f"{CERTS_IN_NS}/ca.crt", "-XPUT", "-d", "value=tls",
+        r = m.run(["curl", "-sS", "-m", "10", "--cacert", f"{CERTS_IN_NS}/ca.crt", "--cert",
+                   f"{CERTS_IN_NS}/client.crt", "--key", f"{CERTS_IN_NS}/client.key", "-XPUT", "-d", "value=tls",
                    "https://127.0.0.1:4001/v2/keys/creds"], check=False)
         assert r.returncode == 0 and '"value":"tls"' in r.stdout, r
+        # The trusted CA came from a credential too: without a client certificate the handshake fails.
+        rc, code, _ = https(m, "/version", client=False)
+        assert rc != 0 and code in (None, 0), (rc, code)
         # Without the CA, curl does not trust the server; plain http on the TLS port gets nothing.
         rc, _, _ = https(m, "/version", cacert=False)
         assert rc == 60, rc
@@ -141,6 +151,7 @@ Environment=ETCD_ADVERTISE_CLIENT_URLS=https://127.0.0.1:2379,https://127.0.0.1:
                    for x in msgs), msgs[-20:]
         assert any("--key-file: credential 'key.pem' (/run/credentials/etcd2.service/key.pem)" in x
                    for x in msgs), msgs[-20:]
+        assert any("--trusted-ca-file: credential 'ca.pem'" in x for x in msgs), msgs[-20:]
     finally:
         m.systemctl("stop", "etcd2.service", check=False)
         remove_dropin(m, "70-tls.conf")
