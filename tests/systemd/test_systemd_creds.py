@@ -4,8 +4,8 @@
 The exposure score `systemd-analyze security` gives the installed unit, measured by the namespace's own
 systemd 252. Then client TLS whose certificate and key live in a root-only directory (0700, files 0600) and
 reach the daemon (User=etcd) only as LoadCredential= credentials named in ETCD_CERT_FILE/ETCD_KEY_FILE (and the
-client CA in ETCD_TRUSTED_CA_FILE, with client-cert-auth); and a
-flag naming a credential the unit does not load: the start fails with the daemon's error in the journal.
+client CA in ETCD_TRUSTED_CA_FILE, with client-cert-auth); and a flag naming a credential the unit does not
+load: the start fails with the daemon's error in the journal.
 Certificates are made at test time with openssl, as tests/integration/test_tls.py makes them.
 """
 
@@ -123,8 +123,12 @@ Environment=ETCD_ADVERTISE_CLIENT_URLS=https://127.0.0.1:2379,https://127.0.0.1:
 """)
     m.systemctl("daemon-reload")
     try:
+        # The client sockets come from etcd2.socket (the daemon cannot bind 2379 and 4001 itself then): TLS on
+        # socket-activated listeners.
+        m.systemctl("start", "etcd2.socket", "etcd2-peer.socket")
         m.systemctl("start", "etcd2.service")
         assert m.prop("etcd2.service", "ActiveState") == "active"
+        assert m.prop("etcd2.socket", "SubState") == "running"
         pid = m.prop("etcd2.service", "MainPID")
         assert m.run(["ps", "-o", "user=", "-p", pid]).stdout.strip() == "etcd"
 
