@@ -5,7 +5,10 @@
  * One thread, epoll, non-blocking sockets, one request in flight per connection.
  * Standalone on purpose (no project headers), so it builds with a plain
  *
- *         cc -O2 -Wall -Wextra -o loadgen tests/bench/loadgen.c
+ *         cc -O2 -Wall -Wextra -o loadgen tests/bench/loadgen.c -lgnutls
+ *
+ * With --tls-ca (and optionally --tls-cert/--tls-key) the throughput modes speak HTTPS: each connection does a
+ * blocking TLS handshake when it connects (before the clock starts), then runs non-blocking like the others.
  *
  * Modes:
  *   put     PUT unique keys /v2/keys/<prefix>/<n>, form body "value=<size bytes>"
@@ -45,6 +48,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <gnutls/gnutls.h>
 
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 #define USEC_PER_SEC UINT64_C(1000000)
@@ -123,6 +128,7 @@ typedef struct Conn {
         bool rx_stamp;          /* watch mode: SO_TIMESTAMPNS is on, record kernel rx times */
         uint64_t rx_usec;       /* CLOCK_REALTIME of the newest received data, from the kernel */
         unsigned target_idx;    /* index into targets[]: which --port this connection uses */
+        gnutls_session_t tls;   /* --tls-ca: the session, else NULL */
 } Conn;
 
 /* arguments */
@@ -142,6 +148,8 @@ static unsigned arg_watchers = 1000;
 static const char *arg_watch_key = "w";
 static unsigned arg_watch_wait_ms = 2000;
 static uint64_t arg_seed = 0x9e3779b97f4a7c15ULL;
+static const char *arg_tls_ca = NULL, *arg_tls_cert = NULL, *arg_tls_key = NULL;
+static gnutls_certificate_credentials_t tls_cred;
 
 /* run state */
 static int epfd = -1;
@@ -261,6 +269,10 @@ static void conn_reset_parser(Conn *c) {
 }
 
 static void conn_close(Conn *c) {
+        if (c->tls) {
+                gnutls_deinit(c->tls);
+                c->tls = NULL;
+        }
         if (c->fd >= 0) {
                 (void) epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
                 (void) close(c->fd);
@@ -271,6 +283,41 @@ static void conn_close(Conn *c) {
         c->in_len = 0;
         c->out_len = c->out_off = 0;
         conn_reset_parser(c);
+}
+
+/* --tls-ca: a blocking connect and handshake, then the socket goes back to non-blocking. */
+#define IN_SET_TLS_MODE(m) ((m) == MODE_PUT || (m) == MODE_GET || (m) == MODE_MIXED)
+
+static int conn_connect_tls(Conn *c) {
+        int flags = fcntl(c->fd, F_GETFL), r;
+
+        if (flags < 0 || fcntl(c->fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+                return -errno;
+        if (connect(c->fd, (struct sockaddr *) &targets[c->target_idx % n_targets], sizeof(struct sockaddr_in)) < 0)
+                return -errno;
+        r = gnutls_init(&c->tls, GNUTLS_CLIENT);
+        if (r >= 0)
+                r = gnutls_set_default_priority(c->tls);
+        if (r >= 0)
+                r = gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, tls_cred);
+        if (r < 0)
+                goto fail;
+        gnutls_session_set_verify_cert(c->tls, NULL, 0); /* chain only: the test certificates name 127.0.0.1 */
+        gnutls_transport_set_int(c->tls, c->fd);
+        do
+                r = gnutls_handshake(c->tls);
+        while (r < 0 && !gnutls_error_is_fatal(r));
+        if (r < 0)
+                goto fail;
+        if (fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) < 0)
+                return -errno;
+        return 0;
+fail:
+        fprintf(stderr, "loadgen: TLS: %s\n", gnutls_strerror(r));
+        if (c->tls)
+                gnutls_deinit(c->tls);
+        c->tls = NULL;
+        return -EPROTO;
 }
 
 static int conn_connect(Conn *c) {
@@ -286,7 +333,14 @@ static int conn_connect(Conn *c) {
         c->in_len = 0;
         c->out_len = c->out_off = 0;
 
-        if (connect(fd, (struct sockaddr *) &targets[c->target_idx % n_targets], sizeof(struct sockaddr_in)) < 0 &&
+        if (arg_tls_ca) {
+                r = conn_connect_tls(c);
+                if (r < 0) {
+                        (void) close(fd);
+                        c->fd = -1;
+                        return r;
+                }
+        } else if (connect(fd, (struct sockaddr *) &targets[c->target_idx % n_targets], sizeof(struct sockaddr_in)) < 0 &&
             errno != EINPROGRESS) {
                 r = -errno;
                 (void) close(fd);
@@ -367,7 +421,16 @@ static void build_watch(Conn *c) {
 /* Write what is queued. Returns 0 when all is written (or EPOLLOUT armed), < 0 on error. */
 static int conn_flush(Conn *c) {
         while (c->out_off < c->out_len) {
-                ssize_t k = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
+                ssize_t k;
+
+                if (c->tls) {
+                        k = gnutls_record_send(c->tls, c->out + c->out_off, c->out_len - c->out_off);
+                        if (k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED)
+                                errno = k == GNUTLS_E_AGAIN ? EAGAIN : EINTR, k = -1;
+                        else if (k < 0)
+                                errno = EIO, k = -1;
+                } else
+                        k = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
                 if (k < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -593,6 +656,20 @@ static ssize_t conn_recv(Conn *c, void *buf, size_t len) {
         };
         ssize_t k;
 
+        if (c->tls) {
+                k = gnutls_record_recv(c->tls, buf, len);
+                if (k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED) {
+                        errno = k == GNUTLS_E_AGAIN ? EAGAIN : EINTR;
+                        return -1;
+                }
+                if (k == GNUTLS_E_PREMATURE_TERMINATION)
+                        return 0;
+                if (k < 0) {
+                        errno = EIO;
+                        return -1;
+                }
+                return k;
+        }
         if (!c->rx_stamp)
                 return read(c->fd, buf, len);
         k = recvmsg(c->fd, &mh, 0);
@@ -641,8 +718,8 @@ static ReadResult conn_read(Conn *c) {
                         break;
                 }
                 c->in_len += (size_t) k;
-                if (c->in_len < c->in_size)
-                        break;  /* short read: the socket is most likely drained */
+                if (c->in_len < c->in_size && !(c->tls && gnutls_record_check_pending(c->tls) > 0))
+                        break;  /* short read: the socket is most likely drained (GnuTLS holds nothing) */
         }
 
         r = parse_response(c);
@@ -1395,7 +1472,10 @@ static void help(void) {
                "  -w --watchers N       watch: long-poll watchers (default 1000)\n"
                "     --watch-key KEY    watch: key to watch (default w)\n"
                "     --watch-wait-ms MS watch: max wait for watch registration (default 2000)\n"
-               "     --seed N           random seed\n");
+               "     --seed N           random seed\n"
+               "     --tls-ca FILE      put/get/mixed: HTTPS, trusting FILE\n"
+               "     --tls-cert FILE    with --tls-key: present this client certificate\n"
+               "     --tls-key FILE\n");
 }
 
 static int parse_argv(int argc, char *argv[]) {
@@ -1409,6 +1489,9 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_WATCH_KEY,
                 ARG_WATCH_WAIT,
                 ARG_SEED,
+                ARG_TLS_CA,
+                ARG_TLS_CERT,
+                ARG_TLS_KEY,
         };
         static const struct option options[] = {
                 { "help",          no_argument,       NULL, 'h'             },
@@ -1427,6 +1510,9 @@ static int parse_argv(int argc, char *argv[]) {
                 { "watch-key",     required_argument, NULL, ARG_WATCH_KEY   },
                 { "watch-wait-ms", required_argument, NULL, ARG_WATCH_WAIT  },
                 { "seed",          required_argument, NULL, ARG_SEED        },
+                { "tls-ca",        required_argument, NULL, ARG_TLS_CA      },
+                { "tls-cert",      required_argument, NULL, ARG_TLS_CERT    },
+                { "tls-key",       required_argument, NULL, ARG_TLS_KEY     },
                 {}
         };
         int c;
@@ -1511,6 +1597,15 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_SEED:
                         arg_seed = strtoull(optarg, NULL, 0);
                         break;
+                case ARG_TLS_CA:
+                        arg_tls_ca = optarg;
+                        break;
+                case ARG_TLS_CERT:
+                        arg_tls_cert = optarg;
+                        break;
+                case ARG_TLS_KEY:
+                        arg_tls_key = optarg;
+                        break;
                 default:
                         return -EINVAL;
                 }
@@ -1558,6 +1653,25 @@ int main(int argc, char *argv[]) {
         (void) sigaction(SIGTERM, &sa, NULL);
 
         rng_state = arg_seed ? arg_seed : 1;
+
+        if (arg_tls_ca) {
+                int r;
+
+                if (!IN_SET_TLS_MODE(arg_mode)) {
+                        fprintf(stderr, "loadgen: --tls-ca works with --mode put, get and mixed only\n");
+                        return 2;
+                }
+                r = gnutls_certificate_allocate_credentials(&tls_cred);
+                if (r >= 0)
+                        r = gnutls_certificate_set_x509_trust_file(tls_cred, arg_tls_ca, GNUTLS_X509_FMT_PEM);
+                if (r >= 0 && arg_tls_cert && arg_tls_key)
+                        r = gnutls_certificate_set_x509_key_file(tls_cred, arg_tls_cert, arg_tls_key,
+                                                                 GNUTLS_X509_FMT_PEM);
+                if (r < 0) {
+                        fprintf(stderr, "loadgen: TLS credentials: %s\n", gnutls_strerror(r));
+                        return 2;
+                }
+        }
 
         form_body_len = 6 + (size_t) arg_size;
         form_body = xrealloc(NULL, form_body_len + 1);

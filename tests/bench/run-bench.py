@@ -82,6 +82,23 @@ PX_GROUPS = ['px']
 # 10k idle keep-alive connections (not in the default --groups)
 IDLE_GROUPS = ['idle10k']
 
+# --issue11: the cost of TLS. tls_*: one member, the load over an https client port; cl_ptls_*: a
+# 3-member cluster with peer TLS (client certificates required between members), plain clients;
+# cl_tls_*: both. Next to their plain twins, interleaved.
+TLS_GROUPS = ['tls_put_c64', 'tls_get_c64', 'cl_ptls_put_c64', 'cl_tls_put_c64']
+ISSUE11_GROUPS = ['put_c64', 'tls_put_c64', 'get_c64', 'tls_get_c64', 'cl_put_c64', 'cl_ptls_put_c64',
+                  'cl_tls_put_c64']
+ISSUE11_ROWS = [
+    # key, label, plain twin (for the "cost" column: TLS figure / plain figure, per implementation)
+    ('put_c64',         '1m PUT c=64',                         None),
+    ('tls_put_c64',     '1m PUT c=64, client TLS',             'put_c64'),
+    ('get_c64',         '1m GET c=64',                         None),
+    ('tls_get_c64',     '1m GET c=64, client TLS',             'get_c64'),
+    ('cl_put_c64',      '3m PUT c=64',                         None),
+    ('cl_ptls_put_c64', '3m PUT c=64, peer TLS',               'cl_put_c64'),
+    ('cl_tls_put_c64',  '3m PUT c=64, peer + client TLS',      'cl_put_c64'),
+]
+
 # --issue10: exactly issue 10's figures, in this order (interleaved ours/etcd in each group)
 ISSUE10_GROUPS = ['put_c1', 'put_c64', 'put_c256', 'get_c64', 'watch',
                   'cl_put_c64', 'cl_put_c256', 'cl_get_c64', 'px', 'idle10k']
@@ -147,18 +164,47 @@ class Server:
         self.proc = None
         self.logf = None
         self.starts = 0
+        # --issue11: client TLS (the load goes to an https port; client_port stays a plain one for the
+        # harness's own health and leader checks) and peer TLS. Both are a Certs or None.
+        self.client_tls = None
+        self.peer_tls = None
+        self.tls_port = free_port()
+
+    @property
+    def lg_port(self):              # what Bench.lg() loads: the https port with client TLS
+        return self.tls_port if self.client_tls else self.client_port
+
+    def client_urls(self):
+        c = f'http://127.0.0.1:{self.client_port}'
+        if not self.client_tls:
+            return c, c
+        t = f'https://127.0.0.1:{self.tls_port}'
+        return f'{t},{c}', t
+
+    def tls_args(self):
+        a = []
+        if self.client_tls:
+            a += ['--cert-file', self.client_tls.cert, '--key-file', self.client_tls.key]
+        if self.peer_tls:
+            a += ['--peer-cert-file', self.peer_tls.cert, '--peer-key-file', self.peer_tls.key,
+                  '--peer-trusted-ca-file', self.peer_tls.ca, '--peer-client-cert-auth']
+        return a
+
+    @property
+    def peer_url(self):
+        return f'{"https" if self.peer_tls else "http"}://127.0.0.1:{self.peer_port}'
 
     def argv(self):
-        c = f'http://127.0.0.1:{self.client_port}'
-        p = f'http://127.0.0.1:{self.peer_port}'
+        listen, advertise = self.client_urls()
+        p = self.peer_url
         a = [self.binary,
              '--name', 'bench',
              '--data-dir', self.datadir,
-             '--listen-client-urls', c,
-             '--advertise-client-urls', c,
+             '--listen-client-urls', listen,
+             '--advertise-client-urls', advertise,
              '--listen-peer-urls', p,
              '--initial-advertise-peer-urls', p,
-             '--initial-cluster', f'bench={p}']
+             '--initial-cluster', f'bench={p}'] + self.tls_args()
         if self.impl == 'etcd':
             a.append('--enable-v2')
         return a
@@ -222,18 +268,18 @@ class Member(Server):
         self.token = None
 
     def argv(self):
-        c = f'http://127.0.0.1:{self.client_port}'
-        p = f'http://127.0.0.1:{self.peer_port}'
+        listen, advertise = self.client_urls()
+        p = self.peer_url
         a = [self.binary,
              '--name', self.name,
              '--data-dir', self.datadir,
-             '--listen-client-urls', c,
-             '--advertise-client-urls', c,
+             '--listen-client-urls', listen,
+             '--advertise-client-urls', advertise,
              '--listen-peer-urls', p,
              '--initial-advertise-peer-urls', p,
              '--initial-cluster', self.initial_cluster,
              '--initial-cluster-token', self.token,
-             '--initial-cluster-state', 'new']
+             '--initial-cluster-state', 'new'] + self.tls_args()
         if self.impl == 'etcd':
             a.append('--enable-v2')
         return a
@@ -280,10 +326,13 @@ class Member(Server):
 class Cluster:
     """A static 3-member cluster (--initial-cluster bootstrap) on 127.0.0.1, fresh data dirs."""
 
-    def __init__(self, impl, binary, workdir, size=3):
+    def __init__(self, impl, binary, workdir, size=3, client_tls=None, peer_tls=None):
         self.impl = impl
         self.members = [Member(impl, binary, workdir, f'm{i}') for i in range(size)]
-        ic = ','.join(f'{m.name}=http://127.0.0.1:{m.peer_port}' for m in self.members)
+        for m in self.members:
+            m.client_tls, m.peer_tls = client_tls, peer_tls
+        self.client_tls = client_tls
+        ic = ','.join(f'{m.name}={m.peer_url}' for m in self.members)
         token = f'bench-{os.getpid()}-{os.path.basename(workdir)}'
         for m in self.members:
             m.initial_cluster = ic
@@ -296,6 +345,10 @@ class Cluster:
     @property
     def client_port(self):          # what Bench.lg() passes as --port: all members
         return ','.join(str(p) for p in self.ports)
+
+    @property
+    def lg_port(self):
+        return ','.join(str(m.lg_port) for m in self.members)
 
     def start(self, timeout=30.0):
         t0 = time.monotonic()
@@ -469,10 +522,35 @@ def build_loadgen(out):
         out = out + '-' + hashlib.sha256(f.read()).hexdigest()[:12]
     if os.path.exists(out):
         return out
-    cmd = ['cc', '-O2', '-Wall', '-Wextra', '-o', out, src]
+    cmd = ['cc', '-O2', '-Wall', '-Wextra', '-o', out, src, '-lgnutls']
     log('building loadgen: ' + ' '.join(cmd))
     subprocess.run(cmd, check=True)
     return out
+
+
+class Certs:
+    """A CA and one certificate for 127.0.0.1 (serverAuth and clientAuth: members use it both ways), made
+    with openssl in `directory`. ECDSA P-256, as etcd's docs make them with cfssl."""
+
+    def __init__(self, directory):
+        self.ca = os.path.join(directory, 'ca.pem')
+        self.cert = os.path.join(directory, 'server.pem')
+        self.key = os.path.join(directory, 'server-key.pem')
+        cakey = os.path.join(directory, 'ca-key.pem')
+        csr = os.path.join(directory, 'server.csr')
+        ext = os.path.join(directory, 'ext.cnf')
+        with open(ext, 'w') as f:
+            f.write('subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n'
+                    'keyUsage=critical,digitalSignature,keyEncipherment\n')
+
+        def run(*a):
+            subprocess.run(['openssl', *a], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run('ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', cakey)
+        run('req', '-x509', '-new', '-key', cakey, '-subj', '/CN=bench-ca', '-days', '2', '-out', self.ca)
+        run('ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', self.key)
+        run('req', '-new', '-key', self.key, '-subj', '/CN=127.0.0.1', '-out', csr)
+        run('x509', '-req', '-in', csr, '-CA', self.ca, '-CAkey', cakey, '-CAcreateserial', '-days', '2',
+            '-extfile', ext, '-out', self.cert)
 
 
 class Bench:
@@ -480,9 +558,19 @@ class Bench:
         self.args = args
         self.loadgen = args.loadgen
         self.lost = None
+        self._certs = None
+
+    def certs(self):
+        if self._certs is None:
+            d = tempfile.mkdtemp(prefix='bench-certs-', dir=self.args.tmpdir)
+            self._certs = Certs(d)
+        return self._certs
 
     def lg(self, srv, *extra, timeout=None):
-        cmd = [self.loadgen, '--port', str(srv.client_port), *map(str, extra)]
+        cmd = [self.loadgen, '--port', str(getattr(srv, 'lg_port', srv.client_port)), *map(str, extra)]
+        tls = getattr(srv, 'client_tls', None)
+        if tls:
+            cmd += ['--tls-ca', tls.ca, '--tls-cert', tls.cert, '--tls-key', tls.key]
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            timeout=timeout or (self.args.duration + 120))
         lines = [l for l in r.stdout.splitlines() if l.startswith('{')]
@@ -508,6 +596,12 @@ class Bench:
             c = int(group[5:])
             r = self.lg(srv, '--mode', 'put', '-c', c, '-d', a.duration, '-s', a.size)
             return {group: (r['rps'], r)}
+        if group.startswith('tls_'):
+            group = group[4:]
+            return {'tls_' + k: v for k, v in self.run_group(group, srv).items()}
+        if group.startswith('cl_ptls_') or group.startswith('cl_tls_'):
+            kind, rest = group.split('_')[1], '_'.join(group.split('_')[2:])
+            return {f'cl_{kind}_' + k[3:]: v for k, v in self.run_group('cl_' + rest, srv).items()}
         if group in ('get_c64', 'mixed_c64'):
             self.preload(srv, 'g', a.keys)
             mode = group.split('_')[0]
@@ -803,10 +897,17 @@ class Bench:
                         srv = BareServer(self.loadgen, work)
                     elif group == 'px':
                         srv = ProxiedCluster(impl, binaries[impl], work)
+                    elif group.startswith('cl_ptls_'):
+                        srv = Cluster(impl, binaries[impl], work, peer_tls=self.certs())
+                    elif group.startswith('cl_tls_'):
+                        srv = Cluster(impl, binaries[impl], work, client_tls=self.certs(),
+                                      peer_tls=self.certs())
                     elif group.startswith('cl_'):
                         srv = Cluster(impl, binaries[impl], work)
                     else:
                         srv = Server(impl, binaries[impl], work)
+                        if group.startswith('tls_'):
+                            srv.client_tls = self.certs()
                     ok = False
                     load1 = os.getloadavg()[0]      # the machine is shared: note how busy it was
                     try:
@@ -961,6 +1062,35 @@ def issue10_table(results, details):
     return '\n'.join(out)
 
 
+def issue11_table(results, details):
+    """TLS figures next to their plain twins: ours, etcd, ratio ours/etcd, and per implementation the
+    TLS figure as a fraction of the plain one (the cost of TLS)."""
+    def med(key, impl):
+        v = results.get(key, {}).get(impl)
+        return median(v) if v else None
+
+    hdr = ['figure', 'ours req/s', 'etcd req/s', 'ours/etcd', 'ours TLS/plain', 'etcd TLS/plain', 'errors']
+    rows = []
+    for key, label, twin in ISSUE11_ROWS:
+        if key not in results:
+            continue
+        o, e = med(key, 'ours'), med(key, 'etcd')
+        cost = []
+        for impl, v in (('ours', o), ('etcd', e)):
+            p = med(twin, impl) if twin else None
+            cost.append(f'{v / p:.2f}' if (v is not None and p) else '-')
+        errs = sum(d.get('non2xx', 0) + d.get('conn_errors', 0)
+                   for impl in ('ours', 'etcd') for d in details.get(key, {}).get(impl, []))
+        rows.append([label, fmt(o), fmt(e), f'{o / e:.2f}' if (o is not None and e) else 'n/a',
+                     cost[0], cost[1], str(errs)])
+    w = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
+    line = '  '.join(h.ljust(w[i]) for i, h in enumerate(hdr))
+    out = [line, '-' * len(line)]
+    for r in rows:
+        out.append('  '.join(str(c).ljust(w[i]) for i, c in enumerate(r)))
+    return '\n'.join(out)
+
+
 def proxy_targets(results):
     """The issue's absolute proxy targets for ours: < 0.1 ms added at p50 (c=1), >= 80 % of direct (c=64)."""
     def ours(key):
@@ -997,6 +1127,9 @@ def main():
     ap.add_argument('--issue10', action='store_true',
                     help='exactly issue 10\'s figures (' + ','.join(ISSUE10_GROUPS) + ', with the bare '
                          'responder in get_c64; the proxy group only its GET c=64) and one table')
+    ap.add_argument('--issue11', action='store_true',
+                    help='the cost of TLS (' + ','.join(ISSUE11_GROUPS) + '): PUT and GET c=64 with and '
+                         'without client TLS, 3-member PUT c=64 with peer TLS, ours and etcd interleaved')
     ap.add_argument('--bare', action='store_true',
                     help='get_c64: the bare responder (loadgen --mode serve) takes the same load in each round')
     ap.add_argument('--idle-conns', type=int, default=10000,
@@ -1030,8 +1163,10 @@ def main():
     if args.issue10:
         args.groups = list(ISSUE10_GROUPS)
         args.bare = True
+    if args.issue11:
+        args.groups = list(ISSUE11_GROUPS)
     for g in args.groups:
-        if g not in GROUPS + CL_GROUPS + PX_GROUPS + IDLE_GROUPS:
+        if g not in GROUPS + CL_GROUPS + PX_GROUPS + IDLE_GROUPS + TLS_GROUPS:
             ap.error(f'unknown group {g}')
     args.etcd2 = os.path.abspath(args.etcd2)     # the servers run with their work dir as cwd
     args.etcd = os.path.abspath(args.etcd)
@@ -1069,6 +1204,8 @@ def main():
           f'(anything else running on the 2 cores skews the figures)')
     if args.issue10:
         print(issue10_table(results, details))
+    elif args.issue11:
+        print(issue11_table(results, details))
     else:
         print(table(results, details, args))
     print(latency_table(details))
