@@ -1176,7 +1176,7 @@ static void conn_close(HttpConn *c) {
         if (c->taken) {
                 /* an upgrade that will not happen: its owner still hears of it */
                 HttpTakenFunc taken = TAKE_PTR(c->taken);
-                taken(-1, NULL, 0, c->taken_userdata);
+                taken(-1, NULL, NULL, 0, c->taken_userdata);
         }
         out_reset(c);
         if (c->fd >= 0) {
@@ -1219,21 +1219,19 @@ static void conn_upgrade_now(HttpConn *c) {
         HttpTakenFunc taken = c->taken;
         void *userdata = c->taken_userdata;
         HttpBuf extra = c->in;
+        gnutls_session_t tls = c->tls;
         int fd = c->fd;
 
-        if (c->tls) {
-                /* a raw socket cannot be handed over from inside a TLS session */
-                log_debug("Refusing a protocol upgrade over TLS, closing the connection.");
-                conn_close(c);
-                return;
-        }
+        /* Over TLS the session goes with the socket (the 101 is out: GnuTLS holds nothing to send; what
+         * it decrypted after the head is in `extra`, what it still buffers is the new owner's to read). */
         c->in = (HttpBuf) {};
         c->taken = NULL;
+        c->tls = NULL;
         request_finish(c);
         (void) epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, fd, NULL);
         c->fd = -1;
         conn_close(c);
-        taken(fd, extra.data, extra.len, userdata);
+        taken(fd, tls, extra.data, extra.len, userdata);
         http_buf_done(&extra);
 }
 
