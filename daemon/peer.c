@@ -87,6 +87,7 @@ struct Conn {
         char *tls_host;          /* outbound: the name verified (GnuTLS keeps the pointer) */
         uint8_t *gather;         /* outbound over TLS: small frames gathered into one record */
         bool tls_again;          /* outbound over TLS: GnuTLS holds a record it could not send yet */
+        int tls_error;           /* the GnuTLS error that ended a read, or 0 */
         ConnState state;
         bool inbound;
         uint64_t from;           /* inbound: the sender */
@@ -283,6 +284,7 @@ static ssize_t conn_recv(Conn *c, void *buf, size_t size) {
                 return 0;
         else {
                 log_debug("Failed to read from a TLS peer stream: %s", gnutls_strerror((int) n));
+                c->tls_error = (int) n;
                 errno = ECONNRESET;
         }
         return -1;
@@ -1273,6 +1275,16 @@ static void conn_send_request(Conn *c) {
                 conn_on_event(c, EPOLLIN);
 }
 
+/* A failed TLS handshake with a member, logged at most once a minute per member. */
+static void peer_log_tls_error(Peer *p, const char *why) {
+        uint64_t now = now_usec();
+
+        if (p->last_tls_error_usec != 0 && p->last_tls_error_usec + TLS_ERROR_LOG_INTERVAL_USEC > now)
+                return;
+        p->last_tls_error_usec = now;
+        log_warning("TLS handshake with member %" PRIx64 " (%s) failed: %s", p->id, p->address, why);
+}
+
 /* One step of the outbound TLS handshake. A failure (the member's certificate does not verify, or it
  * refuses ours) is retried with backoff like a failed connect, and logged at most once a minute. */
 static void conn_tls_handshake(Conn *c) {
@@ -1288,7 +1300,6 @@ static void conn_tls_handshake(Conn *c) {
         }
         if (r < 0) {
                 char why[256];
-                uint64_t now = now_usec();
 
                 if (r == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
                         gnutls_datum_t out = {};
@@ -1301,10 +1312,7 @@ static void conn_tls_handshake(Conn *c) {
                                 (void) snprintf(why, sizeof(why), "%s", gnutls_strerror(r));
                 } else
                         (void) snprintf(why, sizeof(why), "%s", gnutls_strerror(r));
-                if (p->last_tls_error_usec == 0 || p->last_tls_error_usec + TLS_ERROR_LOG_INTERVAL_USEC <= now) {
-                        p->last_tls_error_usec = now;
-                        log_warning("TLS handshake with member %" PRIx64 " (%s) failed: %s", p->id, p->address, why);
-                }
+                peer_log_tls_error(p, why);
                 peer_conn_lost(p, -ECONNREFUSED, why);
                 return;
         }
@@ -1348,7 +1356,20 @@ static void conn_on_event(Conn *c, uint32_t events) {
 
         case CONN_RESPONSE:
                 e = conn_read_head(c);
-                if (e < 0)
+                if (e < 0 && c->tls_error != 0) {
+                        /* TLS 1.3: the member checks our certificate after our side of the handshake
+                         * ended; a refusal is an alert where its answer should be */
+                        char why[256];
+
+                        if (c->tls_error == GNUTLS_E_FATAL_ALERT_RECEIVED)
+                                (void) snprintf(why, sizeof(why), "the member sent the alert '%s' (does it trust our "
+                                                "peer certificate?)",
+                                                strempty(gnutls_alert_get_name(gnutls_alert_get(c->tls))));
+                        else
+                                (void) snprintf(why, sizeof(why), "%s", gnutls_strerror(c->tls_error));
+                        peer_log_tls_error(c->peer, why);
+                        peer_conn_lost(c->peer, -ECONNREFUSED, why);
+                } else if (e < 0)
                         peer_conn_lost(c->peer, (int) e, "connection closed during the upgrade");
                 else if (e > 0)
                         conn_handle_response(c, (size_t) e);
