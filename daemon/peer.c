@@ -1030,6 +1030,7 @@ static void conn_handle_response(Conn *c, size_t head_end) {
                 p->stats.connected = true;
                 p->backoff_usec = 0;
                 p->last_refusal = 0;
+                p->last_tls_error_usec = 0;
                 (void) conn_epoll(c, EPOLL_CTL_MOD, EPOLLIN);
                 peer_mark_dirty(p);
                 return;
@@ -1306,8 +1307,13 @@ static void conn_tls_handshake(Conn *c) {
                         unsigned status = gnutls_session_get_verify_cert_status(c->tls);
 
                         if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &out, 0) >= 0) {
+                                size_t l;
+
                                 (void) snprintf(why, sizeof(why), "%s", (const char *) out.data);
                                 gnutls_free(out.data);
+                                l = strlen(why);
+                                while (l > 0 && why[l - 1] == ' ')
+                                        why[--l] = 0;
                         } else
                                 (void) snprintf(why, sizeof(why), "%s", gnutls_strerror(r));
                 } else
@@ -1316,7 +1322,6 @@ static void conn_tls_handshake(Conn *c) {
                 peer_conn_lost(p, -ECONNREFUSED, why);
                 return;
         }
-        p->last_tls_error_usec = 0;
         conn_send_request(c);
 }
 

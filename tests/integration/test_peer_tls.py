@@ -152,6 +152,28 @@ def test_kill9_under_tls_catches_up(make_tls_cluster):
     assert r.status_code == 201, r.text
 
 
+def test_large_values_and_snapshot_over_tls(make_tls_cluster):
+    """Frames far beyond one TLS record and the socket buffer: 1 MB values through a follower, and a
+    follower that missed more than --snapshot-count entries catches up from a snapshot sent over TLS."""
+    c = make_tls_cluster(3, snapshot_count=100)
+    prefix = "/" + unique("ptlsb")
+    leader = c.leader()
+    follower, victim = c.followers(leader)
+    big = os.urandom(500_000).hex()
+    r = follower.put(f"/v2/keys{prefix}/big", data={"value": big}, timeout=30)
+    assert r.status_code == 201, r.text
+    victim.kill9()
+    want = {f"{prefix}/big": big}
+    for i in range(250):
+        r = leader.put(f"/v2/keys{prefix}/k{i}", data={"value": "x" * 2000}, timeout=15)
+        assert r.status_code == 201, r.text
+        want[f"{prefix}/k{i}"] = "x" * 2000
+    victim.restart()
+    c.wait_leader(timeout=30)
+    tree = wait_converged(c.live(), prefix, timeout=60)
+    assert {k: v for k, (v, _) in tree.items()} == want
+
+
 def test_member_add_of_a_tls_member(make_tls_cluster):
     """member add with an https peer URL; the new member fetches the member list over TLS (with its peer
     certificate: the members require one), streams, and catches up."""
