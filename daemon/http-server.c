@@ -195,6 +195,8 @@ struct HttpService {
         size_t n_listeners;
         gnutls_certificate_credentials_t tls_cred;
         bool tls_verify_client;
+        uint64_t tls_log_window_usec;    /* refused handshakes: logged at most TLS_LOG_BURST a minute */
+        unsigned n_tls_logged, n_tls_suppressed;
 };
 
 /*
@@ -1258,6 +1260,26 @@ static ssize_t conn_read(HttpConn *c, void *buf, size_t size) {
         return -1;
 }
 
+#define TLS_LOG_BURST 10
+
+static void conn_log_tls_refusal(HttpService *s, const char *ip, const char *why) {
+        uint64_t now = server_now(s->server);
+
+        if (s->tls_log_window_usec == 0 || s->tls_log_window_usec + 60 * USEC_PER_SEC <= now) {
+                if (s->n_tls_suppressed > 0)
+                        log_info("%u more rejected TLS connections on the %s port in the last minute.",
+                                 s->n_tls_suppressed, s->name);
+                s->tls_log_window_usec = now;
+                s->n_tls_logged = s->n_tls_suppressed = 0;
+        }
+        if (s->n_tls_logged >= TLS_LOG_BURST) {
+                s->n_tls_suppressed++;
+                return;
+        }
+        s->n_tls_logged++;
+        log_info("Rejected a TLS connection to the %s port from %s: %s", s->name, ip, why);
+}
+
 /* One step of a TLS handshake (CONN_HANDSHAKE): on success the connection waits for its first request;
  * a failure (no or a bad client certificate, not TLS at all) closes it, and only it. */
 static void conn_handshake(HttpConn *c) {
@@ -1284,8 +1306,9 @@ static void conn_handshake(HttpConn *c) {
                         (void) inet_ntop(AF_INET, &((struct sockaddr_in *) &c->peer)->sin_addr, ip, sizeof ip);
                 else if (c->peer.ss_family == AF_INET6)
                         (void) inet_ntop(AF_INET6, &((struct sockaddr_in6 *) &c->peer)->sin6_addr, ip, sizeof ip);
-                /* Go's server logs these the same way ("http: TLS handshake error from ...") */
-                log_debug("TLS handshake error from %s: %s", ip, gnutls_strerror(r));
+                /* Go's server logs these ("http: TLS handshake error from ...", etcd 3.4 "rejected
+                 * connection from ..."): a peer with a wrong certificate is worth telling, a flood not */
+                conn_log_tls_refusal(c->service, ip, gnutls_strerror(r));
                 (void) gnutls_alert_send_appropriate(c->tls, r); /* if the socket takes it now */
                 conn_close(c);
                 return;

@@ -306,6 +306,7 @@ def test_member_with_a_foreign_certificate_is_shut_out(make_tls_cluster):
         # our side: the stranger's certificate fails verification when we dial it, and it logs ours refused
         logs = "".join(m.log_tail(200000) for m in good)
         assert "TLS handshake with member" in logs, logs[-4000:]
+        assert "Rejected a TLS connection to the peer port from 127.0.0.1" in logs, logs[-4000:]
         assert "TLS handshake with member" in stranger.log_tail(200000), stranger.log_tail(4000)
     stranger.exit_expected = True
 
