@@ -321,30 +321,34 @@ def _exit_with(args, timeout=15):
         d.cleanup()
 
 
-@only_ours
 def test_https_peer_url_without_peer_cert(certs):
+    """etcd2 names the URL ("https://127.0.0.1:1"), etcd 3.4 the address ("127.0.0.1:1")."""
     _require_binary()
-    rc, log = _exit_with(["--listen-peer-urls", "https://127.0.0.1:1", "--initial-advertise-peer-urls",
-                          "https://127.0.0.1:1", "--initial-cluster", "node1=https://127.0.0.1:1"])
+    port = free_ports(1)[0]
+    url = f"https://127.0.0.1:{port}"
+    rc, log = _exit_with(["--listen-peer-urls", url, "--initial-advertise-peer-urls", url,
+                          "--initial-cluster", f"node1={url}"])
     assert rc == 1, log
-    assert "cannot listen on TLS for https://127.0.0.1:1: KeyFile and CertFile are not presented" in log
+    where = url[len("https://"):] if REFERENCE else url
+    assert f"cannot listen on TLS for {where}: KeyFile and CertFile are not presented" in log
 
 
-@only_ours
 def test_peer_cert_without_key(certs):
     _require_binary()
-    rc, log = _exit_with(["--listen-peer-urls", "https://127.0.0.1:1", "--initial-advertise-peer-urls",
-                          "https://127.0.0.1:1", "--initial-cluster", "node1=https://127.0.0.1:1",
-                          "--peer-cert-file", certs.crt("server")])
+    port = free_ports(1)[0]
+    url = f"https://127.0.0.1:{port}"
+    rc, log = _exit_with(["--listen-peer-urls", url, "--initial-advertise-peer-urls", url,
+                          "--initial-cluster", f"node1={url}", "--peer-cert-file", certs.crt("server")])
     assert rc == 1, log
     assert f"KeyFile and CertFile must both be present[key: , cert: {certs.crt('server')}]" in log
 
 
-@only_ours
 def test_unreadable_peer_cert(certs):
     _require_binary()
-    rc, log = _exit_with(["--listen-peer-urls", "https://127.0.0.1:1", "--initial-advertise-peer-urls",
-                          "https://127.0.0.1:1", "--initial-cluster", "node1=https://127.0.0.1:1",
+    port = free_ports(1)[0]
+    url = f"https://127.0.0.1:{port}"
+    rc, log = _exit_with(["--listen-peer-urls", url, "--initial-advertise-peer-urls", url,
+                          "--initial-cluster", f"node1={url}",
                           "--peer-cert-file", "/nonexistent.crt", "--peer-key-file", "/nonexistent.key"])
     assert rc == 1, log
     assert "/nonexistent.crt" in log
