@@ -1322,6 +1322,13 @@ static void conn_tls_handshake(Conn *c) {
                 peer_conn_lost(p, -ECONNREFUSED, why);
                 return;
         }
+        if (tls_check_server_purpose(c->tls) < 0) {
+                const char *why = "its certificate is not meant for TLS servers (no serverAuth extended key usage)";
+
+                peer_log_tls_error(p, why);
+                peer_conn_lost(p, -ECONNREFUSED, why);
+                return;
+        }
         conn_send_request(c);
 }
 

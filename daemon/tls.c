@@ -98,6 +98,34 @@ int tls_client_session_new(gnutls_certificate_credentials_t cred, const char *ho
         return 0;
 }
 
+int tls_check_server_purpose(gnutls_session_t s) {
+        const gnutls_datum_t *certs;
+        unsigned n = 0;
+        gnutls_x509_crt_t crt;
+        bool any = false, ok = false;
+        int r;
+
+        certs = gnutls_certificate_get_peers(s, &n);
+        if (!certs || n == 0)
+                return -EPERM;
+        if (gnutls_x509_crt_init(&crt) < 0)
+                return -ENOMEM;
+        r = gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER);
+        for (unsigned i = 0; r >= 0; i++) {
+                char oid[128];
+                size_t size = sizeof(oid);
+
+                r = gnutls_x509_crt_get_key_purpose_oid(crt, i, oid, &size, NULL);
+                if (r < 0)
+                        break;
+                any = true;
+                if (streq(oid, GNUTLS_KP_TLS_WWW_SERVER) || streq(oid, GNUTLS_KP_ANY))
+                        ok = true;
+        }
+        gnutls_x509_crt_deinit(crt);
+        return !any || ok ? 0 : -EPERM;
+}
+
 int tls_server_credentials_new(const TlsInfo *info, const char *extra_ca, gnutls_certificate_credentials_t *ret,
                                bool *ret_verify_client) {
         gnutls_certificate_credentials_t cred = NULL;

@@ -22,6 +22,11 @@ int tls_client_credentials_new(const TlsInfo *info, gnutls_certificate_credentia
  * GnuTLS keeps the pointer `host`: it must outlive the session. */
 int tls_client_session_new(gnutls_certificate_credentials_t cred, const char *host, int fd, gnutls_session_t *ret);
 
+/* After a client handshake: whether the server's certificate may serve TLS servers (Go's default
+ * x509.ExtKeyUsageServerAuth check: no extended key usage at all, or one listing serverAuth or any).
+ * 0, or -EPERM. GnuTLS's verification in tls_client_session_new() checks the chain and the name only. */
+int tls_check_server_purpose(gnutls_session_t s);
+
 /* Credentials of a TLS server: cert/key (both required); client certificates are verified when
  * info->client_cert_auth or extra_ca (the deprecated --ca-file / --peer-ca-file) is set, against
  * trusted_ca_file and extra_ca, or the system's roots if neither is given (as Go). *ret_verify_client

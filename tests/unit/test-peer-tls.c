@@ -289,6 +289,24 @@ static void test_name_mismatch(void **state) {
         node_stop(&b);
 }
 
+/* A member whose certificate is for TLS clients only: Go refuses it as a server, so do we. */
+static void test_server_purpose(void **state) {
+        Node a = {}, b = {};
+        PeerStats st;
+
+        node_start(&a, 1, "server", "ca.crt");
+        node_start(&b, 2, "clientonly", "ca.crt");
+        send_vote(&a, &b, 1);
+        run_for(800 * USEC_PER_MSEC);
+        assert_int_equal(b.n_votes, 0);
+        assert_int_equal(peer_transport_stats(a.t, b.id, &st), 0);
+        assert_false(st.connected);
+        assert_true(st.n_lost >= 1);
+
+        node_stop(&a);
+        node_stop(&b);
+}
+
 static int make_certs(void **state) {
         char cmd[4096];
 
@@ -308,7 +326,8 @@ static int make_certs(void **state) {
                  "subjectAltName=IP:127.0.0.1\\n' $3 > $1.ext; "
                  "  openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -out $1.crt -days 2 "
                  "  -extfile $1.ext; }; "
-                 "ca ca; ca foreign; cert server ca serverAuth,clientAuth; cert stranger foreign serverAuth,clientAuth",
+                 "ca ca; ca foreign; cert server ca serverAuth,clientAuth; cert stranger foreign serverAuth,clientAuth; "
+                 "cert clientonly ca clientAuth",
                  dir);
         assert_int_equal(system(cmd), 0);
         big = malloc(BIG);
@@ -334,6 +353,7 @@ int main(void) {
                 cmocka_unit_test(test_exchange),
                 cmocka_unit_test(test_foreign_certificate),
                 cmocka_unit_test(test_name_mismatch),
+                cmocka_unit_test(test_server_purpose),
         };
 
         log_set_max_level(LOG_WARNING);
