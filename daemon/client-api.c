@@ -1874,7 +1874,7 @@ static int strdup_opt(const char *s, char **ret) {
 }
 
 /* The 101 is out: the socket is the peer transport's now (it close()s it when the stream ends). */
-static void on_peer_taken(int fd, const void *extra, size_t extra_len, void *userdata) {
+static void on_peer_taken(int fd, gnutls_session_t tls, const void *extra, size_t extra_len, void *userdata) {
         PeerUpgrade *u = userdata;
         PeerTransport *t = server_peer_transport(u->server);
 
@@ -1883,11 +1883,13 @@ static void on_peer_taken(int fd, const void *extra, size_t extra_len, void *use
                 peer_upgrade_free(u);
                 return;
         }
-        if (!t)
+        if (!t) {
+                if (tls)
+                        gnutls_deinit(tls);
                 (void) close(fd);
-        else
-                /* On refusal peer_transport_accept() closes fd itself. */
-                (void) peer_transport_accept(t, fd, u->from, u->cluster, u->version, u->min_version,
+        } else
+                /* On refusal peer_transport_accept() closes fd (and ends tls) itself. */
+                (void) peer_transport_accept(t, fd, tls, u->from, u->cluster, u->version, u->min_version,
                                              extra, extra_len, NULL, NULL);
         peer_upgrade_free(u);
 }

@@ -1685,34 +1685,31 @@ int config_check_supported(const Config *c) {
 
         assert(c);
 
-        /* Client TLS (--cert-file, --key-file, --ca-file, --trusted-ca-file, --client-cert-auth, https
-         * client URLs) is done: endpoints.c checks and warns as etcd2's listeners do. Peer TLS is not. */
-        if (!isempty(c->peer_cert_file))
-                what = "--peer-cert-file";
-        else if (!isempty(c->peer_key_file))
-                what = "--peer-key-file";
-        else if (!isempty(c->peer_ca_file))
-                what = "--peer-ca-file";
-        else if (!isempty(c->peer_trusted_ca_file))
-                what = "--peer-trusted-ca-file";
-        else if (c->peer_client_cert_auth)
-                what = "--peer-client-cert-auth";
-        else if (c->experimental_v3demo)
+        /* Client and peer TLS (--cert-file, --key-file, --ca-file, --trusted-ca-file, --client-cert-auth, their
+         * --peer-* twins, https client and peer URLs) are done: endpoints.c checks and warns as etcd2's
+         * listeners do. */
+        if (c->experimental_v3demo)
                 what = "--experimental-v3demo";
         else if (c->enable_pprof)
                 what = "--enable-pprof";
-        else {
-                for (size_t i = 0; !what && i < c->listen_peer_urls.n; i++)
-                        if (streq(c->listen_peer_urls.urls[i].scheme, "https"))
-                                what = "--listen-peer-urls with an https URL (peer TLS)";
-                for (size_t i = 0; !what && i < c->initial_advertise_peer_urls.n; i++)
-                        if (streq(c->initial_advertise_peer_urls.urls[i].scheme, "https"))
-                                what = "--initial-advertise-peer-urls with an https URL (peer TLS)";
-        }
 
         if (what)
                 return log_error_errno(-EOPNOTSUPP, "%s is not supported yet by this etcd2", what);
         return 0;
+}
+
+TlsInfo config_peer_tls_info(const Config *c) {
+        return (TlsInfo) {
+                .cert_file = c->peer_cert_file,
+                .key_file = c->peer_key_file,
+                .trusted_ca_file = !isempty(c->peer_trusted_ca_file) ? c->peer_trusted_ca_file : c->peer_ca_file,
+                .client_cert_auth = c->peer_client_cert_auth || !isempty(c->peer_ca_file),
+        };
+}
+
+bool config_peer_tls_given(const Config *c) {
+        return !isempty(c->peer_cert_file) || !isempty(c->peer_key_file) || !isempty(c->peer_ca_file) ||
+               !isempty(c->peer_trusted_ca_file);
 }
 
 /* ---- the rest of etcdmain before the server starts ---- */

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tls.h"
+
 typedef enum ProxyMode {
         PROXY_OFF,
         PROXY_READONLY,
@@ -142,3 +144,10 @@ void config_cluster_members_free(ClusterMember *m, size_t n);
 /* Logs "<feature> is not supported yet by this etcd2" and returns -EOPNOTSUPP for configurations this
  * etcd2 cannot run yet (proxy, discovery, TLS, multi-member, ...); config_load() calls it last. */
 int config_check_supported(const Config *c);
+
+/* etcd2's peerTLSInfo for our outgoing member-to-member connections (the strings are the config's). As Go's
+ * TLSInfo.ClientConfig(), the deprecated --peer-ca-file is trusted too (when --peer-trusted-ca-file is
+ * not given). */
+TlsInfo config_peer_tls_info(const Config *c);
+/* Whether any --peer-* file is given (then outgoing peer connections use them). */
+bool config_peer_tls_given(const Config *c);

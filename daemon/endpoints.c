@@ -83,7 +83,7 @@ static int listen_url(HttpService *s, const char *what, const EtcdUrl *u, bool t
         unsigned n_ok = 0;
         int r, last = 0;
 
-        /* config_check_supported() refused https peer URLs (no peer TLS yet) */
+        /* setup_client_tls()/setup_peer_tls() refused an https URL without a certificate */
         assert(streq(u->scheme, "http") || tls);
 
         snprintf(port, sizeof port, "%u", (unsigned) u->port);
@@ -178,15 +178,73 @@ static int setup_client_tls(Endpoints *e) {
         return 1;
 }
 
+/* etcd2's peerTLSInfo.Empty(): neither --peer-cert-file nor --peer-key-file */
+static bool peer_tls_given(const Config *c) {
+        return !isempty(c->peer_cert_file) || !isempty(c->peer_key_file);
+}
+
+/* The same for the peer URLs and the --peer-* flags (etcdmain.startEtcd(), rafthttp.NewListener()):
+ * returns whether the peer listeners (socket-activated ones too) speak TLS. With --peer-client-cert-auth
+ * (or the deprecated --peer-ca-file) every connection must present a certificate of the trusted CA
+ * before anything (/members, /version, /raft/stream) is read. */
+static int setup_peer_tls(Endpoints *e) {
+        const Config *c = e->config;
+        const EtcdUrlList *l = &c->listen_peer_urls;
+        bool https = false;
+        int r;
+
+        if (!e->peer)
+                return 0;
+        for (size_t i = 0; i < l->n; i++) {
+                const EtcdUrl *u = &l->urls[i];
+
+                if (streq(u->scheme, "http") && peer_tls_given(c))
+                        log_warning("The scheme of peer url %s is HTTP while peer key/cert files are presented. "
+                                    "Ignored peer key/cert files.", u->str);
+                if (!streq(u->scheme, "https"))
+                        continue;
+                if (!peer_tls_given(c))
+                        return log_error_errno(-EINVAL, "cannot listen on TLS for %s: KeyFile and CertFile are not presented",
+                                               u->str);
+                if (isempty(c->peer_cert_file) || isempty(c->peer_key_file))
+                        return log_error_errno(-EINVAL, "KeyFile and CertFile must both be present[key: %s, cert: %s]",
+                                               strempty(c->peer_key_file), strempty(c->peer_cert_file));
+                https = true;
+        }
+        if (!https)
+                return 0;
+        if (!isempty(c->peer_ca_file))
+                log_warning("--peer-ca-file is deprecated: '--peer-ca-file ca.crt' is "
+                            "'--peer-trusted-ca-file ca.crt --peer-client-cert-auth'.");
+
+        r = http_service_set_tls(e->peer, &(HttpTlsConfig) {
+                .cert_file = c->peer_cert_file,
+                .key_file = c->peer_key_file,
+                .trusted_ca_file = c->peer_trusted_ca_file,
+                .ca_file = c->peer_ca_file,
+                .client_cert_auth = c->peer_client_cert_auth,
+        });
+        if (r < 0)
+                return r;
+        log_info("PeerTLS: cert = %s, key = %s, ca = %s, trusted-ca = %s, client-cert-auth = %s", c->peer_cert_file,
+                 c->peer_key_file, strempty(c->peer_ca_file), strempty(c->peer_trusted_ca_file),
+                 c->peer_client_cert_auth ? "true" : "false");
+        return 1;
+}
+
 static int setup_listeners(Endpoints *e) {
         _cleanup_(strv_freep) char **names = NULL;
-        bool have_client = false, have_peer = false, client_tls;
+        bool have_client = false, have_peer = false, client_tls, peer_tls;
         int n, r;
 
         r = setup_client_tls(e);
         if (r < 0)
                 return r;
         client_tls = r > 0;
+        r = setup_peer_tls(e);
+        if (r < 0)
+                return r;
+        peer_tls = r > 0;
 
         n = sd_listen_fds_with_names(false, &names);
         if (n < 0)
@@ -210,8 +268,9 @@ static int setup_listeners(Endpoints *e) {
                         s = e->client;
                         have_client = true;
                 }
-                /* Socket-activated client sockets speak TLS when the client URLs are https ones. */
-                r = s == e->client && client_tls ? http_service_add_tls_listener(s, fd) : http_service_add_listener(s, fd);
+                /* Socket-activated sockets speak TLS when the client (peer) URLs are https ones. */
+                r = (s == e->client ? client_tls : peer_tls) ? http_service_add_tls_listener(s, fd)
+                                                             : http_service_add_listener(s, fd);
                 if (r < 0)
                         return r;
         }
@@ -225,7 +284,8 @@ static int setup_listeners(Endpoints *e) {
                 }
         if (!have_peer && e->peer)
                 for (size_t i = 0; i < e->config->listen_peer_urls.n; i++) {
-                        r = listen_url(e->peer, "peer", &e->config->listen_peer_urls.urls[i], false);
+                        r = listen_url(e->peer, "peer", &e->config->listen_peer_urls.urls[i],
+                                       streq(e->config->listen_peer_urls.urls[i].scheme, "https"));
                         if (r < 0)
                                 return r;
                 }

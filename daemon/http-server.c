@@ -61,6 +61,7 @@
 #include <llhttp.h>
 
 #include "http-server.h"
+#include "tls.h"
 #include "log.h"
 #include "macro.h"
 
@@ -194,6 +195,8 @@ struct HttpService {
         size_t n_listeners;
         gnutls_certificate_credentials_t tls_cred;
         bool tls_verify_client;
+        uint64_t tls_log_window_usec;    /* refused handshakes: logged at most TLS_LOG_BURST a minute */
+        unsigned n_tls_logged, n_tls_suppressed;
 };
 
 /*
@@ -1175,7 +1178,7 @@ static void conn_close(HttpConn *c) {
         if (c->taken) {
                 /* an upgrade that will not happen: its owner still hears of it */
                 HttpTakenFunc taken = TAKE_PTR(c->taken);
-                taken(-1, NULL, 0, c->taken_userdata);
+                taken(-1, NULL, NULL, 0, c->taken_userdata);
         }
         out_reset(c);
         if (c->fd >= 0) {
@@ -1218,21 +1221,19 @@ static void conn_upgrade_now(HttpConn *c) {
         HttpTakenFunc taken = c->taken;
         void *userdata = c->taken_userdata;
         HttpBuf extra = c->in;
+        gnutls_session_t tls = c->tls;
         int fd = c->fd;
 
-        if (c->tls) {
-                /* a raw socket cannot be handed over from inside a TLS session */
-                log_debug("Refusing a protocol upgrade over TLS, closing the connection.");
-                conn_close(c);
-                return;
-        }
+        /* Over TLS the session goes with the socket (the 101 is out: GnuTLS holds nothing to send; what
+         * it decrypted after the head is in `extra`, what it still buffers is the new owner's to read). */
         c->in = (HttpBuf) {};
         c->taken = NULL;
+        c->tls = NULL;
         request_finish(c);
         (void) epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, fd, NULL);
         c->fd = -1;
         conn_close(c);
-        taken(fd, extra.data, extra.len, userdata);
+        taken(fd, tls, extra.data, extra.len, userdata);
         http_buf_done(&extra);
 }
 
@@ -1257,6 +1258,26 @@ static ssize_t conn_read(HttpConn *c, void *buf, size_t size) {
                 errno = ECONNRESET;
         }
         return -1;
+}
+
+#define TLS_LOG_BURST 10
+
+static void conn_log_tls_refusal(HttpService *s, const char *ip, const char *why) {
+        uint64_t now = server_now(s->server);
+
+        if (s->tls_log_window_usec == 0 || s->tls_log_window_usec + 60 * USEC_PER_SEC <= now) {
+                if (s->n_tls_suppressed > 0)
+                        log_info("%u more rejected TLS connections on the %s port in the last minute.",
+                                 s->n_tls_suppressed, s->name);
+                s->tls_log_window_usec = now;
+                s->n_tls_logged = s->n_tls_suppressed = 0;
+        }
+        if (s->n_tls_logged >= TLS_LOG_BURST) {
+                s->n_tls_suppressed++;
+                return;
+        }
+        s->n_tls_logged++;
+        log_info("Rejected a TLS connection to the %s port from %s: %s", s->name, ip, why);
 }
 
 /* One step of a TLS handshake (CONN_HANDSHAKE): on success the connection waits for its first request;
@@ -1285,8 +1306,9 @@ static void conn_handshake(HttpConn *c) {
                         (void) inet_ntop(AF_INET, &((struct sockaddr_in *) &c->peer)->sin_addr, ip, sizeof ip);
                 else if (c->peer.ss_family == AF_INET6)
                         (void) inet_ntop(AF_INET6, &((struct sockaddr_in6 *) &c->peer)->sin6_addr, ip, sizeof ip);
-                /* Go's server logs these the same way ("http: TLS handshake error from ...") */
-                log_debug("TLS handshake error from %s: %s", ip, gnutls_strerror(r));
+                /* Go's server logs these ("http: TLS handshake error from ...", etcd 3.4 "rejected
+                 * connection from ..."): a peer with a wrong certificate is worth telling, a flood not */
+                conn_log_tls_refusal(c->service, ip, gnutls_strerror(r));
                 (void) gnutls_alert_send_appropriate(c->tls, r); /* if the socket takes it now */
                 conn_close(c);
                 return;
@@ -1552,10 +1574,6 @@ static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_stor
         return false;
 }
 
-static gnutls_typed_vdata_st tls_client_purpose[] = {
-        { .type = GNUTLS_DT_KEY_PURPOSE_OID, .data = (unsigned char *) GNUTLS_KP_TLS_WWW_CLIENT },
-};
-
 static int conn_tls_start(HttpConn *c) {
         HttpService *s = c->service;
         int r;
@@ -1570,13 +1588,9 @@ static int conn_tls_start(HttpConn *c) {
                 r = gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, s->tls_cred);
         if (r < 0)
                 return -EIO;
-        if (s->tls_verify_client) {
-                /* Go's RequireAndVerifyClientCert: a certificate is required, chains to a trusted CA, and
-                 * is meant for TLS clients (extended key usage) */
-                gnutls_certificate_server_set_request(c->tls, GNUTLS_CERT_REQUIRE);
-                /* the session keeps the pointer: static data, not a local */
-                gnutls_session_set_verify_cert2(c->tls, tls_client_purpose, ELEMENTSOF(tls_client_purpose), 0);
-        }
+        if (s->tls_verify_client)
+                /* Go's RequireAndVerifyClientCert */
+                tls_session_require_client_cert(c->tls);
         gnutls_transport_set_int(c->tls, c->fd);
         c->state = CONN_HANDSHAKE;
         return 0;
@@ -1757,47 +1771,17 @@ int http_service_add_tls_listener(HttpService *s, int fd) {
 }
 
 int http_service_set_tls(HttpService *s, const HttpTlsConfig *t) {
-        gnutls_certificate_credentials_t cred = NULL;
-        const char *cas[2] = { t->ca_file, t->trusted_ca_file };
-        bool have_ca = false;
-        int r;
+        TlsInfo info = {
+                .cert_file = t->cert_file,
+                .key_file = t->key_file,
+                .trusted_ca_file = t->trusted_ca_file,
+                .client_cert_auth = t->client_cert_auth,
+        };
 
         assert(!s->tls_cred);
         assert(t->cert_file && t->key_file);
 
-        r = gnutls_certificate_allocate_credentials(&cred);
-        if (r < 0)
-                return log_oom();
-        r = gnutls_certificate_set_x509_key_file(cred, t->cert_file, t->key_file, GNUTLS_X509_FMT_PEM);
-        if (r < 0) {
-                log_error("Failed to load the TLS certificate '%s' and key '%s': %s", t->cert_file, t->key_file,
-                          gnutls_strerror(r));
-                goto fail;
-        }
-        for (size_t i = 0; i < ELEMENTSOF(cas); i++) {
-                if (isempty(cas[i]))
-                        continue;
-                r = gnutls_certificate_set_x509_trust_file(cred, cas[i], GNUTLS_X509_FMT_PEM);
-                if (r <= 0) {
-                        log_error("Failed to load trusted CA certificates from '%s': %s", cas[i],
-                                  r < 0 ? gnutls_strerror(r) : "no certificate found");
-                        goto fail;
-                }
-                have_ca = true;
-        }
-        s->tls_verify_client = t->client_cert_auth || !isempty(t->ca_file);
-        if (s->tls_verify_client && !have_ca) {
-                /* Go verifies against the system's roots when no CA is given */
-                r = gnutls_certificate_set_x509_system_trust(cred);
-                if (r < 0)
-                        log_warning("Failed to load the system's trusted CAs, ignoring: %s", gnutls_strerror(r));
-        }
-        s->tls_cred = cred;
-        return 0;
-
-fail:
-        gnutls_certificate_free_credentials(cred);
-        return -EINVAL;
+        return tls_server_credentials_new(&info, t->ca_file, &s->tls_cred, &s->tls_verify_client);
 }
 
 int http_service_add_connection(HttpService *s, int fd) {

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <gnutls/gnutls.h>
 #include <systemd/sd-event.h>
 
 #include "http-util.h"
@@ -104,7 +105,7 @@ int http_service_set_tls(HttpService *s, const HttpTlsConfig *tls);
 /* Serves connections accepted on `fd` (a listening socket; taken over, made non-blocking). */
 int http_service_add_listener(HttpService *s, int fd);
 /* The same over TLS (http_service_set_tls() first): every connection starts with a non-blocking
- * handshake, bounded by limits.head_timeout_usec. Upgrades (http_upgrade()) are refused on them. */
+ * handshake, bounded by limits.head_timeout_usec. Upgrades (http_upgrade()) hand over the session. */
 int http_service_add_tls_listener(HttpService *s, int fd);
 /* Serves an already connected socket (taken over). */
 int http_service_add_connection(HttpService *s, int fd);
@@ -150,10 +151,12 @@ void http_stream_abort(HttpRequest *r);
 size_t http_stream_pending(const HttpRequest *r);
 
 /* Answers `status` (101) with the headers given so far, and once that is written hands the socket over:
- * taken(fd, extra, extra_len, userdata) gets the fd (ours no more) and the bytes that arrived after
- * the request head; done() of the request runs before. taken runs exactly once: with fd = -1 (and no
+ * taken(fd, tls, extra, extra_len, userdata) gets the fd (ours no more), on a TLS connection its GnuTLS
+ * session (else NULL; the new owner's to gnutls_deinit(), it may still buffer decrypted bytes: read
+ * until GNUTLS_E_AGAIN before waiting for the socket), and the bytes that arrived after the request
+ * head; done() of the request runs before. taken runs exactly once: with fd = -1 (and no session nor
  * extra) if the connection ended before the hand-over. */
-typedef void (*HttpTakenFunc)(int fd, const void *extra, size_t extra_len, void *userdata);
+typedef void (*HttpTakenFunc)(int fd, gnutls_session_t tls, const void *extra, size_t extra_len, void *userdata);
 void http_upgrade(HttpRequest *r, unsigned status, HttpTakenFunc taken, void *userdata);
 
 /* Go's http.StatusText(): "OK", "Not Found", ... ("" if unknown). */

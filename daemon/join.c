@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 #include <json-c/json.h>
 
+#include "curl-glue.h"
 #include "join.h"
 #include "log.h"
 #include "macro.h"
@@ -66,7 +67,9 @@ static bool url_sets_equal(const EtcdUrlList *a, json_object *urls) {
 }
 
 /* GET <peer URL>/members: the JSON array and the X-Etcd-Cluster-ID header. 0, or < 0 (logged at debug). */
-static int fetch_members(const char *peer_url, long timeout_ms, json_object **ret, uint64_t *ret_cluster) {
+static int fetch_members(const Config *c, const char *peer_url, long timeout_ms, json_object **ret,
+                         uint64_t *ret_cluster) {
+        TlsInfo tls = config_peer_tls_info(c);
         _cleanup_(freep) char *body = NULL, *url = NULL;
         size_t body_len = 0;
         uint64_t cluster = 0;
@@ -93,6 +96,12 @@ static int fetch_members(const char *peer_url, long timeout_ms, json_object **re
         (void) curl_easy_setopt(curl, CURLOPT_WRITEDATA, f);
         (void) curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, curl_header);
         (void) curl_easy_setopt(curl, CURLOPT_HEADERDATA, &cluster);
+        /* https peer URLs: our peer certificate, the peer CA (etcd2's peer transport) */
+        if (curl_glue_set_tls(curl, &tls) < 0) {
+                curl_easy_cleanup(curl);
+                fclose(f);
+                return -EIO;
+        }
         cr = curl_easy_perform(curl);
         (void) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
         curl_easy_cleanup(curl);
@@ -134,7 +143,7 @@ int join_fetch_existing_cluster(const Config *c, uint64_t *ret_member_id, uint64
                         json_object *j = NULL;
                         uint64_t cluster = 0;
 
-                        if (fetch_members(m->peer_urls.urls[u].str, 10000, &j, &cluster) < 0)
+                        if (fetch_members(c, m->peer_urls.urls[u].str, 10000, &j, &cluster) < 0)
                                 continue;
                         if (json_object_array_length(j) != c->n_initial_members) {
                                 json_object_put(j);
@@ -178,7 +187,7 @@ int join_check_not_bootstrapped(const Config *c) {
                         json_object *j = NULL;
                         uint64_t cluster = 0;
 
-                        if (fetch_members(m->peer_urls.urls[u].str, 1000, &j, &cluster) < 0)
+                        if (fetch_members(c, m->peer_urls.urls[u].str, 1000, &j, &cluster) < 0)
                                 continue;
                         for (size_t k = 0; k < json_object_array_length(j); k++) {
                                 json_object *e = json_object_array_get_idx(j, k), *id, *curls;

@@ -44,6 +44,7 @@
 
 #include "log.h"
 #include "peer.h"
+#include "tls.h"
 
 #define HEAD_MAX 4096
 #define HANDSHAKE_TIMEOUT_USEC (5 * USEC_PER_SEC)
@@ -57,9 +58,12 @@
 #define REFUSAL_LOG_INTERVAL_USEC (60 * USEC_PER_SEC)
 #define REFUSAL_LOG_SENDERS 32
 #define PEER_REFUSAL_LOG_BURST 20
+/* A failed TLS handshake with a member is logged again after this long. */
+#define TLS_ERROR_LOG_INTERVAL_USEC (60 * USEC_PER_SEC)
 
 typedef enum ConnState {
         CONN_CONNECTING,        /* outbound: non-blocking connect() in progress */
+        CONN_TLS_HANDSHAKE,     /* outbound to an https URL: the TLS handshake */
         CONN_RESPONSE,          /* outbound: request sent, reading the response head */
         CONN_REQUEST,           /* inbound (own listener): reading the request head */
         CONN_STREAM,            /* frames flow */
@@ -79,6 +83,11 @@ struct Conn {
         Conn *prev, *next;       /* inbound list */
         Peer *peer;              /* outbound: the peer this connection serves */
         int fd;
+        gnutls_session_t tls;    /* NULL: plain TCP */
+        char *tls_host;          /* outbound: the name verified (GnuTLS keeps the pointer) */
+        uint8_t *gather;         /* outbound over TLS: small frames gathered into one record */
+        bool tls_again;          /* outbound over TLS: GnuTLS holds a record it could not send yet */
+        int tls_error;           /* the GnuTLS error that ended a read, or 0 */
         ConnState state;
         bool inbound;
         uint64_t from;           /* inbound: the sender */
@@ -105,6 +114,7 @@ struct Peer {
         sd_event_source *retry_source;
         uint64_t backoff_usec;
         int last_refusal;
+        uint64_t last_tls_error_usec;   /* the last failed TLS handshake logged */
         bool pinned;             /* address set by peer_transport_set_address(): raft's is ignored */
         uint64_t last_write_usec;  /* the last bytes written to the stream */
         PeerStats stats;
@@ -131,6 +141,9 @@ struct PeerTransport {
         uint64_t refusal_window_usec;
         unsigned n_refusals_logged, n_refusals_suppressed;
         int listen_fd;
+        gnutls_certificate_credentials_t tls_cred;   /* for https peer URLs (NULL until needed) */
+        TlsInfo tls_info;
+        char *tls_strings[3];
         size_t queue_max;
         PeerRecvFunc recv;
         PeerCheckFunc check;
@@ -172,6 +185,13 @@ static void conn_free(Conn *c) {
         if (!c)
                 return;
         t = c->t;
+        if (c->tls) {
+                if (c->state == CONN_STREAM)
+                        (void) gnutls_bye(c->tls, GNUTLS_SHUT_WR);   /* close_notify, if the socket takes it */
+                gnutls_deinit(c->tls);
+        }
+        free(c->tls_host);
+        free(c->gather);
         if (c->fd >= 0) {
                 (void) epoll_ctl(t->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
                 if (c->release)
@@ -244,6 +264,30 @@ static Conn *conn_new(PeerTransport *t, int fd) {
         c->fd = fd;
         c->started_usec = now_usec();
         return c;
+}
+
+/* Reads like read(): bytes, 0 at the end, or -1 with errno. Over TLS, a TCP end without close_notify
+ * is an end too. */
+static ssize_t conn_recv(Conn *c, void *buf, size_t size) {
+        ssize_t n;
+
+        if (!c->tls)
+                return read(c->fd, buf, size);
+        n = gnutls_record_recv(c->tls, buf, size);
+        if (n >= 0)
+                return n;
+        if (n == GNUTLS_E_AGAIN)
+                errno = EAGAIN;
+        else if (n == GNUTLS_E_INTERRUPTED)
+                errno = EINTR;
+        else if (n == GNUTLS_E_PREMATURE_TERMINATION)
+                return 0;
+        else {
+                log_debug("Failed to read from a TLS peer stream: %s", gnutls_strerror((int) n));
+                c->tls_error = (int) n;
+                errno = ECONNRESET;
+        }
+        return -1;
 }
 
 /* ---- peers ---- */
@@ -333,10 +377,10 @@ static int parse_address(const char *address, char **ret_host, char **ret_port) 
         const char *s = address, *colon, *end;
         char *host, *port;
 
-        if (strncmp(s, "http://", 7) == 0)
+        if (strncasecmp(s, "http://", 7) == 0)
                 s += 7;
-        else if (strncmp(s, "https://", 8) == 0)
-                return -EOPNOTSUPP;
+        else if (strncasecmp(s, "https://", 8) == 0)
+                s += 8;
         end = s + strcspn(s, "/");
         if (*s == '[') {
                 const char *close = memchr(s, ']', end - s);
@@ -486,10 +530,91 @@ static int peer_enqueue(Peer *p, uint8_t *data, size_t size, uint64_t tag) {
         return 0;
 }
 
+/* The queue's first `k` bytes are written (to the socket, or to GnuTLS which holds them encrypted). */
+static void peer_advance(Peer *p, size_t k) {
+        p->stats.bytes_sent += (uint64_t) k;
+        p->last_write_usec = now_usec();
+        while (k > 0) {
+                Chunk *ch = &p->queue[p->queue_head];
+                size_t left = ch->size - ch->offset;
+
+                if (k < left) {
+                        ch->offset += k;
+                        break;
+                }
+                k -= left;
+                p->queued_bytes -= ch->size;
+                free(ch->data);
+                p->queue_head++;
+                p->stats.n_sent++;
+        }
+}
+
+/* Over TLS: one record per call, small frames gathered into one (a large one sent from its place). A
+ * record GnuTLS could not send (GNUTLS_E_AGAIN) is encrypted and held by it: its bytes count as written
+ * (peer_advance()), and gnutls_record_send(NULL, 0) sends it before anything else. Returns 0 when all is
+ * out, -EAGAIN when the socket is full, or another error. */
+static int peer_flush_tls(Peer *p, Conn *c) {
+        size_t max = gnutls_record_get_max_size(c->tls);
+
+        if (max == 0 || max > 16384)
+                max = 16384;
+        for (;;) {
+                const uint8_t *data;
+                size_t len;
+                ssize_t k;
+
+                if (c->tls_again) {
+                        k = gnutls_record_send(c->tls, NULL, 0);
+                        if (k == GNUTLS_E_AGAIN)
+                                return -EAGAIN;
+                        if (k == GNUTLS_E_INTERRUPTED)
+                                continue;
+                        if (k < 0)
+                                return -EPIPE;
+                        c->tls_again = false;
+                }
+                if (p->queue_head == p->n_queue)
+                        return 0;
+
+                data = p->queue[p->queue_head].data + p->queue[p->queue_head].offset;
+                len = p->queue[p->queue_head].size - p->queue[p->queue_head].offset;
+                if (len < max && p->queue_head + 1 < p->n_queue) {
+                        size_t m = 0;
+
+                        if (!c->gather) {
+                                c->gather = malloc(16384);
+                                if (!c->gather)
+                                        return -ENOMEM;
+                        }
+                        for (size_t i = p->queue_head; i < p->n_queue && m < max; i++) {
+                                const Chunk *ch = &p->queue[i];
+                                size_t take = MIN(ch->size - ch->offset, max - m);
+
+                                memcpy(c->gather + m, ch->data + ch->offset, take);
+                                m += take;
+                        }
+                        data = c->gather;
+                        len = m;
+                } else
+                        len = MIN(len, max);
+
+                k = gnutls_record_send(c->tls, data, len);
+                if (k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED) {
+                        c->tls_again = true;
+                        k = (ssize_t) len;
+                } else if (k < 0) {
+                        log_debug("Failed to write to member %" PRIx64 " over TLS: %s", p->id, gnutls_strerror((int) k));
+                        return -EPIPE;
+                }
+                peer_advance(p, (size_t) k);
+        }
+}
+
 static void peer_flush(Peer *p) {
         Conn *c = p->conn;
 
-        if (p->queue_head == p->n_queue)
+        if (p->queue_head == p->n_queue && !(c && c->tls_again))
                 return;
         if (!c) {
                 peer_ensure_conn(p);
@@ -498,6 +623,18 @@ static void peer_flush(Peer *p) {
         if (c->state != CONN_STREAM)
                 return;
 
+        if (c->tls) {
+                int r = peer_flush_tls(p, c);
+
+                if (r == -EAGAIN) {
+                        (void) conn_epoll(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
+                        return;
+                }
+                if (r < 0) {
+                        peer_conn_lost(p, r, "failed to write");
+                        return;
+                }
+        }
         while (p->queue_head < p->n_queue) {
                 struct iovec iov[WRITEV_MAX];
                 size_t n = 0;
@@ -521,22 +658,7 @@ static void peer_flush(Peer *p) {
                         peer_conn_lost(p, -errno, strerror(errno));
                         return;
                 }
-                p->stats.bytes_sent += (uint64_t) k;
-                p->last_write_usec = now_usec();
-                while (k > 0) {
-                        Chunk *ch = &p->queue[p->queue_head];
-                        size_t left = ch->size - ch->offset;
-
-                        if ((size_t) k < left) {
-                                ch->offset += (size_t) k;
-                                break;
-                        }
-                        k -= (ssize_t) left;
-                        p->queued_bytes -= ch->size;
-                        free(ch->data);
-                        p->queue_head++;
-                        p->stats.n_sent++;
-                }
+                peer_advance(p, (size_t) k);
         }
         (void) conn_epoll(c, EPOLL_CTL_MOD, EPOLLIN);
         /* Everything is in the socket: a stream sender may produce its next frame now. */
@@ -840,6 +962,7 @@ int peer_transport_check(PeerTransport *t, const char *from_hex, const char *clu
 }
 
 static int conn_start_stream(Conn *c, uint64_t from, const void *extra, size_t extra_size);
+static void conn_on_readable(Conn *c);
 static int conn_dispatch_frames(Conn *c);
 
 static const char *status_text(int status) {
@@ -907,6 +1030,7 @@ static void conn_handle_response(Conn *c, size_t head_end) {
                 p->stats.connected = true;
                 p->backoff_usec = 0;
                 p->last_refusal = 0;
+                p->last_tls_error_usec = 0;
                 (void) conn_epoll(c, EPOLL_CTL_MOD, EPOLLIN);
                 peer_mark_dirty(p);
                 return;
@@ -929,7 +1053,7 @@ static ssize_t conn_read_head(Conn *c) {
 
                 if (c->head_len >= sizeof(c->head) - 1)
                         return -E2BIG;
-                k = read(c->fd, c->head + c->head_len, sizeof(c->head) - 1 - c->head_len);
+                k = conn_recv(c, c->head + c->head_len, sizeof(c->head) - 1 - c->head_len);
                 if (k < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -985,8 +1109,13 @@ static int conn_start_stream(Conn *c, uint64_t from, const void *extra, size_t e
                         return r;
                 }
                 /* Frames that came with the head (frees the connection if they are bad). */
-                return conn_dispatch_frames(c);
+                r = conn_dispatch_frames(c);
+                if (r < 0)
+                        return r;
         }
+        /* GnuTLS may buffer more than it gave the HTTP server: epoll would not say so */
+        if (c->tls && gnutls_record_check_pending(c->tls) > 0)
+                conn_on_readable(c);
         return 0;
 }
 
@@ -1034,7 +1163,8 @@ static void conn_on_readable(Conn *c) {
         size_t budget = READ_BUDGET;
         Peer *p;
 
-        while (budget > 0) {
+        /* Over TLS, what GnuTLS already buffers is read whatever the budget: epoll would not tell. */
+        while (budget > 0 || (c->tls && gnutls_record_check_pending(c->tls) > 0)) {
                 void *space;
                 size_t size;
                 ssize_t k;
@@ -1045,7 +1175,7 @@ static void conn_on_readable(Conn *c) {
                         conn_free(c);
                         return;
                 }
-                k = read(c->fd, space, MIN(size, budget));
+                k = conn_recv(c, space, budget > 0 ? MIN(size, budget) : size);
                 if (k < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -1067,24 +1197,150 @@ static void conn_on_readable(Conn *c) {
                 p = peer_find(c->t, c->from);
                 if (p)
                         p->stats.bytes_received += (uint64_t) k;
-                budget -= (size_t) k;
+                budget -= MIN(budget, (size_t) k);
                 if (conn_dispatch_frames(c) < 0)
                         return;
         }
 }
 
-static void conn_on_event(Conn *c, uint32_t events) {
+static void conn_on_event(Conn *c, uint32_t events);
+
+static gnutls_certificate_credentials_t transport_tls_cred(PeerTransport *t) {
+        if (!t->tls_cred) {
+                /* https peer URLs without --peer-* files: the system's roots, no certificate (as Go) */
+                if (tls_client_credentials_new(&t->tls_info, &t->tls_cred) < 0)
+                        t->tls_cred = NULL;
+        }
+        return t->tls_cred;
+}
+
+static int conn_tls_start(Conn *c) {
         PeerTransport *t = c->t;
+        gnutls_certificate_credentials_t cred = transport_tls_cred(t);
+        _cleanup_(freep) char *port = NULL;
+        int r;
+
+        if (!cred)
+                return -EINVAL;
+        r = parse_address(c->peer->address, &c->tls_host, &port);
+        if (r < 0)
+                return r;
+        r = tls_client_session_new(cred, c->tls_host, c->fd, &c->tls);
+        if (r < 0) {
+                c->tls = NULL;
+                return r;
+        }
+        c->state = CONN_TLS_HANDSHAKE;
+        c->started_usec = now_usec();
+        return 0;
+}
+
+/* Sends the upgrade request (a fresh socket's buffer takes it at once). */
+static void conn_send_request(Conn *c) {
+        PeerTransport *t = c->t;
+        Peer *p = c->peer;
+        _cleanup_(freep) char *host = NULL, *port = NULL;
+        char req[1024];
+        ssize_t k;
+        int n;
+
+        if (parse_address(p->address, &host, &port) < 0) {
+                peer_conn_lost(p, -EINVAL, "bad address");
+                return;
+        }
+        n = snprintf(req, sizeof(req),
+                     "POST /raft/stream HTTP/1.1\r\nHost: %s%s%s:%s\r\nX-Etcd-Cluster-ID: %" PRIx64 "\r\n"
+                     "X-Server-From: %" PRIx64 "\r\nX-Server-Version: 2.3.8\r\nContent-Length: 0\r\n"
+                     "Connection: Upgrade\r\nUpgrade: " UPGRADE_TOKEN "\r\n\r\n",
+                     strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", port, t->cluster_id,
+                     t->member_id);
+        if (n <= 0 || (size_t) n >= sizeof(req)) {
+                peer_conn_lost(p, -EIO, "failed to send the request");
+                return;
+        }
+        if (c->tls) {
+                do
+                        k = gnutls_record_send(c->tls, req, (size_t) n);
+                while (k == GNUTLS_E_INTERRUPTED);
+        } else
+                k = send(c->fd, req, (size_t) n, MSG_NOSIGNAL);
+        if (k != n) {
+                peer_conn_lost(p, -EIO, "failed to send the request");
+                return;
+        }
+        c->state = CONN_RESPONSE;
+        c->started_usec = now_usec();
+        (void) conn_epoll(c, EPOLL_CTL_MOD, EPOLLIN);
+        /* GnuTLS may hold the answer already (read with the handshake's last flight) */
+        if (c->tls && gnutls_record_check_pending(c->tls) > 0)
+                conn_on_event(c, EPOLLIN);
+}
+
+/* A failed TLS handshake with a member, logged at most once a minute per member. */
+static void peer_log_tls_error(Peer *p, const char *why) {
+        uint64_t now = now_usec();
+
+        if (p->last_tls_error_usec != 0 && p->last_tls_error_usec + TLS_ERROR_LOG_INTERVAL_USEC > now)
+                return;
+        p->last_tls_error_usec = now;
+        log_warning("TLS handshake with member %" PRIx64 " (%s) failed: %s", p->id, p->address, why);
+}
+
+/* One step of the outbound TLS handshake. A failure (the member's certificate does not verify, or it
+ * refuses ours) is retried with backoff like a failed connect, and logged at most once a minute. */
+static void conn_tls_handshake(Conn *c) {
+        Peer *p = c->peer;
+        int r;
+
+        do
+                r = gnutls_handshake(c->tls);
+        while (r == GNUTLS_E_INTERRUPTED);
+        if (r == GNUTLS_E_AGAIN) {
+                (void) conn_epoll(c, EPOLL_CTL_MOD, gnutls_record_get_direction(c->tls) == 0 ? EPOLLIN : EPOLLOUT);
+                return;
+        }
+        if (r < 0) {
+                char why[256];
+
+                if (r == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
+                        gnutls_datum_t out = {};
+                        unsigned status = gnutls_session_get_verify_cert_status(c->tls);
+
+                        if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &out, 0) >= 0) {
+                                size_t l;
+
+                                (void) snprintf(why, sizeof(why), "%s", (const char *) out.data);
+                                gnutls_free(out.data);
+                                l = strlen(why);
+                                while (l > 0 && why[l - 1] == ' ')
+                                        why[--l] = 0;
+                        } else
+                                (void) snprintf(why, sizeof(why), "%s", gnutls_strerror(r));
+                } else
+                        (void) snprintf(why, sizeof(why), "%s", gnutls_strerror(r));
+                peer_log_tls_error(p, why);
+                peer_conn_lost(p, -ECONNREFUSED, why);
+                return;
+        }
+        if (tls_check_server_purpose(c->tls) < 0) {
+                const char *why = "its certificate is not meant for TLS servers (no serverAuth extended key usage)";
+
+                peer_log_tls_error(p, why);
+                peer_conn_lost(p, -ECONNREFUSED, why);
+                return;
+        }
+        conn_send_request(c);
+}
+
+static void conn_on_event(Conn *c, uint32_t events) {
         ssize_t e;
 
         switch (c->state) {
 
         case CONN_CONNECTING: {
                 Peer *p = c->peer;
-                char req[1024];
-                int err = 0, n;
+                int err = 0;
                 socklen_t len = sizeof(err);
-                _cleanup_(freep) char *host = NULL, *port = NULL;
 
                 if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
                         err = errno;
@@ -1092,28 +1348,40 @@ static void conn_on_event(Conn *c, uint32_t events) {
                         peer_conn_lost(p, -err, strerror(err));
                         return;
                 }
-                if (parse_address(p->address, &host, &port) < 0) {
-                        peer_conn_lost(p, -EINVAL, "bad address");
+                if (tls_url_is_https(p->address)) {
+                        int r = conn_tls_start(c);
+
+                        if (r < 0) {
+                                peer_conn_lost(p, r, "failed to start a TLS session");
+                                return;
+                        }
+                        conn_tls_handshake(c);
                         return;
                 }
-                n = snprintf(req, sizeof(req),
-                             "POST /raft/stream HTTP/1.1\r\nHost: %s:%s\r\nX-Etcd-Cluster-ID: %" PRIx64 "\r\n"
-                             "X-Server-From: %" PRIx64 "\r\nX-Server-Version: 2.3.8\r\nContent-Length: 0\r\n"
-                             "Connection: Upgrade\r\nUpgrade: " UPGRADE_TOKEN "\r\n\r\n",
-                             host, port, t->cluster_id, t->member_id);
-                if (n <= 0 || (size_t) n >= sizeof(req) || send(c->fd, req, (size_t) n, MSG_NOSIGNAL) != n) {
-                        peer_conn_lost(p, -EIO, "failed to send the request");
-                        return;
-                }
-                c->state = CONN_RESPONSE;
-                c->started_usec = now_usec();
-                (void) conn_epoll(c, EPOLL_CTL_MOD, EPOLLIN);
+                conn_send_request(c);
                 return;
         }
 
+        case CONN_TLS_HANDSHAKE:
+                conn_tls_handshake(c);
+                return;
+
         case CONN_RESPONSE:
                 e = conn_read_head(c);
-                if (e < 0)
+                if (e < 0 && c->tls_error != 0) {
+                        /* TLS 1.3: the member checks our certificate after our side of the handshake
+                         * ended; a refusal is an alert where its answer should be */
+                        char why[256];
+
+                        if (c->tls_error == GNUTLS_E_FATAL_ALERT_RECEIVED)
+                                (void) snprintf(why, sizeof(why), "the member sent the alert '%s' (does it trust our "
+                                                "peer certificate?)",
+                                                strempty(gnutls_alert_get_name(gnutls_alert_get(c->tls))));
+                        else
+                                (void) snprintf(why, sizeof(why), "%s", gnutls_strerror(c->tls_error));
+                        peer_log_tls_error(c->peer, why);
+                        peer_conn_lost(c->peer, -ECONNREFUSED, why);
+                } else if (e < 0)
                         peer_conn_lost(c->peer, (int) e, "connection closed during the upgrade");
                 else if (e > 0)
                         conn_handle_response(c, (size_t) e);
@@ -1133,9 +1401,13 @@ static void conn_on_event(Conn *c, uint32_t events) {
 
                         if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
                                 char buf[512];
-                                ssize_t k = read(c->fd, buf, sizeof(buf));
+                                ssize_t k;
 
-                                /* The receiver never talks on our stream: anything but EAGAIN ends it. */
+                                /* The receiver never talks on our stream (over TLS, GnuTLS handles what its
+                                 * peer sends and returns EAGAIN): anything but EAGAIN ends it. */
+                                do
+                                        k = conn_recv(c, buf, sizeof(buf));
+                                while (c->tls && k > 0);
                                 if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) {
                                         p->stats.connected = false;
                                         peer_conn_lost(p, -ECONNRESET, k == 0 ? "closed by the peer" : strerror(errno));
@@ -1278,6 +1550,10 @@ PeerTransport *peer_transport_free(PeerTransport *t) {
                 (void) close(t->listen_fd);
         if (t->epoll_fd >= 0)
                 (void) close(t->epoll_fd);
+        if (t->tls_cred)
+                gnutls_certificate_free_credentials(t->tls_cred);
+        for (size_t i = 0; i < ELEMENTSOF(t->tls_strings); i++)
+                free(t->tls_strings[i]);
         sd_event_unref(t->event);
         free(t->self_address);
         free(t);
@@ -1315,6 +1591,38 @@ void peer_transport_set_queue_max(PeerTransport *t, size_t max) {
         t->queue_max = max;
 }
 
+int peer_transport_set_tls(PeerTransport *t, const TlsInfo *info) {
+        const char *in[3] = { info->cert_file, info->key_file, info->trusted_ca_file };
+        char *copy[3] = {};
+        gnutls_certificate_credentials_t cred = NULL;
+        int r;
+
+        r = tls_client_credentials_new(info, &cred);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < ELEMENTSOF(in); i++)
+                if (!isempty(in[i]) && !(copy[i] = strdup(in[i]))) {
+                        for (size_t j = 0; j < i; j++)
+                                free(copy[j]);
+                        gnutls_certificate_free_credentials(cred);
+                        return -ENOMEM;
+                }
+        if (t->tls_cred)
+                gnutls_certificate_free_credentials(t->tls_cred);
+        for (size_t i = 0; i < ELEMENTSOF(t->tls_strings); i++) {
+                free(t->tls_strings[i]);
+                t->tls_strings[i] = copy[i];
+        }
+        t->tls_cred = cred;
+        t->tls_info = (TlsInfo) {
+                .cert_file = copy[0],
+                .key_file = copy[1],
+                .trusted_ca_file = copy[2],
+                .client_cert_auth = info->client_cert_auth,
+        };
+        return 0;
+}
+
 void peer_transport_set_ids(PeerTransport *t, uint64_t member_id, uint64_t cluster_id) {
         t->member_id = member_id;
         t->cluster_id = cluster_id;
@@ -1331,7 +1639,7 @@ int peer_transport_listen(PeerTransport *t, int fd) {
         return 0;
 }
 
-int peer_transport_accept(PeerTransport *t, int fd, const char *from_hex, const char *cluster_hex,
+int peer_transport_accept(PeerTransport *t, int fd, gnutls_session_t tls, const char *from_hex, const char *cluster_hex,
                           const char *server_version, const char *min_cluster_version, const void *extra, size_t extra_size, void (*release)(void *userdata),
                           void *release_userdata) {
         uint64_t from = 0;
@@ -1340,6 +1648,8 @@ int peer_transport_accept(PeerTransport *t, int fd, const char *from_hex, const 
 
         if (peer_transport_check(t, from_hex, cluster_hex, server_version, min_cluster_version) != 101 ||
             parse_hex_id(from_hex, &from) < 0) {
+                if (tls)
+                        gnutls_deinit(tls);
                 if (release)
                         release(release_userdata);
                 else
@@ -1355,12 +1665,15 @@ int peer_transport_accept(PeerTransport *t, int fd, const char *from_hex, const 
         }
         c = conn_new(t, fd);
         if (!c) {
+                if (tls)
+                        gnutls_deinit(tls);
                 if (release)
                         release(release_userdata);
                 else
                         (void) close(fd);
                 return -ENOMEM;
         }
+        c->tls = tls;
         c->release = release;
         c->release_userdata = release_userdata;
         c->state = CONN_REQUEST;

@@ -6,11 +6,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <gnutls/gnutls.h>
 #include <raft.h>
 #include <systemd/sd-event.h>
 
 #include "macro.h"
 #include "peer-codec.h"
+#include "tls.h"
 
 /*
  * One outbound connection per destination member, opened by the sender:
@@ -56,6 +58,10 @@ void peer_transport_set_queue_max(PeerTransport *t, size_t max);
 /* An inbound stream that delivers no frame for `usec` is closed (0, the default: never). Its sender
  * opens it again when it has something to send. */
 void peer_transport_set_stream_idle_timeout(PeerTransport *t, uint64_t usec);
+/* Peer TLS for our streams to https peer URLs (etcd2's peer TLSInfo; copied, the files loaded now:
+ * errors are logged). Without it an https member is verified against the system's roots and we
+ * present no certificate. Connections already open keep their session. */
+int peer_transport_set_tls(PeerTransport *t, const TlsInfo *info);
 /* For a member joining an existing cluster, the IDs are known only after server_new() started. */
 void peer_transport_set_ids(PeerTransport *t, uint64_t member_id, uint64_t cluster_id);
 
@@ -88,10 +94,11 @@ int peer_transport_listen(PeerTransport *t, int fd);
  * Refusals are logged here (rate-limited). */
 int peer_transport_check(PeerTransport *t, const char *from_hex, const char *cluster_hex,
                          const char *server_version, const char *min_cluster_version);
-/* For the HTTP server, after it answered 101: takes the upgraded socket `fd`. `extra` holds bytes
- * that arrived after the request head. `release` (may be NULL: then the transport close()s fd) is
- * called exactly once when the stream ends, instead of closing fd. */
-int peer_transport_accept(PeerTransport *t, int fd, const char *from_hex, const char *cluster_hex,
+/* For the HTTP server, after it answered 101: takes the upgraded socket `fd` and, over TLS, its GnuTLS
+ * session `tls` (else NULL; taken in any case). `extra` holds bytes that arrived after the request head.
+ * `release` (may be NULL: then the transport close()s fd) is called exactly once when the stream ends,
+ * instead of closing fd. */
+int peer_transport_accept(PeerTransport *t, int fd, gnutls_session_t tls, const char *from_hex, const char *cluster_hex,
                           const char *server_version, const char *min_cluster_version, const void *extra, size_t extra_size, void (*release)(void *userdata),
                           void *release_userdata);
 

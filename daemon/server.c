@@ -1569,6 +1569,13 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
         r = peer_transport_new(event, s->member_id, s->cluster_id, s->address, &s->peers);
         if (r < 0)
                 return r;
+        if (config_peer_tls_given(config)) {
+                TlsInfo tls = config_peer_tls_info(config);
+
+                r = peer_transport_set_tls(s->peers, &tls);
+                if (r < 0)
+                        return r;
+        }
         peer_transport_set_handlers(s->peers, on_peer_frame, on_peer_check, on_peer_refused, s);
         raft_io_set_transport(s->rio, on_raft_send, s);
         r = snapshot_streams_new(event, s->persist, s->rio, s->peers, &s->snapshots);

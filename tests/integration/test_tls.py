@@ -279,13 +279,14 @@ def test_https_without_cert_is_an_error(certs):
 
 
 @only_ours
-def test_https_peer_url_refused(certs):
-    """Peer TLS is a later step: an https peer URL is refused clearly."""
+def test_https_peer_url_without_cert(certs):
+    """An https peer URL without --peer-cert-file/--peer-key-file: etcd2's error, exit 1 (peer TLS is
+    tested in test_peer_tls.py)."""
     _require_binary()
     p = Daemon(extra_args=["--listen-peer-urls", "https://127.0.0.1:1"], wait=False)
     try:
         assert p.wait_exit(15) == 1
-        assert "https URL (peer TLS) is not supported yet" in p.log_tail()
+        assert "cannot listen on TLS for https://127.0.0.1:1: KeyFile and CertFile are not presented" in p.log_tail()
     finally:
         p.cleanup()
 

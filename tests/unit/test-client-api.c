@@ -137,7 +137,7 @@ int peer_transport_check(PeerTransport *t, const char *from_hex, const char *clu
         return peer.check_status;
 }
 
-int peer_transport_accept(PeerTransport *t, int fd, const char *from_hex, const char *cluster_hex,
+int peer_transport_accept(PeerTransport *t, int fd, gnutls_session_t tls, const char *from_hex, const char *cluster_hex,
                           const char *server_version, const char *min_cluster_version, const void *extra,
                           size_t extra_size, void (*release)(void *userdata), void *release_userdata) {
         peer.accepted = true;
@@ -538,7 +538,7 @@ static void test_peer_upgrade(void **state) {
         for (size_t i = 0; i < f->n_head; i++)
                 memset(f->head_values[i], 'Z', strlen(f->head_values[i]));
         assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
-        f->taken(fds[0], "frame", 5, f->taken_userdata);
+        f->taken(fds[0], NULL, "frame", 5, f->taken_userdata);
         (void) close(fds[1]);
         assert_true(peer.accepted);
         assert_string_equal(peer.from, "1");
@@ -555,7 +555,7 @@ static void test_peer_upgrade(void **state) {
                          NULL);
         assert_int_equal(f->status, 101);
         fake_hangup(f);
-        f->taken(-1, NULL, 0, f->taken_userdata);
+        f->taken(-1, NULL, NULL, 0, f->taken_userdata);
         assert_false(peer.accepted);
         fake_free(f);
 }

@@ -60,7 +60,7 @@ static HttpBodyMode h_begin(HttpRequest *r) {
         return streq(r->uri, "/discard") ? HTTP_BODY_DISCARD : HTTP_BODY_READ;
 }
 
-static void on_taken(int fd, const void *extra, size_t extra_len, void *userdata) {
+static void on_taken(int fd, gnutls_session_t tls, const void *extra, size_t extra_len, void *userdata) {
         taken_fd = fd;
         taken_extra_len = MIN(extra_len, sizeof taken_extra);
         memcpy(taken_extra, extra, taken_extra_len);
