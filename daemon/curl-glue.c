@@ -415,6 +415,22 @@ int curl_glue_make_easy(const char *url, CURL **ret) {
         return 0;
 }
 
+int curl_glue_set_tls(CURL *easy, const TlsInfo *info) {
+        assert(easy);
+
+        if (!info)
+                return 0;
+        if ((!isempty(info->cert_file) &&
+             (curl_easy_setopt(easy, CURLOPT_SSLCERT, info->cert_file) != CURLE_OK ||
+              curl_easy_setopt(easy, CURLOPT_SSLCERTTYPE, "PEM") != CURLE_OK)) ||
+            (!isempty(info->key_file) &&
+             (curl_easy_setopt(easy, CURLOPT_SSLKEY, info->key_file) != CURLE_OK ||
+              curl_easy_setopt(easy, CURLOPT_SSLKEYTYPE, "PEM") != CURLE_OK)) ||
+            (!isempty(info->trusted_ca_file) && curl_easy_setopt(easy, CURLOPT_CAINFO, info->trusted_ca_file) != CURLE_OK))
+                return -EIO;
+        return 0;
+}
+
 int curl_glue_add(CurlGlue *g, CURL *easy, curl_glue_finished_t cb, void *userdata) {
         CurlGlueHandle *h;
 

@@ -10,6 +10,7 @@
 #include <systemd/sd-event.h>
 
 #include "macro.h"
+#include "tls.h"
 
 /*
  * Two layers:
@@ -45,6 +46,10 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(CurlGlue *, curl_glue_free);
 
 /* A fresh easy handle with our defaults; `url` may be NULL. */
 int curl_glue_make_easy(const char *url, CURL **ret);
+/* etcd2's TLSInfo on an easy handle: present cert_file/key_file, trust trusted_ca_file (CURLOPT_SSLCERT,
+ * CURLOPT_SSLKEY, CURLOPT_CAINFO); NULL or empty fields leave curl's defaults (no certificate, the
+ * system's roots). info may be NULL (nothing set). */
+int curl_glue_set_tls(CURL *easy, const TlsInfo *info);
 
 /* -EBUSY if `easy` is added already. */
 int curl_glue_add(CurlGlue *g, CURL *easy, curl_glue_finished_t cb, void *userdata);

@@ -61,6 +61,7 @@
 #include <llhttp.h>
 
 #include "http-server.h"
+#include "tls.h"
 #include "log.h"
 #include "macro.h"
 
@@ -1552,10 +1553,6 @@ static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_stor
         return false;
 }
 
-static gnutls_typed_vdata_st tls_client_purpose[] = {
-        { .type = GNUTLS_DT_KEY_PURPOSE_OID, .data = (unsigned char *) GNUTLS_KP_TLS_WWW_CLIENT },
-};
-
 static int conn_tls_start(HttpConn *c) {
         HttpService *s = c->service;
         int r;
@@ -1570,13 +1567,9 @@ static int conn_tls_start(HttpConn *c) {
                 r = gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, s->tls_cred);
         if (r < 0)
                 return -EIO;
-        if (s->tls_verify_client) {
-                /* Go's RequireAndVerifyClientCert: a certificate is required, chains to a trusted CA, and
-                 * is meant for TLS clients (extended key usage) */
-                gnutls_certificate_server_set_request(c->tls, GNUTLS_CERT_REQUIRE);
-                /* the session keeps the pointer: static data, not a local */
-                gnutls_session_set_verify_cert2(c->tls, tls_client_purpose, ELEMENTSOF(tls_client_purpose), 0);
-        }
+        if (s->tls_verify_client)
+                /* Go's RequireAndVerifyClientCert */
+                tls_session_require_client_cert(c->tls);
         gnutls_transport_set_int(c->tls, c->fd);
         c->state = CONN_HANDSHAKE;
         return 0;
@@ -1757,47 +1750,17 @@ int http_service_add_tls_listener(HttpService *s, int fd) {
 }
 
 int http_service_set_tls(HttpService *s, const HttpTlsConfig *t) {
-        gnutls_certificate_credentials_t cred = NULL;
-        const char *cas[2] = { t->ca_file, t->trusted_ca_file };
-        bool have_ca = false;
-        int r;
+        TlsInfo info = {
+                .cert_file = t->cert_file,
+                .key_file = t->key_file,
+                .trusted_ca_file = t->trusted_ca_file,
+                .client_cert_auth = t->client_cert_auth,
+        };
 
         assert(!s->tls_cred);
         assert(t->cert_file && t->key_file);
 
-        r = gnutls_certificate_allocate_credentials(&cred);
-        if (r < 0)
-                return log_oom();
-        r = gnutls_certificate_set_x509_key_file(cred, t->cert_file, t->key_file, GNUTLS_X509_FMT_PEM);
-        if (r < 0) {
-                log_error("Failed to load the TLS certificate '%s' and key '%s': %s", t->cert_file, t->key_file,
-                          gnutls_strerror(r));
-                goto fail;
-        }
-        for (size_t i = 0; i < ELEMENTSOF(cas); i++) {
-                if (isempty(cas[i]))
-                        continue;
-                r = gnutls_certificate_set_x509_trust_file(cred, cas[i], GNUTLS_X509_FMT_PEM);
-                if (r <= 0) {
-                        log_error("Failed to load trusted CA certificates from '%s': %s", cas[i],
-                                  r < 0 ? gnutls_strerror(r) : "no certificate found");
-                        goto fail;
-                }
-                have_ca = true;
-        }
-        s->tls_verify_client = t->client_cert_auth || !isempty(t->ca_file);
-        if (s->tls_verify_client && !have_ca) {
-                /* Go verifies against the system's roots when no CA is given */
-                r = gnutls_certificate_set_x509_system_trust(cred);
-                if (r < 0)
-                        log_warning("Failed to load the system's trusted CAs, ignoring: %s", gnutls_strerror(r));
-        }
-        s->tls_cred = cred;
-        return 0;
-
-fail:
-        gnutls_certificate_free_credentials(cred);
-        return -EINVAL;
+        return tls_server_credentials_new(&info, t->ca_file, &s->tls_cred, &s->tls_verify_client);
 }
 
 int http_service_add_connection(HttpService *s, int fd) {
