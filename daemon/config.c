@@ -1687,13 +1687,13 @@ int config_check_supported(const Config *c) {
 
         /* Client TLS (--cert-file, --key-file, --ca-file, --trusted-ca-file, --client-cert-auth, https
          * client URLs) is done: endpoints.c checks and warns as etcd2's listeners do. Peer TLS is not. */
-        if (!isempty(c->peer_cert_file))
+        if (!isempty(c->peer_cert_file) && c->proxy == PROXY_OFF)
                 what = "--peer-cert-file";
-        else if (!isempty(c->peer_key_file))
+        else if (!isempty(c->peer_key_file) && c->proxy == PROXY_OFF)
                 what = "--peer-key-file";
-        else if (!isempty(c->peer_ca_file))
+        else if (!isempty(c->peer_ca_file) && c->proxy == PROXY_OFF)
                 what = "--peer-ca-file";
-        else if (!isempty(c->peer_trusted_ca_file))
+        else if (!isempty(c->peer_trusted_ca_file) && c->proxy == PROXY_OFF)
                 what = "--peer-trusted-ca-file";
         else if (c->peer_client_cert_auth)
                 what = "--peer-client-cert-auth";
