@@ -35,7 +35,7 @@ class TlsMember(procs.Process):
 
     stop_strict = False
 
-    def __init__(self, certs, reference=True, client_cert_auth=True):
+    def __init__(self, certs, reference=True, client_cert_auth=True, extra_args=()):
         super().__init__("tls-member", "etcd2-ptls-", "etcd2-ptls-log-", reference=reference)
         if reference:
             binary = REFERENCE_BINARY
@@ -47,13 +47,13 @@ class TlsMember(procs.Process):
         self.certs = certs
         argv = [binary, *procs.member_flags("m1", self.data_dir, self.client_url, self.peer_url),
                 "--initial-cluster", f"m1={self.peer_url}", "--initial-cluster-state", "new",
-                "--cert-file", certs.crt("server"), "--key-file", f"{certs.dir}/server.key",
-                "--trusted-ca-file", certs.crt("ca")]
+                "--cert-file", certs.crt("server"), "--key-file", f"{certs.dir}/server.key"]
         if client_cert_auth:
-            argv.append("--client-cert-auth")
+            # (etcd 3.4 asks for client certificates whenever --trusted-ca-file is given)
+            argv += ["--client-cert-auth", "--trusted-ca-file", certs.crt("ca")]
         if reference:
             argv.append("--enable-v2")
-        self.spawn(argv)
+        self.spawn(argv + list(extra_args))
         self.url = self.client_url
 
         def ready():
