@@ -461,7 +461,9 @@ static int start_request(Discovery *d, DiscoveryStep step, const char *url, cons
             curl_easy_setopt(easy, CURLOPT_TCP_KEEPINTVL, DISCOVERY_KEEPALIVE_SEC) != CURLE_OK ||
             /* The Go client follows redirects (10 hops at most), for PUT too (307 keeps method and body). */
             curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 1L) != CURLE_OK ||
-            curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 10L) != CURLE_OK)
+            curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 10L) != CURLE_OK ||
+            /* HTTP/1.1 as Go's client of etcd2's time: over TLS libcurl would offer h2 by ALPN */
+            curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1) != CURLE_OK)
                 return -EIO;
         if (d->proxy && curl_easy_setopt(easy, CURLOPT_PROXY, d->proxy) != CURLE_OK)
                 return -EIO;

@@ -1404,6 +1404,9 @@ int proxy_new(sd_event *event, const Config *config, char **peer_urls, Proxy **r
         r = curl_glue_set_tls(curl_request_get_easy(p->members_req), &tls);
         if (r < 0)
                 return log_error_errno(r, "proxy: failed to set up libcurl's TLS: %m");
+        /* HTTP/1.1, as etcd2's Go transport (a custom TLS config: no h2) speaks it; over TLS libcurl would
+         * offer h2 by ALPN, which etcd 3.4's peer port accepts */
+        (void) curl_easy_setopt(curl_request_get_easy(p->members_req), CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1);
         refresh_start(p);
 
         *ret = TAKE_PTR(p);
