@@ -422,6 +422,20 @@ static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata
         return n;
 }
 
+/* An https discovery URL is verified against the system's roots, as Go's crypto/x509 on Linux finds them:
+ * $SSL_CERT_FILE instead of the distribution's bundle, $SSL_CERT_DIR (colon-separated, OpenSSL reads the
+ * list as Go does) instead of /etc/ssl/certs. libcurl does not read these itself (only the curl tool does),
+ * so a test (or a site) can point the discovery client at its own CA this way. */
+static int set_system_roots(CURL *easy) {
+        const char *file = getenv("SSL_CERT_FILE"), *dir = getenv("SSL_CERT_DIR");
+
+        if (!isempty(file) && curl_easy_setopt(easy, CURLOPT_CAINFO, file) != CURLE_OK)
+                return -EIO;
+        if (!isempty(dir) && curl_easy_setopt(easy, CURLOPT_CAPATH, dir) != CURLE_OK)
+                return -EIO;
+        return 0;
+}
+
 static int start_request(Discovery *d, DiscoveryStep step, const char *url, const char *put_body,
                          uint64_t timeout_usec) {
         _cleanup_(curl_request_freep) CurlRequest *req = NULL;
@@ -447,10 +461,15 @@ static int start_request(Discovery *d, DiscoveryStep step, const char *url, cons
             curl_easy_setopt(easy, CURLOPT_TCP_KEEPINTVL, DISCOVERY_KEEPALIVE_SEC) != CURLE_OK ||
             /* The Go client follows redirects (10 hops at most), for PUT too (307 keeps method and body). */
             curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 1L) != CURLE_OK ||
-            curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 10L) != CURLE_OK)
+            curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 10L) != CURLE_OK ||
+            /* HTTP/1.1 as Go's client of etcd2's time: over TLS libcurl would offer h2 by ALPN */
+            curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1) != CURLE_OK)
                 return -EIO;
         if (d->proxy && curl_easy_setopt(easy, CURLOPT_PROXY, d->proxy) != CURLE_OK)
                 return -EIO;
+        r = set_system_roots(easy);
+        if (r < 0)
+                return r;
 
         if (put_body) {
                 r = curl_request_add_header(req, "Content-Type: application/x-www-form-urlencoded");

@@ -23,6 +23,18 @@
  * ends it. The connection returns to the pool only when the response was complete, keep-alive, and
  * nothing followed it.
  *
+ * TLS (https:// upstreams). After the connect a GnuTLS client session (tls_client_session_new(): SNI, the
+ * chain and the host checked as Go's crypto/tls does) shakes hands non-blocking in CONN_HANDSHAKE, a step
+ * whenever the socket moves in the direction GnuTLS asked for, within CLIENT_TLS_HANDSHAKE_USEC (Go's
+ * http.Transport TLSHandshakeTimeout). Then only the two places that touch the socket differ: conn_send()
+ * writes one record per call (head and a small body gathered into one record, a large piece sent from
+ * where it is; a send that would block is finished by gnutls_record_send(s, NULL, 0), GnuTLS keeping the
+ * record), and conn_read() reads until GnuTLS says EAGAIN (a record is at most 16 KiB, and GnuTLS may hold
+ * decrypted bytes the socket no longer shows: a short read says nothing, and a resumed connection looks at
+ * gnutls_record_check_pending() before waiting for epoll). A server that refuses our certificate after a
+ * TLS 1.3 handshake shows up as an alert on the first read: a transport error before any response byte.
+ * A reused connection that died is retried once, as over TCP.
+ *
  * Re-entrancy. Callbacks run only from the client's own sources (io, timer, defer), with c->dispatching
  * set; a failure found inside http_client_request_start() is queued and reported from the defer source.
  * Connections closed during a dispatch are freed at its end (an epoll batch may still name them). A
@@ -45,21 +57,26 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <gnutls/gnutls.h>
 #include <llhttp.h>
 
 #include "http-client.h"
 #include "http-util.h"
 #include "log.h"
 #include "macro.h"
+#include "tls.h"
 
 #define CLIENT_READ_BUFFER ((size_t) 64 * 1024)
 #define CLIENT_DEFAULT_MAX_IDLE 256u
 #define CLIENT_REQUEST_POOL_MAX 256u
 #define CLIENT_BUFFER_KEEP ((size_t) 64 * 1024)
 #define CLIENT_DNS_CACHE_USEC (60 * USEC_PER_SEC)       /* libcurl's default DNS cache timeout */
+#define CLIENT_TLS_RECORD ((size_t) 16 * 1024)           /* the largest TLS record payload */
+#define CLIENT_TLS_HANDSHAKE_USEC (10 * USEC_PER_SEC)   /* Go's http.Transport TLSHandshakeTimeout */
 
 typedef enum ConnState {
         CONN_CONNECTING,
+        CONN_HANDSHAKE,                 /* TLS: connected, the handshake is under way */
         CONN_BUSY,
         CONN_IDLE,
 } ConnState;
@@ -76,6 +93,8 @@ struct HttpClientConn {
         HttpClientConn *dead_next;      /* closed, to free at the end of the dispatch */
         HttpClientConn *resume_next;
         int fd;
+        gnutls_session_t tls;           /* NULL: plain TCP */
+        bool tls_again;                 /* a record send would have blocked: finish it before more */
         uint32_t registered;            /* events in the epoll set, 0: not in it */
         ConnState state;
         bool dead;
@@ -114,6 +133,7 @@ struct HttpUpstream {
         char *path;
         uint16_t port;
         bool numeric;
+        bool tls;                       /* https:// */
         UpstreamAddr *addrs;
         size_t n_addrs;
         uint64_t resolved_usec;
@@ -162,6 +182,7 @@ struct HttpClient {
         void *flush_userdata;
         llhttp_settings_t settings;
         char *rbuf;
+        gnutls_certificate_credentials_t tls_cred;      /* for https:// upstreams, owned */
 };
 
 static void conn_io_error(HttpClientConn *conn, int error);
@@ -264,6 +285,10 @@ static void conn_close(HttpClientConn *conn) {
                 conn->req->conn = NULL;
         conn->req = NULL;
         conn_unlink(conn);
+        if (conn->tls) {
+                gnutls_deinit(conn->tls);
+                conn->tls = NULL;
+        }
         if (conn->fd >= 0) {
                 if (conn->registered)
                         (void) epoll_ctl(c->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
@@ -347,6 +372,30 @@ static void req_finish(HttpClientRequest *q, int error) {
 
 /* --- sending ---------------------------------------------------------------------------------- */
 
+/* One TLS record of what is left from `off` (head, then body): bytes written or a GnuTLS error. */
+static ssize_t conn_tls_send(HttpClientConn *conn, size_t off) {
+        HttpClientRequest *q = conn->req;
+        char buf[CLIENT_TLS_RECORD];
+        size_t h, take;
+
+        if (conn->tls_again)
+                /* GnuTLS holds the record it could not send: NULL, 0 sends that one (and returns its length) */
+                return gnutls_record_send(conn->tls, NULL, 0);
+        if (off >= q->head.len) {
+                size_t b = off - q->head.len;
+
+                return gnutls_record_send(conn->tls, (const char *) q->body + b, MIN(q->body_len - b, CLIENT_TLS_RECORD));
+        }
+        h = q->head.len - off;
+        if (h >= CLIENT_TLS_RECORD || q->body_len == 0)
+                return gnutls_record_send(conn->tls, q->head.data + off, MIN(h, CLIENT_TLS_RECORD));
+        /* head and (the start of) the body in one record: one packet for a small request, as over TCP */
+        take = MIN(q->body_len, CLIENT_TLS_RECORD - h);
+        memcpy(buf, q->head.data + off, h);
+        memcpy(buf + h, q->body, take);
+        return gnutls_record_send(conn->tls, buf, h + take);
+}
+
 static void conn_send(HttpClientConn *conn) {
         HttpClientRequest *q = conn->req;
         size_t total = q->head.len + q->body_len, off = conn->out_off;
@@ -354,7 +403,24 @@ static void conn_send(HttpClientConn *conn) {
         struct msghdr mh = { .msg_iov = iov };
         ssize_t n;
 
-        while (off < total) {
+        while (conn->tls && off < total) {
+                n = conn_tls_send(conn, off);
+                if (n >= 0) {
+                        conn->tls_again = false;
+                        off += (size_t) n;
+                        continue;
+                }
+                if (n == GNUTLS_E_INTERRUPTED || n == GNUTLS_E_AGAIN) {
+                        conn->tls_again = true;
+                        if (n == GNUTLS_E_AGAIN)
+                                break;
+                        continue;
+                }
+                log_debug("http-client: TLS write to %s failed: %s", conn->up->authority, gnutls_strerror((int) n));
+                conn_io_error(conn, -ECONNRESET);
+                return;
+        }
+        while (!conn->tls && off < total) {
                 mh.msg_iovlen = 0;
                 if (off < q->head.len)
                         iov[mh.msg_iovlen++] = (struct iovec) { q->head.data + off, q->head.len - off };
@@ -399,6 +465,58 @@ static void conn_connected(HttpClientConn *conn) {
         conn->state = CONN_BUSY;
         conn_set_deadline(conn, conn->client->opt.read_timeout_usec);
         conn_send(conn);
+}
+
+/* A failure before the request went out (connect, handshake): the next address is not tried, the
+ * request ends. */
+static void conn_fail(HttpClientConn *conn, int error) {
+        HttpClientRequest *q = conn->req;
+
+        conn_close(conn);
+        req_finish(q, error);
+}
+
+/* One step of the TLS handshake; done: the request goes out. */
+static void conn_handshake(HttpClientConn *conn) {
+        int r;
+
+        do
+                r = gnutls_handshake(conn->tls);
+        while (r == GNUTLS_E_INTERRUPTED);
+        if (r == GNUTLS_E_AGAIN) {
+                /* the inner epoll set is level-triggered: wait for the direction GnuTLS blocked on only */
+                r = conn_register(conn, EPOLLRDHUP | (gnutls_record_get_direction(conn->tls) == 0 ? EPOLLIN : EPOLLOUT));
+                if (r < 0)
+                        conn_fail(conn, r);
+                return;
+        }
+        if (r < 0) {
+                /* a certificate we do not trust, or not TLS at all: as a refused connection (no retry of a
+                 * fresh connection), the caller's failover takes the next upstream */
+                log_debug("http-client: TLS handshake with %s failed: %s", conn->up->authority, gnutls_strerror(r));
+                conn_fail(conn, r == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR ? -EKEYREJECTED : -ECONNABORTED);
+                return;
+        }
+        conn_connected(conn);
+}
+
+/* The socket is connected: a TLS upstream shakes hands first. */
+static void conn_established(HttpClientConn *conn) {
+        int r;
+
+        if (!conn->up->tls) {
+                conn_connected(conn);
+                return;
+        }
+        r = tls_client_session_new(conn->client->tls_cred, conn->up->host, conn->fd, &conn->tls);
+        if (r < 0) {
+                conn_fail(conn, r);
+                return;
+        }
+        conn->tls_again = false;
+        conn->state = CONN_HANDSHAKE;
+        conn_set_deadline(conn, CLIENT_TLS_HANDSHAKE_USEC);
+        conn_handshake(conn);
 }
 
 /* Starts a connect to the upstream's addresses from conn->addr_idx on. */
@@ -629,7 +747,8 @@ static int on_message_complete(llhttp_t *p) {
 static void conn_message_done(HttpClientConn *conn, bool leftover) {
         HttpClient *c = conn->client;
         HttpClientRequest *q = conn->req;
-        bool keep = !leftover && llhttp_should_keep_alive(&conn->parser);
+        bool keep = !leftover && llhttp_should_keep_alive(&conn->parser) &&
+                (!conn->tls || gnutls_record_check_pending(conn->tls) == 0);
 
         conn->req = NULL;
         q->conn = NULL;
@@ -722,11 +841,36 @@ static void conn_eof(HttpClientConn *conn) {
         req_finish(q, q->head_seen ? -EPIPE : -ECONNRESET);
 }
 
+/* Reads like recv(): bytes, 0 at the end, or -1 with errno. Over TLS the end of the stream without a
+ * close_notify is an end too (as Go's client and libcurl take it). */
+static ssize_t conn_recv(HttpClientConn *conn, void *buf, size_t size) {
+        ssize_t n;
+
+        if (!conn->tls)
+                return recv(conn->fd, buf, size, 0);
+        n = gnutls_record_recv(conn->tls, buf, size);
+        if (n >= 0)
+                return n;
+        if (n == GNUTLS_E_AGAIN)
+                errno = EAGAIN;
+        else if (n == GNUTLS_E_INTERRUPTED)
+                errno = EINTR;
+        else if (n == GNUTLS_E_PREMATURE_TERMINATION)
+                return 0;
+        else {
+                /* e.g. the server's alert after a TLS 1.3 handshake: it refused our certificate */
+                log_debug("http-client: TLS read from %s failed: %s", conn->up->authority, gnutls_strerror((int) n));
+                errno = ECONNRESET;
+        }
+        return -1;
+}
+
 static void conn_read(HttpClientConn *conn) {
         HttpClient *c = conn->client;
 
-        for (unsigned k = 0; k < 4; k++) {
-                ssize_t n = recv(conn->fd, c->rbuf, CLIENT_READ_BUFFER, 0);
+        /* over TLS a record is at most 16 KiB: more rounds, and on until EAGAIN (see the top) */
+        for (unsigned k = 0; k < (conn->tls ? 16u : 4u); k++) {
+                ssize_t n = conn_recv(conn, c->rbuf, CLIENT_READ_BUFFER);
 
                 if (n < 0) {
                         if (errno == EINTR)
@@ -745,8 +889,15 @@ static void conn_read(HttpClientConn *conn) {
                         conn->deadline = client_now(c) + c->opt.read_timeout_usec;
                 if (!conn_feed(conn, c->rbuf, (size_t) n))
                         return;
-                if ((size_t) n < CLIENT_READ_BUFFER)
+                if (!conn->tls && (size_t) n < CLIENT_READ_BUFFER)
                         return;
+        }
+        /* a level-triggered socket with more comes back; bytes GnuTLS holds would not */
+        if (conn->tls && gnutls_record_check_pending(conn->tls) > 0 && !conn->on_resume_list) {
+                conn->on_resume_list = true;
+                conn->resume_next = c->resumed;
+                c->resumed = conn;
+                client_schedule(c);
         }
 }
 
@@ -770,15 +921,15 @@ static void conn_event(HttpClientConn *conn, uint32_t events) {
 
                         conn->addr_idx++;
                         r = conn->addr_idx < conn->up->n_addrs ? conn_connect(conn) : -err;
-                        if (r < 0) {
-                                HttpClientRequest *q = conn->req;
-
-                                conn_close(conn);
-                                req_finish(q, r);
-                        }
+                        if (r < 0)
+                                conn_fail(conn, r);
                         return;
                 }
-                conn_connected(conn);
+                conn_established(conn);
+                return;
+
+        case CONN_HANDSHAKE:
+                conn_handshake(conn);
                 return;
 
         case CONN_BUSY:
@@ -832,6 +983,8 @@ static void conn_resume(HttpClientConn *conn) {
                 return;
         }
         conn_set_deadline(conn, c->opt.read_timeout_usec);
+        if (conn->tls && gnutls_record_check_pending(conn->tls) > 0)
+                conn_read(conn); /* decrypted bytes the socket does not announce */
 }
 
 /* --- event sources ---------------------------------------------------------------------------- */
@@ -885,8 +1038,12 @@ static int on_defer(sd_event_source *s, void *userdata) {
                 c->resumed = conn->resume_next;
                 conn->resume_next = NULL;
                 conn->on_resume_list = false;
-                if (!conn->dead && conn->req && !conn->req->paused && conn->stopped)
+                if (conn->dead || !conn->req || conn->req->paused)
+                        continue;
+                if (conn->stopped)
                         conn_resume(conn);
+                else if (conn->state == CONN_BUSY && conn->tls)
+                        conn_read(conn); /* conn_read() stopped with records held by GnuTLS */
         }
         client_dispatch_end(c);
         return 0;
@@ -907,7 +1064,8 @@ static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
                         break;
 
                 HttpClientRequest *q = conn->req;
-                log_debug("http-client: %s to %s timed out", conn->state == CONN_CONNECTING ? "connect" : "read",
+                log_debug("http-client: %s to %s timed out",
+                          conn->state == CONN_CONNECTING ? "connect" : conn->state == CONN_HANDSHAKE ? "TLS handshake" : "read",
                           conn->up->authority);
                 conn_close(conn);
                 req_finish(q, -ETIMEDOUT);
@@ -983,9 +1141,14 @@ static int upstream_parse(HttpUpstream *up, const char *url) {
         unsigned long port = 80;
         size_t l;
 
-        if (strncasecmp(url, "http://", 7) != 0)
+        if (strncasecmp(url, "https://", 8) == 0) {
+                up->tls = true;
+                port = 443;
+                a = url + 8;
+        } else if (strncasecmp(url, "http://", 7) == 0)
+                a = url + 7;
+        else
                 return strstr(url, "://") ? -EPROTONOSUPPORT : -EINVAL;
-        a = url + 7;
         end = a + strcspn(a, "/?#");
         if (end == a)
                 return -EINVAL;
@@ -1073,6 +1236,9 @@ int http_client_upstream(HttpClient *c, const char *url, HttpUpstream **ret) {
                 return -ENOMEM;
         }
         r = upstream_parse(up, url);
+        if (r >= 0 && up->tls && !c->tls_cred)
+                /* nobody configured TLS: the system's roots and no certificate of ours, as Go's default */
+                r = tls_client_credentials_new(&(const TlsInfo) {}, &c->tls_cred);
         if (r < 0) {
                 upstream_free(up);
                 return r;
@@ -1300,6 +1466,16 @@ void http_client_set_flush(HttpClient *c, void (*flush)(void *userdata), void *u
         c->flush_userdata = userdata;
 }
 
+void http_client_set_tls(HttpClient *c, gnutls_certificate_credentials_t cred) {
+        assert(c);
+        for (size_t i = 0; i < c->n_ups; i++)
+                assert(!c->ups[i]->tls); /* sessions of theirs would keep the old credentials */
+
+        if (c->tls_cred && c->tls_cred != cred)
+                gnutls_certificate_free_credentials(c->tls_cred);
+        c->tls_cred = cred;
+}
+
 HttpClient *http_client_free(HttpClient *c) {
         if (!c)
                 return NULL;
@@ -1351,6 +1527,8 @@ HttpClient *http_client_free(HttpClient *c) {
         c->defer = sd_event_source_disable_unref(c->defer);
         if (c->epoll_fd >= 0)
                 (void) close(c->epoll_fd);
+        if (c->tls_cred)
+                gnutls_certificate_free_credentials(c->tls_cred); /* after the sessions (conn_close()) */
         free(c->rbuf);
         sd_event_unref(c->event);
         free(c);

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* http-client.h - an HTTP/1.1 client on sd-event over llhttp: keep-alive connection pools per upstream,
- * streamed responses with flow control. http:// only (TLS comes later). It knows nothing of etcd. */
+ * streamed responses with flow control, http:// and https:// (GnuTLS). It knows nothing of etcd. */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include <gnutls/gnutls.h>
 #include <systemd/sd-event.h>
 
 typedef struct HttpClient HttpClient;
@@ -67,8 +68,15 @@ HttpClient *http_client_free(HttpClient *c);
  * client is out of its own processing: the place to hand what the callbacks collected on. */
 void http_client_set_flush(HttpClient *c, void (*flush)(void *userdata), void *userdata);
 
-/* The pool for an upstream URL ("http://host[:port][/path]"), created on first use, alive as long as the
- * client. -EPROTONOSUPPORT for another scheme, -EINVAL if unparseable. */
+/* The credentials of https:// upstreams (our certificate, the CAs we trust), taken over by the client;
+ * set them before the first https:// upstream. Without, https:// upstreams get the system's roots and no
+ * client certificate (Go's default transport). */
+void http_client_set_tls(HttpClient *c, gnutls_certificate_credentials_t cred);
+
+/* The pool for an upstream URL ("http[s]://host[:port][/path]"), created on first use, alive as long as
+ * the client. -EPROTONOSUPPORT for another scheme, -EINVAL if unparseable. A TLS failure of a request
+ * (the handshake: -EKEYREJECTED for a certificate we do not trust, -ECONNABORTED otherwise; the server's
+ * refusal of ours after a TLS 1.3 handshake: -ECONNRESET) comes through done() like any transport error. */
 int http_client_upstream(HttpClient *c, const char *url, HttpUpstream **ret);
 const char *http_upstream_authority(const HttpUpstream *u);
 /* The URL's path, without a trailing slash ("" mostly). */

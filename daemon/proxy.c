@@ -33,7 +33,13 @@
  * check on reuse, a probe after the timeout kick); GET c=64 through the proxy reached 23-32 % of direct.
  * The client sends head and body in one sendmsg(), parses with llhttp, keeps idle connections in one
  * inner epoll set without a probe, and finished transfers go back to a pool with their header storage.
- * Only http:// endpoints are forwarded to for now (TLS comes later).
+ *
+ * TLS. As etcd2's startProxy builds both transports from cfg.peerTLSInfo, the proxy's connections to
+ * members, forwarding and refreshes alike, present --peer-cert-file/--peer-key-file and trust
+ * --peer-trusted-ca-file (or --peer-ca-file), else the system's roots; https:// client URLs of members are
+ * forwarded to over TLS (http-client.c), https:// peer URLs are asked with libcurl (curl_glue_set_tls()).
+ * A member that refuses our certificate is a transport error like a refused connection: the next
+ * endpoint, and 502 when none answers. The proxy's own client listeners keep the client TLS flags.
  */
 
 #include <assert.h>
@@ -55,6 +61,7 @@
 #include "log.h"
 #include "macro.h"
 #include "proxy.h"
+#include "tls.h"
 
 #define PROXY_REFRESH_TIMEOUT_USEC (10 * USEC_PER_SEC)  /* etcd: GetClusterFromRemotePeers */
 #define PROXY_MEMBERS_BODY_MAX ((size_t) 4 * 1024 * 1024)
@@ -485,7 +492,7 @@ static void set_endpoints(Proxy *p, char **urls) {
                         e->url[--e->url_len] = 0;
                 r = http_client_upstream(p->client, e->url, &e->up);
                 if (r < 0)
-                        log_warning_errno(r, "proxy: cannot forward to %s (only http:// for now): %m", e->url);
+                        log_warning_errno(r, "proxy: cannot forward to %s: %m", e->url);
                 k++;
         }
         s->n = k;
@@ -948,7 +955,7 @@ static int xfer_start(ProxyXfer *x) {
                 if (!endpoint_available(e, now))
                         continue;
                 if (!e->up) {
-                        log_info("proxy: failed to direct request to %s: only http:// endpoints are supported", e->url);
+                        log_info("proxy: failed to direct request to %s: unsupported URL", e->url);
                         continue;
                 }
 
@@ -1346,6 +1353,15 @@ int proxy_new(sd_event *event, const Config *config, char **peer_urls, Proxy **r
         } else
                 return log_error_errno(r, "proxy: failed to read cluster file %s: %m", p->cluster_file);
 
+        /* startProxy: both transports from cfg.peerTLSInfo; Go's TLSInfo trusts CAFile and TrustedCAFile */
+        const TlsInfo tls = {
+                .cert_file = config->peer_cert_file,
+                .key_file = config->peer_key_file,
+                .trusted_ca_file = !isempty(config->peer_trusted_ca_file) ? config->peer_trusted_ca_file
+                                                                          : config->peer_ca_file,
+        };
+        bool have_tls = !isempty(tls.cert_file) || !isempty(tls.key_file) || !isempty(tls.trusted_ca_file);
+
         /* forwarding: --proxy-dial-timeout; --proxy-read-timeout as "no byte for that long" in whole
          * seconds, as libcurl's CURLOPT_LOW_SPEED_TIME applied it (0: none, for watches).
          * --proxy-write-timeout is not applied (it was not with libcurl either). */
@@ -1361,6 +1377,15 @@ int proxy_new(sd_event *event, const Config *config, char **peer_urls, Proxy **r
                 if (r < 0)
                         return log_error_errno(r, "proxy: failed to set up the upstream client: %m");
                 http_client_set_flush(p->client, on_client_flush, p);
+                if (have_tls) {
+                        gnutls_certificate_credentials_t cred;
+
+                        /* etcd2 exits when the peer TLS files do not load (NewTimeoutTransport fails) */
+                        r = tls_client_credentials_new(&tls, &cred);
+                        if (r < 0)
+                                return log_error_errno(r, "proxy: failed to load the peer TLS files: %m");
+                        http_client_set_tls(p->client, cred);
+                }
         }
 
         /* refresh: the first one right away */
@@ -1376,6 +1401,12 @@ int proxy_new(sd_event *event, const Config *config, char **peer_urls, Proxy **r
         if (config->proxy_dial_timeout_ms > 0)
                 (void) curl_easy_setopt(curl_request_get_easy(p->members_req), CURLOPT_CONNECTTIMEOUT_MS,
                                         (long) config->proxy_dial_timeout_ms);
+        r = curl_glue_set_tls(curl_request_get_easy(p->members_req), &tls);
+        if (r < 0)
+                return log_error_errno(r, "proxy: failed to set up libcurl's TLS: %m");
+        /* HTTP/1.1, as etcd2's Go transport (a custom TLS config: no h2) speaks it; over TLS libcurl would
+         * offer h2 by ALPN, which etcd 3.4's peer port accepts */
+        (void) curl_easy_setopt(curl_request_get_easy(p->members_req), CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1);
         refresh_start(p);
 
         *ret = TAKE_PTR(p);

@@ -2,7 +2,10 @@
 /* test-http-client.c - the upstream HTTP client (http-client.c) on a real sd-event loop, against a small
  * scripted HTTP/1.1 server in threads over 127.0.0.1: keep-alive reuse, Content-Length, chunked and
  * close-delimited bodies, HEAD, 1xx, pause/resume, cancel mid-body, reset before a response, refused
- * connects, and the retry of a reused connection that died. */
+ * connects, and the retry of a reused connection that died. Every test runs twice: over TCP, and over TLS
+ * (https:// upstream; the server threads speak GnuTLS, certificates made with openssl at test time), plus
+ * the TLS refusals: a server certificate from a CA we do not trust or for another host, a server that
+ * wants a client certificate we do not have or do not present right. */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -21,10 +24,12 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <gnutls/gnutls.h>
 
 #include "http-client.h"
 #include "http-util.h"
 #include "macro.h"
+#include "tls.h"
 
 #define BIG_SIZE ((size_t) 1024 * 1024)
 
@@ -36,13 +41,45 @@ static pthread_t server_thread;
 static atomic_uint n_accepted;
 static atomic_uint n_server_closed;     /* connections the server saw end */
 
+/* TLS: the server's credentials (NULL: plain TCP), whether it requires a client certificate, and what the
+ * client presents and trusts */
+static char cert_dir[256];
+static gnutls_certificate_credentials_t server_cred;
+static bool server_wants_cert;
+static const char *client_cert, *client_ca = "ca", *client_host = "127.0.0.1";
+
+static const char *cert_path(const char *name, const char *ext) {
+        static char buf[4][320];
+        static unsigned k;
+        char *b = buf[k++ % ELEMENTSOF(buf)];
+
+        snprintf(b, sizeof buf[0], "%s/%s.%s", cert_dir, name, ext);
+        return b;
+}
+
+typedef struct SConn {
+        int fd;
+        gnutls_session_t tls;
+} SConn;
+
+static ssize_t s_recv(SConn *c, void *p, size_t n) {
+        ssize_t k;
+
+        if (!c->tls)
+                return recv(c->fd, p, n, 0);
+        do
+                k = gnutls_record_recv(c->tls, p, n);
+        while (k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED);
+        return k;
+}
+
 /* --- the server: one thread per connection, blocking I/O ---------------------------------------- */
 
-static bool write_all(int fd, const void *p, size_t n) {
+static bool write_all(SConn *s, const void *p, size_t n) {
         const char *c = p;
 
         while (n > 0) {
-                ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
+                ssize_t k = s->tls ? gnutls_record_send(s->tls, c, MIN(n, (size_t) 16384)) : send(s->fd, c, n, MSG_NOSIGNAL);
                 if (k <= 0)
                         return false;
                 c += k;
@@ -52,7 +89,7 @@ static bool write_all(int fd, const void *p, size_t n) {
 }
 
 /* Reads one request head (and its Content-Length body); false at EOF. */
-static bool read_request(int fd, char *method, size_t msize, char *path, size_t psize, HttpBuf *in) {
+static bool read_request(SConn *fd, char *method, size_t msize, char *path, size_t psize, HttpBuf *in) {
         char *end;
 
         for (;;) {
@@ -66,7 +103,7 @@ static bool read_request(int fd, char *method, size_t msize, char *path, size_t 
                         if (cl && cl < end)
                                 body = strtoul(cl + 18, NULL, 10);
                         while (in->len < head + body) {
-                                k = recv(fd, buf, sizeof buf, 0);
+                                k = s_recv(fd, buf, sizeof buf);
                                 if (k <= 0)
                                         return false;
                                 assert_int_equal(http_buf_append(in, buf, (size_t) k), 0);
@@ -79,7 +116,7 @@ static bool read_request(int fd, char *method, size_t msize, char *path, size_t 
                         in->data[in->len] = 0;
                         return true;
                 }
-                k = recv(fd, buf, sizeof buf, 0);
+                k = s_recv(fd, buf, sizeof buf);
                 if (k <= 0)
                         return false;
                 assert_int_equal(http_buf_append(in, buf, (size_t) k), 0);
@@ -87,11 +124,27 @@ static bool read_request(int fd, char *method, size_t msize, char *path, size_t 
 }
 
 static void *serve_conn(void *arg) {
-        int fd = (int) (intptr_t) arg;
+        SConn conn = { .fd = (int) (intptr_t) arg }, *fd = &conn;
         _cleanup_(http_buf_done) HttpBuf in = {};
         unsigned n = 0;
         char method[16], path[256];
+        int r;
 
+        if (server_cred) {
+                assert_int_equal(gnutls_init(&conn.tls, GNUTLS_SERVER), 0);
+                assert_int_equal(gnutls_set_default_priority(conn.tls), 0);
+                assert_int_equal(gnutls_credentials_set(conn.tls, GNUTLS_CRD_CERTIFICATE, server_cred), 0);
+                if (server_wants_cert) {
+                        gnutls_certificate_server_set_request(conn.tls, GNUTLS_CERT_REQUIRE);
+                        gnutls_session_set_verify_cert(conn.tls, NULL, 0);
+                }
+                gnutls_transport_set_int(conn.tls, conn.fd);
+                do
+                        r = gnutls_handshake(conn.tls);
+                while (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED);
+                if (r < 0)
+                        goto out; /* a refusal test */
+        }
         while (read_request(fd, method, sizeof method, path, sizeof path, &in)) {
                 n++;
                 if (streq(path, "/len")) {
@@ -153,7 +206,7 @@ static void *serve_conn(void *arg) {
                         break;
                 } else if (streq(path, "/reset")) {
                         struct linger l = { .l_onoff = 1, .l_linger = 0 };
-                        (void) setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+                        (void) setsockopt(fd->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
                         break;
                 } else if (streq(path, "/bad")) {
                         static const char a[] = "HTTP/1.1 abc\r\n\r\n";
@@ -162,7 +215,11 @@ static void *serve_conn(void *arg) {
                 } else
                         break;
         }
-        (void) close(fd);
+out:
+        /* no close_notify: a dead server as over TCP */
+        if (conn.tls)
+                gnutls_deinit(conn.tls);
+        (void) close(conn.fd);
         atomic_fetch_add(&n_server_closed, 1);
         return NULL;
 }
@@ -276,7 +333,7 @@ static HttpUpstream *upstream(void) {
         char url[64];
         HttpUpstream *u;
 
-        snprintf(url, sizeof url, "http://127.0.0.1:%u", port);
+        snprintf(url, sizeof url, "%s://%s:%u", server_cred ? "https" : "http", client_host, port);
         assert_int_equal(http_client_upstream(client, url, &u), 0);
         return u;
 }
@@ -297,13 +354,29 @@ static void get(HttpUpstream *u, const char *method, const char *path, Result *r
         run_until(&res->finished, 5000);
 }
 
+/* A client with the TLS settings of the test (they matter only for https:// upstreams). */
+static void client_make(const HttpClientOptions *o) {
+        gnutls_certificate_credentials_t cred;
+        TlsInfo info = {
+                .cert_file = client_cert ? cert_path(client_cert, "crt") : NULL,
+                .key_file = client_cert ? cert_path(client_cert, "key") : NULL,
+                .trusted_ca_file = cert_path(client_ca, "crt"),
+        };
+
+        assert_int_equal(http_client_new(ev, o, &client), 0);
+        if (server_cred) {
+                assert_int_equal(tls_client_credentials_new(&info, &cred), 0);
+                http_client_set_tls(client, cred);
+        }
+}
+
 static int setup(void **state) {
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         socklen_t len = sizeof sa;
         HttpClientOptions o = { .connect_timeout_usec = 1000000 };
 
         assert_int_equal(sd_event_new(&ev), 0);
-        assert_int_equal(http_client_new(ev, &o, &client), 0);
+        client_make(&o);
         listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         assert_true(listen_fd >= 0);
         assert_int_equal(bind(listen_fd, (struct sockaddr *) &sa, sizeof sa), 0);
@@ -323,6 +396,62 @@ static int teardown(void **state) {
         (void) close(listen_fd);
         listen_fd = -1;
         ev = sd_event_unref(ev);
+        /* connection threads still running hold no reference to server_cred once the client is gone and
+         * they saw the end: wait for them before the credentials go */
+        for (unsigned i = 0; i < 500 && atomic_load(&n_server_closed) < atomic_load(&n_accepted); i++)
+                usleep(2000);
+        if (server_cred)
+                gnutls_certificate_free_credentials(server_cred);
+        server_cred = NULL;
+        server_wants_cert = false;
+        client_cert = NULL;
+        client_ca = "ca";
+        client_host = "127.0.0.1";
+        return 0;
+}
+
+/* The same server over TLS (server certificate for 127.0.0.1 from "ca"). */
+static int setup_tls(void **state) {
+        assert_int_equal(gnutls_certificate_allocate_credentials(&server_cred), 0);
+        assert_int_equal(gnutls_certificate_set_x509_key_file(server_cred, cert_path("server", "crt"),
+                                                              cert_path("server", "key"), GNUTLS_X509_FMT_PEM), 0);
+        assert_true(gnutls_certificate_set_x509_trust_file(server_cred, cert_path("ca", "crt"), GNUTLS_X509_FMT_PEM) > 0);
+        return setup(state);
+}
+
+static int make_certs(void **state) {
+        const char *tmp = getenv("TMPDIR");
+        char cmd[4096];
+
+        if (system("command -v openssl >/dev/null") != 0) {
+                fprintf(stderr, "openssl not installed\n");
+                exit(77);
+        }
+        snprintf(cert_dir, sizeof cert_dir, "%s/test-http-client-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        assert_non_null(mkdtemp(cert_dir));
+        snprintf(cmd, sizeof cmd,
+                 "exec >/dev/null 2>&1; set -e; cd %s; "
+                 "ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key -out $1.crt "
+                 "  -days 2 -subj /CN=$1 -addext basicConstraints=critical,CA:TRUE "
+                 "  -addext keyUsage=critical,keyCertSign,cRLSign; }; "
+                 "cert() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key -out $1.csr "
+                 "  -subj /CN=$1; "
+                 "  printf 'basicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature\\nextendedKeyUsage=%%s\\n"
+                 "subjectAltName=IP:127.0.0.1\\n' $3 > $1.ext; "
+                 "  openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -out $1.crt -days 2 "
+                 "  -extfile $1.ext; }; "
+                 "ca ca; ca foreign; cert server ca serverAuth; cert client ca clientAuth; "
+                 "cert intruder foreign clientAuth",
+                 cert_dir);
+        assert_int_equal(system(cmd), 0);
+        return 0;
+}
+
+static int remove_certs(void **state) {
+        char cmd[320];
+
+        snprintf(cmd, sizeof cmd, "rm -rf %s", cert_dir);
+        (void) system(cmd);
         return 0;
 }
 
@@ -486,7 +615,9 @@ static void test_reset_and_refused(void **state) {
         assert_int_equal(res2.error, -ECONNREFUSED);
         (void) close(fd);
 
-        assert_int_equal(http_client_upstream(client, "https://127.0.0.1:1", &dead), -EPROTONOSUPPORT);
+        assert_int_equal(http_client_upstream(client, "ftp://127.0.0.1:1", &dead), -EPROTONOSUPPORT);
+        /* https:// is ours too (TLS: tests/integration/test_proxy_tls.py) */
+        assert_int_equal(http_client_upstream(client, "https://127.0.0.1:1", &dead), 0);
         result_done(&res);
         result_done(&res2);
         result_done(&res3);
@@ -560,7 +691,7 @@ static void test_read_timeout(void **state) {
 
         /* a client of its own, with a read timeout */
         client = http_client_free(client);
-        assert_int_equal(http_client_new(ev, &o, &client), 0);
+        client_make(&o);
         u = upstream();
 
         t0 = now_ms();
@@ -585,6 +716,80 @@ static void test_read_timeout(void **state) {
         result_done(&res2);
 }
 
+/* --- TLS only ------------------------------------------------------------------------------------- */
+
+static void remake_client(void) {
+        HttpClientOptions o = { .connect_timeout_usec = 1000000 };
+
+        client = http_client_free(client);
+        client_make(&o);
+}
+
+static void test_tls_server_refused(void **state) {
+        Result res = {}, res2 = {}, res3 = {};
+
+        /* a server certificate from a CA we do not trust */
+        client_ca = "foreign";
+        remake_client();
+        get(upstream(), "GET", "/len", &res);
+        assert_false(res.head_seen);
+        assert_int_equal(res.error, -EKEYREJECTED);
+
+        /* for another host: the certificate names 127.0.0.1, we asked localhost */
+        client_ca = "ca";
+        client_host = "localhost";
+        remake_client();
+        get(upstream(), "GET", "/len", &res2);
+        assert_false(res2.head_seen);
+        assert_int_equal(res2.error, -EKEYREJECTED);
+
+        /* and right: served */
+        client_host = "127.0.0.1";
+        remake_client();
+        get(upstream(), "GET", "/len", &res3);
+        assert_int_equal(res3.error, 0);
+        assert_string_equal(res3.body.data, "hello");
+        result_done(&res);
+        result_done(&res2);
+        result_done(&res3);
+}
+
+static void test_tls_client_certificate(void **state) {
+        Result res = {}, res2 = {}, res3 = {}, res4 = {};
+        HttpUpstream *u;
+
+        server_wants_cert = true;
+
+        /* none, or one from a foreign CA: the server ends the connection; an error before any response
+         * (over TLS 1.3 our handshake is done before the server looks: its alert comes on the first read),
+         * and no retry on a fresh connection */
+        remake_client();
+        get(upstream(), "GET", "/len", &res);
+        assert_false(res.head_seen);
+        assert_true(res.error < 0);
+        client_cert = "intruder";
+        remake_client();
+        get(upstream(), "GET", "/len", &res2);
+        assert_false(res2.head_seen);
+        assert_true(res2.error < 0);
+        assert_int_equal(atomic_load(&n_accepted), 2);
+
+        /* ours: served, on one kept-alive connection */
+        client_cert = "client";
+        remake_client();
+        u = upstream();
+        get(u, "GET", "/len", &res3);
+        assert_int_equal(res3.error, 0);
+        get(u, "PUT", "/echo", &res4);
+        assert_string_equal(res4.body.data, "PUT");
+        assert_int_equal(atomic_load(&n_accepted), 3);
+        assert_int_equal(http_upstream_n_idle(u), 1);
+        result_done(&res);
+        result_done(&res2);
+        result_done(&res3);
+        result_done(&res4);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_length_and_keepalive, setup, teardown),
@@ -598,7 +803,22 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_idle_closed_by_upstream, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_many_concurrent, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_read_timeout, setup, teardown),
+
+                /* the same over TLS */
+                cmocka_unit_test_setup_teardown(test_length_and_keepalive, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_chunked, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_close_delimited, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_head_and_interim, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_pause_resume, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_cancel_mid_body, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_reset_and_refused, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_stale_retry, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_idle_closed_by_upstream, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_many_concurrent, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_read_timeout, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_tls_server_refused, setup_tls, teardown),
+                cmocka_unit_test_setup_teardown(test_tls_client_certificate, setup_tls, teardown),
         };
 
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        return cmocka_run_group_tests(tests, make_certs, remove_certs);
 }
