@@ -30,16 +30,17 @@ int auth_api_reply_no_auth(ApiRequest *r) {
         return reply_message(r, 401, "Insufficient credentials", true);
 }
 
-/* The user named by valid Basic credentials (NULL otherwise); *ret_had says whether an Authorization
- * header came at all. */
+/* The user named by valid Basic credentials (NULL otherwise); *ret_had says whether valid Basic
+ * credentials came at all. */
 static json_object *req_auth_user(ApiRequest *r, bool *ret_had) {
         _cleanup_free_ char *name = NULL, *password = NULL;
         const char *h = req_header(r, "Authorization");
         json_object *u;
         bool ok;
 
-        *ret_had = !isempty(h);
-        if (!*ret_had || r->auth_bad || !auth_parse_basic(h, &name, &password))
+        /* netutil.BasicAuth()'s ok: a header that is not valid Basic counts as none */
+        *ret_had = !isempty(h) && auth_parse_basic(h, &name, &password);
+        if (!*ret_had || r->auth_bad)
                 return NULL;
         u = auth_get_user(req_store(r), name);
         /* auth_api_prepare() verified them on the worker: a cache hit (bcrypt here only if the user's hash
@@ -67,8 +68,10 @@ bool auth_api_has_root_access(ApiRequest *r) {
         return ok;
 }
 
-/* hasKeyPrefixAccess(): no credentials at all means the guest role; bad ones mean no access; else any
- * role of the user that grants it (a recursive request needs a prefix pattern). */
+/* hasKeyPrefixAccess() of 2.3.8: no valid Basic credentials (no header, or one that is not Basic or not
+ * decodable) means the guest role; wrong ones mean no access; else any role of the user that grants it
+ * (a recursive request needs a prefix pattern). etcd 3.4 refuses a malformed header instead: no client
+ * tool sends one, and the guest role is what a request without credentials gets anyway. */
 bool auth_api_has_key_access(ApiRequest *r, const char *key, bool recursive, bool write) {
         Store *st = req_store(r);
         json_object *u, *roles;
@@ -228,19 +231,20 @@ static int handle_auth_enable(ApiRequest *r, const char *method) {
         return k < 0 ? k : auth_start(r, 200, NULL);
 }
 
-/* userWithRoles: {"user","roles":[role objects]}; no roles at all: the field is left out (omitempty). A
- * granted role that does not exist: the list of users leaves it out, the GET of the user fails with 404
- * and *ret_missing (ret_missing NULL: leave it out).
- *
- * This is etcd 3.4's answer (etcdserver/api/v2http), and so is the list of role objects below. etcd
- * 2.3.8 (etcdserver/etcdhttp) answered names: {"users":["bob"]}, {"roles":["root"]}, and for one user
- * the stored user without password. 3.4's etcdctl (ETCDCTL_API=2) cannot read 2.3's lists and
- * python-etcd's EtcdUser cannot read 3.4's user: see NOTES-auth.md; commit 5a4aae6 has the 2.3 form. */
-static json_object *user_with_roles(Store *st, json_object *u, char **ret_missing) {
+/* The answers mix two etcd versions, so that every v2 client tool reads them (the lead's decision):
+ *  - lists as etcd 3.4 (etcdserver/api/v2http): {"users":[userWithRoles]}, {"roles":[role objects]},
+ *    null when none. etcd 2.3.8 listed names ({"users":["bob"]}), which `ETCDCTL_API=2 etcdctl user list`
+ *    and `role list` of 3.4 cannot read ("cannot unmarshal string into ... userListEntry").
+ *  - one user as etcd 2.3.8 (etcdserver/etcdhttp forUser()): the stored user without its password,
+ *    {"user":"bob","roles":["rw"]}, roles null when none, a granted role that does not exist listed
+ *    as it is. etcd 3.4 answers role objects (and 404 for a missing role), which python-etcd's
+ *    EtcdUser.read() cannot read; etcdctl's `user get` reads both. */
+
+/* userWithRoles of 3.4's list: {"user","roles":[role objects]}, roles left out when there are none
+ * (omitempty); a granted role that does not exist is left out. */
+static json_object *user_with_roles(Store *st, json_object *u) {
         json_object *out = json_object_new_object(), *roles = json_object_object_get(u, "roles"), *list = NULL;
 
-        if (ret_missing)
-                *ret_missing = NULL;
         if (!out)
                 return NULL;
         json_object_object_add(out, "user", json_object_get(json_object_object_get(u, "user")));
@@ -248,15 +252,8 @@ static json_object *user_with_roles(Store *st, json_object *u, char **ret_missin
                 const char *name = json_object_get_string(json_object_array_get_idx(roles, i));
                 json_object *role = auth_get_role(st, name);
 
-                if (!role && !ret_missing)
+                if (!role)
                         continue;
-                if (!role) {
-                        if (asprintf(ret_missing, "auth: Role %s does not exist.", name) < 0)
-                                *ret_missing = NULL;
-                        json_object_put(list);
-                        json_object_put(out);
-                        return NULL;
-                }
                 if (!list)
                         list = json_object_new_array();
                 json_object_array_add(list, role);
@@ -313,7 +310,7 @@ static int user_reply_object(json_object *u, json_object **ret) {
 
 static int handle_auth_users(ApiRequest *r, const char *method, const char *name) {
         _cleanup_(json_object_putp) json_object *in = NULL, *old = NULL, *nu = NULL, *out = NULL;
-        _cleanup_free_ char *msg = NULL, *msg2 = NULL;
+        _cleanup_free_ char *msg = NULL;
         Store *st = req_store(r);
         unsigned status;
         int k;
@@ -336,7 +333,7 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
 
                         if (!u)
                                 continue;
-                        uwr = user_with_roles(st, u, NULL);
+                        uwr = user_with_roles(st, u);
                         if (!uwr) {
                                 json_object_put(list);
                                 return -ENOMEM;
@@ -361,9 +358,9 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
         if (streq(method, "GET")) {
                 if (!old)
                         return reply_message(r, 404, msg, true);
-                out = user_with_roles(st, old, &msg2);
-                if (!out)
-                        return msg2 ? reply_message(r, 404, msg2, true) : -ENOMEM;
+                /* 2.3.8: the stored user, u.Password = "" (omitempty) */
+                if (user_reply_object(old, &out) < 0)
+                        return -ENOMEM;
                 return reply_json_object(r, 200, out);
         }
 
