@@ -23,6 +23,9 @@
 #include "log.h"
 #include "macro.h"
 
+/* How many times an update that lost a compare-and-swap is made again before it fails (500). */
+#define AUTH_UPDATE_RETRIES 16
+
 /* --- v2 auth (etcdhttp client_auth.go of 2.3.8) --------------------------------------------- */
 
 /* etcd2's writeNoAuth(): 401 {"message":"Insufficient credentials"}. */
@@ -114,6 +117,7 @@ static int reply_json_object(ApiRequest *r, unsigned status, json_object *o) {
  * the answer (auth_status, auth_body) is given. A failure answers at once: a create that finds the node
  * (105) with auth_exists_msg (409), an update or delete that misses it (100) with auth_missing_msg (404). */
 static void auth_proposal_done(StoreResult *res, void *userdata);
+static void auth_api_request_reset(ApiRequest *r);
 
 static int auth_propose_next(ApiRequest *r) {
         AuthWrite *w;
@@ -131,6 +135,7 @@ static int auth_propose_next(ApiRequest *r) {
         req.value = w->value;
         req.value_len = w->value ? strlen(w->value) : 0;
         req.prev_exist = w->prev_exist;
+        req.prev_index = w->prev_index;
         k = server_propose(req_server(r), &req, auth_proposal_done, r, &r->proposal);
         if (k < 0)
                 return reply_message(r, 500, strerror(-k), true);
@@ -143,6 +148,17 @@ static void auth_proposal_done(StoreResult *res, void *userdata) {
         int k;
 
         r->proposal = NULL;
+        if ((res->error == ETCD_ERROR_TEST_FAILED || res->error == ETCD_ERROR_KEY_NOT_FOUND) &&
+            r->auth_writes[r->auth_next - 1].prev_index > 0 &&
+            r->auth_retries < AUTH_UPDATE_RETRIES) {
+                /* Another update of this user or role was applied between our read and our write: make
+                 * ours again from what is stored now (applied here already, as it came first in the
+                 * log). etcd2 would have overwritten it (last writer wins). */
+                r->auth_retries++;
+                auth_api_request_reset(r);
+                api_handle(h);
+                return;
+        }
         if (res->error == ETCD_ERROR_NODE_EXIST && r->auth_exists_msg)
                 k = reply_message(r, 409, r->auth_exists_msg, true);
         else if (res->error == ETCD_ERROR_KEY_NOT_FOUND && r->auth_missing_msg)
@@ -156,7 +172,8 @@ static void auth_proposal_done(StoreResult *res, void *userdata) {
 }
 
 /* prev_exist: 0 create, 1 update, -1 set; value NULL: delete. */
-static int auth_add_write(ApiRequest *r, const char *what, const char *name, const char *value, int prev_exist) {
+static int auth_add_write(ApiRequest *r, const char *what, const char *name, const char *value, int prev_exist,
+                          uint64_t prev_index) {
         AuthWrite *w;
 
         if (r->n_auth_writes >= ELEMENTSOF(r->auth_writes))
@@ -170,6 +187,7 @@ static int auth_add_write(ApiRequest *r, const char *what, const char *name, con
         if (value && !w->value)
                 return -ENOMEM;
         w->prev_exist = prev_exist;
+        w->prev_index = prev_index;
         r->n_auth_writes++;
         return 0;
 }
@@ -204,7 +222,7 @@ static int handle_auth_enable(ApiRequest *r, const char *method) {
         if (streq(method, "DELETE")) {
                 if (!auth_enabled(st))
                         return reply_message(r, 409, "auth: already disabled", true);
-                k = auth_add_write(r, "enabled", NULL, "false", -1);
+                k = auth_add_write(r, "enabled", NULL, "false", -1, 0);
                 return k < 0 ? k : auth_start(r, 200, NULL);
         }
         if (auth_enabled(st))
@@ -221,13 +239,13 @@ static int handle_auth_enable(ApiRequest *r, const char *method) {
                                                                    JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
                 if (!s)
                         return -ENOMEM;
-                k = auth_add_write(r, "roles", AUTH_GUEST, s, 0);
+                k = auth_add_write(r, "roles", AUTH_GUEST, s, 0, 0);
                 if (k < 0)
                         return k;
                 r->auth_exists_msg = strdup("auth: Role guest already exists.");
         }
         json_object_put(o);
-        k = auth_add_write(r, "enabled", NULL, "true", -1);
+        k = auth_add_write(r, "enabled", NULL, "true", -1, 0);
         return k < 0 ? k : auth_start(r, 200, NULL);
 }
 
@@ -370,7 +388,7 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                 free(msg);
                 if (asprintf(&msg, "auth: User %s does not exist", name) < 0)
                         return -ENOMEM;
-                k = auth_add_write(r, "users", name, NULL, 1);
+                k = auth_add_write(r, "users", name, NULL, 1, 0);
                 if (k < 0)
                         return k;
                 r->auth_missing_msg = TAKE_PTR(msg);
@@ -425,7 +443,7 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                         return -ENOMEM;
                 r->auth_exists_msg = TAKE_PTR(msg);
                 k = auth_add_write(r, "users", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 0);
+                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 0, 0);
         } else {
                 if (!json_strings_empty(in, "roles") &&
                     (!json_strings_empty(in, "grant") || !json_strings_empty(in, "revoke")))
@@ -444,7 +462,8 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                                              "update the user.", true);
                 status = 200;
                 k = auth_add_write(r, "users", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 1);
+                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 1,
+                                   auth_modified_index(st, "users", name));
         }
         if (k < 0)
                 return k;
@@ -504,7 +523,7 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
         if (asprintf(&msg, "auth: Role %s doesn't exist.", name) < 0)
                 return -ENOMEM;
         if (streq(method, "DELETE")) {
-                k = auth_add_write(r, "roles", name, NULL, 1);
+                k = auth_add_write(r, "roles", name, NULL, 1, 0);
                 if (k < 0)
                         return k;
                 r->auth_missing_msg = TAKE_PTR(msg);
@@ -545,7 +564,7 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
                 r->auth_exists_msg = TAKE_PTR(msg);
                 status = 201;
                 k = auth_add_write(r, "roles", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 0);
+                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 0, 0);
         } else {
                 if (!json_perms_empty(in, "permissions"))
                         return reply_message(r, 400, "Role JSON contains both permissions and grant/revoke", true);
@@ -571,7 +590,8 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
                                              true);
                 status = 200;
                 k = auth_add_write(r, "roles", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 1);
+                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 1,
+                                   auth_modified_index(st, "roles", name));
         }
         if (k < 0)
                 return k;
@@ -681,15 +701,20 @@ bool auth_api_prepare(ApiRequest *r) {
         return false;
 }
 
-void auth_api_request_done(ApiRequest *r) {
+/* Forgets the writes planned for the request (and their messages), to make them again. */
+static void auth_api_request_reset(ApiRequest *r) {
         for (size_t i = 0; i < r->n_auth_writes; i++) {
                 free(r->auth_writes[i].path);
                 free(r->auth_writes[i].value);
         }
-        r->n_auth_writes = 0;
+        r->n_auth_writes = r->auth_next = 0;
         r->auth_body = mfree_ptr(r->auth_body);
         r->auth_exists_msg = mfree_ptr(r->auth_exists_msg);
         r->auth_missing_msg = mfree_ptr(r->auth_missing_msg);
+}
+
+void auth_api_request_done(ApiRequest *r) {
+        auth_api_request_reset(r);
         auth_job_cancel(r->auth_job);
         r->auth_job = NULL;
         r->auth_prehash = mfree_ptr(r->auth_prehash);

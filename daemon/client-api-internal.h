@@ -33,6 +33,7 @@ typedef struct AuthWrite {
         char *path;
         char *value;             /* NULL: a delete */
         int prev_exist;
+        uint64_t prev_index;     /* an update: the modifiedIndex of the node it was merged from */
 } AuthWrite;
 
 typedef struct ApiRequest {
@@ -55,6 +56,7 @@ typedef struct ApiRequest {
         size_t n_auth_writes, auth_next;
         unsigned auth_status;
         char *auth_body, *auth_exists_msg, *auth_missing_msg;
+        unsigned auth_retries;   /* updates that lost a compare-and-swap and were made again */
         /* before routing (auth_prepare()): bcrypt work done on the worker thread */
         AuthJob *auth_job;
         bool auth_checked, auth_hashed;
