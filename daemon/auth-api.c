@@ -598,7 +598,32 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
         return auth_start(r, status, nu);
 }
 
+/* capabilityHandler(authCapability) of 2.3.8: the auth endpoints answer only once the cluster version is
+ * decided and is one that has auth (2.1, 2.2, 2.3); before, during a rolling upgrade from 2.0 or while
+ * a member that never saw the version recorded has no quorum, they answer 500. Our cluster version is
+ * the one the first leader records at /0/version (what /version answers as etcdcluster). */
+static bool auth_capable(Store *st) {
+        const StoreNode *n = store_lookup(st, "/0/version");
+        const char *v;
+        char buf[32];
+        unsigned major, minor;
+        size_t l;
+
+        if (!n || store_node_is_dir(n))
+                return false;
+        v = store_node_value(n, &l);
+        if (!v || l == 0 || l >= sizeof buf)
+                return false;
+        memcpy(buf, v, l);
+        buf[l] = 0;
+        if (sscanf(buf, "%u.%u", &major, &minor) != 2)
+                return false;
+        return major == 2 && minor >= 1 && minor <= 3;
+}
+
 int auth_api_handle(ApiRequest *r, const char *method, const char *what) {
+        if (!auth_capable(req_store(r)))
+                return reply_message(r, 500, "Not capable of accessing auth feature during rolling upgrades.", false);
         if (streq(what, "enable"))
                 return handle_auth_enable(r, method);
         if (streq(what, "users"))

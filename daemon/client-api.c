@@ -1035,7 +1035,8 @@ static int handle_stats(ApiRequest *r, const char *method, const char *which) {
 
 static int handle_version(ApiRequest *r, const char *method) {
         const StoreNode *n = req_store(r) ? store_lookup(req_store(r), "/0/version") : NULL;
-        const char *cluster = ETCD2_CLUSTER_VERSION;
+        /* etcd2: "not_decided" until the first leader recorded the cluster version */
+        const char *cluster = "not_decided";
         size_t cluster_len = strlen(cluster);
         HttpBuf b = {};
 
