@@ -622,6 +622,9 @@ static bool auth_capable(Store *st) {
 }
 
 int auth_api_handle(ApiRequest *r, const char *method, const char *what) {
+        _cleanup_free_ char *name = NULL;
+        size_t l;
+
         if (!auth_capable(req_store(r)))
                 return reply_message(r, 500, "Not capable of accessing auth feature during rolling upgrades.", false);
         if (streq(what, "enable"))
@@ -630,9 +633,21 @@ int auth_api_handle(ApiRequest *r, const char *method, const char *what) {
                 return handle_auth_users(r, method, NULL);
         if (streq(what, "roles"))
                 return handle_auth_roles(r, method, NULL);
+
+        /* handleUsers()/handleRoles(): path.Clean() of "/users/<rest>" split on "/": "/users/" (and so
+         * "/users" again) is the list, "/users/<name>/" the user, anything deeper 400 "Invalid path"
+         * (before the method is checked). The route has sent other unclean paths to the clean one. */
+        name = strdup(what + 6);
+        if (!name)
+                return -ENOMEM;
+        l = strlen(name);
+        if (l > 0 && name[l - 1] == '/')
+                name[--l] = 0;
+        if (strchr(name, '/'))
+                return reply_message(r, 400, "Invalid path", false);
         if (strneq(what, "users/", 6))
-                return handle_auth_users(r, method, what + 6);
-        return handle_auth_roles(r, method, what + 6);
+                return handle_auth_users(r, method, l > 0 ? name : NULL);
+        return handle_auth_roles(r, method, l > 0 ? name : NULL);
 }
 
 static void on_auth_job_done(AuthJob *j, void *userdata) {

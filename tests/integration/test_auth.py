@@ -129,6 +129,22 @@ STEPS_CRUD = [
     ("POST", "/v2/auth/users", None, None, None),             # 405
     ("HEAD", "/v2/auth/enable", None, None, None),            # 405
     ("GET", "/v2/auth/users", None, None, None),
+    # paths: handleUsers()/handleRoles() split path.Clean(subpath) on "/"
+    ("GET", "/v2/auth/users/", None, None, None),             # the list
+    ("PUT", "/v2/auth/users/", None, J, user("")),            # 405 Allow: GET
+    ("GET", "/v2/auth/roles/", None, None, None),
+    ("DELETE", "/v2/auth/roles/", None, None, None),          # 405
+    ("GET", "/v2/auth/users/bob/", None, None, None),         # = bob
+    ("GET", "/v2/auth/roles/rw/", None, None, None),
+    ("PUT", "/v2/auth/roles/rw/", None, J, role("rw", grant=kv(["/t"]))),
+    ("GET", "/v2/auth/users/bob/x", None, None, None),        # 400 Invalid path
+    ("PUT", "/v2/auth/roles/rw/x", None, J, role("rw")),
+    ("DELETE", "/v2/auth/users/a/b/c", None, None, None),
+    ("POST", "/v2/auth/users/a/b", None, None, None),
+    ("GET", "/v2/auth/enable/", None, None, None),            # 404
+    ("GET", "/v2/auth/", None, None, None),
+    ("GET", "/v2/auth/nope", None, None, None),
+    ("GET", "/v2/auth/users//bob", None, None, None),         # 301 to the clean path
 ]
 
 STEPS_ENABLED = [
@@ -258,7 +274,7 @@ def to_23(step, v):
     """etcd 3.4's answer to GET /v2/auth/users/<u> as 2.3.8 gives it (difference 1 above)."""
     j = v.get("json")
     if (step[0] != "GET" or not step[1].startswith("/v2/auth/users/") or v.get("status") != 200
-            or not isinstance(j, dict) or SELFTEST):
+            or not isinstance(j, dict) or "user" not in j or SELFTEST):
         return v
     return dict(v, json={"user": j["user"], "roles": [r["role"] for r in j["roles"]] if "roles" in j else None})
 
