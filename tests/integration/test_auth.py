@@ -160,6 +160,7 @@ STEPS_ENABLED = [
     ("GET", "/v2/keys/open", None, None, None),
     ("GET", "/v2/keys/open", "Basic !!!", None, None, {"status": 200}),     # 2.3: malformed = guest (3.4: 401)
     ("GET", "/v2/keys/open", "Bearer x", None, None, {"status": 200}),
+    ("GET", "/v2/keys/open", "basic cm9vdDpyb290cHc=", None, None, {"status": 200}),  # Go: "Basic " only
     ("GET", "/v2/auth/users", "Basic !!!", None, None, {"status": 401}),    # root access needs valid Basic
     ("PUT", "/v2/auth/roles/guest", ROOT, J, role("guest", revoke=kv(["/*"], ["/*"]))),
     ("GET", "/v2/keys/open", None, None, None),               # 401 errorCode 110
@@ -177,6 +178,9 @@ STEPS_ENABLED = [
     ("DELETE", "/v2/keys/a/b", BOB, None, None),
     ("HEAD", "/v2/keys/a/b", BOB, None, None),
     ("HEAD", "/v2/keys/a/b", None, None, None),
+    ("HEAD", "/v2/keys/a/c", BOB, None, None),                # HEAD is a read (404), not a write (401)
+    ("HEAD", "/v2/keys/a/c?recursive=true", BOB, None, None),  # a recursive read under the prefix /a/*
+    ("HEAD", "/v2/members", BOB, None, None),                 # members: GET and HEAD open
     ("GET", "/v2/keys/a/b?quorum=true", BOB, None, None),
     ("GET", "/v2/keys/a/b?wait=true&waitIndex=1", BOB, None, None),   # a watch answered from history
     ("GET", "/v2/keys/a/b?wait=true&waitIndex=1", None, None, None),  # 401 before the watch starts
