@@ -85,6 +85,16 @@ static json_object *parse_stored(Store *st, const char *path) {
         return v ? json_tokener_parse(v) : NULL;
 }
 
+uint64_t auth_modified_index(Store *st, const char *what, const char *name) {
+        _cleanup_free_ char *path = NULL;
+        const StoreNode *n;
+
+        if (asprintf(&path, AUTH_PREFIX "/%s/%s", what, name) < 0)
+                return 0;
+        n = store_lookup(st, path);
+        return n && !store_node_is_dir(n) ? store_node_modified_index(n) : 0;
+}
+
 bool auth_enabled(Store *st) {
         const StoreNode *n = store_lookup(st, AUTH_PREFIX "/enabled");
         const char *v;

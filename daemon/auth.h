@@ -25,6 +25,9 @@ bool auth_enabled(Store *st);
 json_object *auth_get_user(Store *st, const char *name);
 /* The role ({"role","permissions":{"kv":{"read","write"}}}); root is built in. NULL if absent. */
 json_object *auth_get_role(Store *st, const char *name);
+/* The modifiedIndex of /2/<what>/<name> ("users" or "roles"), 0 if absent: updates compare-and-swap on
+ * it (prevIndex), so that two concurrent updates through different members cannot lose one. */
+uint64_t auth_modified_index(Store *st, const char *what, const char *name);
 /* Sorted names under /2/users or /2/roles (with_root adds the built-in root role); NULL on OOM. */
 char **auth_list(Store *st, const char *what, bool with_root);
 

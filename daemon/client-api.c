@@ -30,9 +30,9 @@
 
 #include <json-c/json.h>
 
-#include "auth.h"
 #include "auth-worker.h"
 #include "client-api.h"
+#include "client-api-internal.h"
 #include "peer.h"
 #include "config-build.h"
 #include "log.h"
@@ -44,73 +44,10 @@
 /* A stream's events are handed to the layer while less than this is waiting for the socket; beyond, they
  * stay in the queue (at most WATCH_QUEUE_MAX) until drained(). */
 #define WATCH_PENDING_MAX ((size_t) 64 * 1024)
-#define CONTENT_TYPE_JSON "application/json"
 #define CONTENT_TYPE_TEXT "text/plain; charset=utf-8"
 #define CONTENT_TYPE_FORM "application/x-www-form-urlencoded"
 #define MEMBERSHIP_NOT_SUPPORTED "membership changes are not supported yet by this etcd2"
 
-struct ClientApi {
-        Server *server;
-        const Config *config;
-        bool peer;               /* the peer endpoints, not the client API */
-        AuthWorker *auth_worker; /* bcrypt off the loop; started with the first job */
-};
-
-/* The headers of an accepted `POST /raft/stream`, kept for the peer transport: the request is gone by
- * the time the socket is handed over. */
-typedef struct PeerUpgrade {
-        Server *server;
-        char *from, *cluster, *version, *min_version;
-} PeerUpgrade;
-
-/* One write of a v2 auth request (auth_add_write()). */
-typedef struct AuthWrite {
-        char *path;
-        char *value;             /* NULL: a delete */
-        int prev_exist;
-} AuthWrite;
-
-typedef struct ApiRequest {
-        HttpRequest *http;
-        ClientApi *api;
-
-        /* membership changes (server_member_*()): answered from their callback */
-        bool member_op;
-        bool member_pending;     /* the callback is still to come */
-        int member_error;
-        uint64_t member_id;
-        char **member_urls;
-
-        /* GET /new?size=N (--enable-discovery-service): answered with token_url once the size is written */
-        bool token_op;
-        char *token_url;
-
-        /* v2 auth writes: proposed one after the other, then answered (auth_propose_next()) */
-        bool auth_op;
-        AuthWrite auth_writes[2];
-        size_t n_auth_writes, auth_next;
-        unsigned auth_status;
-        char *auth_body, *auth_exists_msg, *auth_missing_msg;
-        /* before routing (auth_prepare()): bcrypt work done on the worker thread */
-        AuthJob *auth_job;
-        bool auth_checked, auth_hashed;
-        bool auth_bad;           /* the Basic credentials are wrong (or could not be checked) */
-        char *auth_prehash;      /* PUT /v2/auth/users/<u>: the bcrypt of the body's password */
-
-        /* writes and quorum reads */
-        ServerProposal *proposal;
-
-        /* watches */
-        StoreWatcher *watcher;
-        bool stream;
-        bool watching;           /* the chunked answer has begun */
-        bool watch_done;         /* no more events will come: end the body after the queue drains */
-        StoreEvent **queue;      /* events not yet handed to the layer (each a reference and a pin) */
-        size_t n_queue, queue_alloc;
-
-        /* a peer stream being upgraded: freed by on_peer_taken(), which the layer always calls */
-        PeerUpgrade *upgrade;
-} ApiRequest;
 
 static bool strv_contains(char **l, const char *s) {
         STRV_FOREACH(i, l)
@@ -123,7 +60,7 @@ static bool strv_isempty(char **l) {
         return !l || !l[0];
 }
 
-static void *mfree_ptr(void *p) {
+void *mfree_ptr(void *p) {
         free(p);
         return NULL;
 }
@@ -135,15 +72,15 @@ static uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / NSEC_PER_USEC;
 }
 
-static Server *req_server(ApiRequest *r) {
+Server *req_server(ApiRequest *r) {
         return r->api->server;
 }
 
-static Store *req_store(ApiRequest *r) {
+Store *req_store(ApiRequest *r) {
         return server_store(req_server(r));
 }
 
-static const char *req_header(ApiRequest *r, const char *name) {
+const char *req_header(ApiRequest *r, const char *name) {
         return http_request_header(r->http, name);
 }
 
@@ -202,7 +139,7 @@ static void add_cors(ApiRequest *r) {
         http_response_header(r->http, "Access-Control-Allow-Headers", "accept, content-type, authorization");
 }
 
-static void add_cluster_id(ApiRequest *r) {
+void add_cluster_id(ApiRequest *r) {
         http_response_header_u64(r->http, "X-Etcd-Cluster-Id", server_cluster_id(req_server(r)), 16);
 }
 
@@ -216,14 +153,14 @@ static void add_raft_headers(ApiRequest *r) {
 }
 
 /* A complete answer (body copied), with the CORS headers last, as etcd's wrapper adds them. */
-static int reply(ApiRequest *r, unsigned status, const char *content_type, const void *body, size_t len) {
+int reply(ApiRequest *r, unsigned status, const char *content_type, const void *body, size_t len) {
         add_cors(r);
         http_reply(r->http, status, content_type, body ?: "", len);
         return 0;
 }
 
 /* What an out-of-memory failure answers, with nothing answered yet. */
-static void reply_oom(HttpRequest *h) {
+void reply_oom(HttpRequest *h) {
         static const char text[] = "Internal Server Error\n";
 
         log_oom();
@@ -243,12 +180,12 @@ static int reply_not_found(ApiRequest *r) {
         return reply_go_error(r, 404, "404 page not found");
 }
 
-static int reply_method_not_allowed(ApiRequest *r, const char *allow) {
+int reply_method_not_allowed(ApiRequest *r, const char *allow) {
         http_response_header(r->http, "Allow", allow);
         return reply_go_error(r, 405, "Method Not Allowed");
 }
 
-static bool method_allowed(const char *method, const char *allow) {
+bool method_allowed(const char *method, const char *allow) {
         /* allow is "A,B,C" */
         size_t l = strlen(method);
 
@@ -262,7 +199,7 @@ static bool method_allowed(const char *method, const char *allow) {
 }
 
 /* httptypes.HTTPError: {"message":"..."} without a newline. */
-static int reply_message(ApiRequest *r, unsigned status, const char *message, bool cluster_id) {
+int reply_message(ApiRequest *r, unsigned status, const char *message, bool cluster_id) {
         HttpBuf b = {};
         int k;
 
@@ -421,10 +358,6 @@ static EtcdError parse_key_params(const HttpForm *f, const char *method, KeyPara
 /* --- /v2/keys: proposals and watches -------------------------------------------------------- */
 
 static int reply_token(ApiRequest *r, const StoreResult *res);
-static void auth_proposal_done(ApiRequest *r, StoreResult *res);
-static bool has_key_access(ApiRequest *r, const char *key, bool recursive, bool write);
-static bool has_root_access(ApiRequest *r);
-static int reply_no_auth(ApiRequest *r);
 
 static void on_proposal_done(StoreResult *res, void *userdata) {
         ApiRequest *r = userdata;
@@ -433,10 +366,6 @@ static void on_proposal_done(StoreResult *res, void *userdata) {
 
         /* res is borrowed, and good for the answer: reply_event() takes its own reference. */
         r->proposal = NULL;
-        if (r->auth_op) {
-                auth_proposal_done(r, res);
-                return;
-        }
         k = r->token_op ? reply_token(r, res) : reply_result(r, res);
         if (k < 0)
                 reply_oom(h);
@@ -595,7 +524,7 @@ static int handle_keys(ApiRequest *r, const char *method, const char *key, const
                 return reply_etcd_error(r, e, cause, 0, 0);
 
         /* etcd2 checks permissions once the request parsed (writeKeyNoAuth(): 110, index 0) */
-        if (!has_key_access(r, key, p.recursive, !streq(method, "GET") && !streq(method, "HEAD")))
+        if (!auth_api_has_key_access(r, key, p.recursive, !streq(method, "GET") && !streq(method, "HEAD")))
                 return reply_etcd_error(r, ETCD_ERROR_UNAUTHORIZED, "Insufficient credentials", 0, 401);
 
         /* path.Join("/1", key): the mux left key clean ("" or "/..." with at most a trailing slash) */
@@ -691,7 +620,7 @@ static int buf_member(HttpBuf *b, const Member *m) {
         return k < 0 ? k : http_buf_puts(b, "}");
 }
 
-static int reply_json_buf(ApiRequest *r, unsigned status, HttpBuf *b, bool cluster_id) {
+int reply_json_buf(ApiRequest *r, unsigned status, HttpBuf *b, bool cluster_id) {
         if (cluster_id)
                 add_cluster_id(r);
         add_cors(r);
@@ -884,8 +813,8 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
         if (!method_allowed(method, "GET,POST,DELETE,PUT"))
                 return reply_method_not_allowed(r, "GET,POST,DELETE,PUT");
         /* hasWriteRootAccess(): reads are open, changes need the root role */
-        if (!streq(method, "GET") && !streq(method, "HEAD") && !has_root_access(r))
-                return reply_no_auth(r);
+        if (!streq(method, "GET") && !streq(method, "HEAD") && !auth_api_has_root_access(r))
+                return auth_api_reply_no_auth(r);
 
         /* strings.TrimPrefix(path, "/v2/members") then TrimPrefix "/" */
         if (*rest == '/')
@@ -1015,7 +944,7 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
         return ret;
 }
 
-/* --- stats, version, health, machines, auth ------------------------------------------------- */
+/* --- stats, version, health, machines ------------------------------------------------------- */
 
 static int handle_stats(ApiRequest *r, const char *method, const char *which) {
         Server *s = req_server(r);
@@ -1106,7 +1035,8 @@ static int handle_stats(ApiRequest *r, const char *method, const char *which) {
 
 static int handle_version(ApiRequest *r, const char *method) {
         const StoreNode *n = req_store(r) ? store_lookup(req_store(r), "/0/version") : NULL;
-        const char *cluster = ETCD2_CLUSTER_VERSION;
+        /* etcd2: "not_decided" until the first leader recorded the cluster version */
+        const char *cluster = "not_decided";
         size_t cluster_len = strlen(cluster);
         HttpBuf b = {};
 
@@ -1184,572 +1114,6 @@ static int handle_machines(ApiRequest *r, const char *method) {
         return k;
 }
 
-/* --- v2 auth (etcdhttp client_auth.go of 2.3.8) --------------------------------------------- */
-
-/* etcd2's writeNoAuth(): 401 {"message":"Insufficient credentials"}. */
-static int reply_no_auth(ApiRequest *r) {
-        return reply_message(r, 401, "Insufficient credentials", true);
-}
-
-/* The user named by valid Basic credentials (NULL otherwise); *ret_had says whether an Authorization
- * header came at all. */
-static json_object *req_auth_user(ApiRequest *r, bool *ret_had) {
-        _cleanup_free_ char *name = NULL, *password = NULL;
-        const char *h = req_header(r, "Authorization");
-        json_object *u;
-        bool ok;
-
-        *ret_had = !isempty(h);
-        if (!*ret_had || r->auth_bad || !auth_parse_basic(h, &name, &password))
-                return NULL;
-        u = auth_get_user(req_store(r), name);
-        /* auth_prepare() verified them on the worker: a cache hit (bcrypt here only if the user's hash
-         * changed in between, which the loop does not let happen) */
-        ok = u && auth_check_password_cached(name, json_object_get_string(json_object_object_get(u, "password")),
-                                             password);
-        explicit_bzero(password, strlen(password));
-        if (!ok) {
-                json_object_put(u);
-                return NULL;
-        }
-        return u;
-}
-
-/* hasRootAccess(): auth off, or a user with the root role. */
-static bool has_root_access(ApiRequest *r) {
-        json_object *u;
-        bool had, ok;
-
-        if (!auth_enabled(req_store(r)))
-                return true;
-        u = req_auth_user(r, &had);
-        ok = u && auth_user_has_role(u, AUTH_ROOT);
-        json_object_put(u);
-        return ok;
-}
-
-/* hasKeyPrefixAccess(): no credentials at all means the guest role; bad ones mean no access; else any
- * role of the user that grants it (a recursive request needs a prefix pattern). */
-static bool has_key_access(ApiRequest *r, const char *key, bool recursive, bool write) {
-        Store *st = req_store(r);
-        json_object *u, *roles;
-        bool had, ok = false;
-
-        if (!auth_enabled(st))
-                return true;
-        u = req_auth_user(r, &had);
-        if (!had) {
-                json_object *g = auth_get_role(st, AUTH_GUEST);
-                ok = auth_role_has_access(g, key, write, false);
-                json_object_put(g);
-                return ok;
-        }
-        if (!u)
-                return false;
-        roles = json_object_object_get(u, "roles");
-        for (size_t i = 0; !ok && roles && i < json_object_array_length(roles); i++) {
-                json_object *role = auth_get_role(st, json_object_get_string(json_object_array_get_idx(roles, i)));
-                ok = auth_role_has_access(role, key, write, recursive);
-                json_object_put(role);
-        }
-        json_object_put(u);
-        return ok;
-}
-
-/* json.NewEncoder(w).Encode(): the JSON and a newline. */
-static int reply_json_object(ApiRequest *r, unsigned status, json_object *o) {
-        const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-        HttpBuf b = {};
-
-        if (!s || http_buf_puts(&b, s) < 0 || http_buf_puts(&b, "\n") < 0) {
-                http_buf_done(&b);
-                return -ENOMEM;
-        }
-        return reply_json_buf(r, status, &b, true);
-}
-
-/* The chain of writes of one auth request: each is proposed once the previous one is applied, then
- * the answer (auth_status, auth_body) is given. A failure answers at once: a create that finds the node
- * (105) with auth_exists_msg (409), an update or delete that misses it (100) with auth_missing_msg (404). */
-static int auth_propose_next(ApiRequest *r) {
-        AuthWrite *w;
-        StoreRequest req = {};
-        int k;
-
-        if (r->auth_next >= r->n_auth_writes) {
-                const char *body = r->auth_body ?: "";
-                add_cluster_id(r);
-                return reply(r, r->auth_status, CONTENT_TYPE_JSON, body, strlen(body));
-        }
-        w = &r->auth_writes[r->auth_next++];
-        req.method = w->value ? STORE_METHOD_PUT : STORE_METHOD_DELETE;
-        req.path = w->path;
-        req.value = w->value;
-        req.value_len = w->value ? strlen(w->value) : 0;
-        req.prev_exist = w->prev_exist;
-        k = server_propose(req_server(r), &req, on_proposal_done, r, &r->proposal);
-        if (k < 0)
-                return reply_message(r, 500, strerror(-k), true);
-        return 0;
-}
-
-static void auth_proposal_done(ApiRequest *r, StoreResult *res) {
-        HttpRequest *h = r->http;
-        int k;
-
-        if (res->error == ETCD_ERROR_NODE_EXIST && r->auth_exists_msg)
-                k = reply_message(r, 409, r->auth_exists_msg, true);
-        else if (res->error == ETCD_ERROR_KEY_NOT_FOUND && r->auth_missing_msg)
-                k = reply_message(r, 404, r->auth_missing_msg, true);
-        else if (res->error != ETCD_OK)
-                k = reply_message(r, 500, res->cause ?: "etcdserver: request failed", true);
-        else
-                k = auth_propose_next(r);
-        if (k < 0)
-                reply_oom(h);
-}
-
-/* prev_exist: 0 create, 1 update, -1 set; value NULL: delete. */
-static int auth_add_write(ApiRequest *r, const char *what, const char *name, const char *value, int prev_exist) {
-        AuthWrite *w;
-
-        if (r->n_auth_writes >= ELEMENTSOF(r->auth_writes))
-                return -E2BIG;
-        w = &r->auth_writes[r->n_auth_writes];
-        if (asprintf(&w->path, AUTH_PREFIX "/%s%s%s", what, name ? "/" : "", strempty(name)) < 0) {
-                w->path = NULL;
-                return -ENOMEM;
-        }
-        w->value = value ? strdup(value) : NULL;
-        if (value && !w->value)
-                return -ENOMEM;
-        w->prev_exist = prev_exist;
-        r->n_auth_writes++;
-        return 0;
-}
-
-static int auth_start(ApiRequest *r, unsigned status, json_object *body_or_null) {
-        if (body_or_null) {
-                const char *s = json_object_to_json_string_ext(body_or_null,
-                                                               JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-                if (!s || asprintf(&r->auth_body, "%s\n", s) < 0) {
-                        r->auth_body = NULL;
-                        return -ENOMEM;
-                }
-        }
-        r->auth_op = true;
-        r->auth_status = status;
-        return auth_propose_next(r);
-}
-
-static int handle_auth_enable(ApiRequest *r, const char *method) {
-        Store *st = req_store(r);
-        json_object *o;
-        int k;
-
-        if (!method_allowed(method, "GET,PUT,DELETE"))
-                return reply_method_not_allowed(r, "GET,PUT,DELETE");
-        if (streq(method, "GET")) {
-                const char *body = auth_enabled(st) ? "{\"enabled\":true}\n" : "{\"enabled\":false}\n";
-                add_cluster_id(r);
-                return reply(r, 200, CONTENT_TYPE_JSON, body, strlen(body));
-        }
-        if (!has_root_access(r))
-                return reply_no_auth(r);
-        if (streq(method, "DELETE")) {
-                if (!auth_enabled(st))
-                        return reply_message(r, 409, "auth: already disabled", true);
-                k = auth_add_write(r, "enabled", NULL, "false", -1);
-                return k < 0 ? k : auth_start(r, 200, NULL);
-        }
-        if (auth_enabled(st))
-                return reply_message(r, 409, "auth: already enabled", true);
-        o = auth_get_user(st, AUTH_ROOT);
-        if (!o)
-                return reply_message(r, 409, "auth: No root user available, please create one", true);
-        json_object_put(o);
-        o = auth_get_role(st, AUTH_GUEST);
-        if (!o) {
-                /* etcd2 creates the guest role with full access first */
-                _cleanup_(json_object_putp) json_object *g = auth_role_new_full(AUTH_GUEST);
-                const char *s = g ? json_object_to_json_string_ext(g, JSON_C_TO_STRING_PLAIN |
-                                                                   JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
-                if (!s)
-                        return -ENOMEM;
-                k = auth_add_write(r, "roles", AUTH_GUEST, s, 0);
-                if (k < 0)
-                        return k;
-                r->auth_exists_msg = strdup("auth: Role guest already exists.");
-        }
-        json_object_put(o);
-        k = auth_add_write(r, "enabled", NULL, "true", -1);
-        return k < 0 ? k : auth_start(r, 200, NULL);
-}
-
-/* userWithRoles: {"user","roles":[role objects]}; no roles at all: the field is left out (omitempty). A
- * granted role that does not exist: the list of users leaves it out, the GET of the user fails with 404
- * and *ret_missing (ret_missing NULL: leave it out).
- *
- * This is etcd 3.4's answer (etcdserver/api/v2http), and so is the list of role objects below. etcd
- * 2.3.8 (etcdserver/etcdhttp) answered names: {"users":["bob"]}, {"roles":["root"]}, and for one user
- * the stored user without password. 3.4's etcdctl (ETCDCTL_API=2) cannot read 2.3's lists and
- * python-etcd's EtcdUser cannot read 3.4's user: see NOTES-auth.md; commit 5a4aae6 has the 2.3 form. */
-static json_object *user_with_roles(Store *st, json_object *u, char **ret_missing) {
-        json_object *out = json_object_new_object(), *roles = json_object_object_get(u, "roles"), *list = NULL;
-
-        if (ret_missing)
-                *ret_missing = NULL;
-        if (!out)
-                return NULL;
-        json_object_object_add(out, "user", json_object_get(json_object_object_get(u, "user")));
-        for (size_t i = 0; roles && i < json_object_array_length(roles); i++) {
-                const char *name = json_object_get_string(json_object_array_get_idx(roles, i));
-                json_object *role = auth_get_role(st, name);
-
-                if (!role && !ret_missing)
-                        continue;
-                if (!role) {
-                        if (asprintf(ret_missing, "auth: Role %s does not exist.", name) < 0)
-                                *ret_missing = NULL;
-                        json_object_put(list);
-                        json_object_put(out);
-                        return NULL;
-                }
-                if (!list)
-                        list = json_object_new_array();
-                json_object_array_add(list, role);
-        }
-        if (list)
-                json_object_object_add(out, "roles", list);
-        return out;
-}
-
-/* The request body as Go's json.Unmarshal into the struct would take it: an object, else NULL. */
-static json_object *auth_body_object(ApiRequest *r) {
-        json_object *o;
-
-        if (r->http->body_too_large)
-                return NULL;
-        o = json_tokener_parse(r->http->body.data ?: "");
-        if (o && !json_object_is_type(o, json_type_object)) {
-                json_object_put(o);
-                return NULL;
-        }
-        return o;
-}
-
-static bool json_strings_empty(json_object *o, const char *key) {
-        json_object *v = json_object_object_get(o, key);
-        return !v || !json_object_is_type(v, json_type_array) || json_object_array_length(v) == 0;
-}
-
-/* Permissions.IsEmpty(): nil, or no read and no write patterns. */
-static bool json_perms_empty(json_object *o, const char *key) {
-        json_object *p = json_object_object_get(o, key), *kv;
-
-        if (!p || !json_object_is_type(p, json_type_object))
-                return true;
-        kv = json_object_object_get(p, "kv");
-        return !kv || (json_strings_empty(kv, "read") && json_strings_empty(kv, "write"));
-}
-
-static const char *json_str(json_object *o, const char *key) {
-        json_object *v = json_object_object_get(o, key);
-        return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
-}
-
-static int user_reply_object(json_object *u, json_object **ret) {
-        json_object *o = json_object_new_object();
-
-        if (!o)
-                return -ENOMEM;
-        json_object_object_add(o, "user", json_object_get(json_object_object_get(u, "user")));
-        json_object_object_add(o, "roles", json_object_get(json_object_object_get(u, "roles")));
-        *ret = o;
-        return 0;
-}
-
-static int handle_auth_users(ApiRequest *r, const char *method, const char *name) {
-        _cleanup_(json_object_putp) json_object *in = NULL, *old = NULL, *nu = NULL, *out = NULL;
-        _cleanup_free_ char *msg = NULL, *msg2 = NULL;
-        Store *st = req_store(r);
-        unsigned status;
-        int k;
-
-        if (!name) {
-                _cleanup_strv_free_ char **names = NULL;
-                json_object *list = NULL;
-
-                if (!streq(method, "GET"))
-                        return reply_method_not_allowed(r, "GET");
-                if (!has_root_access(r))
-                        return reply_no_auth(r);
-                names = auth_list(st, "users", false);
-                out = json_object_new_object();
-                if (!names || !out)
-                        return -ENOMEM;
-                STRV_FOREACH(n, names) {
-                        _cleanup_(json_object_putp) json_object *u = auth_get_user(st, *n);
-                        json_object *uwr;
-
-                        if (!u)
-                                continue;
-                        uwr = user_with_roles(st, u, NULL);
-                        if (!uwr) {
-                                json_object_put(list);
-                                return -ENOMEM;
-                        }
-                        if (!list)
-                                list = json_object_new_array();
-                        json_object_array_add(list, uwr);
-                }
-                json_object_object_add(out, "users", list);
-                return reply_json_object(r, 200, out);
-        }
-
-        if (!method_allowed(method, "GET,PUT,DELETE"))
-                return reply_method_not_allowed(r, "GET,PUT,DELETE");
-        if (!has_root_access(r))
-                return reply_no_auth(r);
-
-        if (asprintf(&msg, "auth: User %s does not exist.", name) < 0)
-                return -ENOMEM;
-        old = auth_get_user(st, name);
-
-        if (streq(method, "GET")) {
-                if (!old)
-                        return reply_message(r, 404, msg, true);
-                out = user_with_roles(st, old, &msg2);
-                if (!out)
-                        return msg2 ? reply_message(r, 404, msg2, true) : -ENOMEM;
-                return reply_json_object(r, 200, out);
-        }
-
-        if (streq(method, "DELETE")) {
-                if (auth_enabled(st) && streq(name, AUTH_ROOT))
-                        return reply_message(r, 403, "auth: Cannot delete root user while auth is enabled.", true);
-                free(msg);
-                if (asprintf(&msg, "auth: User %s does not exist", name) < 0)
-                        return -ENOMEM;
-                k = auth_add_write(r, "users", name, NULL, 1);
-                if (k < 0)
-                        return k;
-                r->auth_missing_msg = TAKE_PTR(msg);
-                return auth_start(r, 200, NULL);
-        }
-
-        /* PUT */
-        in = auth_body_object(r);
-        if (!in)
-                return reply_message(r, 400, "Invalid JSON in request body.", true);
-        if (!streq(json_str(in, "user"), name))
-                return reply_message(r, 400, "User JSON name does not match the name in the URL", true);
-
-        if (json_strings_empty(in, "grant") && json_strings_empty(in, "revoke") &&
-            (!json_strings_empty(in, "roles") || !old)) {
-                /* CreateUser(): with roles given (answered 200, as etcd2 does), or CreateOrUpdateUser()
-                 * for a user that does not exist yet (201) */
-                const char *pw = json_str(in, "password");
-                _cleanup_free_ char *hash = NULL;
-                json_object *roles = json_object_object_get(in, "roles");
-
-                if (isempty(pw)) {
-                        free(msg);
-                        if (asprintf(&msg, "auth: Cannot create user %s with an empty password", name) < 0)
-                                return -ENOMEM;
-                        return reply_message(r, 400, msg, true);
-                }
-                nu = json_object_new_object();
-                if (!nu)
-                        return -ENOMEM;
-                /* auth_prepare() made it on the worker thread */
-                hash = r->auth_prehash ? strdup(r->auth_prehash) : NULL;
-                if (!hash && auth_hash_password(pw, &hash) < 0)
-                        return reply_message(r, 500, "Internal Server Error", true);
-                json_object_object_add(nu, "user", json_object_new_string(name));
-                json_object_object_add(nu, "password", json_object_new_string(hash));
-                if (roles && json_object_is_type(roles, json_type_array))
-                        json_object_object_add(nu, "roles", json_object_get(roles));
-                else
-                        json_object_object_add(nu, "roles", NULL);
-                if (streq(name, AUTH_ROOT) && !auth_user_has_role(nu, AUTH_ROOT)) {
-                        json_object *rl = json_object_object_get(nu, "roles");
-                        if (!rl) {
-                                rl = json_object_new_array();
-                                json_object_object_add(nu, "roles", rl);
-                        }
-                        json_object_array_add(rl, json_object_new_string(AUTH_ROOT));
-                }
-                status = !json_strings_empty(in, "roles") ? 200 : 201;
-                free(msg);
-                if (asprintf(&msg, "auth: User %s already exists.", name) < 0)
-                        return -ENOMEM;
-                r->auth_exists_msg = TAKE_PTR(msg);
-                k = auth_add_write(r, "users", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 0);
-        } else {
-                if (!json_strings_empty(in, "roles") &&
-                    (!json_strings_empty(in, "grant") || !json_strings_empty(in, "revoke")))
-                        return reply_message(r, 400, "User JSON contains both roles and grant/revoke", true);
-                if (!old)   /* getUser()'s error: UpdateUser()'s own "doesn't exist" is never reached */
-                        return reply_message(r, 404, msg, true);
-                free(msg);
-                msg = NULL;
-                status = auth_user_merge(old, in, r->auth_prehash, &nu, &msg);
-                if (status == 400)
-                        return reply_message(r, 400, "Invalid JSON in request body.", true);
-                if (status != 0)
-                        return reply_message(r, status, msg ?: "Internal Server Error", true);
-                if (json_object_equal(old, nu))
-                        return reply_message(r, 400, "auth: User not updated. Use grant/revoke/password to "
-                                             "update the user.", true);
-                status = 200;
-                k = auth_add_write(r, "users", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 1);
-        }
-        if (k < 0)
-                return k;
-        if (user_reply_object(nu, &out) < 0)
-                return -ENOMEM;
-        return auth_start(r, status, out);
-}
-
-static int handle_auth_roles(ApiRequest *r, const char *method, const char *name) {
-        _cleanup_(json_object_putp) json_object *in = NULL, *old = NULL, *nu = NULL, *out = NULL;
-        _cleanup_free_ char *msg = NULL;
-        Store *st = req_store(r);
-        unsigned status;
-        int k;
-
-        if (!name) {
-                _cleanup_strv_free_ char **names = NULL;
-                json_object *list = NULL;
-
-                if (!streq(method, "GET"))
-                        return reply_method_not_allowed(r, "GET");
-                if (!has_root_access(r))
-                        return reply_no_auth(r);
-                names = auth_list(st, "roles", true);
-                out = json_object_new_object();
-                if (!names || !out)
-                        return -ENOMEM;
-                STRV_FOREACH(n, names) {
-                        json_object *role = auth_get_role(st, *n);
-                        if (!role)
-                                continue;
-                        if (!list)
-                                list = json_object_new_array();
-                        json_object_array_add(list, role);
-                }
-                json_object_object_add(out, "roles", list);
-                return reply_json_object(r, 200, out);
-        }
-
-        if (!method_allowed(method, "GET,PUT,DELETE"))
-                return reply_method_not_allowed(r, "GET,PUT,DELETE");
-        if (!has_root_access(r))
-                return reply_no_auth(r);
-
-        if (streq(method, "GET")) {
-                old = auth_get_role(st, name);
-                if (!old) {
-                        if (asprintf(&msg, "auth: Role %s does not exist.", name) < 0)
-                                return -ENOMEM;
-                        return reply_message(r, 404, msg, true);
-                }
-                return reply_json_object(r, 200, old);
-        }
-
-        if (streq(name, AUTH_ROOT) && streq(method, "DELETE"))
-                return reply_message(r, 403, "auth: Cannot modify role root: is root role.", true);
-        if (asprintf(&msg, "auth: Role %s doesn't exist.", name) < 0)
-                return -ENOMEM;
-        if (streq(method, "DELETE")) {
-                k = auth_add_write(r, "roles", name, NULL, 1);
-                if (k < 0)
-                        return k;
-                r->auth_missing_msg = TAKE_PTR(msg);
-                return auth_start(r, 200, NULL);
-        }
-
-        /* PUT */
-        in = auth_body_object(r);
-        if (!in)
-                return reply_message(r, 400, "Invalid JSON in request body.", true);
-        if (!streq(json_str(in, "role"), name))
-                return reply_message(r, 400, "Role JSON name does not match the name in the URL", true);
-
-        if (json_perms_empty(in, "grant") && json_perms_empty(in, "revoke")) {
-                /* CreateRole(): the role as given, answered as given */
-                json_object *p = json_object_object_get(in, "permissions"), *kv = p ? json_object_object_get(p, "kv") : NULL;
-                json_object *read = kv ? json_object_object_get(kv, "read") : NULL;
-                json_object *write = kv ? json_object_object_get(kv, "write") : NULL;
-
-                if (streq(name, AUTH_ROOT))
-                        return reply_message(r, 403, "auth: Cannot modify role root: is root role.", true);
-                nu = json_object_new_object();
-                p = json_object_new_object();
-                kv = json_object_new_object();
-                if (!nu || !p || !kv) {
-                        json_object_put(p);
-                        json_object_put(kv);
-                        return -ENOMEM;
-                }
-                json_object_object_add(kv, "read", json_object_get(read));
-                json_object_object_add(kv, "write", json_object_get(write));
-                json_object_object_add(p, "kv", kv);
-                json_object_object_add(nu, "role", json_object_new_string(name));
-                json_object_object_add(nu, "permissions", p);
-                free(msg);
-                if (asprintf(&msg, "auth: Role %s already exists.", name) < 0)
-                        return -ENOMEM;
-                r->auth_exists_msg = TAKE_PTR(msg);
-                status = 201;
-                k = auth_add_write(r, "roles", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 0);
-        } else {
-                if (!json_perms_empty(in, "permissions"))
-                        return reply_message(r, 400, "Role JSON contains both permissions and grant/revoke", true);
-                if (streq(name, AUTH_ROOT))
-                        return reply_message(r, 403, "auth: Cannot modify role root: is root role.", true);
-                old = auth_get_role(st, name);
-                if (!old) {
-                        /* getRole()'s error: UpdateRole()'s own "doesn't exist" is never reached */
-                        free(msg);
-                        if (asprintf(&msg, "auth: Role %s does not exist.", name) < 0)
-                                return -ENOMEM;
-                        return reply_message(r, 404, msg, true);
-                }
-                free(msg);
-                msg = NULL;
-                status = auth_role_merge(old, in, &nu, &msg);
-                if (status == 400)
-                        return reply_message(r, 400, "Invalid JSON in request body.", true);
-                if (status != 0)
-                        return reply_message(r, status, msg ?: "Internal Server Error", true);
-                if (json_object_equal(old, nu))
-                        return reply_message(r, 400, "auth: Role not updated. Use grant/revoke to update the role.",
-                                             true);
-                status = 200;
-                k = auth_add_write(r, "roles", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 1);
-        }
-        if (k < 0)
-                return k;
-        return auth_start(r, status, nu);
-}
-
-static int handle_auth(ApiRequest *r, const char *method, const char *what) {
-        if (streq(what, "enable"))
-                return handle_auth_enable(r, method);
-        if (streq(what, "users"))
-                return handle_auth_users(r, method, NULL);
-        if (streq(what, "roles"))
-                return handle_auth_roles(r, method, NULL);
-        if (strneq(what, "users/", 6))
-                return handle_auth_users(r, method, what + 6);
-        return handle_auth_roles(r, method, what + 6);
-}
 
 /* PUT /config/local/log {"Level":"DEBUG"} (2.2+): capnslog's level names, mapped to syslog levels. */
 static int handle_config_log(ApiRequest *r, const char *method) {
@@ -2164,7 +1528,7 @@ static int route(ApiRequest *r, const char *method) {
         if ((rest = strip_prefix(path, "/v2/auth/")) &&
             (streq(rest, "enable") || streq(rest, "users") || streq(rest, "roles") ||
              strneq(rest, "users/", 6) || strneq(rest, "roles/", 6)))
-                return handle_auth(r, method, rest);
+                return auth_api_handle(r, method, rest);
 
         return reply_not_found(r);
 }
@@ -2190,103 +1554,10 @@ static HttpBodyMode api_begin(HttpRequest *h) {
         return HTTP_BODY_DISCARD;
 }
 
-static void api_handle(HttpRequest *h);
-
-static void on_auth_job_done(AuthJob *j, void *userdata) {
-        ApiRequest *r = userdata;
-        const char *hash = auth_job_hash(j);
-
-        r->auth_job = NULL;
-        if (r->auth_hashed && !r->auth_prehash && hash) {
-                r->auth_prehash = strdup(hash);
-                if (!r->auth_prehash) {
-                        reply_oom(r->http);
-                        return;
-                }
-        } else if (!r->auth_hashed) {
-                /* the credentials check */
-                if (!auth_job_ok(j))
-                        r->auth_bad = true;
-        }
-        api_handle(r->http);
-}
-
-static int auth_submit(ApiRequest *r, const char *password, const char *hash) {
-        ClientApi *a = r->api;
-        int k;
-
-        if (!a->auth_worker) {
-                _cleanup_(sd_event_unrefp) sd_event *e = NULL;
-
-                k = sd_event_default(&e);
-                if (k < 0)
-                        return k;
-                k = auth_worker_new(e, &a->auth_worker);
-                if (k < 0)
-                        return k;
-        }
-        return auth_worker_submit(a->auth_worker, password, hash, on_auth_job_done, r, &r->auth_job);
-}
-
-/* The bcrypt work a request needs, done on the worker thread before it is routed: the check of Basic
- * credentials not in the cache (when auth is on), then the hash of a new password for a PUT of a user by
- * someone allowed to make it. Returns true if the request waits for a job (api_handle() runs again when
- * it is done). */
-static bool auth_prepare(ApiRequest *r) {
-        Store *st = req_store(r);
-        const char *h;
-        int k;
-
-        if (r->api->peer || streq(r->http->method, "OPTIONS"))
-                return false;
-
-        if (!r->auth_checked) {
-                _cleanup_free_ char *name = NULL, *password = NULL;
-                _cleanup_(json_object_putp) json_object *u = NULL;
-                const char *hash;
-
-                r->auth_checked = true;
-                h = req_header(r, "Authorization");
-                if (auth_enabled(st) && !isempty(h) && auth_parse_basic(h, &name, &password) &&
-                    (u = auth_get_user(st, name))) {
-                        hash = json_object_get_string(json_object_object_get(u, "password"));
-                        if (!auth_cache_lookup(name, hash, password)) {
-                                k = auth_submit(r, password, hash);
-                                explicit_bzero(password, strlen(password));
-                                if (k >= 0)
-                                        return true;
-                                /* too many checks waiting: refused as bad credentials */
-                                log_debug("auth: cannot check credentials now: %s", strerror(-k));
-                                r->auth_bad = true;
-                        }
-                }
-                if (password)
-                        explicit_bzero(password, strlen(password));
-        }
-
-        if (!r->auth_hashed) {
-                _cleanup_(json_object_putp) json_object *in = NULL;
-                json_object *pw;
-
-                r->auth_hashed = true;
-                if (streq(r->http->method, "PUT") && strneq(r->http->uri, "/v2/auth/users/", 15) &&
-                    has_root_access(r) && (in = auth_body_object(r)) &&
-                    (pw = json_object_object_get(in, "password")) && json_object_is_type(pw, json_type_string) &&
-                    !isempty(json_object_get_string(pw))) {
-                        k = auth_submit(r, json_object_get_string(pw), NULL);
-                        if (k >= 0)
-                                return true;
-                        /* hashed on the loop then, as a last resort */
-                        log_debug("auth: cannot hash on the worker: %s", strerror(-k));
-                }
-        }
-        return false;
-}
-
-static void api_handle(HttpRequest *h) {
+void api_handle(HttpRequest *h) {
         ApiRequest *r = h->data;
 
-        if (auth_prepare(r))
+        if (auth_api_prepare(r))
                 return;
         if (route(r, h->method) < 0)
                 reply_oom(h);
@@ -2343,17 +1614,7 @@ static void api_done(HttpRequest *h) {
         r->upgrade = NULL;
         r->member_urls = strv_free(r->member_urls);
         r->token_url = mfree_ptr(r->token_url);
-        for (size_t i = 0; i < r->n_auth_writes; i++) {
-                free(r->auth_writes[i].path);
-                free(r->auth_writes[i].value);
-        }
-        r->n_auth_writes = 0;
-        r->auth_body = mfree_ptr(r->auth_body);
-        r->auth_exists_msg = mfree_ptr(r->auth_exists_msg);
-        r->auth_missing_msg = mfree_ptr(r->auth_missing_msg);
-        auth_job_cancel(r->auth_job);
-        r->auth_job = NULL;
-        r->auth_prehash = mfree_ptr(r->auth_prehash);
+        auth_api_request_done(r);
         for (size_t i = 0; i < r->n_queue; i++)
                 event_release(r->queue[i]);
         r->queue = mfree_ptr(r->queue);

@@ -2328,6 +2328,11 @@ const char *store_node_key(const StoreNode *n) {
         return n->key;
 }
 
+uint64_t store_node_modified_index(const StoreNode *n) {
+        assert(n);
+        return n->modified_index;
+}
+
 int store_node_foreach_child(const StoreNode *n, int (*cb)(const StoreNode *child, void *userdata),
                              void *userdata) {
         _cleanup_(freep) StoreNode **l = NULL;

@@ -230,6 +230,7 @@ const char *store_node_value(const StoreNode *n, size_t *ret_len);
 /* Iterates over the direct children of a directory in key order; stops when cb returns != 0. */
 int store_node_foreach_child(const StoreNode *n, int (*cb)(const StoreNode *child, void *userdata), void *userdata);
 const char *store_node_key(const StoreNode *n);
+uint64_t store_node_modified_index(const StoreNode *n);
 
 /* Durable state: records for the sink above, and the loader used at start-up.
  * store_load_node() must be called with parents before children (key order does that);

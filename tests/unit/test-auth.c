@@ -19,6 +19,7 @@
 
 #include "auth.h"
 #include "macro.h"
+#include "store.h"
 
 static json_object *role(const char *json) {
         json_object *o = json_tokener_parse(json);
@@ -122,6 +123,43 @@ static void test_bcrypt(void **state) {
         assert_false(auth_check_password("plain", "plain"));
 }
 
+static uint64_t put(Store *st, const char *path, const char *value, uint64_t prev_index, EtcdError want) {
+        StoreResult res = {};
+        uint64_t index;
+
+        assert_int_equal(store_apply(st, &(StoreRequest) { .method = STORE_METHOD_PUT, .path = path, .value = value,
+                                                           .value_len = strlen(value), .prev_exist = prev_index ? 1 : -1,
+                                                           .prev_index = prev_index },
+                                     0, &res), 0);
+        assert_int_equal(res.error, want);
+        index = res.index;
+        store_result_done(&res);
+        return index;
+}
+
+/* Updates compare-and-swap on the modifiedIndex auth_modified_index() reads (auth-api.c). */
+static void test_modified_index(void **state) {
+        Store *st = NULL;
+        uint64_t i1, i2;
+
+        assert_int_equal(store_new(&st), 0);
+        assert_int_equal(auth_modified_index(st, "users", "bob"), 0);
+        i1 = put(st, AUTH_PREFIX "/users/bob", "{\"user\":\"bob\",\"password\":\"h\",\"roles\":[\"x\"]}", 0, ETCD_OK);
+        assert_int_equal(auth_modified_index(st, "users", "bob"), i1);
+        assert_int_equal(auth_modified_index(st, "users", ""), 0);        /* the directory */
+        assert_int_equal(auth_modified_index(st, "roles", "bob"), 0);
+        /* a concurrent update got in first: an update merged from i1 fails, one from i2 passes */
+        i2 = put(st, AUTH_PREFIX "/users/bob", "{\"user\":\"bob\",\"password\":\"h\",\"roles\":[\"x\",\"y\"]}", i1,
+                 ETCD_OK);
+        assert_true(i2 > i1);
+        assert_int_equal(auth_modified_index(st, "users", "bob"), i2);
+        (void) put(st, AUTH_PREFIX "/users/bob", "{\"user\":\"bob\",\"password\":\"h\",\"roles\":[\"z\"]}", i1,
+                   ETCD_ERROR_TEST_FAILED);
+        (void) put(st, AUTH_PREFIX "/users/bob", "{\"user\":\"bob\",\"password\":\"h\",\"roles\":[\"x\",\"y\",\"z\"]}",
+                   i2, ETCD_OK);
+        store_free(st);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_patterns),
@@ -129,6 +167,7 @@ int main(void) {
                 cmocka_unit_test(test_user_merge),
                 cmocka_unit_test(test_role_merge),
                 cmocka_unit_test(test_bcrypt),
+                cmocka_unit_test(test_modified_index),
         };
 
         return cmocka_run_group_tests_name("auth", tests, NULL, NULL);
