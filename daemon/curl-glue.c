@@ -406,6 +406,8 @@ int curl_glue_make_easy(const char *url, CURL **ret) {
         if (curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
             curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L) != CURLE_OK ||
             curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+            /* etcd2's Go clients speak HTTP/1.1; over TLS libcurl would offer h2, which etcd 3.4 takes */
+            curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1) != CURLE_OK ||
             (url && curl_easy_setopt(easy, CURLOPT_URL, url) != CURLE_OK)) {
                 curl_easy_cleanup(easy);
                 return -EIO;
@@ -415,11 +417,28 @@ int curl_glue_make_easy(const char *url, CURL **ret) {
         return 0;
 }
 
+int curl_glue_set_system_roots(CURL *easy) {
+        const char *file, *dirs;
+
+        assert(easy);
+
+        if (!tls_system_roots(&file, &dirs))
+                return 0;
+        /* CURLOPT_CAINFO replaces the bundle, CURLOPT_CAPATH the directory (colon-separated lists are
+         * read by libcurl's OpenSSL and GnuTLS back ends alike) */
+        if (curl_easy_setopt(easy, CURLOPT_CAINFO, file) != CURLE_OK ||
+            (dirs && curl_easy_setopt(easy, CURLOPT_CAPATH, dirs) != CURLE_OK))
+                return -EIO;
+        return 0;
+}
+
 int curl_glue_set_tls(CURL *easy, const TlsInfo *info) {
         assert(easy);
 
         if (!info)
-                return 0;
+                return curl_glue_set_system_roots(easy);
+        if (isempty(info->trusted_ca_file) && curl_glue_set_system_roots(easy) < 0)
+                return -EIO;
         if ((!isempty(info->cert_file) &&
              (curl_easy_setopt(easy, CURLOPT_SSLCERT, info->cert_file) != CURLE_OK ||
               curl_easy_setopt(easy, CURLOPT_SSLCERTTYPE, "PEM") != CURLE_OK)) ||

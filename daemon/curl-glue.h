@@ -48,8 +48,10 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(CurlGlue *, curl_glue_free);
 int curl_glue_make_easy(const char *url, CURL **ret);
 /* etcd2's TLSInfo on an easy handle: present cert_file/key_file, trust trusted_ca_file (CURLOPT_SSLCERT,
  * CURLOPT_SSLKEY, CURLOPT_CAINFO); NULL or empty fields leave curl's defaults (no certificate, the
- * system's roots). info may be NULL (nothing set). */
+ * system's roots as curl_glue_set_system_roots() finds them). info may be NULL (the system's roots only). */
 int curl_glue_set_tls(CURL *easy, const TlsInfo *info);
+/* Without a CA of ours: the system's roots as Go finds them ($SSL_CERT_FILE, $SSL_CERT_DIR; tls.h). */
+int curl_glue_set_system_roots(CURL *easy);
 
 /* -EBUSY if `easy` is added already. */
 int curl_glue_add(CurlGlue *g, CURL *easy, curl_glue_finished_t cb, void *userdata);

@@ -422,20 +422,6 @@ static size_t on_header(char *buffer, size_t size, size_t nitems, void *userdata
         return n;
 }
 
-/* An https discovery URL is verified against the system's roots, as Go's crypto/x509 on Linux finds them:
- * $SSL_CERT_FILE instead of the distribution's bundle, $SSL_CERT_DIR (colon-separated, OpenSSL reads the
- * list as Go does) instead of /etc/ssl/certs. libcurl does not read these itself (only the curl tool does),
- * so a test (or a site) can point the discovery client at its own CA this way. */
-static int set_system_roots(CURL *easy) {
-        const char *file = getenv("SSL_CERT_FILE"), *dir = getenv("SSL_CERT_DIR");
-
-        if (!isempty(file) && curl_easy_setopt(easy, CURLOPT_CAINFO, file) != CURLE_OK)
-                return -EIO;
-        if (!isempty(dir) && curl_easy_setopt(easy, CURLOPT_CAPATH, dir) != CURLE_OK)
-                return -EIO;
-        return 0;
-}
-
 static int start_request(Discovery *d, DiscoveryStep step, const char *url, const char *put_body,
                          uint64_t timeout_usec) {
         _cleanup_(curl_request_freep) CurlRequest *req = NULL;
@@ -467,7 +453,7 @@ static int start_request(Discovery *d, DiscoveryStep step, const char *url, cons
                 return -EIO;
         if (d->proxy && curl_easy_setopt(easy, CURLOPT_PROXY, d->proxy) != CURLE_OK)
                 return -EIO;
-        r = set_system_roots(easy);
+        r = curl_glue_set_system_roots(easy); /* Go trusts the system's roots for discovery */
         if (r < 0)
                 return r;
 

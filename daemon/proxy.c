@@ -1354,13 +1354,8 @@ int proxy_new(sd_event *event, const Config *config, char **peer_urls, Proxy **r
                 return log_error_errno(r, "proxy: failed to read cluster file %s: %m", p->cluster_file);
 
         /* startProxy: both transports from cfg.peerTLSInfo; Go's TLSInfo trusts CAFile and TrustedCAFile */
-        const TlsInfo tls = {
-                .cert_file = config->peer_cert_file,
-                .key_file = config->peer_key_file,
-                .trusted_ca_file = !isempty(config->peer_trusted_ca_file) ? config->peer_trusted_ca_file
-                                                                          : config->peer_ca_file,
-        };
-        bool have_tls = !isempty(tls.cert_file) || !isempty(tls.key_file) || !isempty(tls.trusted_ca_file);
+        const TlsInfo tls = config_peer_tls_info(config);
+        bool have_tls = config_peer_tls_given(config);
 
         /* forwarding: --proxy-dial-timeout; --proxy-read-timeout as "no byte for that long" in whole
          * seconds, as libcurl's CURLOPT_LOW_SPEED_TIME applied it (0: none, for watches).

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -28,6 +29,48 @@ static int load_key_pair(gnutls_certificate_credentials_t cred, const char *cert
         if (r < 0) {
                 log_error("Failed to load the TLS certificate '%s' and key '%s': %s", cert, key, gnutls_strerror(r));
                 return -EINVAL;
+        }
+        return 0;
+}
+
+int tls_system_roots(const char **ret_file, const char **ret_dirs) {
+        const char *file = getenv("SSL_CERT_FILE"), *dirs = getenv("SSL_CERT_DIR");
+
+        *ret_file = isempty(file) ? NULL : file;
+        *ret_dirs = isempty(dirs) ? NULL : dirs;
+        return *ret_file || *ret_dirs;
+}
+
+static int load_system_roots(gnutls_certificate_credentials_t cred) {
+        const char *file, *dirs;
+        int r;
+
+        if (!tls_system_roots(&file, &dirs)) {
+                r = gnutls_certificate_set_x509_system_trust(cred);
+                if (r < 0)
+                        log_warning("Failed to load the system's trusted CAs, ignoring: %s", gnutls_strerror(r));
+                return 0;
+        }
+        if (file) {
+                r = gnutls_certificate_set_x509_trust_file(cred, file, GNUTLS_X509_FMT_PEM);
+                if (r < 0)
+                        log_warning("Failed to load trusted CAs from $SSL_CERT_FILE '%s', ignoring: %s", file,
+                                    gnutls_strerror(r));
+        }
+        for (const char *p = dirs; p && *p;) {
+                size_t n = strcspn(p, ":");
+                char *d = strndup(p, n);
+
+                if (!d)
+                        return log_oom();
+                if (*d) {
+                        r = gnutls_certificate_set_x509_trust_dir(cred, d, GNUTLS_X509_FMT_PEM);
+                        if (r < 0)
+                                log_warning("Failed to load trusted CAs from $SSL_CERT_DIR '%s', ignoring: %s", d,
+                                            gnutls_strerror(r));
+                }
+                free(d);
+                p += n + (p[n] == ':');
         }
         return 0;
 }
@@ -57,9 +100,9 @@ int tls_client_credentials_new(const TlsInfo *info, gnutls_certificate_credentia
                 if (r < 0)
                         goto fail;
         } else {
-                r = gnutls_certificate_set_x509_system_trust(cred);
+                r = load_system_roots(cred);
                 if (r < 0)
-                        log_warning("Failed to load the system's trusted CAs, ignoring: %s", gnutls_strerror(r));
+                        goto fail;
         }
         *ret = cred;
         return 0;

@@ -13,8 +13,13 @@ typedef struct TlsInfo {
         bool client_cert_auth;
 } TlsInfo;
 
+/* The system's roots as Go's crypto/x509 finds them on Linux: $SSL_CERT_FILE instead of the distribution's
+ * bundle, $SSL_CERT_DIR (colon-separated) instead of its directory. Returns > 0 if either is set (each
+ * *ret NULL if not), 0 if the distribution's trust store applies. */
+int tls_system_roots(const char **ret_file, const char **ret_dirs);
+
 /* Credentials for our outgoing connections: present cert/key if given; trust trusted_ca_file, or the
- * system's roots if NULL (as Go). Errors are logged. */
+ * system's roots (tls_system_roots()) if NULL, as Go. Errors are logged. */
 int tls_client_credentials_new(const TlsInfo *info, gnutls_certificate_credentials_t *ret);
 
 /* A non-blocking client session on fd (not taken): SNI and verification of the chain and of `host`
