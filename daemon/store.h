@@ -234,6 +234,10 @@ const char *store_node_key(const StoreNode *n);
 /* Durable state: records for the sink above, and the loader used at start-up.
  * store_load_node() must be called with parents before children (key order does that);
  * store_load_event() in index order; store_load_finish() sets the index and rebuilds the TTL heap. */
+/* A node record (the sink's node_put format) made from its fields, for an importer (import.c); malloc'd,
+ * NULL on OOM. */
+void *store_node_record_new(bool dir, uint64_t created_index, uint64_t modified_index, uint64_t expiration_usec,
+                            const char *value, size_t value_len, size_t *ret_len);
 int store_load_node(Store *s, const char *key, const void *record, size_t record_len);
 int store_load_event(Store *s, uint64_t index, const void *record, size_t record_len);
 int store_load_finish(Store *s, uint64_t etcd_index);
