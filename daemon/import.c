@@ -669,7 +669,7 @@ static int load_json_node(Builder *b, const char *key, json_object *o) {
         json_object_object_foreach(children, name, child) {
                 _cleanup_free_ char *ckey = NULL;
 
-                if (!*name || strchr(name, '/')) {
+                if (!*name || strchr(name, '/') || streq(name, ".") || streq(name, "..")) {
                         log_error("Snapshot node '%s' has a child with an invalid name.", key);
                         return -EBADMSG;
                 }
@@ -778,6 +778,27 @@ static int apply_conf_change(Builder *b, const Etcd2v2__Entry *e, uint64_t now_u
         return r;
 }
 
+/* What the store takes (store.h): absolute, no "//", no "." or ".." component, no trailing "/". etcd
+ * cleans paths (path.Join) before they enter the log; anything else is not etcd's. */
+static bool path_is_clean(const char *p) {
+        if (p[0] != '/')
+                return false;
+        if (streq(p, "/"))
+                return true;
+        for (const char *c = p; *c; ) {
+                const char *e;
+                size_t n;
+
+                c++;    /* past the '/' */
+                e = strchrnul(c, '/');
+                n = (size_t) (e - c);
+                if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+                        return false;
+                c = e;
+        }
+        return true;
+}
+
 static int request_to_store(const Etcd2v2__Request *q, StoreRequest *ret) {
         static const struct {
                 const char *name;
@@ -796,8 +817,8 @@ static int request_to_store(const Etcd2v2__Request *q, StoreRequest *ret) {
                         m = methods[i].method;
         if (m == _STORE_METHOD_INVALID)
                 return -EBADMSG;
-        if (m != STORE_METHOD_SYNC && m != STORE_METHOD_QGET && (q->path.len == 0 || q->path.data[0] != '/' ||
-                                       memchr(q->path.data, 0, q->path.len)))
+        if (m != STORE_METHOD_SYNC && m != STORE_METHOD_QGET &&
+            (memchr(q->path.data, 0, q->path.len) || !path_is_clean((const char *) q->path.data)))
                 return -EBADMSG;
 
         *ret = (StoreRequest) {
@@ -930,6 +951,7 @@ int import_v2_read(const char *dir, const StoreSink *sink, ImportFlushCallback f
         Etcd2v2__Snapshot *snap = NULL;
         WalState w = {};
         ImportSummary sum = {};
+        StoreSink filter;
         Builder b = {};
         uint64_t commit, now_usec;
         struct timespec ts;
@@ -976,8 +998,6 @@ int import_v2_read(const char *dir, const StoreSink *sink, ImportFlushCallback f
         }
         sum.n_snapshot_nodes = b.n_nodes;
         if (sink) {
-                static StoreSink filter;
-
                 filter = (StoreSink) {
                         .userdata = (void *) sink,
                         .node_put = filter_node_put,
