@@ -19,8 +19,8 @@
  * directory inside --data-dir and renamed into place when it is complete, so a refused or interrupted
  * import leaves no member behind.
  *
- * Not carried over: the event history inside the snapshot (etcd's watcherHub): waits on indexes up to
- * the snapshot's answer 401 "event index cleared"; events of the replayed entries are kept.
+ * The event history comes along: the snapshot's (etcd's watcherHub, the last 1000 events) and the events
+ * of the replayed entries, so a waitIndex in that window answers as it did with etcd.
  */
 
 #include <dirent.h>
@@ -682,6 +682,117 @@ static int load_json_node(Builder *b, const char *key, json_object *o) {
         return 0;
 }
 
+static int event_node_from_json(json_object *o, StoreEventNode *ret) {
+        json_object *v;
+        uint64_t expiration = 0;
+
+        if (!json_object_is_type(o, json_type_object))
+                return -EBADMSG;
+        if (json_object_object_get_ex(o, "expiration", &v) && v &&
+            import_parse_time(json_object_get_string(v), &expiration) < 0)
+                return -EBADMSG;
+        *ret = (StoreEventNode) {
+                .dir = json_object_object_get_ex(o, "dir", &v) && v && json_object_get_boolean(v),
+                .expiration_usec = expiration,
+                .modified_index = json_u64(o, "modifiedIndex"),
+                .created_index = json_u64(o, "createdIndex"),
+        };
+        if (json_object_object_get_ex(o, "value", &v) && v) {
+                ret->has_value = true;
+                ret->value = (char *) json_object_get_string(v);
+                ret->value_len = (size_t) json_object_get_string_len(v);
+        }
+        return 0;
+}
+
+/* One event of the snapshot's history (store.Event as JSON, internal key): into the store's history and
+ * the sink, as if it had just happened. */
+static int load_json_event(Builder *b, json_object *o, uint64_t now_usec) {
+        _cleanup_free_ void *record = NULL;
+        json_object *action, *node, *prev = NULL, *key;
+        StoreAction a = _STORE_ACTION_INVALID;
+        StoreEvent e = {};
+        size_t len;
+        int r;
+
+        if (!json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, "action", &action) ||
+            !action || !json_object_object_get_ex(o, "node", &node) || !node ||
+            !json_object_object_get_ex(node, "key", &key) || !key)
+                return -EBADMSG;
+        for (StoreAction i = 0; i < _STORE_ACTION_MAX; i++)
+                if (streq(json_object_get_string(action), store_action_to_string(i)))
+                        a = i;
+        if (a < 0 || a == STORE_ACTION_GET)
+                return -EBADMSG;
+        e.action = a;
+        e.key = (char *) json_object_get_string(key);
+        e.now_usec = now_usec;
+        r = event_node_from_json(node, &e.node);
+        if (r < 0)
+                return r;
+        e.index = e.node.modified_index;
+        if (json_object_object_get_ex(o, "prevNode", &prev) && prev) {
+                r = event_node_from_json(prev, &e.prev);
+                if (r < 0)
+                        return r;
+                e.has_prev = true;
+        }
+        e.prev_dir = (a == STORE_ACTION_DELETE || a == STORE_ACTION_EXPIRE || a == STORE_ACTION_COMPARE_AND_DELETE) &&
+                     (e.node.dir || (e.has_prev && e.prev.dir));
+        if (e.key[0] != '/' || e.index == 0)
+                return -EBADMSG;
+        record = store_event_record(&e, &len);
+        if (!record)
+                return -ENOMEM;
+        r = store_load_event(b->store, e.index, record, len);
+        if (r < 0)
+                return r;
+        if (b->sink && b->sink->history_add)
+                b->sink->history_add(b->sink->userdata, e.index, record, len);
+        return 0;
+}
+
+/* watcherHub.EventHistory.Queue: a ring of Capacity slots, Size events from Front, oldest first. Only
+ * the ones after the tree's index are not there (none). A history that does not load is not the data:
+ * skipped with a warning, waits on those indexes then answer 401 as after a history overflow. */
+static int load_json_history(Builder *b, json_object *root) {
+        json_object *hub, *hist, *queue, *events;
+        uint64_t size, front, capacity, now_usec, n = 0;
+        struct timespec ts;
+
+        if (!json_object_object_get_ex(root, "WatcherHub", &hub) || !hub ||
+            !json_object_object_get_ex(hub, "EventHistory", &hist) || !hist ||
+            !json_object_object_get_ex(hist, "Queue", &queue) || !queue ||
+            !json_object_object_get_ex(queue, "Events", &events) || !events ||
+            !json_object_is_type(events, json_type_array))
+                return 0;
+        size = json_u64(queue, "Size");
+        front = json_u64(queue, "Front");
+        capacity = json_u64(queue, "Capacity");
+        if (capacity == 0 || capacity != json_object_array_length(events) || size > capacity || front >= capacity) {
+                log_warning("The snapshot's event history is malformed, not importing it.");
+                return 0;
+        }
+        (void) clock_gettime(CLOCK_REALTIME, &ts);
+        now_usec = (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
+        for (uint64_t i = 0; i < size; i++) {
+                json_object *e = json_object_array_get_idx(events, (size_t) ((front + i) % capacity));
+                int r;
+
+                r = load_json_event(b, e, now_usec);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0) {
+                        log_warning("Event %" PRIu64 " of the snapshot's history does not load, not importing the "
+                                    "rest of it.", i);
+                        break;
+                }
+                n++;
+        }
+        log_debug("Imported %" PRIu64 " events of the snapshot's history.", n);
+        return 0;
+}
+
 static int load_snapshot_store(Builder *b, const Etcd2v2__Snapshot *snap) {
         _cleanup_(json_putp) json_object *root = NULL;
         json_tokener *tok;
@@ -705,6 +816,9 @@ static int load_snapshot_store(Builder *b, const Etcd2v2__Snapshot *snap) {
                 return -EBADMSG;
         }
         r = load_json_node(b, "/", r_node);
+        if (r < 0)
+                return r;
+        r = load_json_history(b, root);
         if (r < 0)
                 return r;
         return store_load_finish(b->store, json_u64(root, "CurrentIndex"));

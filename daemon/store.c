@@ -2365,6 +2365,13 @@ int store_node_foreach_child(const StoreNode *n, int (*cb)(const StoreNode *chil
         return 0;
 }
 
+void *store_event_record(const StoreEvent *e, size_t *ret_len) {
+        assert(e);
+        assert(e->key);
+        assert(ret_len);
+        return event_encode(e, ret_len);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Loading durable state */
 

@@ -238,6 +238,9 @@ const char *store_node_key(const StoreNode *n);
  * NULL on OOM. */
 void *store_node_record_new(bool dir, uint64_t created_index, uint64_t modified_index, uint64_t expiration_usec,
                             const char *value, size_t value_len, size_t *ret_len);
+/* An event record (the sink's history_add format) of an event filled in by an importer: its node and prev
+ * values may be plain buffers (they are copied). malloc'd, NULL on OOM. */
+void *store_event_record(const StoreEvent *e, size_t *ret_len);
 int store_load_node(Store *s, const char *key, const void *record, size_t record_len);
 int store_load_event(Store *s, uint64_t index, const void *record, size_t record_len);
 int store_load_finish(Store *s, uint64_t etcd_index);

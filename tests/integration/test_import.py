@@ -114,6 +114,31 @@ def assert_same_tree(ours, ref):
             assert abs(tg - tw) <= 3, (k, tg, tw)
 
 
+def wait_points(tree, index):
+    """waitIndex queries on past events, early (in the snapshot's history) and late (in the log)."""
+    first_queue = min(v["createdIndex"] for k, v in tree.items() if k.startswith("/queue/"))
+    return [("/plain/k001", tree["/plain/k005"]["createdIndex"] - 4, False),
+            ("/", 1, True),
+            ("/queue", first_queue - 1, True),
+            ("/ttl", tree["/ttl/long"]["createdIndex"], True),
+            ("/dirs", index - 1, True)]
+
+
+def past_event(d, path, wait_index, recursive):
+    params = {"wait": "true", "waitIndex": str(wait_index)}
+    if recursive:
+        params["recursive"] = "true"
+    r = requests.get(d.url + "/v2/keys" + path, params=params, timeout=5)
+    j = r.json()
+    for n in (j.get("node"), j.get("prevNode")):
+        if n:
+            n.pop("ttl", None)
+            if "expiration" in n:
+                n["expiration"] = n["expiration"][:19]
+    j.pop("index", None)
+    return r.status_code, j
+
+
 def backup(data_dir):
     b = tempfile.mkdtemp(prefix="etcd2-it-backup-")
     shutil.rmtree(b)
@@ -155,11 +180,12 @@ def source():
     try:
         workload(ref)
         tree, index = dump(ref)
+        waits = {w: past_event(ref, *w) for w in wait_points(tree, index)}
         ref.stop()
         data = ref.data_dir
         assert has_snap(data)
         b = backup(data)
-        yield {"data": data, "backup": b, "tree": tree, "index": index}
+        yield {"data": data, "backup": b, "tree": tree, "index": index, "waits": waits}
     finally:
         ref.cleanup()
     shutil.rmtree(b, ignore_errors=True)
@@ -173,6 +199,9 @@ def test_import_matches(source, which):
         # the backup's log starts after its snapshot, which holds every membership write: same indexes
         assert_same_tree(tree, source["tree"])
         assert imported_index(d) == source["index"]
+        # the history came along: past events answer waits as they did with etcd
+        for w, want in source["waits"].items():
+            assert past_event(d, *w) == want, w
         # membership is ours: one member, this one
         ms = ok(d.get("/v2/members"))["members"]
         assert len(ms) == 1 and ms[0]["peerURLs"] == [d.peer_url]
@@ -214,6 +243,16 @@ def imported_tree(src):
         return dump(d)[0], imported_index(d)
     finally:
         d.cleanup()
+
+
+def test_import_via_env_and_help(source):
+    d = Daemon(reference=False, binary=OUR_BINARY, use_env=True, env={"ETCD_IMPORT_V2_DATA_DIR": source["backup"]})
+    try:
+        assert_same_tree(dump(d)[0], source["tree"])
+    finally:
+        d.cleanup()
+    r = subprocess.run([OUR_BINARY, "-h"], capture_output=True, timeout=10)
+    assert "--import-v2-data-dir" in (r.stdout + r.stderr).decode()
 
 
 def test_import_without_snapshot():
@@ -407,17 +446,14 @@ def test_import_big():
             t.join(600)
         tree, index = dump(ref)
         ref.stop()
-        b = backup(ref.data_dir)
+        t0 = time.monotonic()
+        d = import_daemon(ref.data_dir)
         try:
-            t0 = time.monotonic()
-            d = import_daemon(b)
-            try:
-                print(f"import of {n} keys: {time.monotonic() - t0:.2f} s to healthy;",
-                      re.search(r"Imported .*", d.log_tail(200000)).group(0))
-                assert_same_tree(dump(d)[0], tree)
-            finally:
-                d.cleanup()
+            print(f"import of {n} keys: {time.monotonic() - t0:.2f} s to healthy;",
+                  re.search(r"Imported .*", d.log_tail(200000)).group(0))
+            assert_same_tree(dump(d)[0], tree)
+            assert imported_index(d) == index
         finally:
-            shutil.rmtree(b, ignore_errors=True)
+            d.cleanup()
     finally:
         ref.cleanup()

@@ -328,6 +328,11 @@ static int teardown(void **state) {
         return 0;
 }
 
+static int never(StoreWatcher *w, StoreEvent *e, void *userdata) {
+        fail();
+        return 0;
+}
+
 static char *get_json(Store *s, const char *path) {
         StoreResult r = {};
         const char *j;
@@ -357,7 +362,12 @@ static void test_data_dir_23(void **state) {
                 "\"foo\":{\"Path\":\"/1/foo\",\"CreatedIndex\":3,\"ModifiedIndex\":5,\"ExpireTime\":\"0001-01-01T00:00:00Z\",\"Value\":\"bar\",\"Children\":null},"
                 "\"_h\":{\"Path\":\"/1/_h\",\"CreatedIndex\":6,\"ModifiedIndex\":6,\"ExpireTime\":\"2999-01-01T00:00:00+01:00\",\"Value\":\"hidden\",\"Children\":null},"
                 "\"d\":{\"Path\":\"/1/d\",\"CreatedIndex\":4,\"ModifiedIndex\":4,\"ExpireTime\":\"0001-01-01T00:00:00Z\",\"Value\":\"\",\"Children\":{}}}}}},"
-                "\"WatcherHub\":{\"EventHistory\":{}},\"CurrentIndex\":7,\"CurrentVersion\":2}";
+                "\"WatcherHub\":{\"EventHistory\":{\"Queue\":{\"Events\":[null,"
+                "{\"action\":\"set\",\"node\":{\"key\":\"/1/foo\",\"value\":\"bar\",\"modifiedIndex\":5,\"createdIndex\":3},"
+                "\"prevNode\":{\"key\":\"/1/foo\",\"value\":\"ba\",\"modifiedIndex\":3,\"createdIndex\":3}},"
+                "{\"action\":\"create\",\"node\":{\"key\":\"/1/_h\",\"value\":\"hidden\",\"expiration\":\"2998-12-31T23:00:00Z\",\"ttl\":5,"
+                "\"modifiedIndex\":6,\"createdIndex\":6}}],\"Size\":2,\"Front\":1,\"Back\":0,\"Capacity\":3},"
+                "\"StartIndex\":5,\"LastIndex\":6}},\"CurrentIndex\":7,\"CurrentVersion\":2}";
         Buf b = {};
         uint32_t crc = 0;
         Store *s = NULL;
@@ -405,6 +415,28 @@ static void test_data_dir_23(void **state) {
         assert_null(get_json(s, "/1/old"));
         assert_null(get_json(s, "/1/uncommitted"));
         assert_non_null(store_lookup(s, "/0/members/2a"));
+        /* the snapshot's history came along: a wait from index 5 finds the set at 5, with its prevNode */
+        {
+                StoreWatcher *w = NULL;
+                StoreEvent *e = NULL;
+                char *cause = NULL;
+                const char *ej;
+                size_t n;
+
+                assert_int_equal(store_watch(s, "/1/foo", false, false, 5, never, NULL, &w, &e, &cause), 0);
+                assert_null(w);
+                assert_non_null(e);
+                assert_int_equal(e->index, 5);
+                ej = store_event_json(e, &n);
+                assert_non_null(strstr(ej, "\"prevNode\":{\"key\":\"/foo\",\"value\":\"ba\""));
+                store_event_json_unpin(e);
+                store_event_unref(e);
+                e = NULL;
+                assert_int_equal(store_watch(s, "/1/_h", false, false, 6, never, NULL, &w, &e, &cause), 0);
+                assert_non_null(e);
+                assert_int_equal(e->action, STORE_ACTION_CREATE);
+                store_event_unref(e);
+        }
         store_free(s);
         s = NULL;
 
