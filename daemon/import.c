@@ -42,7 +42,9 @@
 #include "import.h"
 #include "log.h"
 #include "macro.h"
+#include "codec.h"
 #include "persist.h"
+#include "raft-io.h"
 
 static void json_putp(json_object **o) {
         if (*o)
@@ -51,6 +53,7 @@ static void json_putp(json_object **o) {
 
 #define IMPORT_TMP_NAME ".import-v2"
 #define IMPORT_BATCH_RECORDS 20000U
+#define IMPORT_RAFT_INDEX 1     /* the Raft snapshot that stands for the imported state */
 #define WAL_SECTOR_SIZE 512
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1231,6 +1234,56 @@ static int check_target(const char *data_dir, const char *tmp) {
         return 0;
 }
 
+/* The member's own Raft address, as server.c picks it (self_peer_urls()). */
+static const char *self_address(const Config *c) {
+        const ClusterMember *m = NULL;
+
+        for (size_t i = 0; i < c->n_initial_members && !m; i++)
+                if (c->initial_members[i].id == c->member_id)
+                        m = &c->initial_members[i];
+        for (size_t i = 0; i < c->n_initial_members && !m; i++)
+                if (streq(strempty(c->initial_members[i].name), strempty(c->name)))
+                        m = &c->initial_members[i];
+        if (m && m->peer_urls.n > 0)
+                return m->peer_urls.urls[0].str;
+        if (c->initial_advertise_peer_urls.n > 0)
+                return c->initial_advertise_peer_urls.urls[0].str;
+        return "http://localhost:2380";
+}
+
+/* The imported state is not in any log entry: it stands as a Raft snapshot at index 1, term 1 (our marker:
+ * the state is in RocksDB), whose configuration is this member alone. The member restarts from it (no
+ * bootstrap entry to replay over an empty store), and a member added later gets the state as a snapshot
+ * install, since the log it needs begins after it. */
+static int write_raft_snapshot(const Config *c, PersistBatch *batch) {
+        _cleanup_(persist_snapshot_done) PersistSnapshot ps = {};
+        struct raft_configuration conf;
+        uint8_t *marker;
+        int r;
+
+        raft_configuration_init(&conf);
+        if (raft_configuration_add(&conf, c->member_id, self_address(c), RAFT_VOTER) != 0) {
+                raft_configuration_close(&conf);
+                return -ENOMEM;
+        }
+        r = raft_io_configuration_encode(&conf, &ps.conf, &ps.conf_len);
+        raft_configuration_close(&conf);
+        if (r < 0)
+                return r;
+        marker = malloc(16);
+        if (!marker)
+                return -ENOMEM;
+        memcpy(marker, RAFT_IO_SNAPSHOT_MARKER_MAGIC, 8);
+        codec_put_be64(marker + 8, IMPORT_RAFT_INDEX);
+        ps.index = ps.conf_index = IMPORT_RAFT_INDEX;
+        ps.term = 1;
+        ps.data = marker;
+        ps.data_len = 16;
+        persist_batch_term(batch, 1);
+        persist_batch_snapshot_put(batch, &ps, IMPORT_RAFT_INDEX + 1);
+        return 0;
+}
+
 int import_v2_data_dir(const Config *c) {
         _cleanup_free_ char *tmp = NULL, *tmp_member = NULL, *member = NULL;
         _cleanup_(persist_freep) Persist *p = NULL;
@@ -1303,8 +1356,10 @@ int import_v2_data_dir(const Config *c) {
         etcd_index = store_index(store);
         store_free(store);
         store = NULL;
-        /* Raft index 0: the member bootstraps its own log (server_bootstrap()) on this state. */
-        persist_batch_applied(batch, 0, etcd_index);
+        r = write_raft_snapshot(c, batch);
+        if (r < 0)
+                goto fail;
+        persist_batch_applied(batch, IMPORT_RAFT_INDEX, etcd_index);
         r = persist_write(batch, true);
         if (r < 0)
                 goto fail;

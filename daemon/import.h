@@ -59,5 +59,6 @@ int import_v2_read(const char *dir, const StoreSink *sink, ImportFlushCallback f
 
 /* The whole of --import-v2-data-dir, before the member starts: refuses a data dir that holds anything,
  * reads c->import_v2_data_dir and writes <data-dir>/member atomically (built beside it, renamed into
- * place), with c's member and cluster IDs, ready for server_new() to bootstrap a one-member cluster. */
+ * place), with c's member and cluster IDs and a Raft snapshot at index 1 standing for the state: server_new()
+ * restarts from it as a one-member cluster. */
 int import_v2_data_dir(const Config *c);
