@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,11 +39,11 @@
 
 #include <json-c/json.h>
 
+#include "codec.h"
 #include "etcd2-v2.pb-c.h"
 #include "import.h"
 #include "log.h"
 #include "macro.h"
-#include "codec.h"
 #include "persist.h"
 #include "raft-io.h"
 
@@ -802,6 +803,10 @@ static int load_snapshot_store(Builder *b, const Etcd2v2__Snapshot *snap) {
         json_object *r_node, *v;
         int r;
 
+        if (snap->data.len > INT_MAX) {
+                log_error("The snapshot's v2 store is too big to import (%zu bytes).", snap->data.len);
+                return -EFBIG;
+        }
         tok = json_tokener_new_ex(JSON_TOKENER_DEFAULT_DEPTH * 64);
         if (!tok)
                 return -ENOMEM;
@@ -1207,15 +1212,16 @@ static void rm_rf(const char *path) {
         (void) nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* The data dir must be empty or absent; a leftover of an interrupted import is removed. */
+/* The data dir must be empty or absent (persist_open() creates it); a leftover of an interrupted import is
+ * removed. */
 static int check_target(const char *data_dir, const char *tmp) {
         DIR *d;
         struct dirent *de;
         bool other = false;
 
-        if (mkdir(data_dir, 0700) < 0 && errno != EEXIST)
-                return log_error_errno(-errno, "Failed to create data dir '%s': %m", data_dir);
         d = opendir(data_dir);
+        if (!d && errno == ENOENT)
+                return 0;
         if (!d)
                 return log_error_errno(-errno, "Failed to open data dir '%s': %m", data_dir);
         while ((de = readdir(d)))
@@ -1294,6 +1300,7 @@ int import_v2_data_dir(const Config *c) {
         StoreSink sink;
         struct timespec t0, t1;
         uint64_t etcd_index;
+        bool created;
         int r;
 
         assert(c);
@@ -1313,6 +1320,7 @@ int import_v2_data_dir(const Config *c) {
         if (asprintf(&tmp, "%s/" IMPORT_TMP_NAME, c->data_dir) < 0 ||
             asprintf(&tmp_member, "%s/member", tmp) < 0 || asprintf(&member, "%s/member", c->data_dir) < 0)
                 return log_oom();
+        created = access(c->data_dir, F_OK) < 0;
         r = check_target(c->data_dir, tmp);
         if (r < 0)
                 return r;
@@ -1392,6 +1400,8 @@ fail:
         batch = persist_batch_free(batch);
         p = persist_free(p);
         rm_rf(tmp);
+        if (created)
+                (void) rmdir(c->data_dir);
         if (r == -ENOMEM)
                 (void) log_oom();
         log_error("The import of '%s' failed; nothing was left in '%s'.", c->import_v2_data_dir, c->data_dir);

@@ -375,7 +375,7 @@ def used_size(path):
 def refuse(src, what):
     target = tempfile.mkdtemp(prefix="etcd2-it-import-")
     try:
-        status, log = run_import(src, target)
+        status, log = run_import(src, os.path.join(target, "new"))   # a data dir that does not exist yet
         assert status != 0, log
         assert what in log, log
         assert "nothing was written" in log or "nothing was changed" in log, log
