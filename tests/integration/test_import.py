@@ -241,7 +241,10 @@ def etcd_on(src, force=False):
 def imported_tree(src):
     d = import_daemon(src)
     try:
-        return dump(d)[0], imported_index(d)
+        got = dump(d)[0], imported_index(d)
+        d.stop()
+        assert d.sanitizer_report() is None, d.sanitizer_report()
+        return got
     finally:
         d.cleanup()
 
@@ -378,6 +381,7 @@ def refuse(src, what):
         status, log = run_import(src, os.path.join(target, "new"))   # a data dir that does not exist yet
         assert status != 0, log
         assert what in log, log
+        assert "Sanitizer" not in log and "runtime error" not in log, log
         assert "nothing was written" in log or "nothing was changed" in log, log
         assert os.listdir(target) == [], os.listdir(target)
     finally:
