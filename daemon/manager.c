@@ -16,8 +16,8 @@
 #include <systemd/sd-daemon.h>
 
 #include "config-build.h"
-#include "log.h"
 #include "import.h"
+#include "log.h"
 #include "manager.h"
 #include "members.h"
 #include "srv.h"

@@ -231,9 +231,6 @@ const char *store_node_value(const StoreNode *n, size_t *ret_len);
 int store_node_foreach_child(const StoreNode *n, int (*cb)(const StoreNode *child, void *userdata), void *userdata);
 const char *store_node_key(const StoreNode *n);
 
-/* Durable state: records for the sink above, and the loader used at start-up.
- * store_load_node() must be called with parents before children (key order does that);
- * store_load_event() in index order; store_load_finish() sets the index and rebuilds the TTL heap. */
 /* A node record (the sink's node_put format) made from its fields, for an importer (import.c); malloc'd,
  * NULL on OOM. */
 void *store_node_record_new(bool dir, uint64_t created_index, uint64_t modified_index, uint64_t expiration_usec,
@@ -241,6 +238,10 @@ void *store_node_record_new(bool dir, uint64_t created_index, uint64_t modified_
 /* An event record (the sink's history_add format) of an event filled in by an importer: its node and prev
  * values may be plain buffers (they are copied). malloc'd, NULL on OOM. */
 void *store_event_record(const StoreEvent *e, size_t *ret_len);
+
+/* Durable state: records for the sink above, and the loader used at start-up.
+ * store_load_node() must be called with parents before children (key order does that);
+ * store_load_event() in index order; store_load_finish() sets the index and rebuilds the TTL heap. */
 int store_load_node(Store *s, const char *key, const void *record, size_t record_len);
 int store_load_event(Store *s, uint64_t index, const void *record, size_t record_len);
 int store_load_finish(Store *s, uint64_t etcd_index);
