@@ -900,25 +900,46 @@ static int apply_conf_change(Builder *b, const Etcd2v2__Entry *e, uint64_t now_u
         return r;
 }
 
-/* What the store takes (store.h): absolute, no "//", no "." or ".." component, no trailing "/". etcd
- * cleans paths (path.Join) before they enter the log; anything else is not etcd's. */
-static bool path_is_clean(const char *p) {
-        if (p[0] != '/')
-                return false;
-        if (streq(p, "/"))
-                return true;
+/* path.Clean(path.Join("/", p)), as etcd's store does to every path it is given (the log holds them as
+ * clients sent them, e.g. etcd 3.4's v2 auth writes "/2/users/"): the store wants them clean. Into a new
+ * malloc'd string. */
+static char *path_clean(const char *p) {
+        size_t n = strlen(p), len = 0;
+        char *out;
+
+        out = malloc(n + 2);
+        if (!out)
+                return NULL;
         for (const char *c = p; *c; ) {
                 const char *e;
-                size_t n;
+                size_t l;
 
-                c++;    /* past the '/' */
+                while (*c == '/')
+                        c++;
+                if (!*c)
+                        break;
                 e = strchrnul(c, '/');
-                n = (size_t) (e - c);
-                if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
-                        return false;
+                l = (size_t) (e - c);
+                if (l == 1 && c[0] == '.')
+                        ;
+                else if (l == 2 && c[0] == '.' && c[1] == '.') {
+                        /* back to the parent ("/name" components); at the root, stays there */
+                        while (len > 0 && out[len - 1] != '/')
+                                len--;
+                        if (len > 0)
+                                len--;
+                } else {
+                        out[len++] = '/';
+                        memcpy(out + len, c, l);
+                        len += l;
+                }
+                out[len] = 0;
                 c = e;
         }
-        return true;
+        if (len == 0)
+                out[len++] = '/';
+        out[len] = 0;
+        return out;
 }
 
 static int request_to_store(const Etcd2v2__Request *q, StoreRequest *ret) {
@@ -939,8 +960,7 @@ static int request_to_store(const Etcd2v2__Request *q, StoreRequest *ret) {
                         m = methods[i].method;
         if (m == _STORE_METHOD_INVALID)
                 return -EBADMSG;
-        if (m != STORE_METHOD_SYNC && m != STORE_METHOD_QGET &&
-            (memchr(q->path.data, 0, q->path.len) || !path_is_clean((const char *) q->path.data)))
+        if (m != STORE_METHOD_SYNC && m != STORE_METHOD_QGET && q->path.len == 0)
                 return -EBADMSG;
 
         *ret = (StoreRequest) {
@@ -1007,11 +1027,27 @@ static int apply_normal(Builder *b, const Etcd2v2__Entry *e, uint64_t now_usec, 
                 log_error("Raft entry %" PRIu64 " holds an undecodable request.", e->index);
                 return -EBADMSG;
         }
+        if (q->path.len > 0 && memchr(q->path.data, 0, q->path.len)) {
+                log_error("Raft entry %" PRIu64 " holds a path with a NUL byte.", e->index);
+                etcd2v2__request__free_unpacked(q, NULL);
+                return -EBADMSG;
+        }
         r = nul_terminate(&q->path);
         if (r >= 0)
                 r = nul_terminate(&q->val);
         if (r >= 0)
                 r = nul_terminate(&q->prev_value);
+        if (r >= 0 && q->path.len > 0) {
+                char *clean = path_clean((const char *) q->path.data);
+
+                if (!clean)
+                        r = -ENOMEM;
+                else {
+                        free(q->path.data);
+                        q->path.data = (uint8_t *) clean;
+                        q->path.len = strlen(clean);
+                }
+        }
         if (r < 0) {
                 etcd2v2__request__free_unpacked(q, NULL);
                 return r;

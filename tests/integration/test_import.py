@@ -72,6 +72,9 @@ def workload(d, n=40):
     ok(s.put(f"{u}/_hidden", data={"value": "h"}))
     ok(s.put(f"{u}/dirs/_h2", data={"value": "h2"}))
     ok(s.get(f"{u}/plain/k005", params={"quorum": "true"}))
+    # v2 auth (not enabled): users and roles live under /2 in etcd2's layout, which is ours too
+    ok(s.put(d.url + "/v2/auth/users/alice", json={"user": "alice", "password": "pw"}))
+    ok(s.put(d.url + "/v2/auth/roles/reader", json={"role": "reader", "permissions": {"kv": {"read": ["/a/*"], "write": []}}}))
     # etcd 3.4's leader expires keys with a SYNC entry every 500 ms
     deadline = time.monotonic() + 10
     while s.get(f"{u}/ttl/short").status_code != 404:
@@ -122,7 +125,7 @@ def wait_points(tree, index):
             ("/", 1, True),
             ("/queue", first_queue - 1, True),
             ("/ttl", tree["/ttl/long"]["createdIndex"], True),
-            ("/dirs", index - 1, True)]
+            ("/dirs", tree["/dirs/_h2"]["modifiedIndex"], True)]
 
 
 def past_event(d, path, wait_index, recursive):
@@ -203,6 +206,9 @@ def test_import_matches(source, which):
         # the history came along: past events answer waits as they did with etcd
         for w, want in source["waits"].items():
             assert past_event(d, *w) == want, w
+        # v2 auth users and roles came along
+        assert ok(d.get("/v2/auth/users"))["users"] == [{"user": "alice"}]
+        assert ok(d.get("/v2/auth/roles/reader"))["permissions"] == {"kv": {"read": ["/a/*"], "write": []}}
         # membership is ours: one member, this one
         ms = ok(d.get("/v2/members"))["members"]
         assert len(ms) == 1 and ms[0]["peerURLs"] == [d.peer_url]

@@ -392,7 +392,7 @@ static void test_data_dir_23(void **state) {
         free(ent);
         wal_put_request(&b, 14, "PUT", "/1/foo", "lost", 0, &crc, false);      /* create fails: no index */
         wal_put_request(&b, 15, "DELETE", "/1/d", NULL, -1, &crc, false);      /* not a file: fails too */
-        wal_put_request(&b, 16, "PUT", "/1/e", "v", -1, &crc, false);          /* index 10 */
+        wal_put_request(&b, 16, "PUT", "/1//x/./../e/", "v", -1, &crc, false); /* index 10, at /1/e (path.Clean) */
         wal_put_state(&b, 16, &crc, false);
         wal_put_request(&b, 17, "PUT", "/1/uncommitted", "v", -1, &crc, false);
         snprintf(path, sizeof(path), "%s/member/wal/0000000000000000-0000000000000000.wal", dir);
