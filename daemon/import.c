@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include <json-c/json.h>
+#include <systemd/sd-daemon.h>
 
 #include "codec.h"
 #include "etcd2-v2.pb-c.h"
@@ -328,7 +329,7 @@ static int list_names(const char *dir, const char *suffix, char ***ret, size_t *
 
 /* snapshotter.Load(): the newest .snap that decodes and matches its CRC; a broken one is skipped with a
  * warning (etcd renames it .broken; we only read). Returns 0 and NULL if there is none. */
-static int load_snapshot(const char *snap_dir, Etcd2v2__Snapshot **ret) {
+static int load_snapshot(const char *snap_dir, int warn_level, Etcd2v2__Snapshot **ret) {
         _cleanup_strv_free_ char **names = NULL;
         size_t n = 0;
         int r;
@@ -355,7 +356,7 @@ static int load_snapshot(const char *snap_dir, Etcd2v2__Snapshot **ret) {
                 free(f.buf);
                 if (!sf || !sf->has_crc || sf->data.len == 0 ||
                     import_crc32c(0, sf->data.data, sf->data.len) != sf->crc) {
-                        log_warning("Snapshot file '%s' is %s, trying an older one.", path,
+                        log_full(warn_level, "Snapshot file '%s' is %s, trying an older one.", path,
                                     !sf ? "empty or undecodable" : "corrupt (CRC-32C mismatch)");
                         if (sf)
                                 etcd2v2__snap_file__free_unpacked(sf, NULL);
@@ -364,7 +365,7 @@ static int load_snapshot(const char *snap_dir, Etcd2v2__Snapshot **ret) {
                 snap = etcd2v2__snapshot__unpack(NULL, sf->data.len, sf->data.data);
                 etcd2v2__snap_file__free_unpacked(sf, NULL);
                 if (!snap || !snap->metadata) {
-                        log_warning("Snapshot file '%s' holds no raft snapshot, trying an older one.", path);
+                        log_full(warn_level, "Snapshot file '%s' holds no raft snapshot, trying an older one.", path);
                         if (snap)
                                 etcd2v2__snapshot__free_unpacked(snap, NULL);
                         continue;
@@ -519,7 +520,7 @@ static int wal_on_record_crc(int64_t type, uint32_t crc, const uint8_t *data, si
         return wal_on_record(type, crc, data, len, cc->w);
 }
 
-static int read_wal(const char *wal_dir, WalState *w, bool *ret_torn) {
+static int read_wal(const char *wal_dir, int warn_level, WalState *w, bool *ret_torn) {
         _cleanup_strv_free_ char **names = NULL;
         size_t n = 0, first = 0;
         uint64_t prev_seq = 0;
@@ -579,8 +580,8 @@ static int read_wal(const char *wal_dir, WalState *w, bool *ret_torn) {
                         return -EBADMSG;
                 }
                 if (r > 0) {
-                        log_warning("WAL file '%s' ends in a torn record (a write cut short): dropping it, as etcd does.",
-                                    path);
+                        log_full(warn_level, "WAL file '%s' ends in a torn record (a write cut short): dropping it, "
+                                 "as etcd does.", path);
                         *ret_torn = true;
                 }
         }
@@ -601,6 +602,7 @@ typedef struct Builder {
         ImportFlushCallback flush;
         void *userdata;
         uint64_t n_nodes;
+        int warn_level;
 } Builder;
 
 static bool key_is_membership(const char *key) {
@@ -774,7 +776,7 @@ static int load_json_history(Builder *b, json_object *root) {
         front = json_u64(queue, "Front");
         capacity = json_u64(queue, "Capacity");
         if (capacity == 0 || capacity != json_object_array_length(events) || size > capacity || front >= capacity) {
-                log_warning("The snapshot's event history is malformed, not importing it.");
+                log_full(b->warn_level, "The snapshot's event history is malformed, not importing it.");
                 return 0;
         }
         (void) clock_gettime(CLOCK_REALTIME, &ts);
@@ -787,7 +789,7 @@ static int load_json_history(Builder *b, json_object *root) {
                 if (r == -ENOMEM)
                         return r;
                 if (r < 0) {
-                        log_warning("Event %" PRIu64 " of the snapshot's history does not load, not importing the "
+                        log_full(b->warn_level, "Event %" PRIu64 " of the snapshot's history does not load, not importing the "
                                     "rest of it.", i);
                         break;
                 }
@@ -1113,7 +1115,7 @@ int import_v2_read(const char *dir, const StoreSink *sink, ImportFlushCallback f
         Builder b = {};
         uint64_t commit, now_usec;
         struct timespec ts;
-        int r;
+        int warn_level, r;
 
         assert(dir);
         assert(ret_store);
@@ -1124,14 +1126,16 @@ int import_v2_read(const char *dir, const StoreSink *sink, ImportFlushCallback f
                 return log_error_errno(-errno, "'%s' is not an etcd v2 data dir (no member/wal): %m", dir);
 
         /* 1. Decode everything: a refusal comes before anything else happens. */
-        r = load_snapshot(snap_dir, &snap);
+        /* The caller's second run (with a sink) repeats what the first one warned about: at debug level. */
+        warn_level = sink ? LOG_DEBUG : LOG_WARNING;
+        r = load_snapshot(snap_dir, warn_level, &snap);
         if (r < 0)
                 return r;
         if (snap) {
                 w.start_index = sum.snapshot_index = snap->metadata->index;
                 w.start_term = sum.snapshot_term = snap->metadata->term;
         }
-        r = read_wal(wal_dir, &w, &sum.torn);
+        r = read_wal(wal_dir, warn_level, &w, &sum.torn);
         if (r < 0)
                 goto finish;
         commit = w.state ? w.state->commit : 0;
@@ -1148,7 +1152,7 @@ int import_v2_read(const char *dir, const StoreSink *sink, ImportFlushCallback f
         r = store_new(&store);
         if (r < 0)
                 goto finish;
-        b = (Builder) { .store = store, .sink = sink, .flush = flush, .userdata = userdata };
+        b = (Builder) { .store = store, .sink = sink, .flush = flush, .userdata = userdata, .warn_level = warn_level };
         if (snap) {
                 r = load_snapshot_store(&b, snap);
                 if (r < 0)
@@ -1363,6 +1367,7 @@ int import_v2_data_dir(const Config *c) {
 
         (void) clock_gettime(CLOCK_MONOTONIC, &t0);
         log_info("Importing the etcd v2 data dir '%s' into '%s'.", c->import_v2_data_dir, c->data_dir);
+        (void) sd_notifyf(false, "STATUS=Importing the etcd v2 data dir '%s'", c->import_v2_data_dir);
 
         /* A dry run first: corrupt input is refused before the data dir is touched. */
         r = import_v2_read(c->import_v2_data_dir, NULL, NULL, NULL, &store, &sum);

@@ -41,7 +41,8 @@ int import_parse_time(const char *s, uint64_t *ret_usec);
  * snapshot, then the committed WAL entries after it, applied as etcd2's applyRequest() does. The
  * sink (may be NULL) sees every node and event of the result except those under /0 (membership),
  * which stays out of the store's durable records. Nothing is written. Returns < 0 with a logged error
- * for a missing, truncated or corrupt data dir. */
+ * for a missing, truncated or corrupt data dir. With a sink, what a first run without one warned about
+ * (a torn record, a broken .snap) is logged at debug level. */
 typedef struct ImportSummary {
         uint64_t snapshot_index, snapshot_term;   /* 0 if there was no snapshot */
         uint64_t commit_index;                    /* raft index of the last replayed entry */
