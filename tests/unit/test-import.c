@@ -459,6 +459,61 @@ static void test_data_dir_23(void **state) {
         free(b.p);
 }
 
+/* The WAL goes on in a second file (etcd cuts at 64 MB): it begins with the running CRC of the first. */
+static void test_data_dir_two_files(void **state) {
+        Buf f0 = {}, f1 = {};
+        uint32_t crc = 0;
+        char path[256], *j;
+        Store *s = NULL;
+        ImportSummary sum;
+
+        wal_put(&f0, IMPORT_WAL_CRC, NULL, 0, &crc, true);
+        wal_put(&f0, IMPORT_WAL_METADATA, "\x08\x2a\x10\x01", 4, &crc, true);
+        wal_put_snapshot(&f0, 0, 0, &crc, true);
+        for (uint64_t i = 1; i <= 5; i++)
+                wal_put_request(&f0, i, "PUT", "/1/k", "first", -1, &crc, true);
+        wal_put_state(&f0, 5, &crc, true);
+        wal_put(&f1, IMPORT_WAL_CRC, NULL, 0, &crc, true);
+        wal_put(&f1, IMPORT_WAL_METADATA, "\x08\x2a\x10\x01", 4, &crc, true);
+        for (uint64_t i = 6; i <= 8; i++)
+                wal_put_request(&f1, i, "PUT", "/1/k", "second", -1, &crc, true);
+        wal_put_state(&f1, 8, &crc, true);
+        snprintf(path, sizeof(path), "%s/member/wal/0000000000000000-0000000000000000.wal", dir);
+        write_file(path, f0.p, f0.n);
+        snprintf(path, sizeof(path), "%s/member/wal/0000000000000001-0000000000000006.wal", dir);
+        write_file(path, f1.p, f1.n);
+
+        assert_int_equal(import_v2_read(dir, NULL, NULL, NULL, &s, &sum), 0);
+        assert_int_equal(sum.commit_index, 8);
+        assert_int_equal(store_index(s), 8);
+        j = get_json(s, "/1/k");
+        /* a set replaces the node (etcd2's Set): created anew at 8 */
+        assert_non_null(strstr(j, "\"value\":\"second\",\"modifiedIndex\":8,\"createdIndex\":8"));
+        free(j);
+        store_free(s);
+        s = NULL;
+
+        /* the second file's CRC record does not match the first file: refused */
+        {
+                Buf bad = {};
+                uint32_t other = 12345;
+
+                wal_put(&bad, IMPORT_WAL_CRC, NULL, 0, &other, true);
+                buf_put(&bad, f1.p + 16, f1.n - 16);  /* the rest of f1 after its CRC frame (16 bytes, padded) */
+                write_file(path, bad.p, bad.n);
+                free(bad.p);
+        }
+        assert_int_equal(import_v2_read(dir, NULL, NULL, NULL, &s, &sum), -EBADMSG);
+
+        /* a file missing from the sequence: refused */
+        (void) unlink(path);
+        snprintf(path, sizeof(path), "%s/member/wal/0000000000000002-0000000000000006.wal", dir);
+        write_file(path, f1.p, f1.n);
+        assert_int_equal(import_v2_read(dir, NULL, NULL, NULL, &s, &sum), -EBADMSG);
+        free(f0.p);
+        free(f1.p);
+}
+
 /* Damaged data dirs (random bytes flipped, random cuts) are imported or refused, never more: no crash, no
  * leak, no other error (under ASan and UBSan in CI). */
 static void test_data_dir_mutations(void **state) {
@@ -515,6 +570,7 @@ int main(void) {
                 cmocka_unit_test(test_wal_torn_and_corrupt),
                 cmocka_unit_test(test_parse_time),
                 cmocka_unit_test_setup_teardown(test_data_dir_23, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_data_dir_two_files, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_data_dir_mutations, setup, teardown),
         };
 
