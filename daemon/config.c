@@ -133,6 +133,7 @@ static const FlagDef flag_table[] = {
         X("force", FLAG_IGNORED),
         F("force-new-cluster", FLAG_BOOL, force_new_cluster),
         F("heartbeat-interval", FLAG_UINT, heartbeat_interval_ms),
+        F("import-v2-data-dir", FLAG_STRING, import_v2_data_dir), /* ours: import.c */
         F("initial-advertise-peer-urls", FLAG_URLS, initial_advertise_peer_urls),
         F("initial-cluster", FLAG_STRING, initial_cluster),
         C("initial-cluster-state", FLAG_CHOICE_ENUM, initial_cluster_state, cluster_state_choices),
@@ -1742,6 +1743,7 @@ static int config_finish(Config *c) {
                 &c->wal_dir, &c->discovery, &c->discovery_srv, &c->discovery_proxy, &c->cert_file,
                 &c->key_file, &c->ca_file, &c->trusted_ca_file, &c->peer_cert_file, &c->peer_key_file,
                 &c->peer_ca_file, &c->peer_trusted_ca_file, &c->log_package_levels, &c->bus_address,
+                &c->import_v2_data_dir,
         };
         for (size_t i = 0; i < ELEMENTSOF(optional); i++)
                 if (isempty(*optional[i]))
@@ -1904,6 +1906,7 @@ Config *config_free(Config *c) {
         free(c->log_package_levels);
         free(c->experimental_grpc_addr);
         free(c->bus_address);
+        free(c->import_v2_data_dir);
 
         free(c);
         return NULL;

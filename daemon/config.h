@@ -102,6 +102,9 @@ typedef struct Config {
         /* not an etcd2 flag: for the D-Bus issue, a bus address override (--bus-address / ETCD_BUS_ADDRESS) */
         char *bus_address;
 
+        /* not an etcd2 flag: an etcd v2 data dir to import into an empty --data-dir (import.c) */
+        char *import_v2_data_dir;
+
         /* derived */
         uint64_t member_id;      /* this member's ID (from its advertised peer URLs and the token) */
         uint64_t cluster_id;     /* from all initial members' IDs */

@@ -16,6 +16,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config-build.h"
+#include "import.h"
 #include "log.h"
 #include "manager.h"
 #include "members.h"
@@ -707,6 +708,13 @@ int manager_start(Manager *m) {
         int r;
 
         raise_nofile_limit();
+
+        /* --import-v2-data-dir: our data dir is made from etcd's first, then the member starts on it. */
+        if (c->import_v2_data_dir) {
+                r = import_v2_data_dir(c);
+                if (r < 0)
+                        return r;
+        }
 
         r = manager_check_data_dir(m, &kind);
         if (r < 0)

@@ -1022,6 +1022,21 @@ static void *node_encode(const StoreNode *n, size_t *ret_len) {
         return r;
 }
 
+void *store_node_record_new(bool dir, uint64_t created_index, uint64_t modified_index, uint64_t expiration_usec,
+                           const char *value, size_t value_len, size_t *ret_len) {
+        StoreNode n = {
+                .dir = dir,
+                .created_index = created_index,
+                .modified_index = modified_index,
+                .expiration_usec = expiration_usec,
+                .value = (char *) value,
+                .value_len = dir ? 0 : value_len,
+        };
+
+        assert(ret_len);
+        return node_encode(&n, ret_len);
+}
+
 /* Event record, version 2: version(1) action(1) flags(1) index(8) key_len(8) now(8)
  * node: expiration(8) created(8) value_len(8)  prev: expiration(8) modified(8) created(8) value_len(8)
  * then the key, the node's value, the prevNode's value. The node's modifiedIndex is the index.
@@ -2353,6 +2368,13 @@ int store_node_foreach_child(const StoreNode *n, int (*cb)(const StoreNode *chil
                         return r;
         }
         return 0;
+}
+
+void *store_event_record(const StoreEvent *e, size_t *ret_len) {
+        assert(e);
+        assert(e->key);
+        assert(ret_len);
+        return event_encode(e, ret_len);
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -232,6 +232,14 @@ int store_node_foreach_child(const StoreNode *n, int (*cb)(const StoreNode *chil
 const char *store_node_key(const StoreNode *n);
 uint64_t store_node_modified_index(const StoreNode *n);
 
+/* A node record (the sink's node_put format) made from its fields, for an importer (import.c); malloc'd,
+ * NULL on OOM. */
+void *store_node_record_new(bool dir, uint64_t created_index, uint64_t modified_index, uint64_t expiration_usec,
+                            const char *value, size_t value_len, size_t *ret_len);
+/* An event record (the sink's history_add format) of an event filled in by an importer: its node and prev
+ * values may be plain buffers (they are copied). malloc'd, NULL on OOM. */
+void *store_event_record(const StoreEvent *e, size_t *ret_len);
+
 /* Durable state: records for the sink above, and the loader used at start-up.
  * store_load_node() must be called with parents before children (key order does that);
  * store_load_event() in index order; store_load_finish() sets the index and rebuilds the TTL heap. */
