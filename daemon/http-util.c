@@ -609,7 +609,8 @@ int http_buf_rfc3339(HttpBuf *b, uint64_t usec) {
 
         if (usec % USEC_PER_SEC != 0) {
                 snprintf(frac, sizeof frac, ".%06llu", (unsigned long long) (usec % USEC_PER_SEC));
-                for (size_t l = strlen(frac); frac[l - 1] == '0'; l--)
+                /* trailing zeros go, as Go's RFC3339Nano; the fraction is not 0, so the dot stays */
+                for (size_t l = strlen(frac); l > 1 && frac[l - 1] == '0'; l--)
                         frac[l - 1] = 0;
         }
 
