@@ -326,6 +326,50 @@ static int user_reply_object(json_object *u, json_object **ret) {
         return 0;
 }
 
+/* GET /v2/auth/users and /v2/auth/roles: as etcd 3.4 answers them, {"users": [user with its role
+ * objects, ...]} and {"roles": [role, ...]}, null when there are none (etcdctl's `user list` and `role list`
+ * read these objects; 2.3.8 answered names). */
+static int reply_auth_list(ApiRequest *r, const char *method, const char *kind) {
+        _cleanup_(json_object_putp) json_object *out = NULL;
+        _cleanup_strv_free_ char **names = NULL;
+        bool roles = streq(kind, "roles");
+        Store *st = req_store(r);
+        json_object *list = NULL;
+
+        if (!streq(method, "GET"))
+                return reply_method_not_allowed(r, "GET");
+        if (!auth_api_has_root_access(r))
+                return auth_api_reply_no_auth(r);
+        names = auth_list(st, kind, roles);
+        out = json_object_new_object();
+        if (!names || !out)
+                return -ENOMEM;
+        STRV_FOREACH(n, names) {
+                json_object *item;
+
+                if (roles)
+                        item = auth_get_role(st, *n);
+                else {
+                        _cleanup_(json_object_putp) json_object *u = auth_get_user(st, *n);
+
+                        if (!u)
+                                continue;
+                        item = user_with_roles(st, u);
+                        if (!item) {
+                                json_object_put(list);
+                                return -ENOMEM;
+                        }
+                }
+                if (!item)
+                        continue;
+                if (!list)
+                        list = json_object_new_array();
+                json_object_array_add(list, item);
+        }
+        json_object_object_add(out, kind, list);
+        return reply_json_object(r, 200, out);
+}
+
 static int handle_auth_users(ApiRequest *r, const char *method, const char *name) {
         _cleanup_(json_object_putp) json_object *in = NULL, *old = NULL, *nu = NULL, *out = NULL;
         _cleanup_free_ char *msg = NULL;
@@ -333,36 +377,8 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
         unsigned status;
         int k;
 
-        if (!name) {
-                _cleanup_strv_free_ char **names = NULL;
-                json_object *list = NULL;
-
-                if (!streq(method, "GET"))
-                        return reply_method_not_allowed(r, "GET");
-                if (!auth_api_has_root_access(r))
-                        return auth_api_reply_no_auth(r);
-                names = auth_list(st, "users", false);
-                out = json_object_new_object();
-                if (!names || !out)
-                        return -ENOMEM;
-                STRV_FOREACH(n, names) {
-                        _cleanup_(json_object_putp) json_object *u = auth_get_user(st, *n);
-                        json_object *uwr;
-
-                        if (!u)
-                                continue;
-                        uwr = user_with_roles(st, u);
-                        if (!uwr) {
-                                json_object_put(list);
-                                return -ENOMEM;
-                        }
-                        if (!list)
-                                list = json_object_new_array();
-                        json_object_array_add(list, uwr);
-                }
-                json_object_object_add(out, "users", list);
-                return reply_json_object(r, 200, out);
-        }
+        if (!name)
+                return reply_auth_list(r, method, "users");
 
         if (!method_allowed(method, "GET,PUT,DELETE"))
                 return reply_method_not_allowed(r, "GET,PUT,DELETE");
@@ -479,29 +495,8 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
         unsigned status;
         int k;
 
-        if (!name) {
-                _cleanup_strv_free_ char **names = NULL;
-                json_object *list = NULL;
-
-                if (!streq(method, "GET"))
-                        return reply_method_not_allowed(r, "GET");
-                if (!auth_api_has_root_access(r))
-                        return auth_api_reply_no_auth(r);
-                names = auth_list(st, "roles", true);
-                out = json_object_new_object();
-                if (!names || !out)
-                        return -ENOMEM;
-                STRV_FOREACH(n, names) {
-                        json_object *role = auth_get_role(st, *n);
-                        if (!role)
-                                continue;
-                        if (!list)
-                                list = json_object_new_array();
-                        json_object_array_add(list, role);
-                }
-                json_object_object_add(out, "roles", list);
-                return reply_json_object(r, 200, out);
-        }
+        if (!name)
+                return reply_auth_list(r, method, "roles");
 
         if (!method_allowed(method, "GET,PUT,DELETE"))
                 return reply_method_not_allowed(r, "GET,PUT,DELETE");
