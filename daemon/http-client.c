@@ -844,25 +844,9 @@ static void conn_eof(HttpClientConn *conn) {
 /* Reads like recv(): bytes, 0 at the end, or -1 with errno. Over TLS the end of the stream without a
  * close_notify is an end too (as Go's client and libcurl take it). */
 static ssize_t conn_recv(HttpClientConn *conn, void *buf, size_t size) {
-        ssize_t n;
-
         if (!conn->tls)
                 return recv(conn->fd, buf, size, 0);
-        n = gnutls_record_recv(conn->tls, buf, size);
-        if (n >= 0)
-                return n;
-        if (n == GNUTLS_E_AGAIN)
-                errno = EAGAIN;
-        else if (n == GNUTLS_E_INTERRUPTED)
-                errno = EINTR;
-        else if (n == GNUTLS_E_PREMATURE_TERMINATION)
-                return 0;
-        else {
-                /* e.g. the server's alert after a TLS 1.3 handshake: it refused our certificate */
-                log_debug("http-client: TLS read from %s failed: %s", conn->up->authority, gnutls_strerror((int) n));
-                errno = ECONNRESET;
-        }
-        return -1;
+        return tls_recv(conn->tls, buf, size, conn->up->authority, NULL);
 }
 
 static void conn_read(HttpClientConn *conn) {

@@ -1240,24 +1240,9 @@ static void conn_upgrade_now(HttpConn *c) {
 /* Reads like recv(): bytes, 0 at the end, or -1 with errno. Over TLS, the end of the stream without a
  * close_notify is an end too (clients that just close); a lingering connection is drained raw. */
 static ssize_t conn_read(HttpConn *c, void *buf, size_t size) {
-        ssize_t n;
-
         if (!c->tls || c->state == CONN_LINGER)
                 return recv(c->fd, buf, size, MSG_DONTWAIT);
-        n = gnutls_record_recv(c->tls, buf, size);
-        if (n >= 0)
-                return n;
-        if (n == GNUTLS_E_AGAIN)
-                errno = EAGAIN;
-        else if (n == GNUTLS_E_INTERRUPTED)
-                errno = EINTR;
-        else if (n == GNUTLS_E_PREMATURE_TERMINATION)
-                return 0;
-        else {
-                log_debug("Failed to read from a TLS connection: %s", gnutls_strerror((int) n));
-                errno = ECONNRESET;
-        }
-        return -1;
+        return tls_recv(c->tls, buf, size, "a client", NULL);
 }
 
 #define TLS_LOG_BURST 10

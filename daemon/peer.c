@@ -269,25 +269,9 @@ static Conn *conn_new(PeerTransport *t, int fd) {
 /* Reads like read(): bytes, 0 at the end, or -1 with errno. Over TLS, a TCP end without close_notify
  * is an end too. */
 static ssize_t conn_recv(Conn *c, void *buf, size_t size) {
-        ssize_t n;
-
         if (!c->tls)
                 return read(c->fd, buf, size);
-        n = gnutls_record_recv(c->tls, buf, size);
-        if (n >= 0)
-                return n;
-        if (n == GNUTLS_E_AGAIN)
-                errno = EAGAIN;
-        else if (n == GNUTLS_E_INTERRUPTED)
-                errno = EINTR;
-        else if (n == GNUTLS_E_PREMATURE_TERMINATION)
-                return 0;
-        else {
-                log_debug("Failed to read from a TLS peer stream: %s", gnutls_strerror((int) n));
-                c->tls_error = (int) n;
-                errno = ECONNRESET;
-        }
-        return -1;
+        return tls_recv(c->tls, buf, size, "a peer stream", &c->tls_error);
 }
 
 /* ---- peers ---- */

@@ -141,6 +141,27 @@ int tls_client_session_new(gnutls_certificate_credentials_t cred, const char *ho
         return 0;
 }
 
+ssize_t tls_recv(gnutls_session_t s, void *buf, size_t size, const char *what, int *ret_error) {
+        ssize_t n = gnutls_record_recv(s, buf, size);
+
+        if (n >= 0)
+                return n;
+        if (n == GNUTLS_E_AGAIN)
+                errno = EAGAIN;
+        else if (n == GNUTLS_E_INTERRUPTED)
+                errno = EINTR;
+        else if (n == GNUTLS_E_PREMATURE_TERMINATION)
+                return 0;
+        else {
+                /* e.g. the server's alert after a TLS 1.3 handshake: it refused our certificate */
+                log_debug("TLS read from %s failed: %s", what ?: "a peer", gnutls_strerror((int) n));
+                if (ret_error)
+                        *ret_error = (int) n;
+                errno = ECONNRESET;
+        }
+        return -1;
+}
+
 int tls_check_server_purpose(gnutls_session_t s) {
         const gnutls_datum_t *certs;
         unsigned n = 0;

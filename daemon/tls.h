@@ -4,6 +4,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include <gnutls/gnutls.h>
 
@@ -26,6 +27,11 @@ int tls_client_credentials_new(const TlsInfo *info, gnutls_certificate_credentia
  * (a DNS name or an IP literal, as Go's crypto/tls checks it) through gnutls_session_set_verify_cert().
  * GnuTLS keeps the pointer `host`: it must outlive the session. */
 int tls_client_session_new(gnutls_certificate_credentials_t cred, const char *host, int fd, gnutls_session_t *ret);
+
+/* gnutls_record_recv() as recv(): bytes, 0 at the end (a TCP end without close_notify counts, as Go and
+ * libcurl take it), or -1 with errno EAGAIN, EINTR or ECONNRESET (then *ret_error, if given, holds the
+ * GnuTLS error, which is logged at debug level with `what`). */
+ssize_t tls_recv(gnutls_session_t s, void *buf, size_t size, const char *what, int *ret_error);
 
 /* After a client handshake: whether the server's certificate may serve TLS servers (Go's default
  * x509.ExtKeyUsageServerAuth check: no extended key usage at all, or one listing serverAuth or any).
