@@ -50,7 +50,7 @@ def build_loadgen(tmp):
     if not cc:
         return None
     out = os.path.join(tmp, "loadgen")
-    subprocess.run([cc, "-O2", "-o", out, LOADGEN_SRC], check=True, timeout=120)
+    subprocess.run([cc, "-O2", "-o", out, LOADGEN_SRC, "-lgnutls"], check=True, timeout=120)
     return out
 
 
