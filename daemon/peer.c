@@ -1219,6 +1219,16 @@ static int conn_tls_start(Conn *c) {
         return 0;
 }
 
+/* A failed TLS handshake with a member, logged at most once a minute per member. */
+static void peer_log_tls_error(Peer *p, const char *why) {
+        uint64_t now = now_usec();
+
+        if (p->last_tls_error_usec != 0 && p->last_tls_error_usec + TLS_ERROR_LOG_INTERVAL_USEC > now)
+                return;
+        p->last_tls_error_usec = now;
+        log_warning("TLS handshake with member %" PRIx64 " (%s) failed: %s", p->id, p->address, why);
+}
+
 /* Sends the upgrade request (a fresh socket's buffer takes it at once). */
 static void conn_send_request(Conn *c) {
         PeerTransport *t = c->t;
@@ -1249,6 +1259,24 @@ static void conn_send_request(Conn *c) {
         } else
                 k = send(c->fd, req, (size_t) n, MSG_NOSIGNAL);
         if (k != n) {
+                if (c->tls && k < 0) {
+                        /* TLS 1.3: a member that refuses our certificate may have sent its alert and closed
+                         * before our request went out; say so as when the alert is read after it */
+                        char why[256], b[1];
+                        ssize_t e = gnutls_record_recv(c->tls, b, sizeof(b));
+
+                        if (e == GNUTLS_E_FATAL_ALERT_RECEIVED)
+                                (void) snprintf(why, sizeof(why), "the member sent the alert '%s' (does it trust "
+                                                "our peer certificate?)",
+                                                strempty(gnutls_alert_get_name(gnutls_alert_get(c->tls))));
+                        else
+                                (void) snprintf(why, sizeof(why), "the member closed the connection after the "
+                                                "handshake: %s (does it trust our peer certificate?)",
+                                                gnutls_strerror((int) k));
+                        peer_log_tls_error(p, why);
+                        peer_conn_lost(p, -ECONNREFUSED, why);
+                        return;
+                }
                 peer_conn_lost(p, -EIO, "failed to send the request");
                 return;
         }
@@ -1258,16 +1286,6 @@ static void conn_send_request(Conn *c) {
         /* GnuTLS may hold the answer already (read with the handshake's last flight) */
         if (c->tls && gnutls_record_check_pending(c->tls) > 0)
                 conn_on_event(c, EPOLLIN);
-}
-
-/* A failed TLS handshake with a member, logged at most once a minute per member. */
-static void peer_log_tls_error(Peer *p, const char *why) {
-        uint64_t now = now_usec();
-
-        if (p->last_tls_error_usec != 0 && p->last_tls_error_usec + TLS_ERROR_LOG_INTERVAL_USEC > now)
-                return;
-        p->last_tls_error_usec = now;
-        log_warning("TLS handshake with member %" PRIx64 " (%s) failed: %s", p->id, p->address, why);
 }
 
 /* One step of the outbound TLS handshake. A failure (the member's certificate does not verify, or it
