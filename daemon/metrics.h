@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* metrics.h - Prometheus counters and histograms of etcd 2.3's /metrics, and their text exposition [no I/O]. */
+/* metrics.h - the Prometheus counters and histograms of etcd 2.3's /metrics, and their text (pure but /proc). */
 #pragma once
 
 #include <stdbool.h>
