@@ -2,8 +2,9 @@
 """GET /metrics (Prometheus text 0.0.4, etcd 2.3's metric names): `promtool check metrics` passes on our
 output; a scrape before and after known traffic (PUTs, GETs, a failed compare-and-swap, a watch, an expiry)
 moves every counter by exactly what that traffic does; the proxy's metrics move when it forwards and when
-its member is gone; the families etcd 3.4 also serves have the same type and label names there, and the
-same traffic moves its HTTP and store counters alike."""
+its member is gone; in a 3-member cluster the peer byte counters move by what the leader replicated; the
+families etcd 3.4 also serves have the same type and label names there, and the same traffic moves its
+HTTP and store counters alike."""
 
 import os
 import re
@@ -15,7 +16,7 @@ import time
 import pytest
 import requests
 
-import procs
+from cluster import make_cluster  # noqa: F401 (fixture)
 from conftest import Daemon, REFERENCE, REFERENCE_BINARY, free_ports, only_ours, unique
 from procs import Process
 
@@ -307,3 +308,38 @@ def test_same_families_as_etcd34(fresh):
         assert other == (typ, labels), f"{fam}: ours {typ} {sorted(labels)}, etcd 3.4 {other[0]} {sorted(other[1])}"
     # everything of ours but the proxy's (not running here) and peers' (one member) families
     assert compared >= 20, compared
+
+
+@only_ours
+def test_cluster_peers(make_cluster):
+    c = make_cluster(3)
+    leader = c.leader()
+    followers = c.followers(leader)
+    before = {m.name: parse(scrape(m.url))[0] for m in c.members}
+    base = "/v2/keys/" + unique("peers")
+    value_ = "x" * 1000
+    for i in range(20):
+        assert leader.put(f"{base}/k{i}", data={"value": value_}).status_code == 201
+    time.sleep(0.5)   # the followers apply
+    texts = {m.name: scrape(m.url) for m in c.members}
+    promtool_check(texts[leader.name])
+    after = {name: parse(t)[0] for name, t in texts.items()}
+    _, types, _ = parse(texts[leader.name])
+    assert types["etcd_network_peer_sent_bytes_total"] == "counter"
+    assert types["etcd_network_peer_received_bytes_total"] == "counter"
+    for f in followers:
+        # 20 entries of 1000-byte values went from the leader to each follower
+        assert delta(before[leader.name], after[leader.name], "etcd_network_peer_sent_bytes_total", To=f.id) > 20000
+        assert delta(before[leader.name], after[leader.name], "etcd_network_peer_received_bytes_total", From=f.id) > 0
+        assert delta(before[f.name], after[f.name], "etcd_network_peer_received_bytes_total", From=leader.id) > 20000
+        assert delta(before[f.name], after[f.name], "etcd_network_peer_sent_bytes_total", To=leader.id) > 0
+    for m in c.members:
+        assert value(after[m.name], "etcd_server_has_leader") == 1
+        assert value(after[m.name], "etcd_server_leader_changes_seen_total") >= 1
+        assert delta(before[m.name], after[m.name], "etcd_server_proposals_applied_total") >= 20
+        assert delta(before[m.name], after[m.name], "etcd_store_writes_total", action="set") == 20
+        assert not any(k[0] == "etcd_network_peer_sent_bytes_total" and ("To", m.id) in k[1] for k in after[m.name])
+    # the HTTP counters count where the client's request came in
+    assert delta(before[leader.name], after[leader.name], "etcd_http_received_total", method="PUT") == 20
+    for f in followers:
+        assert delta(before[f.name], after[f.name], "etcd_http_received_total", method="PUT") == 0
