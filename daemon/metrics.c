@@ -88,6 +88,16 @@ const char *metrics_method_to_string(MetricsMethod m) {
         return method_table[m];
 }
 
+MetricsPeerRtt *metrics_peer_rtt(Metrics *m, uint64_t id) {
+        for (size_t i = 0; i < m->n_rtts; i++)
+                if (m->rtts[i].id == id)
+                        return &m->rtts[i];
+        if (m->n_rtts >= METRICS_PEERS_MAX)
+                return NULL;
+        m->rtts[m->n_rtts] = (MetricsPeerRtt) { .id = id };
+        return &m->rtts[m->n_rtts++];
+}
+
 uint64_t metrics_now_usec(void) {
         struct timespec ts;
 
@@ -207,9 +217,9 @@ static void put_disk(FILE *f, const Metrics *m) {
 static void put_network(FILE *f, const Metrics *m) {
         bool rtt = false;
 
-        for (size_t i = 0; i < m->n_peers; i++)
-                rtt = rtt || m->peers[i].rtt.count > 0;
-        if (m->n_peers == 0)
+        for (size_t i = 0; i < m->n_rtts; i++)
+                rtt = rtt || m->rtts[i].rtt.count > 0;
+        if (m->n_peers == 0 && !rtt)
                 return;
         header(f, "etcd_network_peer_received_bytes_total", "counter",
                "The total number of bytes received from peers.");
@@ -219,13 +229,13 @@ static void put_network(FILE *f, const Metrics *m) {
         if (rtt)
                 header(f, "etcd_network_peer_round_trip_time_seconds", "histogram",
                        "Round-Trip-Time histogram between peers.");
-        for (size_t i = 0; i < m->n_peers; i++) {
+        for (size_t i = 0; i < m->n_rtts; i++) {
                 char labels[40];
 
-                if (m->peers[i].rtt.count == 0)
+                if (m->rtts[i].rtt.count == 0)
                         continue;
-                snprintf(labels, sizeof labels, "To=\"%" PRIx64 "\"", m->peers[i].id);
-                put_histogram(f, "etcd_network_peer_round_trip_time_seconds", labels, &m->peers[i].rtt,
+                snprintf(labels, sizeof labels, "To=\"%" PRIx64 "\"", m->rtts[i].id);
+                put_histogram(f, "etcd_network_peer_round_trip_time_seconds", labels, &m->rtts[i].rtt,
                               &metrics_rtt_buckets);
         }
         header(f, "etcd_network_peer_sent_bytes_total", "counter", "The total number of bytes sent to peers.");

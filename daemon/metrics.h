@@ -80,8 +80,15 @@ typedef struct MetricsBuckets {
 typedef struct MetricsPeer {
         uint64_t id;
         uint64_t sent_bytes, received_bytes;
-        MetricsHistogram rtt;
 } MetricsPeer;
+
+/* Round trips to a peer: a Raft heartbeat (an AppendEntries without entries) until the next
+ * AppendEntries result from that peer. etcd2 probes with its own GETs instead; the family is the same. */
+typedef struct MetricsPeerRtt {
+        uint64_t id;
+        uint64_t pending_usec;   /* when the heartbeat being timed left, 0 if none */
+        MetricsHistogram rtt;
+} MetricsPeerRtt;
 
 typedef struct Metrics {
         /* etcdserver/etcdhttp/metrics.go */
@@ -103,6 +110,8 @@ typedef struct Metrics {
         /* rafthttp/metrics.go: filled by the collector */
         MetricsPeer peers[METRICS_PEERS_MAX];
         size_t n_peers;
+        MetricsPeerRtt rtts[METRICS_PEERS_MAX];   /* by the loop: metrics_peer_rtt() */
+        size_t n_rtts;
 
         /* store/metrics.go */
         uint64_t store_reads[_METRICS_STORE_READ_MAX];
@@ -143,6 +152,9 @@ static inline void metrics_http_failed(MetricsMethod m, unsigned status) {
         if (status >= METRICS_STATUS_MIN && status <= METRICS_STATUS_MAX)
                 metrics.http_failed[m][status - METRICS_STATUS_MIN]++;
 }
+
+/* The round-trip state of peer `id` (added on first use), or NULL past METRICS_PEERS_MAX peers. */
+MetricsPeerRtt *metrics_peer_rtt(Metrics *m, uint64_t id);
 
 /* Monotonic microseconds (vDSO clock_gettime: tens of nanoseconds). */
 uint64_t metrics_now_usec(void);

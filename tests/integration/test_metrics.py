@@ -333,6 +333,14 @@ def test_cluster_peers(make_cluster):
         assert delta(before[leader.name], after[leader.name], "etcd_network_peer_received_bytes_total", From=f.id) > 0
         assert delta(before[f.name], after[f.name], "etcd_network_peer_received_bytes_total", From=leader.id) > 20000
         assert delta(before[f.name], after[f.name], "etcd_network_peer_sent_bytes_total", To=leader.id) > 0
+    # the leader times its heartbeats to each follower
+    _, types, _ = parse(texts[leader.name])
+    assert types["etcd_network_peer_round_trip_time_seconds"] == "histogram"
+    for f in followers:
+        n = value(after[leader.name], "etcd_network_peer_round_trip_time_seconds_count", To=f.id)
+        assert n > 0
+        assert value(after[leader.name], "etcd_network_peer_round_trip_time_seconds_bucket", To=f.id, le="+Inf") == n
+        assert 0 < value(after[leader.name], "etcd_network_peer_round_trip_time_seconds_sum", To=f.id) / n < 0.5
     for m in c.members:
         assert value(after[m.name], "etcd_server_has_leader") == 1
         assert value(after[m.name], "etcd_server_leader_changes_seen_total") >= 1

@@ -142,6 +142,16 @@ static void test_format_server(void **state) {
         assert_contains(text, "\netcd_network_peer_sent_bytes_total{To=\"8e9e05c52164694d\"} 10\n");
         assert_contains(text, "\netcd_network_peer_received_bytes_total{From=\"8e9e05c52164694d\"} 20\n");
         assert_lacks(text, "etcd_network_peer_round_trip_time_seconds");   /* nothing observed */
+        free(text);
+
+        /* peers are interned once; a round trip of 150 us falls into le="0.0002" */
+        assert_ptr_equal(metrics_peer_rtt(m, 0x2a), metrics_peer_rtt(m, 0x2a));
+        metrics_observe(&metrics_peer_rtt(m, 0x2a)->rtt, &metrics_rtt_buckets, 150);
+        text = format(m);
+        assert_contains(text, "# TYPE etcd_network_peer_round_trip_time_seconds histogram\n");
+        assert_contains(text, "\netcd_network_peer_round_trip_time_seconds_bucket{To=\"2a\",le=\"0.0001\"} 0\n"
+                              "etcd_network_peer_round_trip_time_seconds_bucket{To=\"2a\",le=\"0.0002\"} 1\n");
+        assert_contains(text, "\netcd_network_peer_round_trip_time_seconds_count{To=\"2a\"} 1\n");
         assert_contains(text, "\netcd_store_reads_total{action=\"getRecursive\"} 4\n");
         assert_lacks(text, "etcd_store_reads_total{action=\"get\"}");
         assert_contains(text, "\netcd_store_writes_total{action=\"compareAndSwap\"} 5\n");
