@@ -66,6 +66,11 @@ typedef struct ApiRequest {
         /* writes and quorum reads */
         ServerProposal *proposal;
 
+        /* a keys request counted in etcd_http_received_total, to be counted as failed or successful */
+        bool metrics_counted;
+        int metrics_method;      /* MetricsMethod */
+        uint64_t metrics_start_usec;
+
         /* watches */
         StoreWatcher *watcher;
         bool stream;

@@ -38,6 +38,7 @@
 #include "log.h"
 #include "macro.h"
 #include "members.h"
+#include "metrics.h"
 
 #define STRLEN(s) (sizeof(s) - 1)
 #define WATCH_QUEUE_MAX 100      /* etcd2: each watcher's channel holds 100 events, then it is dropped */
@@ -269,6 +270,20 @@ static int reply_result(ApiRequest *r, StoreResult *res) {
         return reply_event(r, res->event, res->index);
 }
 
+/* etcdhttp's reportRequestFailed()/reportRequestCompleted(): a keys request that counted as received
+ * ends as a failure by status code, or as a success with its duration. */
+static void metrics_keys_done(ApiRequest *r, const StoreResult *res) {
+        if (!r->metrics_counted)
+                return;
+        r->metrics_counted = false;
+        if (res->error != ETCD_OK || !res->event)
+                metrics_http_failed(r->metrics_method, res->error != ETCD_OK ?
+                                    (unsigned) etcd_error_http_status(res->error) : 500);
+        else
+                metrics_observe(&metrics.http_duration[r->metrics_method], &metrics_http_buckets,
+                                metrics_now_usec() - r->metrics_start_usec);
+}
+
 /* --- /v2/keys: parameters ------------------------------------------------------------------- */
 
 typedef struct KeyParams {
@@ -366,6 +381,7 @@ static void on_proposal_done(StoreResult *res, void *userdata) {
 
         /* res is borrowed, and good for the answer: reply_event() takes its own reference. */
         r->proposal = NULL;
+        metrics_keys_done(r, res);
         k = r->token_op ? reply_token(r, res) : reply_result(r, res);
         if (k < 0)
                 reply_oom(h);
@@ -486,6 +502,7 @@ static int start_watch(ApiRequest *r, const KeyParams *p) {
 static int handle_keys(ApiRequest *r, const char *method, const char *key, const char *query) {
         _cleanup_(http_form_done) HttpForm form = {};
         _cleanup_(freep) char *form_error = NULL;
+        uint64_t start_usec = metrics_now_usec();
         KeyParams p = {};
         const char *cause = NULL;
         StoreRequest req = {};
@@ -540,6 +557,15 @@ static int handle_keys(ApiRequest *r, const char *method, const char *key, const
                 p.path[STRLEN(STORE_KEYS_PREFIX) + kl] = 0;
         }
 
+        /* etcdhttp counts a parsed and permitted request as received, watches excepted */
+        if (!p.wait) {
+                r->metrics_method = streq(method, "GET") && p.quorum ? METRICS_METHOD_QGET :
+                                    metrics_method_from_string(method);
+                r->metrics_start_usec = start_usec;
+                r->metrics_counted = true;
+                metrics.http_received[r->metrics_method]++;
+        }
+
         if (streq(method, "HEAD") || (streq(method, "GET") && !p.quorum)) {
                 StoreResult res = {};
                 int ret;
@@ -554,6 +580,7 @@ static int handle_keys(ApiRequest *r, const char *method, const char *key, const
                 free(p.path);
                 if (k < 0)
                         return -ENOMEM;
+                metrics_keys_done(r, &res);
                 ret = reply_result(r, &res);
                 store_result_done(&res);
                 return ret;
@@ -583,8 +610,10 @@ static int handle_keys(ApiRequest *r, const char *method, const char *key, const
         /* Answered from on_proposal_done(), which never runs inside server_propose(). */
         k = server_propose(req_server(r), &req, on_proposal_done, r, &r->proposal);
         free(p.path);
-        if (k < 0)
+        if (k < 0) {
+                metrics_keys_done(r, &(StoreResult) { .error = ETCD_ERROR_RAFT_INTERNAL });
                 return reply_etcd_error(r, ETCD_ERROR_RAFT_INTERNAL, strerror(-k), 0, 0);
+        }
         return 0;
 }
 
@@ -1072,6 +1101,20 @@ static int handle_health(ApiRequest *r, const char *method) {
         return reply(r, 200, CONTENT_TYPE_TEXT, ok, sizeof ok - 1);
 }
 
+/* Prometheus' handler, as etcd2 mounts it on the client port: any method. */
+static int handle_metrics(ApiRequest *r) {
+        char *text = NULL;
+        size_t len = 0;
+        int k;
+
+        k = metrics_scrape(&text, &len);
+        if (k < 0)
+                return k;
+        add_cors(r);
+        http_reply_ref(r->http, 200, METRICS_CONTENT_TYPE, text, len, free, text);
+        return 0;
+}
+
 static int strcmp_ptr(const void *a, const void *b) {
         return strcmp(*(char *const *) a, *(char *const *) b);
 }
@@ -1521,6 +1564,8 @@ static int route(ApiRequest *r, const char *method) {
                 return handle_version(r, method);
         if (streq(path, "/health"))
                 return handle_health(r, method);
+        if (streq(path, "/metrics"))
+                return handle_metrics(r);
         if (streq(path, "/config/local/log"))
                 return handle_config_log(r, method);
         if (streq(path, "/new") && r->api->config->enable_discovery_service)

@@ -60,6 +60,7 @@
 #include "http-util.h"
 #include "log.h"
 #include "macro.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "tls.h"
 
@@ -115,6 +116,8 @@ struct ProxyXfer {
         bool ended;                 /* ... completely */
         int result;                 /* 0, or the negative errno that cut the response short */
         int64_t content_length;     /* -1: unknown */
+        int metrics_method;         /* MetricsMethod of the client request */
+        uint64_t start_usec;        /* when the client request came in (metrics) */
         HttpBuf resp_hdrs;          /* "Name\0value\0" pairs of the final response */
         HttpBuf body;               /* received, not yet handed to the layer */
         size_t body_off;
@@ -784,6 +787,13 @@ static void on_upstream_head(HttpClientRequest *q, unsigned status, const HttpCl
         xfer_reset_response(x);
         x->status = status;
         x->content_length = content_length;
+        /* reportRequestHandled(): upstream answered, whatever its status */
+        if (x->req) {
+                if (status >= METRICS_STATUS_MIN && status <= METRICS_STATUS_MAX)
+                        metrics.proxy_handled[x->metrics_method][status - METRICS_STATUS_MIN]++;
+                metrics_observe(&metrics.proxy_duration[x->metrics_method], &metrics_http_buckets,
+                                metrics_now_usec() - x->start_usec);
+        }
         for (size_t i = 0; i < n_headers; i++) {
                 const HttpClientHeader *h = &headers[i];
 
@@ -986,12 +996,15 @@ static void xfer_finished(ProxyXfer *x, int result) {
 
                 log_info("proxy: failed to direct request to %s: %s", e->url,
                          result < 0 ? strerror(-result) : "no response");
+                metrics.proxy_dropped[x->metrics_method][METRICS_PROXY_FAILED_SENDING_REQUEST]++;
                 if (x->proxy->config->proxy_failure_wait_ms > 0)
                         e->unavailable_until = now_usec() + (uint64_t) x->proxy->config->proxy_failure_wait_ms * USEC_PER_MSEC;
                 x->ep++;
                 if (r->hung_up || xfer_start(x) < 0) {
-                        if (!r->hung_up)
+                        if (!r->hung_up) {
                                 log_info("proxy: unable to get response from %u endpoint(s)", x->n_available);
+                                metrics.proxy_dropped[x->metrics_method][METRICS_PROXY_FAILED_GETTING_RESPONSE]++;
+                        }
                         x->failed = true;
                         x->finished = true;
                         xfer_mark_dirty(x);
@@ -1209,11 +1222,15 @@ static HttpBodyMode proxy_begin(HttpRequest *r) {
 static void forward(HttpRequest *r, Proxy *p) {
         ProxyRequest *pr = r->data;
         unsigned n_available;
+        MetricsMethod method = metrics_method_from_string(r->method);
+        uint64_t start_usec = metrics_now_usec();
         ProxyXfer *x;
         int k;
 
+        metrics.proxy_requests[method]++;
         n_available = set_n_available(p->set, now_usec());
         if (n_available == 0) {
+                metrics.proxy_dropped[method][METRICS_PROXY_ZERO_ENDPOINTS]++;
                 log_info("proxy: zero endpoints currently available");
                 reply_error(r, 503, "proxy: zero endpoints currently available");
                 return;
@@ -1230,6 +1247,8 @@ static void forward(HttpRequest *r, Proxy *p) {
         x->set = set_ref(p->set);
         x->ep = 0;
         x->n_available = n_available;
+        x->metrics_method = method;
+        x->start_usec = start_usec;
 
         k = xfer_prepare(x, r);
         if (k >= 0)
@@ -1244,11 +1263,27 @@ static void forward(HttpRequest *r, Proxy *p) {
          * client's callbacks and its flush hook, never from inside this callback of the layer */
 }
 
+/* etcd2's startProxy() serves Prometheus' handler next to the proxy, outside its CORS and readonly
+ * wrappers. */
+static void reply_metrics(HttpRequest *r) {
+        char *text = NULL;
+        size_t len = 0;
+
+        if (metrics_scrape(&text, &len) < 0) {
+                log_oom();
+                http_reply(r, 500, NULL, "", 0);
+                return;
+        }
+        http_reply_ref(r, 200, METRICS_CONTENT_TYPE, text, len, free, text);
+}
+
 static void proxy_handle(HttpRequest *r) {
         Proxy *p = r->userdata;
 
+        if (uri_is(r->uri, "/metrics"))
+                reply_metrics(r);
         /* NewReadonlyHandler() wraps everything, the config endpoint too */
-        if (p->readonly && !streq(r->method, "GET"))
+        else if (p->readonly && !streq(r->method, "GET"))
                 reply_full(r, 501, NULL, "", NULL, false);
         else if (streq(r->method, "OPTIONS"))
                 reply(r, 200, NULL, "", NULL);
@@ -1315,6 +1350,7 @@ int proxy_new(sd_event *event, const Config *config, char **peer_urls, Proxy **r
         p->event = sd_event_ref(event);
         p->config = config;
         p->readonly = config->proxy == PROXY_READONLY;
+        metrics.proxy = true;
         if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed)
                 seed = (unsigned) now_usec() ^ (unsigned) getpid();
         p->rand_state = seed;

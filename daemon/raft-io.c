@@ -47,6 +47,7 @@
 
 #include "codec.h"
 #include "log.h"
+#include "metrics.h"
 #include "raft-guard.h"
 #include "raft-io.h"
 
@@ -87,6 +88,7 @@ typedef struct AppendGroup {
         PendingAppend *appends;
         size_t n, alloc;
         bool install;             /* the batch holds a staged install's marker: finish it after */
+        uint64_t write_usec;      /* how long its synced write took (the writer measures, the loop reads) */
 } AppendGroup;
 
 struct RaftIo {
@@ -329,9 +331,12 @@ static void *writer_thread(void *userdata) {
  * batch holds the durable marker) then replaces the live state with the staged one and builds the
  * new Store, all off the loop; snapshot_put's callback fires after, and fsm->restore only swaps. */
 static int group_write(RaftIo *rio, AppendGroup *g) {
+        uint64_t start = metrics_now_usec();
         int r;
 
         r = persist_write(g->batch, true);
+        /* read by the loop after the hand-back under rio->lock (group_collect()), or inline */
+        g->write_usec = metrics_now_usec() - start;
         if (r < 0 || !g->install)
                 return r;
         r = persist_install_finish(rio->persist, NULL, NULL);
@@ -367,6 +372,9 @@ static unsigned group_complete(RaftIo *rio, AppendGroup *g, int r) {
                 raft_io_fatal(rio, r, what);
                 return 0;
         }
+        /* etcd2's WAL fsync and backend commit are both our one synced write of the group */
+        metrics_observe(&metrics.wal_fsync, &metrics_disk_buckets, g->write_usec);
+        metrics_observe(&metrics.backend_commit, &metrics_disk_buckets, g->write_usec);
         for (size_t i = 0; i < n; i++)
                 if (g->appends[i].snapshot)
                         ((raft_io_snapshot_put_cb) g->appends[i].cb)(g->appends[i].req, 0);
@@ -950,6 +958,27 @@ static int io_set_vote(struct raft_io *io, raft_id server_id) {
         return 0;
 }
 
+/* etcd_network_peer_round_trip_time_seconds: a heartbeat to a peer is timed until that peer's next
+ * AppendEntries result (one at a time per peer; one lost is given up after RTT_GIVE_UP_USEC). */
+#define RTT_GIVE_UP_USEC (5 * USEC_PER_SEC)
+
+static void rtt_heartbeat_sent(uint64_t id) {
+        MetricsPeerRtt *p = metrics_peer_rtt(&metrics, id);
+        uint64_t now = metrics_now_usec();
+
+        if (p && (p->pending_usec == 0 || now - p->pending_usec > RTT_GIVE_UP_USEC))
+                p->pending_usec = now;
+}
+
+static void rtt_result_received(uint64_t id) {
+        MetricsPeerRtt *p = metrics_peer_rtt(&metrics, id);
+
+        if (!p || p->pending_usec == 0)
+                return;
+        metrics_observe(&p->rtt, &metrics_rtt_buckets, metrics_now_usec() - p->pending_usec);
+        p->pending_usec = 0;
+}
+
 static int io_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *message,
                    raft_io_send_cb cb) {
         RaftIo *rio = io->impl;
@@ -960,6 +989,8 @@ static int io_send(struct raft_io *io, struct raft_io_send *req, const struct ra
                 return 0;   /* never sent, never completed: nothing leaves a member that is stopping */
         if (rio->raft)
                 raft_guard_note_send(&rio->guard, rio->raft, message);
+        if (message->type == RAFT_IO_APPEND_ENTRIES && message->append_entries.n_entries == 0)
+                rtt_heartbeat_sent(message->server_id);
         if (!rio->send_func)
                 /* No transport (a single member never sends): fail like an unreachable peer would. */
                 return completion_add(rio, COMPLETION_SEND, req, (void *) cb, NULL, RAFT_NOCONNECTION);
@@ -978,6 +1009,8 @@ void raft_io_send_done(RaftIo *rio, struct raft_io_send *req, int status) {
 void raft_io_deliver(RaftIo *rio, struct raft_message *message) {
         if (!rio->recv_cb || rio->closing || rio->failed)
                 return;
+        if (message->type == RAFT_IO_APPEND_ENTRIES_RESULT)
+                rtt_result_received(message->server_id);
         /* On a leader, an AppendEntries result that would let libraft 0.15 count an older term's entry
          * is lowered first (raft-guard.c has the argument). */
         if (rio->raft)

@@ -55,6 +55,7 @@
 #include "codec.h"
 #include "config-build.h"
 #include "log.h"
+#include "metrics.h"
 #include "peer.h"
 #include "persist.h"
 #include "membership.h"
@@ -154,6 +155,7 @@ static void proposal_answer(ServerProposal *p) {
 }
 
 static void proposal_fail(ServerProposal *p, const char *cause) {
+        metrics.proposals_failed++;
         store_result_done(&p->result);
         p->result = (StoreResult) {
                 .error = ETCD_ERROR_RAFT_INTERNAL,
@@ -386,6 +388,7 @@ static void apply_cb(struct raft_apply *req, int status, void *result) {
                 /* Not committed by us: lost leadership or shutting down. Answer later, from the loop. */
                 ProposalList *done = &p->server->done;
 
+                metrics.proposals_failed++;
                 list_remove(p);
                 store_result_done(&p->result);
                 p->result = (StoreResult) {
@@ -1312,6 +1315,7 @@ static void refuse_unsent(uint64_t tag, void *userdata) {
 /* Proposals forwarded to a former leader whose frames never left our queue certainly did not reach
  * it: send them to the new leader (the others wait for their entry or time out, as with etcd2). */
 static void leader_changed(Server *s, uint64_t old) {
+        metrics.leader_changes++;
         if (old != 0 && old != s->member_id && s->peers)
                 peer_transport_cancel_unsent(s->peers, old, refuse_unsent, s);
 }
@@ -1479,6 +1483,39 @@ static int initial_members_load(Server *s, const Config *c) {
         return 0;
 }
 
+/* The gauges of /metrics that mirror the member's state, just before a scrape. */
+static void server_metrics_collect(Metrics *m, void *userdata) {
+        Server *s = userdata;
+        raft_id leader = 0;
+        const char *address = NULL;
+
+        m->server = true;
+        if (s->raft_initialized)
+                raft_leader(&s->raft, &leader, &address);
+        m->has_leader = leader != 0;
+        m->proposals_committed = s->raft_initialized ? (uint64_t) s->raft.commit_index : 0;
+        m->proposals_applied = s->raft_initialized ? (uint64_t) s->raft.last_applied : 0;
+        m->proposals_pending = server_n_pending(s);
+        m->store_watchers = s->store ? store_n_watchers(s->store) : 0;
+
+        /* rafthttp's byte counters, per member we exchange frames with */
+        m->n_peers = 0;
+        for (unsigned i = 0; s->peers && s->raft_initialized && i < s->raft.configuration.n; i++) {
+                uint64_t id = s->raft.configuration.servers[i].id;
+                PeerStats st;
+
+                if (id == s->member_id || m->n_peers >= METRICS_PEERS_MAX)
+                        continue;
+                if (peer_transport_stats(s->peers, id, &st) < 0)
+                        continue;
+                m->peers[m->n_peers++] = (MetricsPeer) {
+                        .id = id,
+                        .sent_bytes = st.bytes_sent,
+                        .received_bytes = st.bytes_received,
+                };
+        }
+}
+
 int server_new(sd_event *event, const Config *config, Server **ret) {
         _cleanup_(server_freep) Server *s = NULL;
         const char *address;
@@ -1497,6 +1534,8 @@ int server_new(sd_event *event, const Config *config, Server **ret) {
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
+        metrics.server = true;
+        metrics_set_collector(server_metrics_collect, s);
         s->event = sd_event_ref(event);
         s->start_time_usec = now_realtime_usec();
 
@@ -1709,6 +1748,7 @@ Server *server_free(Server *s) {
         if (!s)
                 return NULL;
 
+        metrics_set_collector(NULL, NULL);
         s->closing = true;
         if (s->raft_started) {
                 /* Make every appended entry durable and apply what commits: those writes finish. */

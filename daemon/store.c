@@ -36,6 +36,7 @@
 
 #include "log.h"
 #include "macro.h"
+#include "metrics.h"
 #include "store.h"
 
 /* etcd treats expiry times before 2000-01-01 as "no TTL" (they come from zero time.Time values). */
@@ -1391,6 +1392,8 @@ int store_watch(Store *s, const char *path, bool recursive, bool stream, uint64_
         assert(path);
         assert(cb);
 
+        /* watcher_hub.go watch(): every watch request counts, answered from the history or not */
+        metrics.store_watch_requests++;
         if (since_index == 0)
                 since_index = s->index + 1;
 
@@ -2069,6 +2072,7 @@ static int op_sync(Store *s, uint64_t cutoff_usec, uint64_t max, uint64_t now) {
                 if (r < 0)
                         return r;
                 s->stats.expire_count++;
+                metrics.store_expires++;
         }
         return 0;
 }
@@ -2078,6 +2082,8 @@ static int do_get(Store *s, const char *path, bool recursive, bool sorted, uint6
         StoreEvent *e;
         int r;
 
+        /* store/metrics.go: every Get is a read, found or not (quorum GETs when applied) */
+        metrics.store_reads[recursive ? METRICS_STORE_GET_RECURSIVE : METRICS_STORE_GET]++;
         r = walk_get(s, path, &n, ret);
         if (r < 0)
                 return r;
@@ -2129,29 +2135,41 @@ int store_apply(Store *s, const StoreRequest *req, uint64_t now_usec, StoreResul
         reap(s, REAP_BUDGET);
 
         switch (req->method) {
+        /* store/metrics.go: each write counts under its store operation, failed or not */
         case STORE_METHOD_POST:
+                metrics.store_writes[METRICS_STORE_CREATE]++;
                 r = op_create(s, req, true, now_usec, ret);
                 break;
 
         case STORE_METHOD_PUT:
                 if (req->prev_exist == 1) {
-                        if (req->prev_index == 0 && isempty(req->prev_value))
+                        if (req->prev_index == 0 && isempty(req->prev_value)) {
+                                metrics.store_writes[METRICS_STORE_UPDATE]++;
                                 r = op_update(s, req, now_usec, ret);
-                        else
+                        } else {
+                                metrics.store_writes[METRICS_STORE_COMPARE_AND_SWAP]++;
                                 r = op_cas(s, req, now_usec, ret);
-                } else if (req->prev_exist == 0)
+                        }
+                } else if (req->prev_exist == 0) {
+                        metrics.store_writes[METRICS_STORE_CREATE]++;
                         r = op_create(s, req, false, now_usec, ret);
-                else if (req->prev_index > 0 || !isempty(req->prev_value))
+                } else if (req->prev_index > 0 || !isempty(req->prev_value)) {
+                        metrics.store_writes[METRICS_STORE_COMPARE_AND_SWAP]++;
                         r = op_cas(s, req, now_usec, ret);
-                else
+                } else {
+                        metrics.store_writes[METRICS_STORE_SET]++;
                         r = op_set(s, req, now_usec, ret);
+                }
                 break;
 
         case STORE_METHOD_DELETE:
-                if (req->prev_index > 0 || !isempty(req->prev_value))
+                if (req->prev_index > 0 || !isempty(req->prev_value)) {
+                        metrics.store_writes[METRICS_STORE_COMPARE_AND_DELETE]++;
                         r = op_cad(s, req, now_usec, ret);
-                else
+                } else {
+                        metrics.store_writes[METRICS_STORE_DELETE]++;
                         r = op_delete(s, req, now_usec, ret);
+                }
                 break;
 
         case STORE_METHOD_QGET:
