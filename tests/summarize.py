@@ -81,6 +81,14 @@ if not entries:
     failed += 1
     failures.append(f"no test log at {log}")
 
+# Counts from outside meson (tests/run-all: "passed failed" of tests/fuzz/run-fuzz).
+extra = os.environ.get("SUMMARIZE_EXTRA", "").split()
+if len(extra) == 2:
+    passed += int(extra[0])
+    failed += int(extra[1])
+    if int(extra[1]):
+        failures.append("tests/fuzz/run-fuzz: a fuzz target failed (see its log)")
+
 for f in failures:
     print("FAILED:", f)
 print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
