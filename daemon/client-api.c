@@ -260,6 +260,27 @@ static int reply_event(ApiRequest *r, StoreEvent *e, uint64_t etcd_index) {
         return 0;
 }
 
+/* etcd 3.4's writeKeyEvent() with noValueOnSuccess: a set, create, update or compareAndSwap drops node
+ * and prevNode; the status and headers stay those of the full answer. */
+static int reply_event_no_value(ApiRequest *r, StoreEvent *e, uint64_t etcd_index) {
+        unsigned status = 200;
+        char *json;
+        int len;
+
+        if (e->action == STORE_ACTION_CREATE || (e->action == STORE_ACTION_SET && !e->has_prev))
+                status = 201;
+        len = asprintf(&json, "{\"action\":\"%s\"}\n", store_action_to_string(e->action));
+        if (len < 0)
+                return -ENOMEM;
+
+        add_cluster_id(r);
+        add_uint_header(r, "X-Etcd-Index", etcd_index);
+        add_raft_headers(r);
+        add_cors(r);
+        http_reply_ref(r->http, status, CONTENT_TYPE_JSON, json, (size_t) len, free, json);
+        return 0;
+}
+
 static int reply_result(ApiRequest *r, StoreResult *res) {
         if (res->error != ETCD_OK)
                 /* etcd2 turns server errors (timeouts, stopped, ...) into errorCode 300 with index 0 */
@@ -267,6 +288,10 @@ static int reply_result(ApiRequest *r, StoreResult *res) {
                                         res->error == ETCD_ERROR_RAFT_INTERNAL ? 0 : res->index, 0);
         if (!res->event)
                 return reply_etcd_error(r, ETCD_ERROR_RAFT_INTERNAL, "received response with no Event/Watcher!", 0, 0);
+        if (r->no_value && (res->event->action == STORE_ACTION_SET || res->event->action == STORE_ACTION_CREATE ||
+                            res->event->action == STORE_ACTION_UPDATE ||
+                            res->event->action == STORE_ACTION_COMPARE_AND_SWAP))
+                return reply_event_no_value(r, res->event, res->index);
         return reply_event(r, res->event, res->index);
 }
 
@@ -296,6 +321,7 @@ typedef struct KeyParams {
         uint64_t ttl;
         int prev_exist;
         bool refresh;
+        bool no_value_on_success;
 } KeyParams;
 
 /* getBool/getUint64 of etcdhttp: absent is false/0, present must parse. */
@@ -341,7 +367,9 @@ static EtcdError parse_key_params(const HttpForm *f, const char *method, KeyPara
         CHECK(v && v->value_len == 0 ? -1 : 0, ETCD_ERROR_VALUE_REQUIRED, "\"prevValue\" cannot be empty");
         p->prev_value = v ? v->value : NULL;
 
-        /* noValueOnSuccess came with etcd 3.1: 2.3.8 ignores it, whatever its value. */
+        /* noValueOnSuccess came with etcd 3.1 (2.3.8 ignored it): parsed for every method, as etcd 3.4 */
+        CHECK(form_bool(f, "noValueOnSuccess", &p->no_value_on_success), ETCD_ERROR_INVALID_FIELD,
+              "invalid value for \"noValueOnSuccess\"");
 
         /* ttl: absent or empty means "no TTL" */
         v = http_form_get(f, "ttl");
@@ -539,6 +567,7 @@ static int handle_keys(ApiRequest *r, const char *method, const char *key, const
         e = parse_key_params(&form, method, &p, &cause);
         if (e != ETCD_OK)
                 return reply_etcd_error(r, e, cause, 0, 0);
+        r->no_value = p.no_value_on_success;
 
         /* etcd2 checks permissions once the request parsed (writeKeyNoAuth(): 110, index 0) */
         if (!auth_api_has_key_access(r, key, p.recursive, !streq(method, "GET") && !streq(method, "HEAD")))
