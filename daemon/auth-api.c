@@ -63,7 +63,7 @@ bool auth_api_has_root_access(ApiRequest *r) {
         json_object *u;
         bool had, ok;
 
-        if (!auth_enabled(req_store(r)))
+        if (!auth_enabled_counted(req_store(r)))
                 return true;
         u = req_auth_user(r, &had);
         ok = u && auth_user_has_role(u, AUTH_ROOT);
@@ -80,7 +80,7 @@ bool auth_api_has_key_access(ApiRequest *r, const char *key, bool recursive, boo
         json_object *u, *roles;
         bool had, ok = false;
 
-        if (!auth_enabled(st))
+        if (!auth_enabled_counted(st))
                 return true;
         u = req_auth_user(r, &had);
         if (!had) {
