@@ -169,10 +169,13 @@ void reply_oom(HttpRequest *h) {
         http_reply(h, 500, CONTENT_TYPE_TEXT, text, STRLEN(text));
 }
 
-/* Go's http.Error(): text/plain, the text and a newline. */
+/* Go's http.Error(): text/plain, the text and a newline; since Go 1.11 (etcd 3.4's builds) also
+ * "X-Content-Type-Options: nosniff" (etcd 2.3.8's Go 1.6 did not send it; harmless to its clients). */
 static int reply_go_error(ApiRequest *r, unsigned status, const char *text) {
         char buf[256];
         int n = snprintf(buf, sizeof buf, "%s\n", text);
+
+        http_response_header(r->http, "X-Content-Type-Options", "nosniff");
 
         return reply(r, status, CONTENT_TYPE_TEXT, buf, (size_t) MIN(n, (int) sizeof buf - 1));
 }
@@ -944,6 +947,8 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
         /* DELETE and PUT take /v2/members/<hex id> */
         if (isempty(rest)) {
                 members_free(ms, n);
+                /* membersHandler set X-Etcd-Cluster-ID before looking at the path: this 405 has it too */
+                add_cluster_id(r);
                 return reply_go_error(r, 405, "Method Not Allowed");
         }
 
