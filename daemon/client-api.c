@@ -693,9 +693,23 @@ int reply_json_buf(ApiRequest *r, unsigned status, HttpBuf *b, bool cluster_id) 
 
 /* Validates a member request body as etcd2's unmarshalRequest() + types.NewURLs() do. Returns an HTTP
  * status (0 on success) with *ret_message, and the peer URLs. */
+/* encoding/json's name of a JSON value's kind in "cannot unmarshal <kind> into ..." */
+static const char *go_json_kind(json_object *o) {
+        switch (json_object_get_type(o)) {
+        case json_type_boolean: return "bool";
+        case json_type_double:
+        case json_type_int: return "number";
+        case json_type_string: return "string";
+        case json_type_array: return "array";
+        case json_type_object: return "object";
+        default: return "null";
+        }
+}
+
 static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_message) {
         _cleanup_(strv_freep) char **urls = NULL;
-        json_object *o = NULL, *a;
+        json_object *o = NULL, *a = NULL;
+        bool oom;
         const char *ct = req_header(r, "Content-Type");
         enum json_tokener_error jerr;
         size_t n;
@@ -710,19 +724,29 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 return 413;
         }
 
+        /* json.Unmarshal(): Go's syntax check of the whole body first, then the type errors */
+        *ret_message = go_json_syntax_error(r->http->body.data ?: "", r->http->body.len, &oom);
+        if (*ret_message || oom)
+                return oom ? 500 : 400;
         o = json_tokener_parse_verbose(r->http->body.data ?: "", &jerr);
         if (!o || !json_object_is_type(o, json_type_object)) {
-                if (asprintf(ret_message, "invalid JSON: %s", o ? "not an object" : json_tokener_error_desc(jerr)) < 0)
-                        *ret_message = NULL;
-                json_object_put(o);
-                return 400;
+                /* etcd 3.4 unmarshals into an anonymous struct; a null is no change at all */
+                if (o || jerr != json_tokener_success) {
+                        if (asprintf(ret_message, "json: cannot unmarshal %s into Go value of type struct { "
+                                     "PeerURLs []string \"json:\\\"peerURLs\\\"\" }", go_json_kind(o)) < 0)
+                                *ret_message = NULL;
+                        json_object_put(o);
+                        return 400;
+                }
         }
 
-        if (!json_object_object_get_ex(o, "peerURLs", &a) || json_object_is_type(a, json_type_null))
+        if (!o || !json_object_object_get_ex(o, "peerURLs", &a) || json_object_is_type(a, json_type_null))
                 n = 0;
         else if (!json_object_is_type(a, json_type_array)) {
+                if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs of type []string",
+                             go_json_kind(a)) < 0)
+                        *ret_message = NULL;
                 json_object_put(o);
-                *ret_message = strdup("json: cannot unmarshal peerURLs into Go value of type []string");
                 return 400;
         } else
                 n = json_object_array_length(a);
@@ -738,17 +762,25 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 json_object_put(o);
                 return 500;
         }
+        /* the whole body is decoded (type errors) before any URL is looked at */
+        for (size_t i = 0; i < n; i++) {
+                json_object *s = json_object_array_get_idx(a, i);
+
+                if (s && !json_object_is_type(s, json_type_string)) {
+                        if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs of type string",
+                                     go_json_kind(s)) < 0)
+                                *ret_message = NULL;
+                        json_object_put(o);
+                        return 400;
+                }
+        }
         for (size_t i = 0; i < n; i++) {
                 json_object *s = json_object_array_get_idx(a, i);
                 _cleanup_(freep) char *err = NULL;
                 EtcdUrl u = {};
 
-                if (!json_object_is_type(s, json_type_string)) {
-                        json_object_put(o);
-                        *ret_message = strdup("json: cannot unmarshal value into Go value of type string");
-                        return 400;
-                }
-                if (etcd_url_parse(json_object_get_string(s), &u, &err) < 0) {
+                /* a null element stays "" in Go: the URL check refuses it */
+                if (etcd_url_parse(s ? json_object_get_string(s) : "", &u, &err) < 0) {
                         json_object_put(o);
                         *ret_message = err ? TAKE_PTR(err) : strdup("invalid URL");
                         return 400;
