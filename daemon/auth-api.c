@@ -20,6 +20,7 @@
 #include "auth.h"
 #include "auth-worker.h"
 #include "client-api-internal.h"
+#include "http-util.h"
 #include "log.h"
 #include "macro.h"
 
@@ -63,7 +64,7 @@ bool auth_api_has_root_access(ApiRequest *r) {
         json_object *u;
         bool had, ok;
 
-        if (!auth_enabled(req_store(r)))
+        if (!auth_enabled_counted(req_store(r)))
                 return true;
         u = req_auth_user(r, &had);
         ok = u && auth_user_has_role(u, AUTH_ROOT);
@@ -80,7 +81,7 @@ bool auth_api_has_key_access(ApiRequest *r, const char *key, bool recursive, boo
         json_object *u, *roles;
         bool had, ok = false;
 
-        if (!auth_enabled(st))
+        if (!auth_enabled_counted(st))
                 return true;
         u = req_auth_user(r, &had);
         if (!had) {
@@ -285,9 +286,20 @@ static json_object *user_with_roles(Store *st, json_object *u) {
 static json_object *auth_body_object(ApiRequest *r) {
         json_object *o;
 
+        _cleanup_free_ char *err = NULL;
+        enum json_tokener_error jerr;
+        bool oom;
+
         if (r->http->body_too_large)
                 return NULL;
-        o = json_tokener_parse(r->http->body.data ?: "");
+        /* json.Decoder.Decode(): Go's syntax rules (json-c takes trailing commas, control characters),
+         * for the first value only; a null leaves the struct empty */
+        err = go_json_syntax_error(r->http->body.data ?: "", r->http->body.len, &oom);
+        if (oom || (err && !strstr(err, "after top-level value")))
+                return NULL;
+        o = json_tokener_parse_verbose(r->http->body.data ?: "", &jerr);
+        if (!o && jerr == json_tokener_success)
+                return json_object_new_object();
         if (o && !json_object_is_type(o, json_type_object)) {
                 json_object_put(o);
                 return NULL;

@@ -106,6 +106,11 @@ bool auth_enabled(Store *st) {
         return v && l == 4 && memcmp(v, "true", 4) == 0;
 }
 
+bool auth_enabled_counted(Store *st) {
+        store_count_get(st, store_lookup(st, AUTH_PREFIX "/enabled"));
+        return auth_enabled(st);
+}
+
 static bool strings_contain(json_object *a, const char *s) {
         for (size_t i = 0; a && i < json_object_array_length(a); i++)
                 if (streq(json_object_get_string(json_object_array_get_idx(a, i)), s))

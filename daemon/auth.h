@@ -19,6 +19,9 @@ static inline void json_object_putp(json_object **o) {
 }
 
 bool auth_enabled(Store *st);
+/* etcd2's AuthEnabled() of the access checks: a store Get of /2/enabled, counted in /v2/stats/store
+ * (getsFail while auth was never enabled) and etcd_debugging_store_reads_total. */
+bool auth_enabled_counted(Store *st);
 
 /* The stored user as etcd2 unmarshals it ({"user","password","roles"}), the root role attached to
  * user root; NULL if absent or unreadable. */

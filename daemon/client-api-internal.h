@@ -65,6 +65,7 @@ typedef struct ApiRequest {
 
         /* writes and quorum reads */
         ServerProposal *proposal;
+        bool no_value;           /* noValueOnSuccess=true: a set/create/update/CAS answers {"action":...} only */
 
         /* a keys request counted in etcd_http_received_total, to be counted as failed or successful */
         bool metrics_counted;

@@ -169,10 +169,13 @@ void reply_oom(HttpRequest *h) {
         http_reply(h, 500, CONTENT_TYPE_TEXT, text, STRLEN(text));
 }
 
-/* Go's http.Error(): text/plain, the text and a newline. */
+/* Go's http.Error(): text/plain, the text and a newline; since Go 1.11 (etcd 3.4's builds) also
+ * "X-Content-Type-Options: nosniff" (etcd 2.3.8's Go 1.6 did not send it; harmless to its clients). */
 static int reply_go_error(ApiRequest *r, unsigned status, const char *text) {
         char buf[256];
         int n = snprintf(buf, sizeof buf, "%s\n", text);
+
+        http_response_header(r->http, "X-Content-Type-Options", "nosniff");
 
         return reply(r, status, CONTENT_TYPE_TEXT, buf, (size_t) MIN(n, (int) sizeof buf - 1));
 }
@@ -260,6 +263,27 @@ static int reply_event(ApiRequest *r, StoreEvent *e, uint64_t etcd_index) {
         return 0;
 }
 
+/* etcd 3.4's writeKeyEvent() with noValueOnSuccess: a set, create, update or compareAndSwap drops node
+ * and prevNode; the status and headers stay those of the full answer. */
+static int reply_event_no_value(ApiRequest *r, StoreEvent *e, uint64_t etcd_index) {
+        unsigned status = 200;
+        char *json;
+        int len;
+
+        if (e->action == STORE_ACTION_CREATE || (e->action == STORE_ACTION_SET && !e->has_prev))
+                status = 201;
+        len = asprintf(&json, "{\"action\":\"%s\"}\n", store_action_to_string(e->action));
+        if (len < 0)
+                return -ENOMEM;
+
+        add_cluster_id(r);
+        add_uint_header(r, "X-Etcd-Index", etcd_index);
+        add_raft_headers(r);
+        add_cors(r);
+        http_reply_ref(r->http, status, CONTENT_TYPE_JSON, json, (size_t) len, free, json);
+        return 0;
+}
+
 static int reply_result(ApiRequest *r, StoreResult *res) {
         if (res->error != ETCD_OK)
                 /* etcd2 turns server errors (timeouts, stopped, ...) into errorCode 300 with index 0 */
@@ -267,6 +291,10 @@ static int reply_result(ApiRequest *r, StoreResult *res) {
                                         res->error == ETCD_ERROR_RAFT_INTERNAL ? 0 : res->index, 0);
         if (!res->event)
                 return reply_etcd_error(r, ETCD_ERROR_RAFT_INTERNAL, "received response with no Event/Watcher!", 0, 0);
+        if (r->no_value && (res->event->action == STORE_ACTION_SET || res->event->action == STORE_ACTION_CREATE ||
+                            res->event->action == STORE_ACTION_UPDATE ||
+                            res->event->action == STORE_ACTION_COMPARE_AND_SWAP))
+                return reply_event_no_value(r, res->event, res->index);
         return reply_event(r, res->event, res->index);
 }
 
@@ -296,6 +324,7 @@ typedef struct KeyParams {
         uint64_t ttl;
         int prev_exist;
         bool refresh;
+        bool no_value_on_success;
 } KeyParams;
 
 /* getBool/getUint64 of etcdhttp: absent is false/0, present must parse. */
@@ -341,7 +370,9 @@ static EtcdError parse_key_params(const HttpForm *f, const char *method, KeyPara
         CHECK(v && v->value_len == 0 ? -1 : 0, ETCD_ERROR_VALUE_REQUIRED, "\"prevValue\" cannot be empty");
         p->prev_value = v ? v->value : NULL;
 
-        /* noValueOnSuccess came with etcd 3.1: 2.3.8 ignores it, whatever its value. */
+        /* noValueOnSuccess came with etcd 3.1 (2.3.8 ignored it): parsed for every method, as etcd 3.4 */
+        CHECK(form_bool(f, "noValueOnSuccess", &p->no_value_on_success), ETCD_ERROR_INVALID_FIELD,
+              "invalid value for \"noValueOnSuccess\"");
 
         /* ttl: absent or empty means "no TTL" */
         v = http_form_get(f, "ttl");
@@ -539,6 +570,7 @@ static int handle_keys(ApiRequest *r, const char *method, const char *key, const
         e = parse_key_params(&form, method, &p, &cause);
         if (e != ETCD_OK)
                 return reply_etcd_error(r, e, cause, 0, 0);
+        r->no_value = p.no_value_on_success;
 
         /* etcd2 checks permissions once the request parsed (writeKeyNoAuth(): 110, index 0) */
         if (!auth_api_has_key_access(r, key, p.recursive, !streq(method, "GET") && !streq(method, "HEAD")))
@@ -661,9 +693,23 @@ int reply_json_buf(ApiRequest *r, unsigned status, HttpBuf *b, bool cluster_id) 
 
 /* Validates a member request body as etcd2's unmarshalRequest() + types.NewURLs() do. Returns an HTTP
  * status (0 on success) with *ret_message, and the peer URLs. */
+/* encoding/json's name of a JSON value's kind in "cannot unmarshal <kind> into ..." */
+static const char *go_json_kind(json_object *o) {
+        switch (json_object_get_type(o)) {
+        case json_type_boolean: return "bool";
+        case json_type_double:
+        case json_type_int: return "number";
+        case json_type_string: return "string";
+        case json_type_array: return "array";
+        case json_type_object: return "object";
+        default: return "null";
+        }
+}
+
 static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_message) {
         _cleanup_(strv_freep) char **urls = NULL;
-        json_object *o = NULL, *a;
+        json_object *o = NULL, *a = NULL;
+        bool oom;
         const char *ct = req_header(r, "Content-Type");
         enum json_tokener_error jerr;
         size_t n;
@@ -678,19 +724,29 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 return 413;
         }
 
+        /* json.Unmarshal(): Go's syntax check of the whole body first, then the type errors */
+        *ret_message = go_json_syntax_error(r->http->body.data ?: "", r->http->body.len, &oom);
+        if (*ret_message || oom)
+                return oom ? 500 : 400;
         o = json_tokener_parse_verbose(r->http->body.data ?: "", &jerr);
         if (!o || !json_object_is_type(o, json_type_object)) {
-                if (asprintf(ret_message, "invalid JSON: %s", o ? "not an object" : json_tokener_error_desc(jerr)) < 0)
-                        *ret_message = NULL;
-                json_object_put(o);
-                return 400;
+                /* etcd 3.4 unmarshals into an anonymous struct; a null is no change at all */
+                if (o || jerr != json_tokener_success) {
+                        if (asprintf(ret_message, "json: cannot unmarshal %s into Go value of type struct { "
+                                     "PeerURLs []string \"json:\\\"peerURLs\\\"\" }", go_json_kind(o)) < 0)
+                                *ret_message = NULL;
+                        json_object_put(o);
+                        return 400;
+                }
         }
 
-        if (!json_object_object_get_ex(o, "peerURLs", &a) || json_object_is_type(a, json_type_null))
+        if (!o || !json_object_object_get_ex(o, "peerURLs", &a) || json_object_is_type(a, json_type_null))
                 n = 0;
         else if (!json_object_is_type(a, json_type_array)) {
+                if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs of type []string",
+                             go_json_kind(a)) < 0)
+                        *ret_message = NULL;
                 json_object_put(o);
-                *ret_message = strdup("json: cannot unmarshal peerURLs into Go value of type []string");
                 return 400;
         } else
                 n = json_object_array_length(a);
@@ -706,17 +762,25 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 json_object_put(o);
                 return 500;
         }
+        /* the whole body is decoded (type errors) before any URL is looked at */
+        for (size_t i = 0; i < n; i++) {
+                json_object *s = json_object_array_get_idx(a, i);
+
+                if (s && !json_object_is_type(s, json_type_string)) {
+                        if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs of type string",
+                                     go_json_kind(s)) < 0)
+                                *ret_message = NULL;
+                        json_object_put(o);
+                        return 400;
+                }
+        }
         for (size_t i = 0; i < n; i++) {
                 json_object *s = json_object_array_get_idx(a, i);
                 _cleanup_(freep) char *err = NULL;
                 EtcdUrl u = {};
 
-                if (!json_object_is_type(s, json_type_string)) {
-                        json_object_put(o);
-                        *ret_message = strdup("json: cannot unmarshal value into Go value of type string");
-                        return 400;
-                }
-                if (etcd_url_parse(json_object_get_string(s), &u, &err) < 0) {
+                /* a null element stays "" in Go: the URL check refuses it */
+                if (etcd_url_parse(s ? json_object_get_string(s) : "", &u, &err) < 0) {
                         json_object_put(o);
                         *ret_message = err ? TAKE_PTR(err) : strdup("invalid URL");
                         return 400;
@@ -915,6 +979,8 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
         /* DELETE and PUT take /v2/members/<hex id> */
         if (isempty(rest)) {
                 members_free(ms, n);
+                /* membersHandler set X-Etcd-Cluster-ID before looking at the path: this 405 has it too */
+                add_cluster_id(r);
                 return reply_go_error(r, 405, "Method Not Allowed");
         }
 

@@ -9,9 +9,12 @@
  * rules, without I/O, so that the unit test can check them alone.
  */
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "http-util.h"
@@ -626,4 +629,226 @@ int http_buf_rfc3339(HttpBuf *b, uint64_t usec) {
         if (off < 0)
                 off = -off;
         return http_buf_printf(b, "%c%02ld:%02ld", sign, off / 60, off % 60);
+}
+
+/* --- Go's encoding/json scanner errors -------------------------------------------------------- */
+
+/* encoding/json quoteChar(): the byte as a Go rune, quoted as strconv.Quote() does, in '...' */
+static void go_quote_char(unsigned char c, char buf[16]) {
+        static const char esc[] = { ['\a'] = 'a', ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r',
+                                    ['\t'] = 't', ['\v'] = 'v' };
+
+        if (c == '\'')
+                snprintf(buf, 16, "'\\''");
+        else if (c == '\\')
+                snprintf(buf, 16, "'\\\\'");
+        else if (c < sizeof esc && esc[c])
+                snprintf(buf, 16, "'\\%c'", esc[c]);
+        else if (c < 0x20 || c == 0x7f)
+                snprintf(buf, 16, "'\\x%02x'", c);
+        else if ((c >= 0x80 && c <= 0xa0) || c == 0xad)
+                snprintf(buf, 16, "'\\u%04x'", c);
+        else if (c >= 0x80)
+                snprintf(buf, 16, "'%c%c'", 0xc0 | (c >> 6), 0x80 | (c & 0x3f));
+        else
+                snprintf(buf, 16, "'%c'", c);
+}
+
+enum {
+        GJ_VALUE,        /* a value must begin */
+        GJ_VALUE_OR_END, /* after '[' */
+        GJ_KEY_OR_END,   /* after '{' */
+        GJ_KEY,          /* after ',' in an object */
+        GJ_COLON,        /* after a key */
+        GJ_OBJ_NEXT,     /* after a member's value */
+        GJ_ARR_NEXT,     /* after an element */
+        GJ_TOP_END,      /* after the top-level value */
+};
+
+/* The next byte; past the end a space once (Go's scanner eof() steps so), then false. */
+static bool gj_next(const char *data, size_t len, size_t *i, unsigned char *c) {
+        if (*i < len) {
+                *c = (unsigned char) data[(*i)++];
+                return true;
+        }
+        *c = ' ';
+        return (*i)++ == len;
+}
+
+char *go_json_syntax_error(const char *data, size_t len, bool *ret_oom) {
+        _cleanup_free_ char *stack = NULL; /* '{' or '[' per open container */
+        size_t depth = 0;
+        int state = GJ_VALUE;
+        const char *ctx = NULL;
+        char q[16], what[64], *m;
+        size_t i = 0;
+        unsigned char c = 0;
+
+        *ret_oom = false;
+        stack = malloc(len + 1);
+        if (!stack) {
+                *ret_oom = true;
+                return NULL;
+        }
+
+#define FAIL(context) do { ctx = (context); goto fail; } while (0)
+        /* at the end, Go's scanner steps once more with a space: literals and numbers end or fail so */
+#define NEXT() gj_next(data, len, &i, &c)
+        for (;;) {
+                bool more = i < len;
+                bool is_value = false;
+
+                if (!more) {
+                        if (state == GJ_TOP_END)
+                                return NULL;
+                        goto eof;
+                }
+                c = (unsigned char) data[i++];
+                if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
+                        continue;
+
+                switch (state) {
+                case GJ_TOP_END:
+                        FAIL("after top-level value");
+                case GJ_COLON:
+                        if (c != ':')
+                                FAIL("after object key");
+                        state = GJ_VALUE;
+                        continue;
+                case GJ_OBJ_NEXT:
+                        if (c == ',') {
+                                state = GJ_KEY;
+                                continue;
+                        }
+                        if (c != '}')
+                                FAIL("after object key:value pair");
+                        depth--;
+                        break;
+                case GJ_ARR_NEXT:
+                        if (c == ',') {
+                                state = GJ_VALUE;
+                                continue;
+                        }
+                        if (c != ']')
+                                FAIL("after array element");
+                        depth--;
+                        break;
+                case GJ_KEY_OR_END:
+                case GJ_KEY:
+                        if (c == '}' && state == GJ_KEY_OR_END) {
+                                depth--;
+                                break;
+                        }
+                        if (c != '"')
+                                FAIL("looking for beginning of object key string");
+                        is_value = true;
+                        break;
+                case GJ_VALUE_OR_END:
+                        if (c == ']') {
+                                depth--;
+                                break;
+                        }
+                        /* fall through */
+                case GJ_VALUE:
+                        is_value = true;
+                        break;
+                }
+
+                if (is_value) {
+                        bool key = state == GJ_KEY_OR_END || state == GJ_KEY;
+
+                        if (c == '{') {
+                                stack[depth++] = '{';
+                                state = GJ_KEY_OR_END;
+                                continue;
+                        }
+                        if (c == '[') {
+                                stack[depth++] = '[';
+                                state = GJ_VALUE_OR_END;
+                                continue;
+                        }
+                        if (c == '"') {
+                                for (;;) {
+                                        if (i >= len)
+                                                goto eof;
+                                        c = (unsigned char) data[i++];
+                                        if (c == '"')
+                                                break;
+                                        if (c < 0x20)
+                                                FAIL("in string literal");
+                                        if (c != '\\')
+                                                continue;
+                                        /* an escape cut by the end fails on eof()'s space */
+                                        (void) NEXT();
+                                        if (c == 'u') {
+                                                for (int k = 0; k < 4; k++) {
+                                                        (void) NEXT();
+                                                        if (!isxdigit(c))
+                                                                FAIL("in \\u hexadecimal character escape");
+                                                }
+                                        } else if (!strchr("bfnrt\\/\"", c) || c == 0)
+                                                FAIL("in string escape code");
+                                }
+                                if (key) {
+                                        state = GJ_COLON;
+                                        continue;
+                                }
+                        } else if (c == 't' || c == 'f' || c == 'n') {
+                                const char *lit = c == 't' ? "true" : c == 'f' ? "false" : "null";
+                                for (const char *l = lit + 1; *l; l++) {
+                                        (void) NEXT();
+                                        if (c != (unsigned char) *l) {
+                                                snprintf(what, sizeof what, "in literal %s (expecting '%c')", lit, *l);
+                                                FAIL(what);
+                                        }
+                                }
+                        } else if (c == '-' || (c >= '0' && c <= '9')) {
+                                if (c == '-') {
+                                        (void) NEXT();
+                                        if (!(c >= '0' && c <= '9'))
+                                                FAIL("in numeric literal");
+                                }
+                                if (c != '0')
+                                        while (NEXT() && c >= '0' && c <= '9')
+                                                ;
+                                else
+                                        (void) NEXT();
+                                if (c == '.') {
+                                        (void) NEXT();
+                                        if (!(c >= '0' && c <= '9'))
+                                                FAIL("after decimal point in numeric literal");
+                                        while (NEXT() && c >= '0' && c <= '9')
+                                                ;
+                                }
+                                if (c == 'e' || c == 'E') {
+                                        (void) NEXT();
+                                        if (c == '+' || c == '-')
+                                                (void) NEXT();
+                                        if (!(c >= '0' && c <= '9'))
+                                                FAIL("in exponent of numeric literal");
+                                        while (NEXT() && c >= '0' && c <= '9')
+                                                ;
+                                }
+                                /* the byte that ended the number belongs to what follows */
+                                i--;
+                        } else
+                                FAIL("looking for beginning of value");
+                }
+
+                /* a value (or container) ended */
+                state = depth == 0 ? GJ_TOP_END : stack[depth - 1] == '{' ? GJ_OBJ_NEXT : GJ_ARR_NEXT;
+        }
+#undef NEXT
+#undef FAIL
+eof:
+        m = strdup("unexpected end of JSON input");
+        *ret_oom = !m;
+        return m;
+fail:
+        go_quote_char(c, q);
+        if (asprintf(&m, "invalid character %s %s", q, ctx) < 0) {
+                *ret_oom = true;
+                return NULL;
+        }
+        return m;
 }

@@ -76,3 +76,8 @@ int http_buf_go_duration(HttpBuf *b, uint64_t nsec);
 /* Go's time.Time JSON form (RFC 3339 with nanoseconds, trailing zeros trimmed) for a wall-clock time in
  * microseconds, in the local time zone ("Z" for UTC). */
 int http_buf_rfc3339(HttpBuf *b, uint64_t usec);
+
+/* Go's encoding/json checkValid(): NULL if data is one valid JSON value (with whitespace around),
+ * else Go's SyntaxError text ("unexpected end of JSON input", "invalid character 'x' looking for
+ * beginning of value", ...), malloc'ed. *ret_oom is set when that allocation failed. */
+char *go_json_syntax_error(const char *data, size_t len, bool *ret_oom);

@@ -1841,16 +1841,18 @@ static int op_update(Store *s, const StoreRequest *req, uint64_t now, StoreResul
         StoreNode *n;
         int r;
 
+        /* etcd2's Update() returns these two errors without setting the err its deferred stats read:
+         * they count as updateSuccess (etcd 2.3.8 and 3.4 alike) */
         if (is_readonly(req->path)) {
                 r = set_error_key(ret, ETCD_ERROR_ROOT_RONLY, "/");
-                goto fail;
+                goto fail_as_success;
         }
         r = walk_get(s, req->path, &n, ret);
         if (r != 0)
                 goto fail;
         if (n->dir && value_len > 0) {
                 r = set_error_key(ret, ETCD_ERROR_NOT_FILE, req->path);
-                goto fail;
+                goto fail_as_success;
         }
 
         event_node_capture(&prev, n);
@@ -1886,6 +1888,11 @@ fail:
                 return r;
         s->stats.update_fail++;
         return 0;
+fail_as_success:
+        if (r < 0)
+                return r;
+        s->stats.update_success++;
+        return 0;
 }
 
 /* node.Compare + getCompareFailCause */
@@ -1920,9 +1927,14 @@ static int op_cas(Store *s, const StoreRequest *req, uint64_t now, StoreResult *
         StoreNode *n;
         int r;
 
+        /* etcd2's CompareAndSwap() returns RootROnly without setting the err its deferred stats
+         * read: compareAndSwapSuccess (etcd 2.3.8 and 3.4 alike) */
         if (is_readonly(req->path)) {
                 r = set_error_key(ret, ETCD_ERROR_ROOT_RONLY, "/");
-                goto fail;
+                if (r < 0)
+                        return r;
+                s->stats.cas_success++;
+                return 0;
         }
         r = walk_get(s, req->path, &n, ret);
         if (r != 0)
@@ -2006,9 +2018,13 @@ static int op_delete(Store *s, const StoreRequest *req, uint64_t now, StoreResul
         StoreNode *n;
         int r;
 
+        /* etcd2's Delete() returns RootROnly without setting the err its deferred stats read */
         if (is_readonly(req->path)) {
                 r = set_error_key(ret, ETCD_ERROR_ROOT_RONLY, "/");
-                goto fail;
+                if (r < 0)
+                        return r;
+                s->stats.delete_success++;
+                return 0;
         }
         r = walk_get(s, req->path, &n, ret);
         if (r != 0)
@@ -2042,13 +2058,15 @@ static int op_cad(Store *s, const StoreRequest *req, uint64_t now, StoreResult *
         r = walk_get(s, req->path, &n, ret);
         if (r != 0)
                 goto fail;
+        /* etcd2's CompareAndDelete() returns NotFile and TestFailed without setting the err its
+         * deferred stats read: they count as compareAndDeleteSuccess (etcd 2.3.8 and 3.4 alike) */
         if (n->dir) {
                 r = set_error_key(ret, ETCD_ERROR_NOT_FILE, req->path);
-                goto fail;
+                goto fail_as_success;
         }
         r = compare(ret, n, req->prev_value, req->prev_index);
         if (r != 0)
-                goto fail;
+                goto fail_as_success;
         r = remove_with_event(s, n, STORE_ACTION_COMPARE_AND_DELETE, now, ret);
         if (r < 0)
                 return r;
@@ -2058,6 +2076,11 @@ fail:
         if (r < 0)
                 return r;
         s->stats.cad_fail++;
+        return 0;
+fail_as_success:
+        if (r < 0)
+                return r;
+        s->stats.cad_success++;
         return 0;
 }
 
@@ -2075,6 +2098,14 @@ static int op_sync(Store *s, uint64_t cutoff_usec, uint64_t max, uint64_t now) {
                 metrics.store_expires++;
         }
         return 0;
+}
+
+void store_count_get(Store *s, bool found) {
+        metrics.store_reads[METRICS_STORE_GET]++;
+        if (found)
+                s->stats.gets_success++;
+        else
+                s->stats.gets_fail++;
 }
 
 static int do_get(Store *s, const char *path, bool recursive, bool sorted, uint64_t now, StoreResult *ret) {

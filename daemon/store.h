@@ -179,6 +179,8 @@ Store *store_free(Store *s);
 void store_set_sink(Store *s, const StoreSink *sink);
 
 uint64_t store_index(Store *s);   /* current etcd index */
+/* A Get done by etcd2's auth layer (AuthEnabled()'s read of /2/enabled): counted as any Get. */
+void store_count_get(Store *s, bool found);
 
 /* Applies a replicated request (PUT/POST/DELETE/QGET/SYNC). `now_usec` is this member's wall clock
  * for rendering "ttl". Returns 0 and fills *ret (success or an EtcdError in ret->error), or -ENOMEM. */

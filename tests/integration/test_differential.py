@@ -13,7 +13,7 @@ Known etcd 2.3.8 vs 3.4 differences that are normalized away (documented in
   1. CORS: etcd 3.4 sends Access-Control-Allow-* headers by default; 2.3.8 only with --cors.
      -> Access-Control-* headers are ignored.
   2. noValueOnSuccess (added in etcd 3.1): 3.4 drops node/prevNode from set/create/update/CAS answers,
-     2.3.8 ignores the parameter. -> for such requests node/prevNode are dropped on both sides.
+     2.3.8 ignores the parameter. We answer as 3.4 (issue 12): compared exactly.
   3. /version, /v2/stats/* counters, /v2/members IDs and URLs differ by nature (version, ports);
      they are not compared here (see test_members_stats.py).
   4. /health: 2.3.8 writes {"health": "true"}, 3.4 {"health":"true"} -> compared as parsed JSON.
@@ -83,14 +83,12 @@ class Side:
                 out[k] = v
         return out
 
-    def norm_body(self, j, drop_nodes=False):
+    def norm_body(self, j):
         if not isinstance(j, dict):
             return j
         out = {}
         for k, v in j.items():
             if k in ("node", "prevNode"):
-                if drop_nodes and j.get("action") in ("set", "create", "update", "compareAndSwap"):
-                    continue
                 out[k] = self.norm_node(v)
             elif k == "index":
                 out[k] = f"#{self.ordinal(v)}"
@@ -130,9 +128,10 @@ class Side:
             hdr[h + "?"] = h in r.headers
         if "X-Etcd-Index" in r.headers:
             hdr["X-Etcd-Index"] = f"#{self.ordinal(int(r.headers['X-Etcd-Index']))}"
-        drop = "noValueOnSuccess" in params or (isinstance(data, dict) and "noValueOnSuccess" in data)
         if j is not None:
-            body = self.norm_body(j, drop_nodes=drop)
+            body = self.norm_body(j)
+            if r.text.startswith('{"action"') and j.keys() == {"action"}:
+                body = r.text  # noValueOnSuccess: the exact bytes
         elif step["p"] == "/health":
             body = json.loads(r.text)
         else:
@@ -283,6 +282,35 @@ SCENARIOS = {
         S("PUT", K(s, "/p%25"), data={"value": "%zz"}),
         S("PUT", K(s, "/plus+"), data={"value": "a+b c"}),
         S("GET", K(s), params={"recursive": "true", "sorted": "true"}),
+    ],
+    "no_value_on_success": lambda s: [
+        S("PUT", K(s, "/a"), data={"value": "1", "noValueOnSuccess": "true"}),
+        S("PUT", K(s, "/a"), data={"value": "2", "noValueOnSuccess": "true"}),
+        S("POST", K(s, "/q"), data={"value": "3", "noValueOnSuccess": "true"}),
+        S("PUT", K(s, "/a"), data={"value": "4", "noValueOnSuccess": "true", "prevExist": "false"}),
+        S("PUT", K(s, "/c"), data={"value": "4", "noValueOnSuccess": "t", "prevExist": "false"}),
+        S("PUT", K(s, "/a"), data={"value": "5", "noValueOnSuccess": "true", "prevExist": "true"}),
+        S("PUT", K(s, "/a"), data={"value": "6", "noValueOnSuccess": "1", "prevValue": "5"}),
+        S("PUT", K(s, "/a"), data={"value": "6", "noValueOnSuccess": "1", "prevValue": "nope"}),
+        S("PUT", K(s, "/a"), data={"value": "7", "noValueOnSuccess": "True", "prevIndex": "1"}),
+        S("PUT", K(s, "/a"), data={"value": "7", "noValueOnSuccess": "bad"}),
+        S("PUT", K(s, "/a") + "?noValueOnSuccess=", data={"value": "7"}),
+        S("PUT", K(s, "/a"), data={"value": "8", "noValueOnSuccess": "false"}),
+        S("PUT", K(s, "/a"), data={"value": "9", "noValueOnSuccess": "F"}),
+        S("PUT", K(s, "/d"), data={"dir": "true", "noValueOnSuccess": "true"}),
+        S("PUT", K(s, "/d"), data={"dir": "true", "noValueOnSuccess": "true", "prevExist": "true"}),
+        S("PUT", K(s, "/t"), data={"value": "x", "ttl": "100", "noValueOnSuccess": "true"}),
+        S("PUT", K(s, "/t"), data={"ttl": "200", "refresh": "true", "prevExist": "true", "noValueOnSuccess": "true"}),
+        S("PUT", K(s, "/a"), data={"value": "x", "noValueOnSuccess": "true", "recursive": "zz"}),
+        S("GET", K(s, "/a"), params={"noValueOnSuccess": "true"}),
+        S("GET", K(s, "/a"), params={"noValueOnSuccess": "maybe"}),
+        S("GET", K(s, "/a"), params={"noValueOnSuccess": "true", "quorum": "true"}),
+        S("GET", K(s, "/nope"), params={"noValueOnSuccess": "true"}),
+        S("DELETE", K(s, "/a"), params={"noValueOnSuccess": "true", "prevValue": "9"}),
+        S("DELETE", K(s, "/q"), params={"noValueOnSuccess": "true", "recursive": "true"}),
+        S("DELETE", K(s, "/d"), params={"noValueOnSuccess": "true", "dir": "true"}),
+        S("DELETE", K(s, "/nope"), params={"noValueOnSuccess": "true"}),
+        S("DELETE", K(s, "/t"), params={"noValueOnSuccess": "x"}),
     ],
     "forms": lambda s: [
         S("PUT", K(s, "/f") + "?value=q", data={"value": "body"}),

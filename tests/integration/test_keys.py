@@ -966,24 +966,52 @@ def test_ttl_values_accepted(daemon, ttl):
 
 # ------------------------------------------------------------------------------------------------
 # noValueOnSuccess, quorum
-# noValueOnSuccess appeared in etcd 3.1 (etcd-io/etcd#6308): etcd 2.3.8 ignores it and answers the full
-# event; etcd 3.4 drops node/prevNode from set/create/update/compareAndSwap answers.
+# noValueOnSuccess appeared in etcd 3.1 (etcd-io/etcd#6308; etcd 3.1+'s v2 clients send it): etcd 2.3.8
+# ignored it; etcd 3.4 (and we, issue 12) drop node/prevNode from set/create/update/compareAndSwap
+# answers, keep the status and headers, and reject a bad boolean as any other (209, index 0).
 
 
 @pytest.mark.parametrize("method,extra,action", [
     ("PUT", {"value": "n"}, "set"),
     ("POST", {"value": "n"}, "create"),
     ("PUT", {"value": "n", "prevExist": "false"}, "create"),
+    ("PUT", {"value": "n", "dir": "true"}, "set"),
 ])
 def test_no_value_on_success(daemon, method, extra, action):
     key = unique()
     r = daemon.req(method, P(daemon, key), data=dict(noValueOnSuccess="true", **extra))
     assert r.status_code == 201
-    if REFERENCE:
-        assert r.text == json.dumps({"action": action}, separators=(",", ":")) + "\n"
-    else:
-        assert "node" in r.json(), f"etcd 2.3.8 ignores noValueOnSuccess (a 3.1 addition); got {r.text!r}"
-        assert r.json()["action"] == action and r.json()["node"]["value"] == "n"
+    assert r.text == json.dumps({"action": action}, separators=(",", ":")) + "\n"
+    assert r.headers["Content-Type"] == "application/json"
+    check_key_headers(r)
+
+
+@pytest.mark.parametrize("extra,action,status", [
+    ({}, "set", 200),
+    ({"prevExist": "true"}, "update", 200),
+    ({"prevValue": "v"}, "compareAndSwap", 200),
+])
+def test_no_value_on_success_existing(daemon, extra, action, status):
+    key = unique()
+    daemon.set(key, "v")
+    r = daemon.put(P(daemon, key), data=dict(value="w", noValueOnSuccess="1", **extra))
+    assert r.status_code == status
+    assert r.text == json.dumps({"action": action}, separators=(",", ":")) + "\n"
+    assert daemon.get(P(daemon, key)).json()["node"]["value"] == "w"
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST", "GET", "DELETE"])
+@pytest.mark.parametrize("bad", ["", "yes", "2", "TRUE "])
+def test_no_value_on_success_bad_bool(daemon, method, bad):
+    key = unique()
+    r = daemon.req(method, P(daemon, key) + "?noValueOnSuccess=" + bad.replace(" ", "+"), data={"value": "x"})
+    check_error(r, 400, 209, "Invalid field", 'invalid value for "noValueOnSuccess"', index=0)
+
+
+def test_no_value_on_success_false(daemon):
+    key = unique()
+    r = daemon.put(P(daemon, key), data={"value": "n", "noValueOnSuccess": "false"})
+    assert r.status_code == 201 and r.json()["node"]["value"] == "n"
 
 
 def test_no_value_on_success_delete(daemon):

@@ -227,7 +227,8 @@ def test_stats_store_fields(daemon):
 @pytest.mark.parametrize("op,field,delta", [
     ("set", "setsSuccess", 1),
     ("get", "getsSuccess", 1),
-    pytest.param("getmiss", "getsFail", 1, marks=only_23),  # 3.4 counts 2
+    ("get", "getsFail", 1),  # the access check's read of /2/enabled (auth never enabled)
+    ("getmiss", "getsFail", 2),  # the key, and the access check's read of /2/enabled
     ("create", "createSuccess", 1),
     ("createfail", "createFail", 1),
     ("update", "updateSuccess", 1),
@@ -235,7 +236,8 @@ def test_stats_store_fields(daemon):
     ("cas", "compareAndSwapSuccess", 1),
     ("casfail", "compareAndSwapFail", 1),
     ("cad", "compareAndDeleteSuccess", 1),
-    pytest.param("cadfail", "compareAndDeleteFail", 1, marks=only_23),  # 3.4 counts 0
+    ("cadfail", "compareAndDeleteSuccess", 1),  # etcd2's CompareAndDelete(): TestFailed counts as a success
+    ("cadmiss", "compareAndDeleteFail", 1),
     ("delete", "deleteSuccess", 1),
     ("deletefail", "deleteFail", 1),
 ])
@@ -257,6 +259,7 @@ def test_stats_store_counts(fresh, op, field, delta):
         "casfail": lambda: d.put(k, data={"value": "w", "prevValue": "x"}),
         "cad": lambda: d.delete(k, params={"prevValue": "v"}),
         "cadfail": lambda: d.delete(k, params={"prevValue": "x"}),
+        "cadmiss": lambda: d.delete(k + "nope", params={"prevValue": "x"}),
         "delete": lambda: d.delete(k),
         "deletefail": lambda: d.delete(k + "nope"),
     }[op]()

@@ -192,6 +192,51 @@ static void test_form_many(void **state) {
         http_buf_done(&b);
 }
 
+static void check_go_json(const char *in, size_t len, const char *want) {
+        bool oom = true;
+        char *got = go_json_syntax_error(in, len, &oom);
+
+        assert_false(oom);
+        if (!want)
+                assert_null(got);
+        else
+                assert_string_equal(got, want);
+        free(got);
+}
+
+/* Go's encoding/json messages, as etcd 3.4 answers them (tests/integration/test_json_errors_diff.py
+ * compares more against the real thing) */
+static void test_go_json_syntax_error(void **state) {
+#define J(in, want) check_go_json(in, sizeof(in) - 1, want)
+        J("{\"a\":[1,2.5e-3,true,false,null,\"\\u00e9\\n\"]} ", NULL);
+        J(" 0 ", NULL);
+        J("", "unexpected end of JSON input");
+        J("{\"a\":", "unexpected end of JSON input");
+        J("\"ab", "unexpected end of JSON input");
+        J("x", "invalid character 'x' looking for beginning of value");
+        J("{'a'}", "invalid character '\\'' looking for beginning of object key string");
+        J("{\"a\" 1}", "invalid character '1' after object key");
+        J("{\"a\":1 \"b\"}", "invalid character '\"' after object key:value pair");
+        J("[1 2]", "invalid character '2' after array element");
+        J("{}x", "invalid character 'x' after top-level value");
+        J("01", "invalid character '1' after top-level value");
+        J("tru", "invalid character ' ' in literal true (expecting 'e')");
+        J("nUll", "invalid character 'U' in literal null (expecting 'u')");
+        J("1.", "invalid character ' ' after decimal point in numeric literal");
+        J("1e+x", "invalid character 'x' in exponent of numeric literal");
+        J("-", "invalid character ' ' in numeric literal");
+        J("\"\\q\"", "invalid character 'q' in string escape code");
+        J("\"\\", "invalid character ' ' in string escape code");
+        J("\"\\u12x4\"", "invalid character 'x' in \\u hexadecimal character escape");
+        J("\"\x01\"", "invalid character '\\x01' in string literal");
+        J("\"\n\"", "invalid character '\\n' in string literal");
+        J("\x80", "invalid character '\\u0080' looking for beginning of value");
+        J("\xe9", "invalid character '\xc3\xa9' looking for beginning of value");
+        J("\\", "invalid character '\\\\' looking for beginning of value");
+        check_go_json("[1]\0", 4, "invalid character '\\x00' after top-level value");
+#undef J
+}
+
 static void test_go_parse(void **state) {
         bool b;
         uint64_t u;
@@ -296,6 +341,7 @@ int main(void) {
                 cmocka_unit_test(test_form),
                 cmocka_unit_test(test_form_many),
                 cmocka_unit_test(test_go_parse),
+                cmocka_unit_test(test_go_json_syntax_error),
                 cmocka_unit_test(test_json_string),
                 cmocka_unit_test(test_duration),
                 cmocka_unit_test(test_rfc3339),

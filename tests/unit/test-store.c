@@ -1449,6 +1449,9 @@ static void test_stats(void **state) {
                                                    .prev_value = "2" }), ETCD_ERROR_TEST_FAILED);
         assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_DELETE, .path = "/1/c", .prev_exist = -1,
                                                    .prev_value = "3" }), 0);
+        /* etcd2's CompareAndDelete() counts TestFailed as a success, KeyNotFound as a failure */
+        assert_int_equal(apply(f, (StoreRequest) { .method = STORE_METHOD_DELETE, .path = "/1/nope", .prev_exist = -1,
+                                                   .prev_value = "3" }), ETCD_ERROR_KEY_NOT_FOUND);
         assert_int_equal(del(f, "/1/a", false, false), 0);
         assert_int_equal(del(f, "/1/a", false, false), ETCD_ERROR_KEY_NOT_FOUND);
 
@@ -1456,7 +1459,7 @@ static void test_stats(void **state) {
         assert_string_equal(s, "{\"getsSuccess\":2,\"getsFail\":1,\"setsSuccess\":1,\"setsFail\":1,"
                             "\"deleteSuccess\":1,\"deleteFail\":1,\"updateSuccess\":1,\"updateFail\":1,"
                             "\"createSuccess\":1,\"createFail\":1,\"compareAndSwapSuccess\":1,\"compareAndSwapFail\":1,"
-                            "\"compareAndDeleteSuccess\":1,\"compareAndDeleteFail\":1,\"expireCount\":0,\"watchers\":0}");
+                            "\"compareAndDeleteSuccess\":2,\"compareAndDeleteFail\":1,\"expireCount\":0,\"watchers\":0}");
         free(s);
 }
 
