@@ -209,6 +209,22 @@ def make_daemon():
     yield from procs.factory(Daemon)
 
 
+@pytest.fixture(scope="module")
+def pair():
+    """(ours, etcd 3.4) for the differential tests, fresh per module; ETCD2_DIFF_SELFTEST=1 puts etcd 3.4 on
+    both sides (a check of the harness: every step must then agree)."""
+    selftest = os.environ.get("ETCD2_DIFF_SELFTEST") == "1"
+    ours = Daemon(reference=selftest, binary=REFERENCE_BINARY if selftest else OUR_BINARY)
+    try:
+        ref = Daemon(reference=True, binary=REFERENCE_BINARY)
+    except Exception:
+        ours.cleanup()
+        raise
+    yield ours, ref
+    ours.cleanup()
+    ref.cleanup()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

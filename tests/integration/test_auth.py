@@ -261,19 +261,6 @@ def view(step, r):
     return out
 
 
-@pytest.fixture(scope="module")
-def pair():
-    ours = Daemon(reference=True, binary=REFERENCE_BINARY) if SELFTEST else Daemon(reference=False, binary=OUR_BINARY)
-    try:
-        ref = Daemon(reference=True, binary=REFERENCE_BINARY)
-    except Exception:
-        ours.cleanup()
-        raise
-    yield ours, ref
-    ours.cleanup()
-    ref.cleanup()
-
-
 def to_23(step, v):
     """etcd 3.4's answer to GET /v2/auth/users/<u> as 2.3.8 gives it (difference 1 above)."""
     j = v.get("json")

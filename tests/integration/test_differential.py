@@ -44,19 +44,6 @@ HEADERS_VALUE = ["Content-Type", "Allow", "Location"]
 HEADERS_PRESENT = ["X-Etcd-Index", "X-Raft-Index", "X-Raft-Term", "X-Etcd-Cluster-Id"]
 
 
-@pytest.fixture(scope="module")
-def pair():
-    ours = Daemon(reference=True, binary=REFERENCE_BINARY) if SELFTEST else Daemon(reference=False, binary=OUR_BINARY)
-    try:
-        ref = Daemon(reference=True, binary=REFERENCE_BINARY)
-    except Exception:
-        ours.cleanup()
-        raise
-    yield ours, ref
-    ours.cleanup()
-    ref.cleanup()
-
-
 class Side:
     def __init__(self, d):
         self.d = d

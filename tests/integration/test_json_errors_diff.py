@@ -23,19 +23,6 @@ BODIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def pair():
-    ours = Daemon(reference=False, binary=OUR_BINARY)
-    try:
-        ref = Daemon(reference=True, binary=REFERENCE_BINARY)
-    except Exception:
-        ours.cleanup()
-        raise
-    yield ours, ref
-    ours.cleanup()
-    ref.cleanup()
-
-
 def send(d, method, path, body):
     if "{id}" in path:
         path = path.replace("{id}", requests.get(d.url + "/v2/members", timeout=10).json()["members"][0]["id"])

@@ -21,19 +21,6 @@ IGNORED = {"date", "content-length"}
 PRESENCE = {"x-etcd-cluster-id"}
 
 
-@pytest.fixture(scope="module")
-def pair():
-    ours = Daemon(reference=False, binary=OUR_BINARY)
-    try:
-        ref = Daemon(reference=True, binary=REFERENCE_BINARY)
-    except Exception:
-        ours.cleanup()
-        raise
-    yield ours, ref
-    ours.cleanup()
-    ref.cleanup()
-
-
 def own_id(d):
     return d.get("/v2/members").json()["members"][0]["id"]
 

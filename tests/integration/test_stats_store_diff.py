@@ -98,19 +98,6 @@ def send(d, m, p, data):
     return requests.request(m, d.url + p, data=data, timeout=10)
 
 
-@pytest.fixture(scope="module")
-def pair():
-    ours = Daemon(reference=False, binary=OUR_BINARY)
-    try:
-        ref = Daemon(reference=True, binary=REFERENCE_BINARY)
-    except Exception:
-        ours.cleanup()
-        raise
-    yield ours, ref
-    ours.cleanup()
-    ref.cleanup()
-
-
 def test_every_step_moves_the_same_counters(pair):
     diffs = []
     for m, p, data in STEPS:
