@@ -92,7 +92,13 @@ int server_propose(Server *s, const StoreRequest *req, ServerProposalCallback cb
         p->userdata = userdata;
         p->req = *req;
         p->path = strdup(req->path);
-        p->value = req->value ? strndup(req->value, req->value_len) : NULL;
+        /* values may hold NULs: copied by length (test-client-api's fake never sees one) */
+        if (req->value) {
+                p->value = malloc(req->value_len + 1);
+                assert_non_null(p->value);
+                memcpy(p->value, req->value, req->value_len);
+                p->value[req->value_len] = 0;
+        }
         p->req.path = p->path;
         p->req.value = p->value;
         p->req.prev_value = NULL;
