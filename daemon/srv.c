@@ -37,12 +37,6 @@
 
 #define SRV_ANSWER_MAX 65536
 
-typedef struct SrvRecord {
-        uint16_t priority;
-        uint16_t port;
-        char target[NS_MAXDNAME];
-} SrvRecord;
-
 typedef struct SrvResult {
         char **parts;           /* "name=url" */
         size_t n_parts;
@@ -141,11 +135,9 @@ static int lookup_error(int h, const char *qname, char **ret_error) {
  * message in Go's words (or NULL if out of memory). */
 static int lookup_srv(const char *qname, SrvRecord **ret, size_t *ret_n, char **ret_error) {
         _cleanup_(freep) unsigned char *answer = NULL;
-        _cleanup_(freep) SrvRecord *records = NULL;
         struct __res_state state = {};
-        size_t n = 0, size = 4096;
-        ns_msg msg;
-        int len, h, r;
+        size_t size = 4096;
+        int len, h;
 
         if (res_ninit(&state) < 0)
                 return lookup_error(NO_RECOVERY, qname, ret_error);
@@ -171,7 +163,19 @@ static int lookup_srv(const char *qname, SrvRecord **ret, size_t *ret_n, char **
                 return lookup_error(h, qname, ret_error);
         len = MIN(len, (int) size);
 
-        if (ns_initparse(answer, len, &msg) < 0)
+        return srv_parse_answer(answer, (size_t) len, qname, ret, ret_n, ret_error);
+}
+
+int srv_parse_answer(const unsigned char *answer, size_t len, const char *qname, SrvRecord **ret, size_t *ret_n,
+                     char **ret_error) {
+        _cleanup_(freep) SrvRecord *records = NULL;
+        size_t n = 0;
+        ns_msg msg;
+        int r;
+
+        if (len > SRV_ANSWER_MAX)
+                return lookup_error(NO_RECOVERY, qname, ret_error);
+        if (ns_initparse(answer, (int) len, &msg) < 0)
                 return lookup_error(NO_RECOVERY, qname, ret_error);
 
         for (int i = 0; i < ns_msg_count(msg, ns_s_an); i++) {
