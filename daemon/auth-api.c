@@ -307,23 +307,25 @@ static json_object *auth_body_object(ApiRequest *r) {
         return o;
 }
 
+/* Fields of request bodies are looked up as encoding/json matches them (go_json_field()): any case, the
+ * last such key; the objects stored by us hold exact names only, so they read the same. */
 static bool json_strings_empty(json_object *o, const char *key) {
-        json_object *v = json_object_object_get(o, key);
+        json_object *v = go_json_field(o, key, true);
         return !v || !json_object_is_type(v, json_type_array) || json_object_array_length(v) == 0;
 }
 
 /* Permissions.IsEmpty(): nil, or no read and no write patterns. */
 static bool json_perms_empty(json_object *o, const char *key) {
-        json_object *p = json_object_object_get(o, key), *kv;
+        json_object *p = go_json_field(o, key, !streq(key, "permissions")), *kv;
 
         if (!p || !json_object_is_type(p, json_type_object))
                 return true;
-        kv = json_object_object_get(p, "kv");
+        kv = go_json_field(p, "kv", false);
         return !kv || (json_strings_empty(kv, "read") && json_strings_empty(kv, "write"));
 }
 
 static const char *json_str(json_object *o, const char *key) {
-        json_object *v = json_object_object_get(o, key);
+        json_object *v = go_json_field(o, key, false);
         return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
 }
 
@@ -436,7 +438,7 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                  * for a user that does not exist yet (201) */
                 const char *pw = json_str(in, "password");
                 _cleanup_free_ char *hash = NULL;
-                json_object *roles = json_object_object_get(in, "roles");
+                json_object *roles = go_json_field(in, "roles", true);
 
                 if (isempty(pw)) {
                         free(msg);
@@ -546,9 +548,9 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
 
         if (json_perms_empty(in, "grant") && json_perms_empty(in, "revoke")) {
                 /* CreateRole(): the role as given, answered as given */
-                json_object *p = json_object_object_get(in, "permissions"), *kv = p ? json_object_object_get(p, "kv") : NULL;
-                json_object *read = kv ? json_object_object_get(kv, "read") : NULL;
-                json_object *write = kv ? json_object_object_get(kv, "write") : NULL;
+                json_object *p = go_json_field(in, "permissions", false), *kv = go_json_field(p, "kv", false);
+                json_object *read = go_json_field(kv, "read", true);
+                json_object *write = go_json_field(kv, "write", true);
 
                 if (streq(name, AUTH_ROOT))
                         return reply_message(r, 403, "auth: Cannot modify role root: is root role.", true);
@@ -736,7 +738,7 @@ bool auth_api_prepare(ApiRequest *r) {
                 r->auth_hashed = true;
                 if (streq(r->http->method, "PUT") && strneq(r->http->uri, "/v2/auth/users/", 15) &&
                     auth_api_has_root_access(r) && (in = auth_body_object(r)) &&
-                    (pw = json_object_object_get(in, "password")) && json_object_is_type(pw, json_type_string) &&
+                    (pw = go_json_field(in, "password", false)) && json_object_is_type(pw, json_type_string) &&
                     !isempty(json_object_get_string(pw))) {
                         k = auth_submit(r, json_object_get_string(pw), NULL);
                         if (k >= 0)

@@ -740,7 +740,9 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 }
         }
 
-        if (!o || !json_object_object_get_ex(o, "peerURLs", &a) || json_object_is_type(a, json_type_null))
+        /* the field as encoding/json finds it: any case, the last such key; a null one clears it */
+        a = go_json_field(o, "peerURLs", true);
+        if (!a)
                 n = 0;
         else if (!json_object_is_type(a, json_type_array)) {
                 if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs of type []string",
