@@ -706,6 +706,35 @@ static const char *go_json_kind(json_object *o) {
         }
 }
 
+/* url.Parse()'s errors as etcd 3.4 (Go >= 1.14) words them, the URL quoted: `parse "127.0.0.1:1": first
+ * path segment in URL cannot contain colon`; etcd_url_parse() keeps 2.3.8's unquoted form for the flags.
+ * Takes err; NULL on OOM. */
+static char *member_url_error(char *err) {
+        static const char *const suffixes[] = {
+                ": missing protocol scheme",
+                ": first path segment in URL cannot contain colon",
+        };
+        size_t n = strlen(err);
+
+        if (!strneq(err, "parse ", 6))
+                return err;
+        for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
+                size_t l = strlen(suffixes[i]);
+                _cleanup_free_ char *url = NULL, *q = NULL;
+                char *m;
+
+                if (n < 6 + l || !streq(err + n - l, suffixes[i]))
+                        continue;
+                url = strndup(err + 6, n - 6 - l);
+                q = url ? go_quote(url) : NULL;
+                if (!q || asprintf(&m, "parse %s%s", q, suffixes[i]) < 0)
+                        m = NULL;
+                free(err);
+                return m;
+        }
+        return err;
+}
+
 static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_message) {
         _cleanup_(strv_freep) char **urls = NULL;
         json_object *o = NULL, *a = NULL;
@@ -784,7 +813,7 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 /* a null element stays "" in Go: the URL check refuses it */
                 if (etcd_url_parse(s ? json_object_get_string(s) : "", &u, &err) < 0) {
                         json_object_put(o);
-                        *ret_message = err ? TAKE_PTR(err) : strdup("invalid URL");
+                        *ret_message = err ? member_url_error(TAKE_PTR(err)) : strdup("invalid URL");
                         return 400;
                 }
                 urls[i] = strdup(u.str);
@@ -843,9 +872,9 @@ static int reply_member(ApiRequest *r) {
                 add_cluster_id(r);
                 return reply(r, 204, NULL, "", 0);
         case -EEXIST:
-                return reply_message(r, 409, "etcdserver: member ID already exist", true);
+                return reply_message(r, 409, "membership: ID exists", true);
         case -EADDRINUSE:
-                return reply_message(r, 409, "etcdserver: peerURL exists", true);
+                return reply_message(r, 409, "membership: peerURL exists", true);
         case -ENOENT:
                 if (asprintf(&msg, "No such member: %s", idstr) < 0)
                         return -ENOMEM;
@@ -963,12 +992,13 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
                 unsigned status = parse_member_body(r, &urls, &msg);
 
                 if (status == 0) {
-                        /* A peer URL already used by a member is a conflict (etcdserver: peerURL exists). */
+                        /* A peer URL already used by a member is a conflict (membership.ErrPeerURLexists: etcd 3.4's
+                         * wording; 2.3.8 said "etcdserver: peerURL exists", clients only show it). */
                         for (size_t i = 0; i < n && status == 0; i++)
                                 STRV_FOREACH(u, urls)
                                         if (strv_contains(ms[i].peer_urls, *u)) {
                                                 status = 409;
-                                                msg = strdup("etcdserver: peerURL exists");
+                                                msg = strdup("membership: peerURL exists");
                                                 break;
                                         }
                 }
@@ -1012,6 +1042,12 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
 
                 if (streq(method, "PUT")) {
                         status = parse_member_body(r, &urls, &msg);
+                        /* UpdateMember() of a removed ID: ErrIDRemoved, which the PUT handler (2.3.8 and
+                         * 3.4 alike) has no case for: a 500, unlike DELETE's 410 */
+                        if (status == 0 && member_id_removed(st, idstr)) {
+                                status = 500;
+                                msg = strdup("Internal Server Error");
+                        }
                         if (status == 0 && !known) {
                                 status = 404;
                                 (void) asprintf(&msg, "No such member: %s", idstr);
@@ -1022,7 +1058,7 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
                                 STRV_FOREACH(u, urls)
                                         if (strv_contains(ms[i].peer_urls, *u)) {
                                                 status = 409;
-                                                msg = strdup("etcdserver: peerURL exists");
+                                                msg = strdup("membership: peerURL exists");
                                                 break;
                                         }
                         }
