@@ -282,6 +282,65 @@ static json_object *user_with_roles(Store *st, json_object *u) {
         return out;
 }
 
+/* encoding/json's type checks for a string and a []string field: null fits both (and a null element). */
+static bool go_string_fits(json_object *v) {
+        return !v || json_object_is_type(v, json_type_string);
+}
+
+static bool go_strings_fit(json_object *v) {
+        if (!v)
+                return true;
+        if (!json_object_is_type(v, json_type_array))
+                return false;
+        for (size_t i = 0; i < json_object_array_length(v); i++)
+                if (!go_string_fits(json_object_array_get_idx(v, i)))
+                        return false;
+        return true;
+}
+
+/* Permissions{KV RWPermission{Read, Write []string}}, as a struct or through a pointer */
+static bool go_permissions_fit(json_object *v) {
+        if (!v)
+                return true;
+        if (!json_object_is_type(v, json_type_object))
+                return false;
+        json_object_object_foreach(v, k, kv) {
+                if (!kv || !go_json_key_matches(k, "kv"))
+                        continue;
+                if (!json_object_is_type(kv, json_type_object))
+                        return false;
+                json_object_object_foreach(kv, k2, l)
+                        if ((go_json_key_matches(k2, "read") || go_json_key_matches(k2, "write")) && !go_strings_fit(l))
+                                return false;
+        }
+        return true;
+}
+
+/* Whether Decode() into v2auth.User or v2auth.Role takes the object without an UnmarshalTypeError: every
+ * member that names a field (in any case, as go_json_field()) must fit its type. */
+static bool auth_body_fits(json_object *o, bool role) {
+        json_object_object_foreach(o, k, v) {
+                bool ok = true;
+
+                if (role) {
+                        if (go_json_key_matches(k, "role"))
+                                ok = go_string_fits(v);
+                        else if (go_json_key_matches(k, "permissions") || go_json_key_matches(k, "grant") ||
+                                 go_json_key_matches(k, "revoke"))
+                                ok = go_permissions_fit(v);
+                } else {
+                        if (go_json_key_matches(k, "user") || go_json_key_matches(k, "password"))
+                                ok = go_string_fits(v);
+                        else if (go_json_key_matches(k, "roles") || go_json_key_matches(k, "grant") ||
+                                 go_json_key_matches(k, "revoke"))
+                                ok = go_strings_fit(v);
+                }
+                if (!ok)
+                        return false;
+        }
+        return true;
+}
+
 /* The request body as Go's json.Unmarshal into the struct would take it: an object, else NULL. */
 static json_object *auth_body_object(ApiRequest *r) {
         json_object *o;
@@ -300,7 +359,8 @@ static json_object *auth_body_object(ApiRequest *r) {
         o = json_tokener_parse_verbose(r->http->body.data ?: "", &jerr);
         if (!o && jerr == json_tokener_success)
                 return json_object_new_object();
-        if (o && !json_object_is_type(o, json_type_object)) {
+        if (o && (!json_object_is_type(o, json_type_object) ||
+                  !auth_body_fits(o, strneq(r->http->uri, "/v2/auth/roles/", 15)))) {
                 json_object_put(o);
                 return NULL;
         }
