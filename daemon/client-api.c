@@ -1016,9 +1016,10 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
                 return reply_go_error(r, 405, "Method Not Allowed");
         }
 
+        /* types.IDFromString(): strconv.ParseUint(s, 16, 64), hex digits only (no "0x", sign or space) */
         errno = 0;
         id = strtoull(rest, &end, 16);
-        if (errno != 0 || *end || !isxdigit((unsigned char) rest[0])) {
+        if (errno != 0 || *end || !isxdigit((unsigned char) rest[0]) || rest[strspn(rest, "0123456789abcdefABCDEF")]) {
                 _cleanup_(freep) char *msg = NULL;
                 members_free(ms, n);
                 if (asprintf(&msg, "No such member: %s", rest) < 0)

@@ -64,6 +64,15 @@ CASES = [
     ("delete_bad_id", "DELETE", "/v2/members/zz", None, None),
     ("delete_missing", "DELETE", "/v2/members/1234", None, None),
     ("get_sub", "GET", "/v2/members/{id}/x", None, None),
+    ("delete_leader", "DELETE", "/v2/members/leader", None, None),
+    ("put_leader", "PUT", "/v2/members/leader", JSON, '{"peerURLs":["http://127.0.0.1:1"]}'),
+    ("delete_overflow", "DELETE", "/v2/members/1ffffffffffffffff", None, None),
+    ("delete_upper_hex", "DELETE", "/v2/members/ABC", None, None),
+    ("delete_0x", "DELETE", "/v2/members/0x12", None, None),
+    ("delete_sub", "DELETE", "/v2/members/{id}/x", None, None),
+    ("put_text_missing", "PUT", "/v2/members/1234", {"Content-Type": "text/plain"}, 'x'),
+    ("head_one", "HEAD", "/v2/members/{id}", None, None),
+    ("trace", "TRACE", "/v2/members/{id}", None, None),
     # last: a second (never started) member costs the quorum
     ("post_on_id", "POST", "/v2/members/{id}", JSON, '{"peerURLs":["http://127.0.0.1:1"]}'),
 ]
