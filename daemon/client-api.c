@@ -1289,15 +1289,14 @@ static int handle_config_log(ApiRequest *r, const char *method) {
                 json_object_put(o);
                 return reply_message(r, 400, "Invalid json body", false);
         }
-        /* encoding/json matches field names case-insensitively */
+        /* encoding/json: every member naming the field must be a string (or null, which changes nothing);
+         * the last string one is the value */
         json_object_object_foreach(o, k, v)
-                if (strcasecmp(k, "level") == 0) {
-                        if (!json_object_is_type(v, json_type_string) && !json_object_is_type(v, json_type_null)) {
-                                json_object_put(o);
-                                return reply_message(r, 400, "Invalid json body", false);
-                        }
-                        level = strempty(json_object_get_string(v));
+                if (v && go_json_key_matches(k, "level") && !json_object_is_type(v, json_type_string)) {
+                        json_object_put(o);
+                        return reply_message(r, 400, "Invalid json body", false);
                 }
+        level = strempty(json_object_get_string(go_json_field(o, "level", false)));
         upper = strdup(level);
         if (!upper || asprintf(&msg, "Invalid log level %s", level) < 0) {
                 json_object_put(o);

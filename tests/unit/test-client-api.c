@@ -488,6 +488,29 @@ static void test_member_fields_and_removed(void **state) {
         fake_free(f);
 }
 
+/* PUT /config/local/log (2.x): {"Level"} in any case; a null changes nothing, a number is refused. */
+static void test_config_log_fields(void **state) {
+        Fixture *x = *state;
+        static const struct {
+                const char *body;
+                unsigned status;
+        } cases[] = {
+                { "{\"LEVEL\":\"info\",\"level\":null}", 204 },
+                { "{\"level\":\"x\",\"Level\":\"notice\"}", 204 },
+                { "{\"Level\":\"notice\",\"level\":\"x\"}", 400 },
+                { "{\"level\":\"info\",\"LEVEL\":1}", 400 },
+                { "{\"lev\":\"info\"}", 400 },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                FakeRequest *f = fake_request(x->api, "PUT", "/config/local/log", cases[i].body, NULL);
+
+                assert_true(f->done);
+                assert_int_equal(f->status, cases[i].status);
+                fake_free(f);
+        }
+}
+
 static void test_watch_once(void **state) {
         Fixture *x = *state;
         FakeRequest *f = fake_request(x->api, "GET", "/v2/keys/w?wait=true", NULL, NULL);
@@ -649,6 +672,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_put_answers_from_the_callback, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hangup_cancels_the_proposal, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_member_fields_and_removed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_config_log_fields, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_member_hangup_cancels, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_watch_once, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_watch_stream_flow_control, setup, teardown),
