@@ -769,19 +769,39 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 }
         }
 
-        /* the field as encoding/json finds it: any case, the last such key; a null one clears it */
-        a = go_json_field(o, "peerURLs", true);
-        if (!a)
-                n = 0;
-        else if (!json_object_is_type(a, json_type_array)) {
-                if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs of type []string",
-                             go_json_kind(a)) < 0)
-                        *ret_message = NULL;
-                json_object_put(o);
+        /* encoding/json decodes every member naming the field (any case) in turn and reports the first type
+         * error once the whole body is read; the last member's value stays (a null one clears it). So every
+         * such member is checked before any URL is looked at. A null body changes nothing: no URLs. */
+        if (!o) {
+                *ret_message = strdup("no valid URLs given");
                 return 400;
-        } else
-                n = json_object_array_length(a);
+        }
+        json_object_object_foreach(o, key, v) {
+                json_object *bad = NULL;
+                const char *type = "[]string";
 
+                if (!v || !go_json_key_matches(key, "peerURLs"))
+                        continue;
+                if (!json_object_is_type(v, json_type_array))
+                        bad = v;
+                for (size_t i = 0; !bad && i < json_object_array_length(v); i++) {
+                        json_object *e = json_object_array_get_idx(v, i);
+
+                        if (e && !json_object_is_type(e, json_type_string)) {
+                                bad = e;
+                                type = "string";
+                        }
+                }
+                if (bad) {
+                        if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs "
+                                     "of type %s", go_json_kind(bad), type) < 0)
+                                *ret_message = NULL;
+                        json_object_put(o);
+                        return 400;
+                }
+        }
+        a = go_json_field(o, "peerURLs", true);
+        n = a ? json_object_array_length(a) : 0;
         if (n == 0) {
                 json_object_put(o);
                 *ret_message = strdup("no valid URLs given");
@@ -792,18 +812,6 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
         if (!urls) {
                 json_object_put(o);
                 return 500;
-        }
-        /* the whole body is decoded (type errors) before any URL is looked at */
-        for (size_t i = 0; i < n; i++) {
-                json_object *s = json_object_array_get_idx(a, i);
-
-                if (s && !json_object_is_type(s, json_type_string)) {
-                        if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs of type string",
-                                     go_json_kind(s)) < 0)
-                                *ret_message = NULL;
-                        json_object_put(o);
-                        return 400;
-                }
         }
         for (size_t i = 0; i < n; i++) {
                 json_object *s = json_object_array_get_idx(a, i);

@@ -116,6 +116,12 @@ STEPS = [
     ("member_long_s", "PUT", "/v2/members/{id}", '{"peerURL%s":["http://127.0.0.1:2"]}' % LONG_S, "/v2/members"),
     ("member_long_s_back", "PUT", "/v2/members/{id}", '{"peerurl\\u017f":["{peer}"]}', "/v2/members"),
     ("member_snake", "PUT", "/v2/members/{id}", '{"peer_urls":["http://127.0.0.1:1"]}', "/v2/members"),
+    ("member_earlier_wrong_type", "PUT", "/v2/members/{id}", '{"peerURLs":"x","PEERURLS":["http://127.0.0.1:1"]}',
+     "/v2/members"),
+    ("member_earlier_wrong_elem", "PUT", "/v2/members/{id}", '{"PeerURLs":[1],"peerURLs":["http://127.0.0.1:1"]}',
+     "/v2/members"),
+    ("member_two_wrong", "PUT", "/v2/members/{id}", '{"peerurls":[true],"PEERURLS":{}}', "/v2/members"),
+    ("member_null_then_wrong", "PUT", "/v2/members/{id}", '{"peerURLs":null,"peerURLS":[[]]}', "/v2/members"),
     ("member_wrong_type_folded", "POST", "/v2/members", '{"PEERURLS":"http://127.0.0.1:1"}', "/v2/members"),
     ("member_exists_folded", "POST", "/v2/members", '{"pEeRuRlS":["{peer}"]}', "/v2/members"),
 ]
