@@ -282,6 +282,65 @@ static json_object *user_with_roles(Store *st, json_object *u) {
         return out;
 }
 
+/* encoding/json's type checks for a string and a []string field: null fits both (and a null element). */
+static bool go_string_fits(json_object *v) {
+        return !v || json_object_is_type(v, json_type_string);
+}
+
+static bool go_strings_fit(json_object *v) {
+        if (!v)
+                return true;
+        if (!json_object_is_type(v, json_type_array))
+                return false;
+        for (size_t i = 0; i < json_object_array_length(v); i++)
+                if (!go_string_fits(json_object_array_get_idx(v, i)))
+                        return false;
+        return true;
+}
+
+/* Permissions{KV RWPermission{Read, Write []string}}, as a struct or through a pointer */
+static bool go_permissions_fit(json_object *v) {
+        if (!v)
+                return true;
+        if (!json_object_is_type(v, json_type_object))
+                return false;
+        json_object_object_foreach(v, k, kv) {
+                if (!kv || !go_json_key_matches(k, "kv"))
+                        continue;
+                if (!json_object_is_type(kv, json_type_object))
+                        return false;
+                json_object_object_foreach(kv, k2, l)
+                        if ((go_json_key_matches(k2, "read") || go_json_key_matches(k2, "write")) && !go_strings_fit(l))
+                                return false;
+        }
+        return true;
+}
+
+/* Whether Decode() into v2auth.User or v2auth.Role takes the object without an UnmarshalTypeError: every
+ * member that names a field (in any case, as go_json_field()) must fit its type. */
+static bool auth_body_fits(json_object *o, bool role) {
+        json_object_object_foreach(o, k, v) {
+                bool ok = true;
+
+                if (role) {
+                        if (go_json_key_matches(k, "role"))
+                                ok = go_string_fits(v);
+                        else if (go_json_key_matches(k, "permissions") || go_json_key_matches(k, "grant") ||
+                                 go_json_key_matches(k, "revoke"))
+                                ok = go_permissions_fit(v);
+                } else {
+                        if (go_json_key_matches(k, "user") || go_json_key_matches(k, "password"))
+                                ok = go_string_fits(v);
+                        else if (go_json_key_matches(k, "roles") || go_json_key_matches(k, "grant") ||
+                                 go_json_key_matches(k, "revoke"))
+                                ok = go_strings_fit(v);
+                }
+                if (!ok)
+                        return false;
+        }
+        return true;
+}
+
 /* The request body as Go's json.Unmarshal into the struct would take it: an object, else NULL. */
 static json_object *auth_body_object(ApiRequest *r) {
         json_object *o;
@@ -300,30 +359,33 @@ static json_object *auth_body_object(ApiRequest *r) {
         o = json_tokener_parse_verbose(r->http->body.data ?: "", &jerr);
         if (!o && jerr == json_tokener_success)
                 return json_object_new_object();
-        if (o && !json_object_is_type(o, json_type_object)) {
+        if (o && (!json_object_is_type(o, json_type_object) ||
+                  !auth_body_fits(o, strneq(r->http->uri, "/v2/auth/roles/", 15)))) {
                 json_object_put(o);
                 return NULL;
         }
         return o;
 }
 
+/* Fields of request bodies are looked up as encoding/json matches them (go_json_field()): any case, the
+ * last such key; the objects stored by us hold exact names only, so they read the same. */
 static bool json_strings_empty(json_object *o, const char *key) {
-        json_object *v = json_object_object_get(o, key);
+        json_object *v = go_json_field(o, key, true);
         return !v || !json_object_is_type(v, json_type_array) || json_object_array_length(v) == 0;
 }
 
 /* Permissions.IsEmpty(): nil, or no read and no write patterns. */
 static bool json_perms_empty(json_object *o, const char *key) {
-        json_object *p = json_object_object_get(o, key), *kv;
+        json_object *p = go_json_field(o, key, !streq(key, "permissions")), *kv;
 
         if (!p || !json_object_is_type(p, json_type_object))
                 return true;
-        kv = json_object_object_get(p, "kv");
+        kv = go_json_field(p, "kv", false);
         return !kv || (json_strings_empty(kv, "read") && json_strings_empty(kv, "write"));
 }
 
 static const char *json_str(json_object *o, const char *key) {
-        json_object *v = json_object_object_get(o, key);
+        json_object *v = go_json_field(o, key, false);
         return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
 }
 
@@ -436,7 +498,7 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                  * for a user that does not exist yet (201) */
                 const char *pw = json_str(in, "password");
                 _cleanup_free_ char *hash = NULL;
-                json_object *roles = json_object_object_get(in, "roles");
+                json_object *roles = go_json_field(in, "roles", true);
 
                 if (isempty(pw)) {
                         free(msg);
@@ -546,9 +608,9 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
 
         if (json_perms_empty(in, "grant") && json_perms_empty(in, "revoke")) {
                 /* CreateRole(): the role as given, answered as given */
-                json_object *p = json_object_object_get(in, "permissions"), *kv = p ? json_object_object_get(p, "kv") : NULL;
-                json_object *read = kv ? json_object_object_get(kv, "read") : NULL;
-                json_object *write = kv ? json_object_object_get(kv, "write") : NULL;
+                json_object *p = go_json_field(in, "permissions", false), *kv = go_json_field(p, "kv", false);
+                json_object *read = go_json_field(kv, "read", true);
+                json_object *write = go_json_field(kv, "write", true);
 
                 if (streq(name, AUTH_ROOT))
                         return reply_message(r, 403, "auth: Cannot modify role root: is root role.", true);
@@ -736,7 +798,7 @@ bool auth_api_prepare(ApiRequest *r) {
                 r->auth_hashed = true;
                 if (streq(r->http->method, "PUT") && strneq(r->http->uri, "/v2/auth/users/", 15) &&
                     auth_api_has_root_access(r) && (in = auth_body_object(r)) &&
-                    (pw = json_object_object_get(in, "password")) && json_object_is_type(pw, json_type_string) &&
+                    (pw = go_json_field(in, "password", false)) && json_object_is_type(pw, json_type_string) &&
                     !isempty(json_object_get_string(pw))) {
                         k = auth_submit(r, json_object_get_string(pw), NULL);
                         if (k >= 0)

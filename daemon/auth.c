@@ -28,6 +28,7 @@
 #include <gnutls/gnutls.h>
 
 #include "auth.h"
+#include "http-util.h"
 #include "macro.h"
 
 #define BCRYPT_COST 10
@@ -47,7 +48,8 @@ static int strings_field(json_object *parent, const char *key, json_object **ret
         json_object *v = NULL, *out;
 
         *ret = NULL;
-        if (!parent || !json_object_object_get_ex(parent, key, &v) || !v)
+        v = go_json_field(parent, key, true);
+        if (!v)
                 return 0;
         if (!json_object_is_type(v, json_type_array))
                 return -EINVAL;
@@ -69,7 +71,8 @@ static int strings_field(json_object *parent, const char *key, json_object **ret
 static const char *str_field(json_object *o, const char *key) {
         json_object *v;
 
-        if (!o || !json_object_object_get_ex(o, key, &v) || !v || !json_object_is_type(v, json_type_string))
+        v = go_json_field(o, key, false);
+        if (!v || !json_object_is_type(v, json_type_string))
                 return "";
         return json_object_get_string(v);
 }
@@ -188,12 +191,15 @@ static int perms_field(json_object *parent, const char *key, json_object **ret_r
 
         *ret_read = *ret_write = NULL;
         *ret_present = false;
-        if (!parent || !json_object_object_get_ex(parent, key, &p) || !p)
+        /* Role.Permissions is a struct (a null leaves it), Grant and Revoke are pointers (a null clears) */
+        p = go_json_field(parent, key, !streq(key, "permissions"));
+        if (!p)
                 return 0;
         if (!json_object_is_type(p, json_type_object))
                 return -EINVAL;
         *ret_present = true;
-        if (!json_object_object_get_ex(p, "kv", &kv) || !kv)
+        kv = go_json_field(p, "kv", false);
+        if (!kv)
                 return 0;
         if (!json_object_is_type(kv, json_type_object))
                 return -EINVAL;

@@ -706,6 +706,35 @@ static const char *go_json_kind(json_object *o) {
         }
 }
 
+/* url.Parse()'s errors as etcd 3.4 (Go >= 1.14) words them, the URL quoted: `parse "127.0.0.1:1": first
+ * path segment in URL cannot contain colon`; etcd_url_parse() keeps 2.3.8's unquoted form for the flags.
+ * Takes err; NULL on OOM. */
+static char *member_url_error(char *err) {
+        static const char *const suffixes[] = {
+                ": missing protocol scheme",
+                ": first path segment in URL cannot contain colon",
+        };
+        size_t n = strlen(err);
+
+        if (!strneq(err, "parse ", 6))
+                return err;
+        for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
+                size_t l = strlen(suffixes[i]);
+                _cleanup_free_ char *url = NULL, *q = NULL;
+                char *m;
+
+                if (n < 6 + l || !streq(err + n - l, suffixes[i]))
+                        continue;
+                url = strndup(err + 6, n - 6 - l);
+                q = url ? go_quote(url) : NULL;
+                if (!q || asprintf(&m, "parse %s%s", q, suffixes[i]) < 0)
+                        m = NULL;
+                free(err);
+                return m;
+        }
+        return err;
+}
+
 static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_message) {
         _cleanup_(strv_freep) char **urls = NULL;
         json_object *o = NULL, *a = NULL;
@@ -740,17 +769,39 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 }
         }
 
-        if (!o || !json_object_object_get_ex(o, "peerURLs", &a) || json_object_is_type(a, json_type_null))
-                n = 0;
-        else if (!json_object_is_type(a, json_type_array)) {
-                if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs of type []string",
-                             go_json_kind(a)) < 0)
-                        *ret_message = NULL;
-                json_object_put(o);
+        /* encoding/json decodes every member naming the field (any case) in turn and reports the first type
+         * error once the whole body is read; the last member's value stays (a null one clears it). So every
+         * such member is checked before any URL is looked at. A null body changes nothing: no URLs. */
+        if (!o) {
+                *ret_message = strdup("no valid URLs given");
                 return 400;
-        } else
-                n = json_object_array_length(a);
+        }
+        json_object_object_foreach(o, key, v) {
+                json_object *bad = NULL;
+                const char *type = "[]string";
 
+                if (!v || !go_json_key_matches(key, "peerURLs"))
+                        continue;
+                if (!json_object_is_type(v, json_type_array))
+                        bad = v;
+                for (size_t i = 0; !bad && i < json_object_array_length(v); i++) {
+                        json_object *e = json_object_array_get_idx(v, i);
+
+                        if (e && !json_object_is_type(e, json_type_string)) {
+                                bad = e;
+                                type = "string";
+                        }
+                }
+                if (bad) {
+                        if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs "
+                                     "of type %s", go_json_kind(bad), type) < 0)
+                                *ret_message = NULL;
+                        json_object_put(o);
+                        return 400;
+                }
+        }
+        a = go_json_field(o, "peerURLs", true);
+        n = a ? json_object_array_length(a) : 0;
         if (n == 0) {
                 json_object_put(o);
                 *ret_message = strdup("no valid URLs given");
@@ -762,18 +813,6 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 json_object_put(o);
                 return 500;
         }
-        /* the whole body is decoded (type errors) before any URL is looked at */
-        for (size_t i = 0; i < n; i++) {
-                json_object *s = json_object_array_get_idx(a, i);
-
-                if (s && !json_object_is_type(s, json_type_string)) {
-                        if (asprintf(ret_message, "json: cannot unmarshal %s into Go struct field .peerURLs of type string",
-                                     go_json_kind(s)) < 0)
-                                *ret_message = NULL;
-                        json_object_put(o);
-                        return 400;
-                }
-        }
         for (size_t i = 0; i < n; i++) {
                 json_object *s = json_object_array_get_idx(a, i);
                 _cleanup_(freep) char *err = NULL;
@@ -782,7 +821,7 @@ static unsigned parse_member_body(ApiRequest *r, char ***ret_urls, char **ret_me
                 /* a null element stays "" in Go: the URL check refuses it */
                 if (etcd_url_parse(s ? json_object_get_string(s) : "", &u, &err) < 0) {
                         json_object_put(o);
-                        *ret_message = err ? TAKE_PTR(err) : strdup("invalid URL");
+                        *ret_message = err ? member_url_error(TAKE_PTR(err)) : strdup("invalid URL");
                         return 400;
                 }
                 urls[i] = strdup(u.str);
@@ -841,9 +880,9 @@ static int reply_member(ApiRequest *r) {
                 add_cluster_id(r);
                 return reply(r, 204, NULL, "", 0);
         case -EEXIST:
-                return reply_message(r, 409, "etcdserver: member ID already exist", true);
+                return reply_message(r, 409, "membership: ID exists", true);
         case -EADDRINUSE:
-                return reply_message(r, 409, "etcdserver: peerURL exists", true);
+                return reply_message(r, 409, "membership: peerURL exists", true);
         case -ENOENT:
                 if (asprintf(&msg, "No such member: %s", idstr) < 0)
                         return -ENOMEM;
@@ -961,12 +1000,13 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
                 unsigned status = parse_member_body(r, &urls, &msg);
 
                 if (status == 0) {
-                        /* A peer URL already used by a member is a conflict (etcdserver: peerURL exists). */
+                        /* A peer URL already used by a member is a conflict (membership.ErrPeerURLexists: etcd 3.4's
+                         * wording; 2.3.8 said "etcdserver: peerURL exists", clients only show it). */
                         for (size_t i = 0; i < n && status == 0; i++)
                                 STRV_FOREACH(u, urls)
                                         if (strv_contains(ms[i].peer_urls, *u)) {
                                                 status = 409;
-                                                msg = strdup("etcdserver: peerURL exists");
+                                                msg = strdup("membership: peerURL exists");
                                                 break;
                                         }
                 }
@@ -984,9 +1024,10 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
                 return reply_go_error(r, 405, "Method Not Allowed");
         }
 
+        /* types.IDFromString(): strconv.ParseUint(s, 16, 64), hex digits only (no "0x", sign or space) */
         errno = 0;
         id = strtoull(rest, &end, 16);
-        if (errno != 0 || *end || !isxdigit((unsigned char) rest[0])) {
+        if (errno != 0 || *end || !isxdigit((unsigned char) rest[0]) || rest[strspn(rest, "0123456789abcdefABCDEF")]) {
                 _cleanup_(freep) char *msg = NULL;
                 members_free(ms, n);
                 if (asprintf(&msg, "No such member: %s", rest) < 0)
@@ -1010,6 +1051,12 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
 
                 if (streq(method, "PUT")) {
                         status = parse_member_body(r, &urls, &msg);
+                        /* UpdateMember() of a removed ID: ErrIDRemoved, which the PUT handler (2.3.8 and
+                         * 3.4 alike) has no case for: a 500, unlike DELETE's 410 */
+                        if (status == 0 && member_id_removed(st, idstr)) {
+                                status = 500;
+                                msg = strdup("Internal Server Error");
+                        }
                         if (status == 0 && !known) {
                                 status = 404;
                                 (void) asprintf(&msg, "No such member: %s", idstr);
@@ -1020,7 +1067,7 @@ static int handle_members(ApiRequest *r, const char *method, const char *rest) {
                                 STRV_FOREACH(u, urls)
                                         if (strv_contains(ms[i].peer_urls, *u)) {
                                                 status = 409;
-                                                msg = strdup("etcdserver: peerURL exists");
+                                                msg = strdup("membership: peerURL exists");
                                                 break;
                                         }
                         }
@@ -1250,15 +1297,14 @@ static int handle_config_log(ApiRequest *r, const char *method) {
                 json_object_put(o);
                 return reply_message(r, 400, "Invalid json body", false);
         }
-        /* encoding/json matches field names case-insensitively */
+        /* encoding/json: every member naming the field must be a string (or null, which changes nothing);
+         * the last string one is the value */
         json_object_object_foreach(o, k, v)
-                if (strcasecmp(k, "level") == 0) {
-                        if (!json_object_is_type(v, json_type_string) && !json_object_is_type(v, json_type_null)) {
-                                json_object_put(o);
-                                return reply_message(r, 400, "Invalid json body", false);
-                        }
-                        level = strempty(json_object_get_string(v));
+                if (v && go_json_key_matches(k, "level") && !json_object_is_type(v, json_type_string)) {
+                        json_object_put(o);
+                        return reply_message(r, 400, "Invalid json body", false);
                 }
+        level = strempty(json_object_get_string(go_json_field(o, "level", false)));
         upper = strdup(level);
         if (!upper || asprintf(&msg, "Invalid log level %s", level) < 0) {
                 json_object_put(o);

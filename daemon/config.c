@@ -234,7 +234,7 @@ static char *strndup_trimmed(const char *s, size_t n) {
 }
 
 /* Go's %q, enough for messages: quotes, backslashes and control characters escaped. */
-static char *go_quote(const char *s) {
+char *go_quote(const char *s) {
         size_t n = strlen(s);
         char *q = malloc(n * 4 + 3), *o = q;
 

@@ -126,6 +126,8 @@ uint64_t etcd_cluster_id(const uint64_t *member_ids, size_t n);
 /* Parses one URL the way etcd2 validates listen/advertise URLs; < 0 (-EINVAL) with a message in
  * *ret_error (malloc'd) if invalid. */
 int etcd_url_parse(const char *s, EtcdUrl *ret, char **ret_error);
+/* Go's %q of s (quotes, backslashes and control characters escaped), malloc'ed; NULL on OOM. */
+char *go_quote(const char *s);
 void etcd_url_done(EtcdUrl *u);
 void etcd_url_list_done(EtcdUrlList *l);
 

@@ -17,6 +17,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <json-c/json.h>
+
 #include "http-util.h"
 #include "macro.h"
 
@@ -851,4 +853,40 @@ fail:
                 return NULL;
         }
         return m;
+}
+
+/* --- Go's encoding/json field names ------------------------------------------------------------ */
+
+/* encoding/json's equalFoldRight() for an ASCII name: the only non-ASCII runes that fold to an ASCII letter
+ * under unicode.SimpleFold are U+212A (k) and U+017F (s); anything else non-ASCII never matches. */
+bool go_json_key_matches(const char *key, const char *name) {
+        const unsigned char *k = (const unsigned char *) key;
+
+        for (const char *n = name; *n; n++) {
+                char lc = (char) tolower((unsigned char) *n);
+
+                if (*k < 0x80) {
+                        if (*k == 0 || (*k != (unsigned char) *n && !(isalpha(*k) && tolower(*k) == lc)))
+                                return false;
+                        k++;
+                } else if (lc == 'k' && k[0] == 0xe2 && k[1] == 0x84 && k[2] == 0xaa)
+                        k += 3;
+                else if (lc == 's' && k[0] == 0xc5 && k[1] == 0xbf)
+                        k += 2;
+                else
+                        return false;
+        }
+        return *k == 0;
+}
+
+struct json_object *go_json_field(struct json_object *o, const char *name, bool null_clears) {
+        json_object *found = NULL;
+
+        if (!o || !json_object_is_type(o, json_type_object))
+                return NULL;
+        /* json.Unmarshal stores every matching member in turn: the last one stays */
+        json_object_object_foreach(o, key, v)
+                if ((v || null_clears) && go_json_key_matches(key, name))
+                        found = v;
+        return found;
 }

@@ -81,3 +81,16 @@ int http_buf_rfc3339(HttpBuf *b, uint64_t usec);
  * else Go's SyntaxError text ("unexpected end of JSON input", "invalid character 'x' looking for
  * beginning of value", ...), malloc'ed. *ret_oom is set when that allocation failed. */
 char *go_json_syntax_error(const char *data, size_t len, bool *ret_oom);
+
+/* Go's encoding/json field matching (Go 1.19, as etcd 3.4.23 and etcd 2.3.8 are built): the value of
+ * the last member of object o whose key is name, or equals it under Go's EqualFold: ASCII letters in
+ * either case, 'K' (U+212A KELVIN SIGN) for k and 'ſ' (U+017F LATIN SMALL LETTER LONG S) for s. name is
+ * ASCII. Unknown keys are ignored. A JSON null sets a slice, map or pointer field to nil but leaves a
+ * string, number, bool or struct field as it was: with null_clears false, nulls are passed over. NULL if
+ * nothing matched (or the match is null), or o is not an object. Go decides exact-name-first only between
+ * two fields whose names fold alike (none of etcd's request structs has such a pair); within one field the
+ * last key in the document wins, spelled exactly or not. json-c keeps an exactly repeated key once, at its
+ * first place with its last value, so {"a":1,"A":2,"a":3} gives 2 here where Go gives 3. */
+struct json_object *go_json_field(struct json_object *o, const char *name, bool null_clears);
+/* Whether key equals name under Go's EqualFold as above (exposed for tests). */
+bool go_json_key_matches(const char *key, const char *name);

@@ -73,3 +73,25 @@ def test_follower_random_sequence(followers, seed):
             if len(diffs) >= 5:
                 break
     assert not diffs, "\n".join(diffs)
+
+
+def test_removed_member_answers(followers):
+    """Last (it shrinks both clusters): the members API on a removed member's id, as etcd 3.4 answers
+    it: DELETE 410 "Member permanently removed: <id>"; PUT 500 (UpdateMember()'s ErrIDRemoved has no
+    case in the handler, in 2.3.8 and 3.4 alike)."""
+    fa, fb, clusters = followers
+    answers = []
+    for c, keep in zip(clusters, (fa, fb)):
+        victim = next(m for m in c.followers() if m is not keep)
+        listed = keep.get("/v2/members", timeout=15).json()["members"]
+        victim.id = next(m["id"] for m in listed if victim.peer_url in m["peerURLs"])
+        r = c.remove_member(victim, via=keep)
+        assert r.status_code == 204, r.text
+        got = []
+        for method, body in (("DELETE", None), ("PUT", '{"peerURLs":["http://127.0.0.1:1"]}'),
+                             ("PUT", '{"PeerURLs":[]}'), ("GET", None)):
+            r = keep.req(method, f"/v2/members/{victim.id}", data=body, timeout=15,
+                         headers={"Content-Type": "application/json"})
+            got.append((method, r.status_code, r.text.replace(victim.id, "<id>")))
+        answers.append(got)
+    assert answers[0] == answers[1]

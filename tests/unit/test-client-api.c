@@ -446,6 +446,71 @@ static void test_member_hangup_cancels(void **state) {
         fake_free(f);
 }
 
+/* The body's field in any case, the last one winning (encoding/json); a removed member's PUT is a 500
+ * (UpdateMember()'s ErrIDRemoved has no case in the handler), its DELETE a 410. */
+static void test_member_fields_and_removed(void **state) {
+        Fixture *x = *state;
+        StoreRequest req = { .method = STORE_METHOD_PUT, .path = "/0/removed_members/99", .value = "removed" };
+        StoreResult res = {};
+        FakeRequest *f;
+
+        f = fake_request(x->api, "POST", "/v2/members", "{\"peerURLs\":[\"x\"],\"PeerUrls\":[\"http://127.0.0.1:9\"]}",
+                         "Content-Type", "application/json", NULL);
+        assert_false(f->answered);
+        x->server.member_cb(0, 0x42, x->server.member_userdata);
+        assert_int_equal(f->status, 201);
+        assert_non_null(strstr(f->body.data, "\"peerURLs\":[\"http://127.0.0.1:9\"]"));
+        fake_free(f);
+
+        f = fake_request(x->api, "POST", "/v2/members", "{\"PEERURLS\":[\"http://127.0.0.1:9\"],\"peerURLs\":null}",
+                         "Content-Type", "application/json", NULL);
+        assert_int_equal(f->status, 400);
+        assert_string_equal(f->body.data, "{\"message\":\"no valid URLs given\"}");
+        fake_free(f);
+
+        f = fake_request(x->api, "POST", "/v2/members", "{\"peerURLs\":[\" 127.0.0.1:9\\\\\"]}",
+                         "Content-Type", "application/json", NULL);
+        assert_int_equal(f->status, 400);
+        assert_string_equal(f->body.data, "{\"message\":\"parse \\\"127.0.0.1:9\\\\\\\\\\\": first path segment in URL "
+                                          "cannot contain colon\"}");
+        fake_free(f);
+
+        assert_int_equal(store_apply(x->server.store, &req, 1000, &res), 0);
+        store_result_done(&res);
+        f = fake_request(x->api, "PUT", "/v2/members/99", "{\"peerURLs\":[\"http://127.0.0.1:9\"]}",
+                         "Content-Type", "application/json", NULL);
+        assert_int_equal(f->status, 500);
+        assert_string_equal(f->body.data, "{\"message\":\"Internal Server Error\"}");
+        fake_free(f);
+        f = fake_request(x->api, "DELETE", "/v2/members/99", NULL, NULL);
+        assert_int_equal(f->status, 410);
+        assert_string_equal(f->body.data, "{\"message\":\"Member permanently removed: 99\"}");
+        fake_free(f);
+}
+
+/* PUT /config/local/log (2.x): {"Level"} in any case; a null changes nothing, a number is refused. */
+static void test_config_log_fields(void **state) {
+        Fixture *x = *state;
+        static const struct {
+                const char *body;
+                unsigned status;
+        } cases[] = {
+                { "{\"LEVEL\":\"info\",\"level\":null}", 204 },
+                { "{\"level\":\"x\",\"Level\":\"notice\"}", 204 },
+                { "{\"Level\":\"notice\",\"level\":\"x\"}", 400 },
+                { "{\"level\":\"info\",\"LEVEL\":1}", 400 },
+                { "{\"lev\":\"info\"}", 400 },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                FakeRequest *f = fake_request(x->api, "PUT", "/config/local/log", cases[i].body, NULL);
+
+                assert_true(f->done);
+                assert_int_equal(f->status, cases[i].status);
+                fake_free(f);
+        }
+}
+
 static void test_watch_once(void **state) {
         Fixture *x = *state;
         FakeRequest *f = fake_request(x->api, "GET", "/v2/keys/w?wait=true", NULL, NULL);
@@ -606,6 +671,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_get_not_found, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_put_answers_from_the_callback, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hangup_cancels_the_proposal, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_member_fields_and_removed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_config_log_fields, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_member_hangup_cancels, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_watch_once, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_watch_stream_flow_control, setup, teardown),

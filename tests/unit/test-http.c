@@ -9,6 +9,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <json-c/json.h>
+
 #include "http-util.h"
 #include "macro.h"
 
@@ -237,6 +239,49 @@ static void test_go_json_syntax_error(void **state) {
 #undef J
 }
 
+/* the field go_json_field() picks in a document, as a JSON text ("absent" for none) */
+static void check_field(const char *doc, const char *name, bool null_clears, const char *want) {
+        json_object *o = json_tokener_parse(doc), *v;
+
+        assert_true(o || streq(doc, "null"));
+        v = go_json_field(o, name, null_clears);
+        assert_string_equal(v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) : "absent", want);
+        json_object_put(o);
+}
+
+/* encoding/json's field matching as etcd 3.4 (Go 1.19) decodes request bodies
+ * (tests/integration/test_json_fields_diff.py compares against the real thing) */
+static void test_go_json_field(void **state) {
+        /* any case; unknown keys ignored */
+        check_field("{\"x\":1,\"peerURLs\":[\"a\"]}", "peerURLs", true, "[\"a\"]");
+        check_field("{\"PEERURLS\":[\"a\"]}", "peerURLs", true, "[\"a\"]");
+        check_field("{\"PeerUrls\":2}", "peerURLs", true, "2");
+        check_field("{\"peerURL\":1,\"peerURLss\":2,\"peer_URLs\":3}", "peerURLs", true, "absent");
+        check_field("{}", "user", true, "absent");
+        /* the last matching key wins: an exact spelling earlier does not beat a folded one later */
+        check_field("{\"peerURLs\":1,\"PEERURLS\":2}", "peerURLs", true, "2");
+        check_field("{\"PEERURLS\":1,\"peerURLs\":2}", "peerURLs", true, "2");
+        check_field("{\"User\":\"a\",\"x\":0,\"uSER\":\"b\"}", "user", true, "\"b\"");
+        /* a null clears a slice, but leaves a string as it was */
+        check_field("{\"roles\":[\"a\"],\"ROLES\":null}", "roles", true, "absent");
+        check_field("{\"user\":\"a\",\"USER\":null}", "user", false, "\"a\"");
+        /* Go's EqualFold: KELVIN SIGN for k, LONG S for s (also escaped); nothing else non-ASCII */
+        check_field("{\"\xe2\x84\xaa" "v\":1}", "kv", true, "1");
+        check_field("{\"\\u212aV\":1}", "kv", true, "1");
+        check_field("{\"u\xc5\xbf" "er\":1}", "user", true, "1");
+        check_field("{\"rever\xc5\xbf" "e\":1,\"roles\xc5\xbf\":2}", "revoke", true, "absent");
+        check_field("{\"wr\xc4\xb1" "te\":1,\"\xc3\x9c" "ser\":2}", "write", true, "absent");
+        assert_true(go_json_key_matches("PeRmIsSiOnS", "permissions"));
+        assert_false(go_json_key_matches("permission", "permissions"));
+        assert_false(go_json_key_matches("\xe2\x84", "k"));
+        assert_false(go_json_key_matches("\xc5", "s"));
+        assert_false(go_json_key_matches("@", "`"));
+        /* not an object */
+        check_field("[{\"user\":1}]", "user", true, "absent");
+        check_field("\"user\"", "user", true, "absent");
+        check_field("null", "user", true, "absent");
+}
+
 static void test_go_parse(void **state) {
         bool b;
         uint64_t u;
@@ -342,6 +387,7 @@ int main(void) {
                 cmocka_unit_test(test_form_many),
                 cmocka_unit_test(test_go_parse),
                 cmocka_unit_test(test_go_json_syntax_error),
+                cmocka_unit_test(test_go_json_field),
                 cmocka_unit_test(test_json_string),
                 cmocka_unit_test(test_duration),
                 cmocka_unit_test(test_rfc3339),
