@@ -8,6 +8,12 @@
  * I/O; this file turns it into answers and Raft writes under /2. Before a request is routed,
  * auth_api_prepare() does its bcrypt work on the worker thread (auth-worker.c): the check of Basic
  * credentials not in the cache, and the hash of a new user password.
+ *
+ * etcd2 reads its auth data with store Gets as it answers (AuthEnabled() wherever it is called, the user
+ * and its roles in the access checks, the handlers' GetUser()/GetRole()/AllUsers()/AllRoles(), quorum
+ * reads before updates) and those Gets move /v2/stats/store and /metrics: each is counted here where
+ * etcd2 makes it (auth.h's _counted reads), as etcd 3.4 does (test_stats_store_auth_diff.py compares them).
+ * Its quorum reads are Raft requests that every member counts; ours count on the member answering.
  */
 
 #include <errno.h>
@@ -35,8 +41,8 @@ int auth_api_reply_no_auth(ApiRequest *r) {
 }
 
 /* The user named by valid Basic credentials (NULL otherwise); *ret_had says whether valid Basic
- * credentials came at all. */
-static json_object *req_auth_user(ApiRequest *r, bool *ret_had) {
+ * credentials came at all. count: count the read of the user as etcd2's GetUser() (wrong password or not). */
+static json_object *req_auth_user(ApiRequest *r, bool count, bool *ret_had) {
         _cleanup_free_ char *name = NULL, *password = NULL;
         const char *h = req_header(r, "Authorization");
         json_object *u;
@@ -44,9 +50,15 @@ static json_object *req_auth_user(ApiRequest *r, bool *ret_had) {
 
         /* netutil.BasicAuth()'s ok: a header that is not valid Basic counts as none */
         *ret_had = !isempty(h) && auth_parse_basic(h, &name, &password);
-        if (!*ret_had || r->auth_bad)
+        if (!*ret_had)
                 return NULL;
-        u = auth_get_user(req_store(r), name);
+        if (r->auth_bad) {
+                if (count)
+                        auth_count_read(req_store(r), "users", name);
+                explicit_bzero(password, strlen(password));
+                return NULL;
+        }
+        u = count ? auth_get_user_counted(req_store(r), name) : auth_get_user(req_store(r), name);
         /* auth_api_prepare() verified them on the worker: a cache hit (bcrypt here only if the user's hash
          * changed in between, which the loop does not let happen) */
         ok = u && auth_check_password_cached(name, json_object_get_string(json_object_object_get(u, "password")),
@@ -59,17 +71,22 @@ static json_object *req_auth_user(ApiRequest *r, bool *ret_had) {
         return u;
 }
 
-/* hasRootAccess(): auth off, or a user with the root role. */
-bool auth_api_has_root_access(ApiRequest *r) {
+/* hasRootAccess(): auth off, or a user with the root role. count: count etcd2's reads (/2/enabled, the
+ * user), as for every request it checks; not for our own look ahead in auth_api_prepare(). */
+static bool has_root_access(ApiRequest *r, bool count) {
         json_object *u;
         bool had, ok;
 
-        if (!auth_enabled_counted(req_store(r)))
+        if (!(count ? auth_enabled_counted(req_store(r)) : auth_enabled(req_store(r))))
                 return true;
-        u = req_auth_user(r, &had);
+        u = req_auth_user(r, count, &had);
         ok = u && auth_user_has_role(u, AUTH_ROOT);
         json_object_put(u);
         return ok;
+}
+
+bool auth_api_has_root_access(ApiRequest *r) {
+        return has_root_access(r, true);
 }
 
 /* hasKeyPrefixAccess() of 2.3.8: no valid Basic credentials (no header, or one that is not Basic or not
@@ -83,9 +100,9 @@ bool auth_api_has_key_access(ApiRequest *r, const char *key, bool recursive, boo
 
         if (!auth_enabled_counted(st))
                 return true;
-        u = req_auth_user(r, &had);
+        u = req_auth_user(r, true, &had);
         if (!had) {
-                json_object *g = auth_get_role(st, AUTH_GUEST);
+                json_object *g = auth_get_role_counted(st, AUTH_GUEST);
                 ok = auth_role_has_access(g, key, write, false);
                 json_object_put(g);
                 return ok;
@@ -94,7 +111,9 @@ bool auth_api_has_key_access(ApiRequest *r, const char *key, bool recursive, boo
                 return false;
         roles = json_object_object_get(u, "roles");
         for (size_t i = 0; !ok && roles && i < json_object_array_length(roles); i++) {
-                json_object *role = auth_get_role(st, json_object_get_string(json_object_array_get_idx(roles, i)));
+                const char *name = json_object_get_string(json_object_array_get_idx(roles, i));
+                json_object *role = auth_get_role_counted(st, name);
+
                 ok = auth_role_has_access(role, key, write, recursive);
                 json_object_put(role);
         }
@@ -120,11 +139,31 @@ static int reply_json_object(ApiRequest *r, unsigned status, json_object *o) {
 static void auth_proposal_done(StoreResult *res, void *userdata);
 static void auth_api_request_reset(ApiRequest *r);
 
+/* ensureAuthDirectories(): before the first auth write of the process, etcd2 creates /2, /2/users/,
+ * /2/roles/ and /2/enabled ("false"), one after the other, each allowed to exist already (105). They are
+ * real writes (the index moves, every member counts a create), so they are made here too. */
+static const char *const auth_ensure_paths[] = { AUTH_PREFIX, AUTH_PREFIX "/users", AUTH_PREFIX "/roles",
+                                                 AUTH_PREFIX "/enabled" };
+
 static int auth_propose_next(ApiRequest *r) {
         AuthWrite *w;
         StoreRequest req = {};
         int k;
 
+        r->auth_ensuring = r->n_auth_writes > 0 && !r->api->auth_ensured &&
+                           r->auth_ensure_next < ELEMENTSOF(auth_ensure_paths);
+        if (r->auth_ensuring) {
+                req.method = STORE_METHOD_PUT;
+                req.path = auth_ensure_paths[r->auth_ensure_next++];
+                req.dir = r->auth_ensure_next < ELEMENTSOF(auth_ensure_paths);
+                req.value = req.dir ? NULL : "false";
+                req.value_len = req.dir ? 0 : 5;
+                req.prev_exist = 0;
+                k = server_propose(req_server(r), &req, auth_proposal_done, r, &r->proposal);
+                if (k < 0)
+                        return reply_message(r, 500, strerror(-k), true);
+                return 0;
+        }
         if (r->auth_next >= r->n_auth_writes) {
                 const char *body = r->auth_body ?: "";
                 add_cluster_id(r);
@@ -149,7 +188,15 @@ static void auth_proposal_done(StoreResult *res, void *userdata) {
         int k;
 
         r->proposal = NULL;
-        if ((res->error == ETCD_ERROR_TEST_FAILED || res->error == ETCD_ERROR_KEY_NOT_FOUND) &&
+        if (r->auth_ensuring && (res->error == ETCD_OK || res->error == ETCD_ERROR_NODE_EXIST)) {
+                if (r->auth_ensure_next >= ELEMENTSOF(auth_ensure_paths))
+                        r->api->auth_ensured = true;
+                if (auth_propose_next(r) < 0)
+                        reply_oom(h);
+                return;
+        }
+        if (!r->auth_ensuring &&
+            (res->error == ETCD_ERROR_TEST_FAILED || res->error == ETCD_ERROR_KEY_NOT_FOUND) &&
             r->auth_writes[r->auth_next - 1].prev_index > 0 &&
             r->auth_retries < AUTH_UPDATE_RETRIES) {
                 /* Another update of this user or role was applied between our read and our write: make
@@ -213,26 +260,30 @@ static int handle_auth_enable(ApiRequest *r, const char *method) {
 
         if (!method_allowed(method, "GET,PUT,DELETE"))
                 return reply_method_not_allowed(r, "GET,PUT,DELETE");
+        /* hasWriteRootAccess() reads nothing for a GET; then enableDisable() reads /2/enabled (isEnabled),
+         * and EnableAuth()/DisableAuth() once more */
         if (streq(method, "GET")) {
-                const char *body = auth_enabled(st) ? "{\"enabled\":true}\n" : "{\"enabled\":false}\n";
+                const char *body = auth_enabled_counted(st) ? "{\"enabled\":true}\n" : "{\"enabled\":false}\n";
                 add_cluster_id(r);
                 return reply(r, 200, CONTENT_TYPE_JSON, body, strlen(body));
         }
         if (!auth_api_has_root_access(r))
                 return auth_api_reply_no_auth(r);
+        (void) auth_enabled_counted(st);
+        /* updateResource(): /2/enabled is an update (ensureAuthDirectories() made it) */
         if (streq(method, "DELETE")) {
-                if (!auth_enabled(st))
+                if (!auth_enabled_counted(st))
                         return reply_message(r, 409, "auth: already disabled", true);
-                k = auth_add_write(r, "enabled", NULL, "false", -1, 0);
+                k = auth_add_write(r, "enabled", NULL, "false", 1, 0);
                 return k < 0 ? k : auth_start(r, 200, NULL);
         }
-        if (auth_enabled(st))
+        if (auth_enabled_counted(st))
                 return reply_message(r, 409, "auth: already enabled", true);
-        o = auth_get_user(st, AUTH_ROOT);
+        o = auth_get_user_counted(st, AUTH_ROOT);
         if (!o)
                 return reply_message(r, 409, "auth: No root user available, please create one", true);
         json_object_put(o);
-        o = auth_get_role(st, AUTH_GUEST);
+        o = auth_get_role_counted(st, AUTH_GUEST);
         if (!o) {
                 /* etcd2 creates the guest role with full access first */
                 _cleanup_(json_object_putp) json_object *g = auth_role_new_full(AUTH_GUEST);
@@ -246,7 +297,7 @@ static int handle_auth_enable(ApiRequest *r, const char *method) {
                 r->auth_exists_msg = strdup("auth: Role guest already exists.");
         }
         json_object_put(o);
-        k = auth_add_write(r, "enabled", NULL, "true", -1, 0);
+        k = auth_add_write(r, "enabled", NULL, "true", 1, 0);
         return k < 0 ? k : auth_start(r, 200, NULL);
 }
 
@@ -269,7 +320,7 @@ static json_object *user_with_roles(Store *st, json_object *u) {
         json_object_object_add(out, "user", json_object_get(json_object_object_get(u, "user")));
         for (size_t i = 0; roles && i < json_object_array_length(roles); i++) {
                 const char *name = json_object_get_string(json_object_array_get_idx(roles, i));
-                json_object *role = auth_get_role(st, name);
+                json_object *role = auth_get_role_counted(st, name);
 
                 if (!role)
                         continue;
@@ -414,6 +465,8 @@ static int reply_auth_list(ApiRequest *r, const char *method, const char *kind) 
                 return reply_method_not_allowed(r, "GET");
         if (!auth_api_has_root_access(r))
                 return auth_api_reply_no_auth(r);
+        /* AllUsers()/AllRoles() read /2/users or /2/roles, then each one is read */
+        auth_count_read(st, kind, NULL);
         names = auth_list(st, kind, roles);
         out = json_object_new_object();
         if (!names || !out)
@@ -422,9 +475,9 @@ static int reply_auth_list(ApiRequest *r, const char *method, const char *kind) 
                 json_object *item;
 
                 if (roles)
-                        item = auth_get_role(st, *n);
+                        item = auth_get_role_counted(st, *n);
                 else {
-                        _cleanup_(json_object_putp) json_object *u = auth_get_user(st, *n);
+                        _cleanup_(json_object_putp) json_object *u = auth_get_user_counted(st, *n);
 
                         if (!u)
                                 continue;
@@ -464,8 +517,19 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
         old = auth_get_user(st, name);
 
         if (streq(method, "GET")) {
+                json_object *roles = json_object_object_get(old, "roles");
+
+                /* 3.4's forUser() reads the user, then its roles up to the first one missing */
+                auth_count_read(st, "users", name);
                 if (!old)
                         return reply_message(r, 404, msg, true);
+                for (size_t i = 0; roles && i < json_object_array_length(roles); i++) {
+                        const char *role = json_object_get_string(json_object_array_get_idx(roles, i));
+                        _cleanup_(json_object_putp) json_object *o = auth_get_role_counted(st, role);
+
+                        if (!o)
+                                break;
+                }
                 /* 2.3.8: the stored user, u.Password = "" (omitempty) */
                 if (user_reply_object(old, &out) < 0)
                         return -ENOMEM;
@@ -473,7 +537,7 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
         }
 
         if (streq(method, "DELETE")) {
-                if (auth_enabled(st) && streq(name, AUTH_ROOT))
+                if (auth_enabled_counted(st) && streq(name, AUTH_ROOT))
                         return reply_message(r, 403, "auth: Cannot delete root user while auth is enabled.", true);
                 free(msg);
                 if (asprintf(&msg, "auth: User %s does not exist", name) < 0)
@@ -500,6 +564,9 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                 _cleanup_free_ char *hash = NULL;
                 json_object *roles = go_json_field(in, "roles", true);
 
+                /* CreateOrUpdateUser() first reads the user (quorum) */
+                if (json_strings_empty(in, "roles"))
+                        auth_count_read(st, "users", name);
                 if (isempty(pw)) {
                         free(msg);
                         if (asprintf(&msg, "auth: Cannot create user %s with an empty password", name) < 0)
@@ -538,6 +605,10 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                 if (!json_strings_empty(in, "roles") &&
                     (!json_strings_empty(in, "grant") || !json_strings_empty(in, "revoke")))
                         return reply_message(r, 400, "User JSON contains both roles and grant/revoke", true);
+                /* UpdateUser() reads the user (quorum), after CreateOrUpdateUser() did without grant/revoke */
+                if (json_strings_empty(in, "grant") && json_strings_empty(in, "revoke"))
+                        auth_count_read(st, "users", name);
+                auth_count_read(st, "users", name);
                 if (!old)   /* getUser()'s error: UpdateUser()'s own "doesn't exist" is never reached */
                         return reply_message(r, 404, msg, true);
                 free(msg);
@@ -578,7 +649,7 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
                 return auth_api_reply_no_auth(r);
 
         if (streq(method, "GET")) {
-                old = auth_get_role(st, name);
+                old = auth_get_role_counted(st, name);
                 if (!old) {
                         if (asprintf(&msg, "auth: Role %s does not exist.", name) < 0)
                                 return -ENOMEM;
@@ -639,7 +710,7 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
                         return reply_message(r, 400, "Role JSON contains both permissions and grant/revoke", true);
                 if (streq(name, AUTH_ROOT))
                         return reply_message(r, 403, "auth: Cannot modify role root: is root role.", true);
-                old = auth_get_role(st, name);
+                old = auth_get_role_counted(st, name);
                 if (!old) {
                         /* getRole()'s error: UpdateRole()'s own "doesn't exist" is never reached */
                         free(msg);
@@ -797,7 +868,7 @@ bool auth_api_prepare(ApiRequest *r) {
 
                 r->auth_hashed = true;
                 if (streq(r->http->method, "PUT") && strneq(r->http->uri, "/v2/auth/users/", 15) &&
-                    auth_api_has_root_access(r) && (in = auth_body_object(r)) &&
+                    has_root_access(r, false) && (in = auth_body_object(r)) &&
                     (pw = go_json_field(in, "password", false)) && json_object_is_type(pw, json_type_string) &&
                     !isempty(json_object_get_string(pw))) {
                         k = auth_submit(r, json_object_get_string(pw), NULL);

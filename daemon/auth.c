@@ -77,11 +77,14 @@ static const char *str_field(json_object *o, const char *key) {
         return json_object_get_string(v);
 }
 
-static json_object *parse_stored(Store *st, const char *path) {
+/* count: as a store Get of etcd2's, found or not (auth_count_read()) */
+static json_object *parse_stored(Store *st, const char *path, bool count) {
         const StoreNode *n = store_lookup(st, path);
         const char *v;
         size_t l;
 
+        if (count)
+                store_count_get(st, n);
         if (!n || store_node_is_dir(n))
                 return NULL;
         v = store_node_value(n, &l);
@@ -114,6 +117,15 @@ bool auth_enabled_counted(Store *st) {
         return auth_enabled(st);
 }
 
+void auth_count_read(Store *st, const char *what, const char *name) {
+        _cleanup_free_ char *path = NULL;
+
+        /* path.Join(StorePermsPrefix, res): "/users/" is read as /2/users */
+        if (asprintf(&path, AUTH_PREFIX "/%s%s%s", what, name ? "/" : "", strempty(name)) < 0)
+                return;
+        store_count_get(st, store_lookup(st, path));
+}
+
 static bool strings_contain(json_object *a, const char *s) {
         for (size_t i = 0; a && i < json_object_array_length(a); i++)
                 if (streq(json_object_get_string(json_object_array_get_idx(a, i)), s))
@@ -137,13 +149,13 @@ static json_object *user_canon(json_object *in) {
         return u;
 }
 
-json_object *auth_get_user(Store *st, const char *name) {
+static json_object *get_user(Store *st, const char *name, bool count) {
         _cleanup_free_ char *path = NULL;
         json_object *raw, *u, *roles;
 
         if (asprintf(&path, AUTH_PREFIX "/users/%s", name) < 0)
                 return NULL;
-        raw = parse_stored(st, path);
+        raw = parse_stored(st, path, count);
         if (!raw)
                 return NULL;
         u = user_canon(raw);
@@ -162,6 +174,14 @@ json_object *auth_get_user(Store *st, const char *name) {
                 }
         }
         return u;
+}
+
+json_object *auth_get_user(Store *st, const char *name) {
+        return get_user(st, name, false);
+}
+
+json_object *auth_get_user_counted(Store *st, const char *name) {
+        return get_user(st, name, true);
 }
 
 static json_object *role_build(const char *name, json_object *read, json_object *write) {
@@ -232,20 +252,29 @@ json_object *auth_role_new_full(const char *name) {
         return role_build(name, read, write);
 }
 
-json_object *auth_get_role(Store *st, const char *name) {
+static json_object *get_role(Store *st, const char *name, bool count) {
         _cleanup_free_ char *path = NULL;
         json_object *raw, *r;
 
+        /* getRole() answers the built-in root role without reading the store */
         if (streq(name, AUTH_ROOT))
                 return auth_role_new_full(AUTH_ROOT);
         if (asprintf(&path, AUTH_PREFIX "/roles/%s", name) < 0)
                 return NULL;
-        raw = parse_stored(st, path);
+        raw = parse_stored(st, path, count);
         if (!raw)
                 return NULL;
         r = role_canon(raw);
         json_object_put(raw);
         return r;
+}
+
+json_object *auth_get_role(Store *st, const char *name) {
+        return get_role(st, name, false);
+}
+
+json_object *auth_get_role_counted(Store *st, const char *name) {
+        return get_role(st, name, true);
 }
 
 typedef struct NameList {

@@ -23,6 +23,15 @@ bool auth_enabled(Store *st);
  * (getsFail while auth was never enabled) and etcd_debugging_store_reads_total. */
 bool auth_enabled_counted(Store *st);
 
+/* etcd2 reads its auth data with store Gets (requestResource()), each counted in /v2/stats/store
+ * (getsSuccess or getsFail) and in /metrics' store reads. We read our copy of the same nodes without
+ * going through a Get, and count each read etcd2 makes where it makes it: auth_count_read() counts a Get
+ * of /2/<what>/<name> (/2/<what> if name is NULL), the _counted variants below count and read. */
+void auth_count_read(Store *st, const char *what, const char *name);
+json_object *auth_get_user_counted(Store *st, const char *name);
+/* counts no read for the built-in root role, as getRole() makes none */
+json_object *auth_get_role_counted(Store *st, const char *name);
+
 /* The stored user as etcd2 unmarshals it ({"user","password","roles"}), the root role attached to
  * user root; NULL if absent or unreadable. */
 json_object *auth_get_user(Store *st, const char *name);

@@ -19,6 +19,7 @@ struct ClientApi {
         const Config *config;
         bool peer;               /* the peer endpoints, not the client API */
         AuthWorker *auth_worker; /* bcrypt off the loop; started with the first job */
+        bool auth_ensured;       /* etcd2's ensuredOnce: /2, /2/users, /2/roles, /2/enabled made or found */
 };
 
 /* The headers of an accepted `POST /raft/stream`, kept for the peer transport: the request is gone by
@@ -57,6 +58,8 @@ typedef struct ApiRequest {
         unsigned auth_status;
         char *auth_body, *auth_exists_msg, *auth_missing_msg;
         unsigned auth_retries;   /* updates that lost a compare-and-swap and were made again */
+        unsigned auth_ensure_next; /* the next of auth-api.c's ensure writes to propose */
+        bool auth_ensuring;      /* the write in flight is one of them */
         /* before routing (auth_prepare()): bcrypt work done on the worker thread */
         AuthJob *auth_job;
         bool auth_checked, auth_hashed;

@@ -514,10 +514,14 @@ static bool keys_path_valid(const char *path) {
 }
 
 /* A v2 auth write the client API makes (client-api.c, auth.h): PUT or DELETE of /2/users/<name> or
- * /2/roles/<name> (one non-empty segment, not "." or ".."), PUT of /2/enabled. */
+ * /2/roles/<name> (one non-empty segment, not "." or ".."), PUT of /2/enabled, and the creates of the
+ * directories /2, /2/users and /2/roles (auth-api.c's ensureAuthDirectories()). */
 static bool auth_path_valid(const StoreRequest *req) {
         const char *p = req->path, *name = NULL;
 
+        if (p && req->dir && !req->recursive)
+                return req->method == STORE_METHOD_PUT && req->prev_exist == 0 && req->expiration_usec == 0 &&
+                       !req->refresh && (streq(p, "/2") || streq(p, "/2/users") || streq(p, "/2/roles"));
         if (!p || req->dir || req->recursive)
                 return false;
         if (streq(p, "/2/enabled"))

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* test-auth.c - cmocka tests for the v2 auth model: patterns, merges, Basic credentials, bcrypt. */
+/* test-auth.c - cmocka tests for the v2 auth model: patterns, merges, Basic credentials, bcrypt, counted reads. */
 
 /*
  * Expected answers are what etcd 3.4 --enable-v2 gives (its v2 auth is etcd 2.3's etcdserver/auth);
@@ -160,6 +160,67 @@ static void test_modified_index(void **state) {
         store_free(st);
 }
 
+/* getsSuccess and getsFail of /v2/stats/store */
+static void gets(Store *st, long *ret_ok, long *ret_fail) {
+        _cleanup_free_ char *j = store_stats_json(st);
+        json_object *o, *v;
+
+        assert_non_null(j);
+        o = json_tokener_parse(j);
+        assert_non_null(o);
+        assert_true(json_object_object_get_ex(o, "getsSuccess", &v));
+        *ret_ok = json_object_get_int64(v);
+        assert_true(json_object_object_get_ex(o, "getsFail", &v));
+        *ret_fail = json_object_get_int64(v);
+        json_object_put(o);
+}
+
+/* The reads etcd2 makes with store Gets count as such (auth-api.c places them); the plain ones do not. */
+static void test_counted_reads(void **state) {
+        Store *st = NULL;
+        json_object *o;
+        long ok, fail;
+
+        assert_int_equal(store_new(&st), 0);
+        (void) put(st, AUTH_PREFIX "/users/bob", "{\"user\":\"bob\",\"password\":\"h\",\"roles\":null}", 0, ETCD_OK);
+        (void) put(st, AUTH_PREFIX "/roles/rw", "{\"role\":\"rw\",\"permissions\":{\"kv\":{}}}", 0, ETCD_OK);
+        gets(st, &ok, &fail);
+        assert_int_equal(ok + fail, 0);
+
+        o = auth_get_user(st, "bob");
+        assert_non_null(o);
+        json_object_put(o);
+        o = auth_get_role(st, "rw");
+        assert_non_null(o);
+        json_object_put(o);
+        assert_false(auth_enabled(st));
+        gets(st, &ok, &fail);
+        assert_int_equal(ok + fail, 0);
+
+        o = auth_get_user_counted(st, "bob");
+        json_object_put(o);
+        o = auth_get_user_counted(st, "nobody");
+        assert_null(o);
+        o = auth_get_role_counted(st, "rw");
+        json_object_put(o);
+        o = auth_get_role_counted(st, "guest");
+        assert_null(o);
+        o = auth_get_role_counted(st, AUTH_ROOT);         /* built in: no read */
+        assert_non_null(o);
+        json_object_put(o);
+        gets(st, &ok, &fail);
+        assert_int_equal(ok, 2);
+        assert_int_equal(fail, 2);
+
+        auth_count_read(st, "users", NULL);              /* the directory /2/users */
+        auth_count_read(st, "roles", "nope");
+        assert_false(auth_enabled_counted(st));          /* /2/enabled is missing */
+        gets(st, &ok, &fail);
+        assert_int_equal(ok, 3);
+        assert_int_equal(fail, 4);
+        store_free(st);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_patterns),
@@ -168,6 +229,7 @@ int main(void) {
                 cmocka_unit_test(test_role_merge),
                 cmocka_unit_test(test_bcrypt),
                 cmocka_unit_test(test_modified_index),
+                cmocka_unit_test(test_counted_reads),
         };
 
         return cmocka_run_group_tests_name("auth", tests, NULL, NULL);
