@@ -167,6 +167,18 @@ static void test_put_answers_from_the_callback(void **state) {
         fake_free(f);
 }
 
+/* A value with a NUL in it is stored whole (the fake member copies it by length, as the log does). */
+static void test_put_value_with_nul(void **state) {
+        Fixture *x = *state;
+        FakeRequest *f;
+
+        put(x, "/v2/keys/nul", "value=a%00b");
+        f = fake_request(x->api, "GET", "/v2/keys/nul", NULL, NULL);
+        assert_int_equal(f->status, 200);
+        assert_non_null(strstr(f->body.data, "\"value\":\"a\\u0000b\""));
+        fake_free(f);
+}
+
 static void test_hangup_cancels_the_proposal(void **state) {
         Fixture *x = *state;
         FakeRequest *f = fake_request(x->api, "POST", "/v2/keys/q", "value=1", "Content-Type",
@@ -361,6 +373,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_get_not_found, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_put_answers_from_the_callback, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_put_value_with_nul, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_hangup_cancels_the_proposal, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_member_hangup_cancels, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_watch_once, setup, teardown),
