@@ -240,6 +240,29 @@ static int auth_add_write(ApiRequest *r, const char *what, const char *name, con
         return 0;
 }
 
+/* The update of a stored user or role (what: "users" or "roles"), as auth_user_merge() or
+ * auth_role_merge() made it: a failed merge (merge_status, merge_msg) or one that changes nothing
+ * (unchanged_msg) is answered at once; otherwise nu is written as a compare-and-swap on the node's
+ * modifiedIndex, which auth_proposal_done() makes again from what is stored if another update came
+ * first. Returns 1 once the write is added, 0 once answered, < 0 on error. */
+static int auth_add_update(ApiRequest *r, const char *what, const char *name, json_object *old,
+                           json_object *nu, unsigned merge_status, const char *merge_msg,
+                           const char *unchanged_msg) {
+        const char *value;
+        int k;
+
+        if (merge_status == 400)
+                return reply_message(r, 400, "Invalid JSON in request body.", true);
+        if (merge_status != 0)
+                return reply_message(r, merge_status, merge_msg ?: "Internal Server Error", true);
+        if (json_object_equal(old, nu))
+                return reply_message(r, 400, unchanged_msg, true);
+
+        value = json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+        k = auth_add_write(r, what, name, value, 1, auth_modified_index(req_store(r), what, name));
+        return k < 0 ? k : 1;
+}
+
 static int auth_start(ApiRequest *r, unsigned status, json_object *body_or_null) {
         if (body_or_null) {
                 const char *s = json_object_to_json_string_ext(body_or_null,
@@ -614,17 +637,11 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
                 free(msg);
                 msg = NULL;
                 status = auth_user_merge(old, in, r->auth_prehash, &nu, &msg);
-                if (status == 400)
-                        return reply_message(r, 400, "Invalid JSON in request body.", true);
-                if (status != 0)
-                        return reply_message(r, status, msg ?: "Internal Server Error", true);
-                if (json_object_equal(old, nu))
-                        return reply_message(r, 400, "auth: User not updated. Use grant/revoke/password to "
-                                             "update the user.", true);
+                k = auth_add_update(r, "users", name, old, nu, status, msg,
+                                    "auth: User not updated. Use grant/revoke/password to update the user.");
+                if (k <= 0)
+                        return k;
                 status = 200;
-                k = auth_add_write(r, "users", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 1,
-                                   auth_modified_index(st, "users", name));
         }
         if (k < 0)
                 return k;
@@ -721,17 +738,11 @@ static int handle_auth_roles(ApiRequest *r, const char *method, const char *name
                 free(msg);
                 msg = NULL;
                 status = auth_role_merge(old, in, &nu, &msg);
-                if (status == 400)
-                        return reply_message(r, 400, "Invalid JSON in request body.", true);
-                if (status != 0)
-                        return reply_message(r, status, msg ?: "Internal Server Error", true);
-                if (json_object_equal(old, nu))
-                        return reply_message(r, 400, "auth: Role not updated. Use grant/revoke to update the role.",
-                                             true);
+                k = auth_add_update(r, "roles", name, old, nu, status, msg,
+                                    "auth: Role not updated. Use grant/revoke to update the role.");
+                if (k <= 0)
+                        return k;
                 status = 200;
-                k = auth_add_write(r, "roles", name, json_object_to_json_string_ext(nu, JSON_C_TO_STRING_PLAIN |
-                                                                                   JSON_C_TO_STRING_NOSLASHESCAPE), 1,
-                                   auth_modified_index(st, "roles", name));
         }
         if (k < 0)
                 return k;

@@ -25,6 +25,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.append(os.path.dirname(HERE))
+import tls_certs  # noqa: E402  (tests/tls_certs.py)
 
 # Figures as rows of the final table: key, label, unit, which direction is better, target on
 # ratio = ours/etcd (operator, bound, text), etcd figure quoted in the issue for this machine.
@@ -530,27 +532,14 @@ def build_loadgen(out):
 
 class Certs:
     """A CA and one certificate for 127.0.0.1 (serverAuth and clientAuth: members use it both ways), made
-    with openssl in `directory`. ECDSA P-256, as etcd's docs make them with cfssl."""
+    with openssl in `directory` (tests/tls_certs.py). ECDSA P-256, as etcd's docs make them with cfssl."""
 
     def __init__(self, directory):
-        self.ca = os.path.join(directory, 'ca.pem')
-        self.cert = os.path.join(directory, 'server.pem')
-        self.key = os.path.join(directory, 'server-key.pem')
-        cakey = os.path.join(directory, 'ca-key.pem')
-        csr = os.path.join(directory, 'server.csr')
-        ext = os.path.join(directory, 'ext.cnf')
-        with open(ext, 'w') as f:
-            f.write('subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n'
-                    'keyUsage=critical,digitalSignature,keyEncipherment\n')
-
-        def run(*a):
-            subprocess.run(['openssl', *a], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        run('ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', cakey)
-        run('req', '-x509', '-new', '-key', cakey, '-subj', '/CN=bench-ca', '-days', '2', '-out', self.ca)
-        run('ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', self.key)
-        run('req', '-new', '-key', self.key, '-subj', '/CN=127.0.0.1', '-out', csr)
-        run('x509', '-req', '-in', csr, '-CA', self.ca, '-CAkey', cakey, '-CAcreateserial', '-days', '2',
-            '-extfile', ext, '-out', self.cert)
+        c = tls_certs.Certs(directory)
+        c.make_ca('ca')
+        c.make_cert('server', 'serverAuth,clientAuth')
+        self.ca = c.crt('ca')
+        self.cert, self.key = c.pair('server')
 
 
 class Bench:

@@ -9,6 +9,7 @@ import atexit
 import os
 import signal
 import socket
+import sys
 import uuid
 
 import pytest
@@ -16,6 +17,9 @@ import requests
 
 import procs
 from procs import Process, member_flags
+
+# tests/ holds what the integration, systemd and bench tests share (tls_certs.py)
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 REFERENCE = os.environ.get("ETCD2_REFERENCE") == "1"
 REFERENCE_BINARY = "/usr/bin/etcd"

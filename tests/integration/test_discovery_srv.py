@@ -131,16 +131,15 @@ class DnsNS:
             self.ns.exit()
 
 
-@pytest.fixture
-def dns():
+def dns_serving(srv_records, host_records):
+    """A DnsNS serving the records, for a fixture to `yield from`: skips the test where none can be made
+    here; stopped at the fixture's teardown."""
     why = _available()
     if why:
         pytest.skip(f"SRV discovery test needs a private network namespace with dnsmasq: {why}")
     d = DnsNS()
-    srv = [("_etcd-server._tcp", f"{n}.{DOMAIN}", p) for n, _, p, _ in HOSTS]
-    hosts = [(f"{n}.{DOMAIN}", ip) for n, ip, _, _ in HOSTS + [STRAY]]
     try:
-        d.start(srv, hosts)
+        d.start(srv_records, host_records)
     except (OSError, subprocess.CalledProcessError) as e:
         d.stop()
         pytest.skip(f"cannot create/enter a network namespace or run dnsmasq: {e}")
@@ -149,6 +148,12 @@ def dns():
         raise
     yield d
     d.stop()
+
+
+@pytest.fixture
+def dns():
+    yield from dns_serving([("_etcd-server._tcp", f"{n}.{DOMAIN}", p) for n, _, p, _ in HOSTS],
+                           [(f"{n}.{DOMAIN}", ip) for n, ip, _, _ in HOSTS + [STRAY]])
 
 
 class SrvMember(Member):

@@ -16,16 +16,15 @@ differ)."""
 import json
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
 import requests
 
 import procs
-import test_tls
+import tls_certs
 from conftest import REFERENCE, REFERENCE_BINARY, OUR_BINARY, unique
-from test_discovery_srv import DOMAIN, HOSTS, DnsNS, SrvCluster, SrvMember, _available, _members
+from test_discovery_srv import DOMAIN, HOSTS, SrvCluster, SrvMember, _members, dns_serving
 from test_members_stats import cluster_id, member_id
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
@@ -34,46 +33,20 @@ our_proxy = pytest.mark.skipif(REFERENCE, reason="our proxy against an etcd 3.4 
 HOST, IP, PEER_PORT, CLIENT_PORT = f"infra0.{DOMAIN}", "127.0.0.1", 2380, 2379
 
 
-class Certs:
+class Certs(tls_certs.Certs):
     def __init__(self, d):
-        self.dir = d
-        test_tls._make_ca(d, "ca")
-        self._cert("member", f"DNS:{HOST},IP:{IP}", "serverAuth,clientAuth")
+        super().__init__(d)
+        self.make_ca("ca")
+        self.make_cert("member", "serverAuth,clientAuth", san=f"DNS:{HOST},IP:{IP}")
         # etcd 3.4 checks a peer client certificate against the address it comes from (127.0.0.1 here)
-        self._cert("proxy", "IP:127.0.0.1,IP:127.0.0.9", "clientAuth")
-
-    def _cert(self, name, san, eku):
-        d = self.dir
-        with open(f"{d}/{name}.ext", "w") as f:
-            f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                    f"extendedKeyUsage={eku}\nsubjectAltName={san}\n")
-        test_tls._openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                          "-keyout", f"{d}/{name}.key", "-out", f"{d}/{name}.csr", "-subj", f"/CN={name}")
-        test_tls._openssl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/ca.crt", "-CAkey", f"{d}/ca.key",
-                          "-CAcreateserial", "-out", f"{d}/{name}.crt", "-days", "2", "-extfile", f"{d}/{name}.ext")
-
-    def f(self, name):
-        return f"{self.dir}/{name}"
+        self.make_cert("proxy", "clientAuth", san="IP:127.0.0.1,IP:127.0.0.9")
 
 
 @pytest.fixture
 def dns():
-    why = _available()
-    if why:
-        pytest.skip(f"SRV discovery test needs a private network namespace with dnsmasq: {why}")
     if not os.access(REFERENCE_BINARY, os.X_OK):
         pytest.skip(f"{REFERENCE_BINARY} not installed")
-    d = DnsNS()
-    try:
-        d.start([("_etcd-server-ssl._tcp", HOST, PEER_PORT)], [(HOST, IP)])
-    except (OSError, subprocess.CalledProcessError) as e:
-        d.stop()
-        pytest.skip(f"cannot create/enter a network namespace or run dnsmasq: {e}")
-    except RuntimeError:
-        d.stop()
-        raise
-    yield d
-    d.stop()
+    yield from dns_serving([("_etcd-server-ssl._tcp", HOST, PEER_PORT)], [(HOST, IP)])
 
 
 class InNs(procs.Process):
@@ -95,20 +68,20 @@ def test_ssl_records_give_https_peers_to_the_proxy(dns, tmp_path):
         "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
         "--listen-peer-urls", f"https://{IP}:{PEER_PORT}", "--initial-advertise-peer-urls", peer_url,
         "--initial-cluster", f"infra0={peer_url}", "--initial-cluster-state", "new",
-        "--cert-file", certs.f("member.crt"), "--key-file", certs.f("member.key"),
-        "--client-cert-auth", "--trusted-ca-file", certs.f("ca.crt"),
-        "--peer-cert-file", certs.f("member.crt"), "--peer-key-file", certs.f("member.key"),
-        "--peer-client-cert-auth", "--peer-trusted-ca-file", certs.f("ca.crt")], client_url)
+        "--cert-file", certs.crt("member"), "--key-file", certs.key("member"),
+        "--client-cert-auth", "--trusted-ca-file", certs.crt("ca"),
+        "--peer-cert-file", certs.crt("member"), "--peer-key-file", certs.key("member"),
+        "--peer-client-cert-auth", "--peer-trusted-ca-file", certs.crt("ca")], client_url)
     proxy = None
     try:
-        tls = {"verify": certs.f("ca.crt"), "cert": (certs.f("proxy.crt"), certs.f("proxy.key"))}
+        tls = {"verify": certs.crt("ca"), "cert": (certs.crt("proxy"), certs.key("proxy"))}
         member.wait_ready(lambda: member.get("/v2/keys/", timeout=1, **tls).status_code == 200, 30,
                           "the member over TLS", fail=pytest.fail)
         proxy = InNs(dns, "srv-tls-proxy", [
             OUR_BINARY, "--proxy", "on", "--name", "srv-tls-proxy", "--data-dir", "@DATA@",
             "--listen-client-urls", "http://127.0.0.9:2379", "--discovery-srv", DOMAIN,
-            "--peer-cert-file", certs.f("proxy.crt"), "--peer-key-file", certs.f("proxy.key"),
-            "--peer-trusted-ca-file", certs.f("ca.crt")], "http://127.0.0.9:2379")
+            "--peer-cert-file", certs.crt("proxy"), "--peer-key-file", certs.key("proxy"),
+            "--peer-trusted-ca-file", certs.crt("ca")], "http://127.0.0.9:2379")
 
         def endpoints():
             r = proxy.get("/v2/config/local/proxy", timeout=2)
@@ -131,47 +104,24 @@ def test_ssl_records_give_https_peers_to_the_proxy(dns, tmp_path):
 
 
 # -- members bootstrapped from _etcd-server-ssl records -------------------------------------------------
-class MemberCerts(Certs):
+class MemberCerts(tls_certs.Certs):
     """One member certificate for all three hosts (their names and addresses; etcd 3.4 checks a peer
     client certificate against the address it comes from) and the same from a foreign CA."""
 
     def __init__(self, d):
-        self.dir = d
-        test_tls._make_ca(d, "ca")
-        test_tls._make_ca(d, "foreign")
+        super().__init__(d)
+        self.make_ca("ca")
+        self.make_ca("foreign")
         san = ",".join([f"DNS:{n}.{DOMAIN}" for n, _, _, _ in HOSTS] + [f"IP:{ip}" for _, ip, _, _ in HOSTS])
-        self._cert("member", san, "serverAuth,clientAuth")
-        self._cert("stranger", san, "serverAuth,clientAuth", ca="foreign")
-
-    def _cert(self, name, san, eku, ca="ca"):
-        d = self.dir
-        with open(f"{d}/{name}.ext", "w") as f:
-            f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                    f"extendedKeyUsage={eku}\nsubjectAltName={san}\n")
-        test_tls._openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                          "-keyout", f"{d}/{name}.key", "-out", f"{d}/{name}.csr", "-subj", f"/CN={name}")
-        test_tls._openssl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/{ca}.crt", "-CAkey", f"{d}/{ca}.key",
-                          "-CAcreateserial", "-out", f"{d}/{name}.crt", "-days", "2", "-extfile", f"{d}/{name}.ext")
+        self.make_cert("member", "serverAuth,clientAuth", san=san)
+        self.make_cert("stranger", "serverAuth,clientAuth", ca="foreign", san=san)
 
 
 @pytest.fixture
 def dns_ssl():
     """The three hosts of test_discovery_srv.py, with _etcd-server-ssl._tcp records only."""
-    why = _available()
-    if why:
-        pytest.skip(f"SRV discovery test needs a private network namespace with dnsmasq: {why}")
-    d = DnsNS()
-    try:
-        d.start([("_etcd-server-ssl._tcp", f"{n}.{DOMAIN}", p) for n, _, p, _ in HOSTS],
-                [(f"{n}.{DOMAIN}", ip) for n, ip, _, _ in HOSTS])
-    except (OSError, subprocess.CalledProcessError) as e:
-        d.stop()
-        pytest.skip(f"cannot create/enter a network namespace or run dnsmasq: {e}")
-    except RuntimeError:
-        d.stop()
-        raise
-    yield d
-    d.stop()
+    yield from dns_serving([("_etcd-server-ssl._tcp", f"{n}.{DOMAIN}", p) for n, _, p, _ in HOSTS],
+                           [(f"{n}.{DOMAIN}", ip) for n, ip, _, _ in HOSTS])
 
 
 class SslSrvMember(SrvMember):
@@ -189,8 +139,8 @@ class SslSrvMember(SrvMember):
     def argv(self, initial_cluster, state):
         c = self.cluster.certs
         return super().argv(initial_cluster, state) + [
-            "--peer-cert-file", c.f(f"{self.cert}.crt"), "--peer-key-file", c.f(f"{self.cert}.key"),
-            "--peer-trusted-ca-file", c.f("ca.crt"), "--peer-client-cert-auth"]
+            "--peer-cert-file", c.crt(self.cert), "--peer-key-file", c.key(self.cert),
+            "--peer-trusted-ca-file", c.crt("ca"), "--peer-client-cert-auth"]
 
 
 class SslSrvCluster(SrvCluster):

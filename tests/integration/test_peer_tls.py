@@ -2,7 +2,7 @@
 """Peer TLS (issue 11, item 2, the member side): https peer URLs with --peer-cert-file/--peer-key-file,
 peer client certificates with --peer-client-cert-auth/--peer-trusted-ca-file (and the deprecated
 --peer-ca-file), raft streams over TLS in both directions, the member-list fetch of a joining member over
-TLS. Certificates are made at test time with openssl (test_tls.py's helpers): a CA, a foreign CA, member
+TLS. Certificates are made at test time with openssl (test_tls.py's Certs): a CA, a foreign CA, member
 certificates (serverAuth and clientAuth, SANs for 127.0.0.1) from each. The members' client URLs are https
 too (client TLS with client certificates). With ETCD2_REFERENCE=1 the cluster tests run against etcd 3.4
 with the same flags (the oracle); tests of our log lines are ours only."""
@@ -21,7 +21,7 @@ import requests
 import procs
 from cluster import Cluster, Member, read_tree, wait_converged
 from conftest import REFERENCE, Daemon, _require_binary, free_ports, only_ours, unique
-from test_tls import Certs, _make_cert
+from test_tls import Certs
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -30,10 +30,7 @@ class PeerCerts(Certs):
     def __init__(self, d):
         super().__init__(d)
         # a would-be member whose certificate another CA signed
-        _make_cert(d, "stranger", "foreign", "serverAuth,clientAuth")
-
-    def key(self, name):
-        return f"{self.dir}/{name}.key"
+        self.make_cert("stranger", "serverAuth,clientAuth", ca="foreign")
 
 
 @pytest.fixture(scope="module")

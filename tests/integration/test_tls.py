@@ -18,46 +18,24 @@ import time
 import pytest
 import requests
 
+import tls_certs
 from conftest import REFERENCE, Daemon, _require_binary, only_23, only_ours, unique
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
 
-def _openssl(*args):
-    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+class Certs(tls_certs.Certs):
+    """A CA, a foreign CA, a server certificate, client certificates from each CA and one meant for servers
+    only."""
 
-
-def _make_ca(d, name):
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", f"{d}/{name}.key", "-out", f"{d}/{name}.crt", "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-
-
-def _make_cert(d, name, ca, eku):
-    with open(f"{d}/{name}.ext", "w") as f:
-        f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                f"extendedKeyUsage={eku}\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{d}/{name}.key",
-             "-out", f"{d}/{name}.csr", "-subj", f"/CN={name}")
-    _openssl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/{ca}.crt", "-CAkey", f"{d}/{ca}.key",
-             "-CAcreateserial", "-out", f"{d}/{name}.crt", "-days", "2", "-extfile", f"{d}/{name}.ext")
-
-
-class Certs:
     def __init__(self, d):
-        self.dir = d
-        _make_ca(d, "ca")
-        _make_ca(d, "foreign")
-        _make_cert(d, "server", "ca", "serverAuth,clientAuth")
-        _make_cert(d, "client", "ca", "clientAuth")
-        _make_cert(d, "serveronly", "ca", "serverAuth")
-        _make_cert(d, "intruder", "foreign", "clientAuth")
-
-    def crt(self, name):
-        return f"{self.dir}/{name}.crt"
-
-    def pair(self, name):
-        return (f"{self.dir}/{name}.crt", f"{self.dir}/{name}.key")
+        super().__init__(d)
+        self.make_ca("ca")
+        self.make_ca("foreign")
+        self.make_cert("server", "serverAuth,clientAuth")
+        self.make_cert("client", "clientAuth")
+        self.make_cert("serveronly", "serverAuth")
+        self.make_cert("intruder", "clientAuth", ca="foreign")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# tests/ holds what the integration, systemd and bench tests share (tls_certs.py)
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sdmachine  # noqa: E402
 
 _machines = []

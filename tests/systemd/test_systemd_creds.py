@@ -6,16 +6,17 @@ systemd 252. Then client TLS whose certificate and key live in a root-only direc
 reach the daemon (User=etcd) only as LoadCredential= credentials named in ETCD_CERT_FILE/ETCD_KEY_FILE (and the
 client CA in ETCD_TRUSTED_CA_FILE, with client-cert-auth); and a flag naming a credential the unit does not
 load: the start fails with the daemon's error in the journal.
-Certificates are made at test time with openssl, as tests/integration/test_tls.py makes them.
+Certificates are made at test time with openssl (tests/tls_certs.py).
 """
 
 import json
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
+
+import tls_certs
 
 DROPINS = "/run/systemd/system/etcd2.service.d"
 KEYS = "/run/etcd2-keys"                 # root-only, inside the namespace's private /run
@@ -23,26 +24,6 @@ CERTS_IN_NS = "/run/etcd2-test/w/certs"  # the CA certificate for curl (the work
 MAX_EXPOSURE = 1.5
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
-
-
-def _openssl(*args):
-    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _make_ca(d, name):
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", f"{d}/{name}.key", "-out", f"{d}/{name}.crt", "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-
-
-def _make_cert(d, name, ca, eku):
-    with open(f"{d}/{name}.ext", "w") as f:
-        f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                f"extendedKeyUsage={eku}\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{d}/{name}.key",
-             "-out", f"{d}/{name}.csr", "-subj", f"/CN={name}")
-    _openssl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/{ca}.crt", "-CAkey", f"{d}/{ca}.key",
-             "-CAcreateserial", "-out", f"{d}/{name}.crt", "-days", "2", "-extfile", f"{d}/{name}.ext")
 
 
 def write_dropin(m, name, text):
@@ -78,9 +59,10 @@ def certs(machine):
     m = machine
     d = os.path.join(m.workdir, "certs")
     os.makedirs(d, mode=0o700)
-    _make_ca(d, "ca")
-    _make_cert(d, "server", "ca", "serverAuth,clientAuth")
-    _make_cert(d, "client", "ca", "clientAuth")
+    c = tls_certs.Certs(d)
+    c.make_ca("ca")
+    c.make_cert("server", "serverAuth,clientAuth")
+    c.make_cert("client", "clientAuth")
     m.run(["install", "-d", "-m", "0700", "-o", "root", "-g", "root", KEYS])
     for f in ("server.crt", "server.key", "ca.crt"):
         m.run(["install", "-m", "0600", "-o", "root", "-g", "root", f"{CERTS_IN_NS}/{f}", f"{KEYS}/{f}"])

@@ -29,6 +29,7 @@
 #include "http-client.h"
 #include "http-util.h"
 #include "macro.h"
+#include "tls-test-util.h"
 #include "tls.h"
 
 #define BIG_SIZE ((size_t) 1024 * 1024)
@@ -43,19 +44,9 @@ static atomic_uint n_server_closed;     /* connections the server saw end */
 
 /* TLS: the server's credentials (NULL: plain TCP), whether it requires a client certificate, and what the
  * client presents and trusts */
-static char cert_dir[256];
 static gnutls_certificate_credentials_t server_cred;
 static bool server_wants_cert;
 static const char *client_cert, *client_ca = "ca", *client_host = "127.0.0.1";
-
-static const char *cert_path(const char *name, const char *ext) {
-        static char buf[4][320];
-        static unsigned k;
-        char *b = buf[k++ % ELEMENTSOF(buf)];
-
-        snprintf(b, sizeof buf[0], "%s/%s.%s", cert_dir, name, ext);
-        return b;
-}
 
 typedef struct SConn {
         int fd;
@@ -358,9 +349,9 @@ static void get(HttpUpstream *u, const char *method, const char *path, Result *r
 static void client_make(const HttpClientOptions *o) {
         gnutls_certificate_credentials_t cred;
         TlsInfo info = {
-                .cert_file = client_cert ? cert_path(client_cert, "crt") : NULL,
-                .key_file = client_cert ? cert_path(client_cert, "key") : NULL,
-                .trusted_ca_file = cert_path(client_ca, "crt"),
+                .cert_file = client_cert ? tls_test_file(client_cert, "crt") : NULL,
+                .key_file = client_cert ? tls_test_file(client_cert, "key") : NULL,
+                .trusted_ca_file = tls_test_file(client_ca, "crt"),
         };
 
         assert_int_equal(http_client_new(ev, o, &client), 0);
@@ -413,45 +404,20 @@ static int teardown(void **state) {
 /* The same server over TLS (server certificate for 127.0.0.1 from "ca"). */
 static int setup_tls(void **state) {
         assert_int_equal(gnutls_certificate_allocate_credentials(&server_cred), 0);
-        assert_int_equal(gnutls_certificate_set_x509_key_file(server_cred, cert_path("server", "crt"),
-                                                              cert_path("server", "key"), GNUTLS_X509_FMT_PEM), 0);
-        assert_true(gnutls_certificate_set_x509_trust_file(server_cred, cert_path("ca", "crt"), GNUTLS_X509_FMT_PEM) > 0);
+        assert_int_equal(gnutls_certificate_set_x509_key_file(server_cred, tls_test_file("server", "crt"),
+                                                              tls_test_file("server", "key"), GNUTLS_X509_FMT_PEM), 0);
+        assert_true(gnutls_certificate_set_x509_trust_file(server_cred, tls_test_file("ca", "crt"), GNUTLS_X509_FMT_PEM) > 0);
         return setup(state);
 }
 
 static int make_certs(void **state) {
-        const char *tmp = getenv("TMPDIR");
-        char cmd[4096];
-
-        if (system("command -v openssl >/dev/null") != 0) {
-                fprintf(stderr, "openssl not installed\n");
-                exit(77);
-        }
-        snprintf(cert_dir, sizeof cert_dir, "%s/test-http-client-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-        assert_non_null(mkdtemp(cert_dir));
-        snprintf(cmd, sizeof cmd,
-                 "exec >/dev/null 2>&1; set -e; cd %s; "
-                 "ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key -out $1.crt "
-                 "  -days 2 -subj /CN=$1 -addext basicConstraints=critical,CA:TRUE "
-                 "  -addext keyUsage=critical,keyCertSign,cRLSign; }; "
-                 "cert() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key -out $1.csr "
-                 "  -subj /CN=$1; "
-                 "  printf 'basicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature\\nextendedKeyUsage=%%s\\n"
-                 "subjectAltName=IP:127.0.0.1\\n' $3 > $1.ext; "
-                 "  openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -out $1.crt -days 2 "
-                 "  -extfile $1.ext; }; "
-                 "ca ca; ca foreign; cert server ca serverAuth; cert client ca clientAuth; "
-                 "cert intruder foreign clientAuth",
-                 cert_dir);
-        assert_int_equal(system(cmd), 0);
+        tls_test_make_certs("test-http-client", "ca ca; ca foreign; cert server ca serverAuth; "
+                            "cert client ca clientAuth; cert intruder foreign clientAuth");
         return 0;
 }
 
 static int remove_certs(void **state) {
-        char cmd[320];
-
-        snprintf(cmd, sizeof cmd, "rm -rf %s", cert_dir);
-        (void) system(cmd);
+        tls_test_remove_certs();
         return 0;
 }
 

@@ -3,11 +3,8 @@
  * thread over 127.0.0.1 with raw bytes: framing, keep-alive, pipelining, bodies, refusals, streams,
  * late answers, hang-ups, upgrades, limits and timeouts. */
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <poll.h>
-#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,6 +20,7 @@
 
 #include "http-server.h"
 #include "macro.h"
+#include "test-util.h"
 
 typedef struct Req {
         sd_event_source *timer;
@@ -34,7 +31,6 @@ static sd_event *ev;
 static HttpServer *server;
 static HttpService *service;
 static uint16_t port;
-static int done_fd = -1;
 static unsigned n_begin, n_done, n_hangup;
 static int taken_fd = -1;
 static char taken_extra[64];
@@ -148,18 +144,6 @@ static const HttpHandler handler = {
 
 /* --- the client side (a thread) ---------------------------------------------------------------- */
 
-typedef void (*ClientFunc)(void);
-
-static int client_connect(void) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-        assert_true(fd >= 0);
-        assert_int_equal(connect(fd, (struct sockaddr *) &sa, sizeof sa), 0);
-        return fd;
-}
-
 static void client_send(int fd, const char *s) {
         size_t n = strlen(s);
 
@@ -204,56 +188,12 @@ static size_t count(const char *hay, const char *needle) {
         return n;
 }
 
-static ClientFunc client_func;
-
-static void *client_main(void *arg) {
-        uint64_t one = 1;
-
-        client_func();
-        (void) write(done_fd, &one, sizeof one);
-        return NULL;
-}
-
-static int on_client_done(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        return sd_event_exit(ev, 0);
-}
-
-/* Runs f in a thread while the loop serves. */
-static void run_client(ClientFunc f) {
-        sd_event_source *s = NULL;
-        pthread_t t;
-
-        client_func = f;
-        assert_int_equal(sd_event_add_io(ev, &s, done_fd, EPOLLIN, on_client_done, NULL), 0);
-        assert_int_equal(pthread_create(&t, NULL, client_main, NULL), 0);
-        assert_int_equal(sd_event_loop(ev), 0);
-        assert_int_equal(pthread_join(t, NULL), 0);
-        {
-                uint64_t v;
-                (void) read(done_fd, &v, sizeof v);
-        }
-        sd_event_source_disable_unref(s);
-        /* let the layer finish what the client's end started (closes, frees) */
-        for (int i = 0; i < 20; i++)
-                (void) sd_event_run(ev, 1000);
-}
-
 static void setup_server(const HttpLimits *limits) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t l = sizeof sa;
-        int fd;
-
         assert_int_equal(sd_event_new(&ev), 0);
         assert_int_equal(http_server_new(ev, &server), 0);
         assert_int_equal(http_server_add_service(server, "test", &handler, NULL, limits, &service), 0);
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        assert_true(fd >= 0);
-        assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
-        assert_int_equal(listen(fd, 128), 0);
-        assert_int_equal(getsockname(fd, (struct sockaddr *) &sa, &l), 0);
-        port = ntohs(sa.sin_port);
-        assert_int_equal(http_service_add_listener(service, fd), 0);
-        done_fd = eventfd(0, EFD_CLOEXEC);
+        port = 0;
+        assert_int_equal(http_service_add_listener(service, test_listen(&port)), 0);
         n_begin = n_done = n_hangup = 0;
 }
 
@@ -267,7 +207,6 @@ static int setup(void **state) {
 static int teardown(void **state) {
         server = http_server_free(server);
         ev = sd_event_unref(ev);
-        (void) close(done_fd);
         if (taken_fd >= 0)
                 (void) close(taken_fd);
         taken_fd = -1;
@@ -279,7 +218,7 @@ static int teardown(void **state) {
 static void c_keepalive(void) {
         char buf[4096];
         bool closed;
-        int fd = client_connect();
+        int fd = test_connect(port);
 
         client_send(fd, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
         client_read(fd, buf, sizeof buf, 200, &closed);
@@ -307,7 +246,7 @@ static void c_keepalive(void) {
 }
 
 static void test_keepalive(void **state) {
-        run_client(c_keepalive);
+        test_run_client(ev, c_keepalive);
         assert_int_equal(n_begin, 4);
         assert_int_equal(n_done, 4);
 }
@@ -315,7 +254,7 @@ static void test_keepalive(void **state) {
 static void c_pipeline(void) {
         char buf[65536], req[8192] = "";
         bool closed;
-        int fd = client_connect();
+        int fd = test_connect(port);
 
         for (int i = 0; i < 50; i++) {
                 char one[64];
@@ -332,14 +271,14 @@ static void c_pipeline(void) {
 }
 
 static void test_pipeline(void **state) {
-        run_client(c_pipeline);
+        test_run_client(ev, c_pipeline);
         assert_int_equal(n_done, 50);
 }
 
 static void c_bodies(void) {
         char buf[4096];
         bool closed;
-        int fd = client_connect();
+        int fd = test_connect(port);
 
         client_send(fd, "PUT /body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
         client_read(fd, buf, sizeof buf, 200, &closed);
@@ -379,13 +318,13 @@ static void c_bodies(void) {
 }
 
 static void test_bodies(void **state) {
-        run_client(c_bodies);
+        test_run_client(ev, c_bodies);
 }
 
 static void expect_refusal(const char *req, const char *status) {
         char buf[4096];
         bool closed;
-        int fd = client_connect();
+        int fd = test_connect(port);
 
         client_send(fd, req);
         client_read(fd, buf, sizeof buf, 2000, &closed);
@@ -421,14 +360,14 @@ static void c_refusals(void) {
 }
 
 static void test_refusals(void **state) {
-        run_client(c_refusals);
+        test_run_client(ev, c_refusals);
         assert_int_equal(n_begin, n_done);
 }
 
 static void c_stream_late(void) {
         char buf[4096];
         bool closed;
-        int fd = client_connect();
+        int fd = test_connect(port);
 
         client_send(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
         client_read(fd, buf, sizeof buf, 200, &closed);
@@ -442,7 +381,7 @@ static void c_stream_late(void) {
         assert_string_equal(strstr(buf, "\r\n\r\n") + 4, "abc0123456789abcdefg");
         close(fd);
 
-        fd = client_connect();
+        fd = test_connect(port);
         client_send(fd, "GET /late HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n");
         client_read(fd, buf, sizeof buf, 300, &closed);
         assert_true(strstr(buf, "late") && strstr(buf, "late") < strstr(buf, "/after"));
@@ -451,7 +390,7 @@ static void c_stream_late(void) {
         close(fd);
         usleep(100 * 1000);
 
-        fd = client_connect();
+        fd = test_connect(port);
         client_send(fd, "GET /park HTTP/1.1\r\nHost: x\r\n\r\n");
         usleep(50 * 1000);
         close(fd);
@@ -459,7 +398,7 @@ static void c_stream_late(void) {
 }
 
 static void test_stream_late(void **state) {
-        run_client(c_stream_late);
+        test_run_client(ev, c_stream_late);
         assert_int_equal(n_hangup, 2);
         assert_null(parked);
         assert_int_equal(n_begin, n_done);
@@ -468,7 +407,7 @@ static void test_stream_late(void **state) {
 static void c_upgrade(void) {
         char buf[4096];
         bool closed;
-        int fd = client_connect();
+        int fd = test_connect(port);
 
         client_send(fd, "POST /upgrade HTTP/1.1\r\nHost: x\r\nUpgrade: test/1\r\nConnection: Upgrade\r\n\r\nFRAMES");
         client_read(fd, buf, sizeof buf, 300, &closed);
@@ -486,7 +425,7 @@ static void c_fan(void) {
         bool closed;
 
         for (int i = 0; i < FAN; i++) {
-                fds[i] = client_connect();
+                fds[i] = test_connect(port);
                 client_send(fds[i], "GET /fan HTTP/1.1\r\nHost: x\r\n\r\n");
         }
         for (int i = 0; i < FAN; i++) {
@@ -506,12 +445,12 @@ static void c_fan(void) {
 
 static void test_fan_out(void **state) {
         n_fan = 0;
-        run_client(c_fan);
+        test_run_client(ev, c_fan);
         assert_int_equal(n_done, 2 * FAN);
 }
 
 static void test_upgrade(void **state) {
-        run_client(c_upgrade);
+        test_run_client(ev, c_upgrade);
         assert_true(taken_fd >= 0);
         assert_int_equal(taken_extra_len, 6);
         assert_memory_equal(taken_extra, "FRAMES", 6);
@@ -534,7 +473,7 @@ static void c_limits(void) {
         struct timespec a, b;
 
         for (int i = 0; i < 3; i++) {
-                fds[i] = client_connect();
+                fds[i] = test_connect(port);
                 client_send(fds[i], "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
                 client_read(fds[i], buf, sizeof buf, 100, &closed);
                 assert_non_null(strstr(buf, "200 OK"));
@@ -546,7 +485,7 @@ static void c_limits(void) {
         usleep(100 * 1000);
 
         /* idle keep-alive: closed after ~300 ms, not before 150 */
-        fds[0] = client_connect();
+        fds[0] = test_connect(port);
         client_send(fds[0], "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
         client_read(fds[0], buf, sizeof buf, 50, &closed);
         clock_gettime(CLOCK_MONOTONIC, &a);
@@ -560,7 +499,7 @@ static void c_limits(void) {
         close(fds[0]);
 
         /* a head that trickles: closed by the head timeout */
-        fds[0] = client_connect();
+        fds[0] = test_connect(port);
         client_send(fds[0], "GET /x HTTP/1.1\r\nHost: x\r\n");
         for (int i = 0; i < 10; i++) {
                 usleep(100 * 1000);
@@ -573,7 +512,7 @@ static void c_limits(void) {
 }
 
 static void test_limits(void **state) {
-        run_client(c_limits);
+        test_run_client(ev, c_limits);
         assert_int_equal(http_service_n_connections(service), 0);
 }
 

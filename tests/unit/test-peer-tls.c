@@ -23,12 +23,13 @@
 #include "http-server.h"
 #include "log.h"
 #include "peer.h"
+#include "test-util.h"
+#include "tls-test-util.h"
 #include "tls.h"
 
 #define CLUSTER UINT64_C(0x5eed5eed5eed5eed)
 #define BIG ((size_t) 3 * 1024 * 1024)
 
-static char dir[] = "/tmp/test-peer-tls-XXXXXX";
 static sd_event *event;
 static uint8_t *big;
 
@@ -46,38 +47,6 @@ typedef struct Upgrade {
         Node *node;
         char from[32], cluster[32], version[32];
 } Upgrade;
-
-static const char *path(const char *name) {
-        static char buf[8][256];
-        static unsigned i;
-        char *p = buf[i++ % ELEMENTSOF(buf)];
-
-        snprintf(p, sizeof buf[0], "%s/%s", dir, name);
-        return p;
-}
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
-
-static void run_until(bool (*cond)(void *), void *userdata, uint64_t timeout_usec) {
-        uint64_t end = now_usec() + timeout_usec;
-
-        while (!cond(userdata)) {
-                assert_true(now_usec() < end);
-                assert_true(sd_event_run(event, 10000) >= 0);
-        }
-}
-
-static void run_for(uint64_t usec) {
-        uint64_t end = now_usec() + usec;
-
-        while (now_usec() < end)
-                assert_true(sd_event_run(event, 10000) >= 0);
-}
 
 /* --- the member's side ---------------------------------------------------------------------------- */
 
@@ -144,31 +113,23 @@ static const HttpHandler handler = { .begin = h_begin, .handle = h_handle };
 static void node_start(Node *n, uint64_t id, const char *cert, const char *ca) {
         HttpLimits l = { .head_max = 65536, .body_max = 1000, .head_timeout_usec = 5 * USEC_PER_SEC,
                          .idle_timeout_usec = 30 * USEC_PER_SEC };
-        char crt[64], key[64];
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t sl = sizeof sa;
-        int fd;
+        uint16_t port = 0;
 
-        snprintf(crt, sizeof crt, "%s.crt", cert);
-        snprintf(key, sizeof key, "%s.key", cert);
         n->id = id;
         assert_int_equal(http_server_new(event, &n->http), 0);
         assert_int_equal(http_server_add_service(n->http, "peer", &handler, n, &l, &n->service), 0);
         assert_int_equal(http_service_set_tls(n->service, &(HttpTlsConfig) {
-                .cert_file = path(crt), .key_file = path(key), .trusted_ca_file = path(ca), .client_cert_auth = true,
+                .cert_file = tls_test_file(cert, "crt"), .key_file = tls_test_file(cert, "key"),
+                .trusted_ca_file = tls_test_file(ca, "crt"), .client_cert_auth = true,
         }), 0);
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        assert_true(fd >= 0);
-        assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
-        assert_int_equal(listen(fd, 128), 0);
-        assert_int_equal(getsockname(fd, (struct sockaddr *) &sa, &sl), 0);
-        assert_int_equal(http_service_add_tls_listener(n->service, fd), 0);
-        snprintf(n->url, sizeof n->url, "https://127.0.0.1:%u", ntohs(sa.sin_port));
+        assert_int_equal(http_service_add_tls_listener(n->service, test_listen(&port)), 0);
+        snprintf(n->url, sizeof n->url, "https://127.0.0.1:%u", port);
 
         assert_int_equal(peer_transport_new(event, id, CLUSTER, n->url, &n->t), 0);
         peer_transport_set_handlers(n->t, on_recv, NULL, NULL, n);
         assert_int_equal(peer_transport_set_tls(n->t, &(TlsInfo) {
-                .cert_file = path(crt), .key_file = path(key), .trusted_ca_file = path(ca),
+                .cert_file = tls_test_file(cert, "crt"), .key_file = tls_test_file(cert, "key"),
+                .trusted_ca_file = tls_test_file(ca, "crt"),
         }), 0);
 }
 
@@ -204,14 +165,14 @@ static void test_exchange(void **state) {
         Node a = {}, b = {};
         PeerStats st;
 
-        node_start(&a, 1, "server", "ca.crt");
-        node_start(&b, 2, "server", "ca.crt");
+        node_start(&a, 1, "server", "ca");
+        node_start(&b, 2, "server", "ca");
 
         /* many small frames at once: gathered into records */
         for (unsigned i = 1; i <= 2000; i++)
                 send_vote(&a, &b, i);
         want = 2000;
-        run_until(votes_reached, &b, 10 * USEC_PER_SEC);
+        test_run_until(event, votes_reached, &b, 10 * USEC_PER_SEC);
         assert_int_equal(b.last_term, 2000);
 
         /* frames far beyond a record and the socket buffer, mixed with small ones: the writes block
@@ -221,9 +182,9 @@ static void test_exchange(void **state) {
                 send_vote(&a, &b, 3000 + i);
         }
         want = 3;
-        run_until(big_reached, &b, 30 * USEC_PER_SEC);
+        test_run_until(event, big_reached, &b, 30 * USEC_PER_SEC);
         want = 2003;
-        run_until(votes_reached, &b, 5 * USEC_PER_SEC);
+        test_run_until(event, votes_reached, &b, 5 * USEC_PER_SEC);
         assert_int_equal(peer_transport_stats(a.t, b.id, &st), 0);
         assert_true(st.connected);
         assert_int_equal(st.n_dropped, 0);
@@ -233,7 +194,7 @@ static void test_exchange(void **state) {
         /* and the other way */
         send_vote(&b, &a, 5);
         want = 1;
-        run_until(votes_reached, &a, 5 * USEC_PER_SEC);
+        test_run_until(event, votes_reached, &a, 5 * USEC_PER_SEC);
         assert_int_equal(peer_transport_n_inbound(a.t), 1);
 
         node_stop(&a);
@@ -246,13 +207,13 @@ static void test_foreign_certificate(void **state) {
         Node a = {}, s = {};
         PeerStats st;
 
-        node_start(&a, 1, "server", "ca.crt");
-        node_start(&s, 3, "stranger", "ca.crt");
+        node_start(&a, 1, "server", "ca");
+        node_start(&s, 3, "stranger", "ca");
         for (unsigned i = 1; i <= 10; i++) {
                 send_vote(&s, &a, i);
                 send_vote(&a, &s, i);
         }
-        run_for(1500 * USEC_PER_MSEC);
+        test_run_for(event, 1500 * USEC_PER_MSEC);
         assert_int_equal(a.n_votes, 0);
         assert_int_equal(s.n_votes, 0);
         assert_int_equal(peer_transport_n_inbound(a.t), 0);
@@ -275,12 +236,12 @@ static void test_name_mismatch(void **state) {
         PeerStats st;
         char url[64];
 
-        node_start(&a, 1, "server", "ca.crt");
-        node_start(&b, 2, "server", "ca.crt");
+        node_start(&a, 1, "server", "ca");
+        node_start(&b, 2, "server", "ca");
         snprintf(url, sizeof url, "https://localhost:%s", strrchr(b.url, ':') + 1);
         assert_int_equal(peer_transport_set_address(a.t, b.id, url), 0);
         send_vote(&a, &b, 1);
-        run_for(800 * USEC_PER_MSEC);
+        test_run_for(event, 800 * USEC_PER_MSEC);
         assert_int_equal(b.n_votes, 0);
         assert_int_equal(peer_transport_stats(a.t, b.id, &st), 0);
         assert_false(st.connected);
@@ -294,10 +255,10 @@ static void test_server_purpose(void **state) {
         Node a = {}, b = {};
         PeerStats st;
 
-        node_start(&a, 1, "server", "ca.crt");
-        node_start(&b, 2, "clientonly", "ca.crt");
+        node_start(&a, 1, "server", "ca");
+        node_start(&b, 2, "clientonly", "ca");
         send_vote(&a, &b, 1);
-        run_for(800 * USEC_PER_MSEC);
+        test_run_for(event, 800 * USEC_PER_MSEC);
         assert_int_equal(b.n_votes, 0);
         assert_int_equal(peer_transport_stats(a.t, b.id, &st), 0);
         assert_false(st.connected);
@@ -308,28 +269,8 @@ static void test_server_purpose(void **state) {
 }
 
 static int make_certs(void **state) {
-        char cmd[4096];
-
-        if (system("command -v openssl >/dev/null") != 0) {
-                fprintf(stderr, "openssl not installed\n");
-                exit(77);
-        }
-        assert_non_null(mkdtemp(dir));
-        snprintf(cmd, sizeof cmd,
-                 "exec >/dev/null 2>&1; set -e; cd %s; "
-                 "ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key -out $1.crt "
-                 "  -days 2 -subj /CN=$1 -addext basicConstraints=critical,CA:TRUE "
-                 "  -addext keyUsage=critical,keyCertSign,cRLSign; }; "
-                 "cert() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $1.key -out $1.csr "
-                 "  -subj /CN=$1; "
-                 "  printf 'basicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature\\nextendedKeyUsage=%%s\\n"
-                 "subjectAltName=IP:127.0.0.1\\n' $3 > $1.ext; "
-                 "  openssl x509 -req -in $1.csr -CA $2.crt -CAkey $2.key -CAcreateserial -out $1.crt -days 2 "
-                 "  -extfile $1.ext; }; "
-                 "ca ca; ca foreign; cert server ca serverAuth,clientAuth; cert stranger foreign serverAuth,clientAuth; "
-                 "cert clientonly ca clientAuth",
-                 dir);
-        assert_int_equal(system(cmd), 0);
+        tls_test_make_certs("test-peer-tls", "ca ca; ca foreign; cert server ca serverAuth,clientAuth; "
+                            "cert stranger foreign serverAuth,clientAuth; cert clientonly ca clientAuth");
         big = malloc(BIG);
         assert_non_null(big);
         for (size_t i = 0; i < BIG; i++)
@@ -339,10 +280,7 @@ static int make_certs(void **state) {
 }
 
 static int remove_certs(void **state) {
-        char cmd[256];
-
-        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-        (void) system(cmd);
+        tls_test_remove_certs();
         free(big);
         event = sd_event_unref(event);
         return 0;

@@ -20,6 +20,7 @@
 
 #include "log.h"
 #include "peer.h"
+#include "test-util.h"
 
 #define CLUSTER UINT64_C(0xacccc8912db0cd57)
 
@@ -38,29 +39,6 @@ typedef struct Node {
 } Node;
 
 static sd_event *event;
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
-
-static int listen_on(uint16_t *port) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(*port) };
-        socklen_t len = sizeof(sa);
-        int fd, one = 1;
-
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        assert_true(fd >= 0);
-        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
-        assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        assert_int_equal(listen(fd, 64), 0);
-        assert_int_equal(getsockname(fd, (struct sockaddr *) &sa, &len), 0);
-        *port = ntohs(sa.sin_port);
-        return fd;
-}
 
 static void on_recv(PeerTransport *t, PeerFrame *f, void *userdata) {
         Node *n = userdata;
@@ -112,7 +90,7 @@ static void node_start(Node *n, uint64_t id, uint64_t cluster, uint16_t port) {
 
         n->id = id;
         n->port = port;
-        fd = listen_on(&n->port);
+        fd = test_listen(&n->port);
         snprintf(n->url, sizeof(n->url), "http://127.0.0.1:%u", n->port);
         assert_int_equal(peer_transport_new(event, id, cluster, n->url, &n->t), 0);
         peer_transport_set_handlers(n->t, on_recv, on_check, on_refused, n);
@@ -121,22 +99,6 @@ static void node_start(Node *n, uint64_t id, uint64_t cluster, uint16_t port) {
 
 static void node_stop(Node *n) {
         n->t = peer_transport_free(n->t);
-}
-
-static void run_until(bool (*cond)(void *), void *userdata, uint64_t timeout_usec) {
-        uint64_t end = now_usec() + timeout_usec;
-
-        while (!cond(userdata)) {
-                assert_true(now_usec() < end);
-                assert_true(sd_event_run(event, 10000) >= 0);
-        }
-}
-
-static void run_for(uint64_t usec) {
-        uint64_t end = now_usec() + usec;
-
-        while (now_usec() < end)
-                assert_true(sd_event_run(event, 10000) >= 0);
 }
 
 static void send_vote(Node *from, Node *to, uint64_t term) {
@@ -187,8 +149,8 @@ static void test_exchange(void **state) {
         }
         assert_int_equal(peer_transport_send_opaque(a.t, b.id, NULL, "hello", 5, 0), 0);
         want = 1000;
-        run_until(votes_reached, &b, 5000000);
-        run_for(100000);
+        test_run_until(event, votes_reached, &b, 5000000);
+        test_run_for(event, 100000);
         assert_int_equal(b.n_votes, 1000);
         assert_int_equal(b.last_term, 1000);   /* in order */
         assert_int_equal(b.n_appends, 1);
@@ -204,7 +166,7 @@ static void test_exchange(void **state) {
         /* And the other way, on a connection of its own. */
         send_vote(&b, &a, 5);
         want = 1;
-        run_until(votes_reached, &a, 5000000);
+        test_run_until(event, votes_reached, &a, 5000000);
         assert_int_equal(peer_transport_n_inbound(a.t), 1);
 
         /* Unknown opaque destination without an address. */
@@ -247,7 +209,7 @@ static void test_append_split(void **state) {
                 assert_int_equal(peer_transport_send_raft(a.t, &m), 0);
         }
         want = 10;
-        run_until(entries_reached, &b, 5000000);
+        test_run_until(event, entries_reached, &b, 5000000);
         assert_int_equal(b.n_appends, 4);
         for (unsigned k = 0, first = 0; k < 4; k++) {
                 assert_int_equal(b.ae[k][0], 20 + first);
@@ -269,23 +231,23 @@ static void test_reconnect(void **state) {
         node_start(&b, 2, CLUSTER, 0);
         send_vote(&a, &b, 1);
         want = 1;
-        run_until(votes_reached, &b, 5000000);
+        test_run_until(event, votes_reached, &b, 5000000);
 
         /* b goes away; a notices, keeps sending (queued), and reconnects once b is back. */
         port = b.port;
         node_stop(&b);
         for (unsigned i = 0; i < 10; i++) {
                 send_vote(&a, &b, 100 + i);
-                run_for(50000);
+                test_run_for(event, 50000);
         }
         memset(&b, 0, sizeof(b));
         node_start(&b, 2, CLUSTER, port);
-        t0 = now_usec();
+        t0 = test_now_usec();
         send_vote(&a, &b, 200);
-        run_until(votes_reached, &b, 5000000);
+        test_run_until(event, votes_reached, &b, 5000000);
         /* Backoff is capped at 1 s. */
-        assert_true(now_usec() - t0 < 1500000);
-        run_for(200000);
+        assert_true(test_now_usec() - t0 < 1500000);
+        test_run_for(event, 200000);
         assert_int_equal(b.last_term, 200);
         node_stop(&a);
         node_stop(&b);
@@ -300,26 +262,26 @@ static void test_refusals(void **state) {
 
         /* Another cluster: 412, nothing delivered. */
         send_vote(&c, &b, 1);
-        run_until(refused_set, &c, 5000000);
+        test_run_until(event, refused_set, &c, 5000000);
         assert_int_equal(c.refused_status, 412);
         assert_int_equal(b.n_votes, 0);
 
         /* A removed member: 410; an unknown one: 404. */
         b.check_answer = 410;
         send_vote(&a, &b, 1);
-        run_until(refused_set, &a, 5000000);
+        test_run_until(event, refused_set, &a, 5000000);
         assert_int_equal(a.refused_status, 410);
         assert_int_equal(b.n_votes, 0);
         b.check_answer = 404;
         a.refused_status = 0;
-        run_until(refused_set, &a, 5000000);     /* the retry */
+        test_run_until(event, refused_set, &a, 5000000);     /* the retry */
         assert_int_equal(a.refused_status, 404);
 
         /* Accepted again once b agrees. */
         b.check_answer = 0;
         want = 1;
         send_vote(&a, &b, 2);
-        run_until(votes_reached, &b, 5000000);
+        test_run_until(event, votes_reached, &b, 5000000);
 
         /* The HTTP server's check: status codes for the upgrade. */
         assert_int_equal(peer_transport_check(b.t, "1", "acccc8912db0cd57", "2.3.8", NULL), 101);
@@ -344,23 +306,19 @@ static void test_refusals(void **state) {
 }
 
 static int connect_to(uint16_t port) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         struct timeval tv = { .tv_sec = 0, .tv_usec = 20000 };
+        int fd = test_connect(port);
 
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        assert_true(fd >= 0);
-        assert_int_equal(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
         assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
         return fd;
 }
 
 /* Reads until EOF (true) or nothing for `usec` of loop time (false); collects what came. */
 static bool read_until_eof(int fd, char *buf, size_t size, uint64_t usec) {
-        uint64_t end = now_usec() + usec;
+        uint64_t end = test_now_usec() + usec;
         size_t n = 0;
 
-        while (now_usec() < end) {
+        while (test_now_usec() < end) {
                 ssize_t k;
 
                 assert_true(sd_event_run(event, 10000) >= 0);
@@ -504,7 +462,7 @@ static void test_garbage(void **state) {
         /* b still serves a good peer. */
         want = 1;
         send_vote(&a, &b, 3);
-        run_until(votes_reached, &b, 5000000);
+        test_run_until(event, votes_reached, &b, 5000000);
         node_stop(&a);
         node_stop(&b);
 }
@@ -528,7 +486,7 @@ static void test_backpressure(void **state) {
         /* A port nobody listens on: everything queues, up to the cap. */
         {
                 uint16_t port = 0;
-                int fd = listen_on(&port);
+                int fd = test_listen(&port);
 
                 close(fd);
                 snprintf(nobody.url, sizeof(nobody.url), "http://127.0.0.1:%u", port);
@@ -547,7 +505,7 @@ static void test_backpressure(void **state) {
                 n_dropped += r == -ENOBUFS;
         }
         assert_true(n_dropped > 800);
-        run_for(300000);
+        test_run_for(event, 300000);
         assert_int_equal(peer_transport_stats(a.t, nobody.id, &st), 0);
         assert_false(st.connected);
         assert_int_equal(st.n_dropped, (uint64_t) n_dropped);

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "persist.h"
 #include "server.h"
+#include "test-util.h"
 
 #define MEMBER_ID UINT64_C(0xce2a822cea30bfca)
 #define CLUSTER_ID UINT64_C(0x7e27652122e8b2ae)
@@ -817,22 +818,6 @@ typedef struct Cluster {
         bool removed[CLUSTER_MAX];
 } Cluster;
 
-static int listen_on(uint16_t *port) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(*port) };
-        socklen_t len = sizeof(sa);
-        int fd, one = 1;
-
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        assert_true(fd >= 0);
-        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
-        assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
-        assert_int_equal(listen(fd, 64), 0);
-        assert_int_equal(getsockname(fd, (struct sockaddr *) &sa, &len), 0);
-        *port = ntohs(sa.sin_port);
-        return fd;
-}
-
 static void on_removed(Server *s, void *userdata) {
         bool *flag = userdata;
 
@@ -841,7 +826,7 @@ static void on_removed(Server *s, void *userdata) {
 
 static void cluster_start_member(Cluster *c, unsigned i) {
         uint16_t port = c->ports[i];
-        int fd = listen_on(&port);
+        int fd = test_listen(&port);
 
         assert_int_equal(server_new(c->event, &c->config[i], &c->servers[i]), 0);
         assert_int_equal(peer_transport_listen(server_peer_transport(c->servers[i]), fd), 0);
@@ -862,7 +847,7 @@ static void cluster_init(Cluster *c, unsigned n) {
         for (unsigned i = 0; i < n; i++) {
                 char *u;
 
-                fds[i] = listen_on(&c->ports[i]);   /* reserve distinct free ports */
+                fds[i] = test_listen(&c->ports[i]);   /* reserve distinct free ports */
                 snprintf(c->urls[i], sizeof(c->urls[i]), "http://127.0.0.1:%u", c->ports[i]);
                 snprintf(c->names[i], sizeof(c->names[i]), "infra%u", i);
                 strcpy(c->dirs[i], "/tmp/test-cluster-XXXXXX");
@@ -1124,7 +1109,7 @@ static void test_cluster_membership(void **state) {
         c.n = 4;   /* slot 3: the member we add */
         {
                 uint16_t port = 0;
-                int fd = listen_on(&port);
+                int fd = test_listen(&port);
 
                 close(fd);
                 c.ports[3] = port;
