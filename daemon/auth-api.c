@@ -651,7 +651,7 @@ static int handle_auth_users(ApiRequest *r, const char *method, const char *name
 }
 
 static int handle_auth_roles(ApiRequest *r, const char *method, const char *name) {
-        _cleanup_(json_object_putp) json_object *in = NULL, *old = NULL, *nu = NULL, *out = NULL;
+        _cleanup_(json_object_putp) json_object *in = NULL, *old = NULL, *nu = NULL;
         _cleanup_free_ char *msg = NULL;
         Store *st = req_store(r);
         unsigned status;

@@ -750,7 +750,7 @@ char *go_json_syntax_error(const char *data, size_t len, bool *ret_oom) {
                                 depth--;
                                 break;
                         }
-                        /* fall through */
+                        __attribute__((fallthrough));
                 case GJ_VALUE:
                         is_value = true;
                         break;
