@@ -959,7 +959,7 @@ static void handle_watch(Discovery *d, Reply *rp) {
 static void on_request_done(CurlRequest *req, CURLcode result, void *userdata) {
         Discovery *d = userdata;
         /* Detached from d: freed when this returns, even if the done callback freed d meanwhile. */
-        _cleanup_(curl_request_freep) CurlRequest *r = req;
+        _unused_ _cleanup_(curl_request_freep) CurlRequest *r = req;
         _cleanup_(reply_done) Reply rp = {};
         DiscoveryStep step = d->step;
 
