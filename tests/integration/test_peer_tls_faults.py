@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -328,7 +329,7 @@ def _agree(c, prefix, timeout=30):
 
 
 CRIT = re.compile(r"^<[0-2]>", re.M)
-NOISY = re.compile(r"^<[3-6]>.*(stream|TLS|member [0-9a-f]+).*$", re.M)
+NOISY = re.compile(r"^<[3-6]>.*(?:stream|TLS|member [0-9a-f]+).*$", re.M)
 
 
 def _log_lines(m, since):
@@ -344,8 +345,41 @@ def _check_logs(c, since, faults_fired):
         crit = CRIT.findall(log)
         assert not crit, f"{m.name}: lines at LOG_CRIT or above:\n" + "\n".join(
             l for l in log.splitlines() if CRIT.match(l))
-    noisy = sum(len(NOISY.findall(_log_lines(m, since))) for m in c.members)
-    return noisy
+    lines = [l for m in c.members for l in NOISY.findall(_log_lines(m, since))]
+    kinds = sorted({re.sub(r"[0-9a-f]{12,16}|127\.0\.0\.1:[0-9]+", "X", l) for l in lines})
+    return len(lines), kinds
+
+
+def _stop_clean(c):
+    """SIGTERM: each member exits as etcd does (0, or the signal re-raised) with no sanitizer report."""
+    for m in c.members:
+        rc = m.stop(timeout=30)
+        assert rc in (0, -signal.SIGTERM), f"{m.name} exited with {rc}; log:\n{m.log_tail(6000)}"
+        rep = m.sanitizer_report()
+        assert rep is None, rep
+
+
+def _peer_sockets(c, m):
+    """TCP sockets of member m that are peer connections (not its listener): accepted on its peer port,
+    or dialled to a relay. A connection (and its GnuTLS session, freed with it) leaked by a broken stream
+    stays here; LeakSanitizer cannot tell: the member re-raises SIGTERM, no exit handler runs."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{m.proc.pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{m.proc.pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    relays = {x.relay.port for x in c.members}
+    out = []
+    with open(f"/proc/{m.proc.pid}/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            x = line.split()
+            lport, rport, state, inode = int(x[1].split(":")[1], 16), int(x[2].split(":")[1], 16), x[3], x[9]
+            if inode in inodes and state != "0A" and (lport == m.peer_port or rport in relays):
+                out.append((lport, rport, state))
+    return out
 
 
 def _mark(c):
@@ -393,8 +427,8 @@ def test_stream_faults_under_load(make_cluster):
                 r.heal()
             rec = _recover(c, prefix + "-rec", t0)
             _alive(c)
-            noisy = _check_logs(c, since, fired)
-            report.append(f"{name}: fired {fired}, recovered in {rec:.2f}s, {noisy} stream log lines, "
+            noisy, kinds = _check_logs(c, since, fired)
+            report.append(f"{name}: fired {fired}, recovered in {rec:.2f}s, {noisy} stream log lines {kinds}, "
                           f"CPU during fault {max(cpu.values()):.0%}, acked so far {acked0}")
             assert fired, f"{name}: the fault never fired"
             if fault[0] == "stall":
@@ -419,12 +453,29 @@ def test_stream_faults_under_load(make_cluster):
         lost = [k for k, v in acked.items() if have.get(k) != v]
         assert not lost, f"{m.name} lost {len(lost)} acknowledged writes: {lost[:5]}"
     print(f"{len(acked)} acknowledged writes, {load.unknown} unknown outcomes, X-Etcd-Index {idx}")
+    # hundreds of broken connections later: two streams out and at most two in per member (and a moment
+    # for a closing one to go)
+    deadline = time.monotonic() + 10
+    while True:
+        socks = {m.name: _peer_sockets(c, m) for m in c.members}
+        if all(len(v) <= 4 for v in socks.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    print(f"peer sockets after the faults: { {k: len(v) for k, v in socks.items()} }")
+    assert all(len(v) <= 4 for v in socks.values()), socks
+    _stop_clean(c)
 
 
 def test_snapshot_install_cut(make_cluster):
-    """A follower that missed more than --snapshot-count entries (1 MB values) gets a snapshot; the relay
-    cuts its transfer mid-way (twice), then lets one through. The follower ends with every value."""
-    c = make_cluster(snapshot_count=20)
+    """A follower that missed more than --snapshot-count entries (1 MB values) gets a snapshot (256 KiB
+    chunks, 100 ms apart, a 256 KiB peer queue: test_snapshot.py's knobs); twice the relay cuts every connection to it in the middle
+    of the transfer (FIN, then RST) and holds it off for a second, then lets a stream through. The follower
+    ends with every value and the members agree."""
+    c = make_cluster(snapshot_count=20, env={"ETCD2_SNAPSHOT_CHUNK_BYTES": str(256 * 1024),
+                                             "ETCD2_SNAPSHOT_TEST_DELAY_MS": "100",
+                                             # else the appends queued while the follower was cut off
+                                             # catch it up, and no snapshot is needed
+                                             "ETCD2_PEER_QUEUE_MAX": str(256 * 1024)})
     prefix = "/" + unique("ptlss")
     leader = c.leader()
     victim = c.followers(leader)[0]
@@ -440,31 +491,45 @@ def test_snapshot_install_cut(make_cluster):
         assert r.status_code == 201, r.text
         want[f"{prefix}/k{i}"] = str(i)
     since = _mark(c)
-    rec = []
-    for n, rst in ((400_000, False), (1_500_000, True)):
-        victim.relay.set(("cut", n, rst))
+
+    def streams_started():
+        # the follower's votes (a higher term after the block) may depose the leader: any member may send
+        return sum(len(re.findall("Streaming a snapshot", _log_lines(m, since))) for m in c.members)
+
+    for k, rst in ((1, False), (2, True)):
+        victim.relay.heal()
+        deadline = time.monotonic() + 30
+        while streams_started() < k and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert streams_started() >= k, [_log_lines(m, since)[-3000:] for m in c.members]
+        # in the middle of the stream: every connection to the follower ends after 200 KB more
+        victim.relay.set(("cut", 200_000, rst))
         deadline = time.monotonic() + 30
         while not victim.relay.fired.get("cut") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert victim.relay.fired.get("cut"), f"the cut after {n} bytes never fired"
+            time.sleep(0.02)
+        assert victim.relay.fired.get("cut"), "the cut never fired"
         victim.relay.set(("block",))
         victim.relay.fired = {}
         _alive(c)
+        time.sleep(1.0)
     t0 = time.monotonic()
     victim.relay.heal()
     tree = wait_converged(c.members, prefix, timeout=60)
-    rec.append(time.monotonic() - t0)
+    converged = time.monotonic() - t0
     assert {k: v for k, (v, _) in tree.items()} == want
-    rec.append(_recover(c, prefix + "-rec", t0))
+    writes = _recover(c, prefix + "-rec", t0)
     _alive(c)
     _agree(c, prefix)
-    noisy = _check_logs(c, since, {})
-    # the cuts hit snapshot streams: the leader started more than one, the follower installed one
-    snap = re.compile(r"^.*(?:Streaming a snapshot|did not take snapshot|Sent a snapshot|Receiving a snapshot|"
+    noisy, kinds = _check_logs(c, since, {})
+    # neither cut stream was installed; a later one was
+    snap = re.compile(r"^.*(?:Streaming a snapshot|did not take snapshot|Snapshot stream|Sent a snapshot|Receiving a snapshot|"
                       r"Received snapshot|Installed the leader's).*$", re.M)
     lines = {m.name: snap.findall(_log_lines(m, since)) for m in c.members}
-    print(lines)
-    assert len(re.findall("Streaming a snapshot", _log_lines(leader, since))) >= 2, lines
-    assert "Installed the leader's" in _log_lines(victim, since), lines
-    print(f"snapshot cut twice: converged {rec[0]:.2f}s after the heal, writes through all {rec[1]:.2f}s, "
-          f"{noisy} stream log lines")
+    assert streams_started() >= 3, lines
+    broke = sum(len(re.findall(r"Snapshot stream \S+ to member \S+ broke", _log_lines(m, since))) for m in c.members)
+    assert broke >= 2, lines
+    assert len(re.findall("Installed the leader's", _log_lines(victim, since))) == 1, lines
+    _stop_clean(c)
+    print(f"snapshot cut twice mid-stream: converged {converged:.2f}s after the heal, writes through all "
+          f"{writes:.2f}s; {noisy} stream log lines {kinds}")
+    print("\n".join(l for v in lines.values() for l in v))
