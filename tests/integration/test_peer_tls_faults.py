@@ -5,7 +5,9 @@ connection to the member's real peer listener and, while clients write through e
 forwarded bytes: it cuts connections after N bytes (mid-record, FIN or RST), flips a byte inside a record
 (a MAC failure), stalls the sender->receiver direction for seconds in the middle of a record and resumes,
 replays an earlier chunk of the same connection (a replayed record fails its MAC: the sequence number
-differs), and cuts the transfer of a snapshot (1 MB values, --snapshot-count 20) after part of it.
+differs), does the same to the answers (the server's handshake flights, the 101), stalls the streams to a
+follower while 256 KB values fill the senders' socket buffers (GnuTLS holds a record after
+GNUTLS_E_AGAIN), and cuts snapshot transfers (1 MB values, --snapshot-count 20) in the middle.
 
 Expected: no acknowledged write is lost (every member reads every acknowledged key with its value), the
 members agree on X-Etcd-Index and the values, none of them dies (an ASan report or an exit code fails the
