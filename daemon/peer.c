@@ -60,6 +60,8 @@
 #define PEER_REFUSAL_LOG_BURST 20
 /* A failed TLS handshake with a member is logged again after this long. */
 #define TLS_ERROR_LOG_INTERVAL_USEC (60 * USEC_PER_SEC)
+/* A lost stream to a member is logged again after this long (the ones between at debug, counted). */
+#define STREAM_LOSS_LOG_INTERVAL_USEC (60 * USEC_PER_SEC)
 
 typedef enum ConnState {
         CONN_CONNECTING,        /* outbound: non-blocking connect() in progress */
@@ -115,6 +117,8 @@ struct Peer {
         uint64_t backoff_usec;
         int last_refusal;
         uint64_t last_tls_error_usec;   /* the last failed TLS handshake logged */
+        uint64_t last_loss_log_usec;    /* the last lost stream logged at info */
+        unsigned n_losses_unlogged;     /* lost streams logged at debug since */
         bool pinned;             /* address set by peer_transport_set_address(): raft's is ignored */
         uint64_t last_write_usec;  /* the last bytes written to the stream */
         PeerStats stats;
@@ -216,6 +220,26 @@ static void conn_free(Conn *c) {
         free(c);
 }
 
+/* A lost stream, at info at most once a minute per member: a link that breaks every connection (a
+ * middlebox cutting records, a corrupting NIC: each broken record ends one) would log a line per
+ * reconnection, and a successful upgrade resets the backoff. */
+static void peer_log_loss(Peer *p, const char *what) {
+        uint64_t now = now_usec();
+
+        if (p->last_loss_log_usec != 0 && p->last_loss_log_usec + STREAM_LOSS_LOG_INTERVAL_USEC > now) {
+                p->n_losses_unlogged++;
+                log_debug("Lost the stream to member %" PRIx64 " (%s): %s", p->id, p->address, what);
+                return;
+        }
+        if (p->n_losses_unlogged > 0)
+                log_info("Lost the stream to member %" PRIx64 " (%s): %s (%u more times since the last such line)",
+                         p->id, p->address, what, p->n_losses_unlogged);
+        else
+                log_info("Lost the stream to member %" PRIx64 " (%s): %s", p->id, p->address, what);
+        p->last_loss_log_usec = now;
+        p->n_losses_unlogged = 0;
+}
+
 /* An outbound connection failed or ended: forget it and try again later. */
 static void peer_conn_lost(Peer *p, int error, const char *what) {
         if (p->conn) {
@@ -225,7 +249,7 @@ static void peer_conn_lost(Peer *p, int error, const char *what) {
                     p->last_write_usec + p->t->stream_idle_usec / 2 < now_usec())
                         log_debug("The idle stream to member %" PRIx64 " (%s) ended: %s", p->id, p->address, what);
                 else if (p->conn->state == CONN_STREAM)
-                        log_info("Lost the stream to member %" PRIx64 " (%s): %s", p->id, p->address, what);
+                        peer_log_loss(p, what);
                 else if (p->backoff_usec == 0)
                         log_debug("Failed to connect to member %" PRIx64 " (%s): %s", p->id, p->address, what);
                 conn_free(p->conn);
