@@ -66,6 +66,16 @@ static const char *find_sep(const char *p, const char *end) {
 }
 
 /* One request through begin() and handle(), then its proposal or member change, then a hangup. */
+/* Commits what the request proposed, and what it proposes from each commit's callback (the auth endpoints
+ * chain their writes: the /2 directories the first time, then the user or role); a chain that never ends is a bug. */
+static void commit_all(void) {
+        for (unsigned n = 0; server.proposal; n++) {
+                if (n >= 64)
+                        abort();
+                proposal_commit(&server);
+        }
+}
+
 static void one_request(ClientApi *a, const char *p, const char *end) {
         FakeRequest *f = calloc(1, sizeof(FakeRequest));
         char *line, *method, *uri;
@@ -124,8 +134,7 @@ static void one_request(ClientApi *a, const char *p, const char *end) {
                 }
                 client_api_handler.handle(&f->h);
         }
-        if (server.proposal)
-                proposal_commit(&server);
+        commit_all();
         if (server.member_cb) {
                 ServerMemberCallback cb = server.member_cb;
 
@@ -144,8 +153,7 @@ static void one_request(ClientApi *a, const char *p, const char *end) {
                 f->hung_up = f->h.hung_up = true;
                 if (client_api_handler.hangup)
                         (void) client_api_handler.hangup(&f->h);
-                if (server.proposal)
-                        proposal_commit(&server);
+                commit_all();
                 if (!f->done)
                         fake_finish(f);
         }
