@@ -54,6 +54,27 @@ typedef struct Harness {
         raft_io_tick_cb tick[N];
         int (*start)(struct raft_io *, unsigned, raft_io_tick_cb, raft_io_recv_cb);
         int (*send)(struct raft_io *, struct raft_io_send *, const struct raft_message *, raft_io_send_cb);
+        int (*append)(struct raft_io *, struct raft_io_append *, const struct raft_entry[], unsigned,
+                      raft_io_append_cb);
+
+        /* Prototype of the follower-side cap (NOTES-overcredit.md, "guard"): what an io can see. */
+        bool capped;
+        struct {
+                raft_term term;        /* term of the leader `matched` was learned from */
+                raft_index matched;    /* log is the leader's up to here (accepted AppendEntries) */
+                bool in_ctx;           /* libraft is answering an AppendEntries right now... */
+                raft_term ctx_term;    /* ...of this term... */
+                raft_index ctx_end;    /* ...whose prev_log_index + n_entries is this */
+                unsigned n_capped;
+        } cap[N];
+        struct {
+                struct raft_io_append *req;
+                raft_io_append_cb cb;
+                unsigned server;
+                raft_term term;
+                raft_index end;
+        } appends[256];
+        unsigned n_appends;
 
         /* What the checker saw. */
         raft_term committed_term[MAX_INDEX + 1];
@@ -194,9 +215,80 @@ static void traced_recv(struct raft_io *io, struct raft_message *m) {
                         fprintf(stderr, " %llu", (unsigned long long) raft_guard_term_of(srv(j), k));
                 fprintf(stderr, "\n");
         }
+        if (m->type == RAFT_IO_APPEND_ENTRIES) {
+                H->cap[i].in_ctx = true;
+                H->cap[i].ctx_term = m->append_entries.term;
+                H->cap[i].ctx_end = m->append_entries.prev_log_index + m->append_entries.n_entries;
+        }
         H->recv[i](io, m);
+        H->cap[i].in_ctx = false;
         if (claim > 0)
                 check_overcredit(i);
+}
+
+/* An append issued while libraft handles an AppendEntries belongs to it: its completion sends the result. */
+static void capped_append_cb(struct raft_io_append *req, int status) {
+        for (unsigned k = 0; k < H->n_appends; k++) {
+                raft_io_append_cb cb;
+                unsigned i;
+
+                if (H->appends[k].req != req)
+                        continue;
+                cb = H->appends[k].cb;
+                i = H->appends[k].server;
+                H->cap[i].in_ctx = true;
+                H->cap[i].ctx_term = H->appends[k].term;
+                H->cap[i].ctx_end = H->appends[k].end;
+                H->appends[k] = H->appends[--H->n_appends];
+                cb(req, status);
+                H->cap[i].in_ctx = false;
+                return;
+        }
+        fail_msg("unknown append");
+}
+
+static int traced_append(struct raft_io *io, struct raft_io_append *req, const struct raft_entry entries[],
+                         unsigned n, raft_io_append_cb cb) {
+        unsigned i = server_of(io);
+
+        if (!H->cap[i].in_ctx)
+                return H->append(io, req, entries, n, cb);
+        assert_true(H->n_appends < 256);
+        H->appends[H->n_appends].req = req;
+        H->appends[H->n_appends].cb = cb;
+        H->appends[H->n_appends].server = i;
+        H->appends[H->n_appends].term = H->cap[i].ctx_term;
+        H->appends[H->n_appends].end = H->cap[i].ctx_end;
+        H->n_appends++;
+        return H->append(io, req, entries, n, capped_append_cb);
+}
+
+/* The cap: a successful result tells at most how far the log is known to be this leader's. Every
+ * successful answer to an AppendEntries of term T proves the log equal to the leader's up to
+ * prev_log_index + n_entries (log matching, then conflicting entries deleted and the rest appended); a
+ * leader never changes its own entries within its term, so the maximum over the term stays true. */
+static void cap_result(unsigned i, struct raft_message *m) {
+        struct raft_append_entries_result *res = &m->append_entries_result;
+
+        if (!H->capped || res->rejected != 0)
+                return;
+        if (H->cap[i].in_ctx && H->cap[i].ctx_term == res->term) {
+                if (H->cap[i].term != res->term) {
+                        H->cap[i].term = res->term;
+                        H->cap[i].matched = 0;
+                }
+                if (H->cap[i].ctx_end > H->cap[i].matched)
+                        H->cap[i].matched = H->cap[i].ctx_end;
+        }
+        if (H->cap[i].term != res->term)
+                return;   /* no AppendEntries of this term answered yet: not reached in 0.15 */
+        if (res->last_log_index > H->cap[i].matched) {
+                fprintf(stderr, "# t=%llu S%u caps its result to S%u: last_log_index %llu -> %llu\n",
+                        (unsigned long long) raft_fixture_time(&H->f), i + 1, (unsigned) m->server_id,
+                        (unsigned long long) res->last_log_index, (unsigned long long) H->cap[i].matched);
+                res->last_log_index = H->cap[i].matched;
+                H->cap[i].n_capped++;
+        }
 }
 
 static int traced_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv) {
@@ -210,7 +302,13 @@ static int traced_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick
 static int traced_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
                        raft_io_send_cb cb) {
         unsigned i = server_of(io);
+        struct raft_message copy;
 
+        if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT && H->capped) {
+                copy = *m;
+                cap_result(i, &copy);
+                m = &copy;
+        }
         if (H->guarded)
                 raft_guard_note_send(&H->guards[i], srv(i), m);
         if (m->type == RAFT_IO_APPEND_ENTRIES && srv(i)->state == RAFT_LEADER)
@@ -259,9 +357,11 @@ static int setup(void **state) {
 
         h->start = h->f.servers[0].io.start;
         h->send = h->f.servers[0].io.send;
+        h->append = h->f.servers[0].io.append;
         for (unsigned i = 0; i < N; i++) {
                 h->f.servers[i].io.start = traced_start;
                 h->f.servers[i].io.send = traced_send;
+                h->f.servers[i].io.append = traced_append;
         }
         assert_int_equal(raft_fixture_start(&h->f), 0);
         raft_fixture_kill(&h->f, A);
@@ -402,29 +502,32 @@ static void old_log_returns(void) {
         assert_true(run_until(old_leader_committed_last, 5000));
 }
 
-static void play(Harness *h, unsigned n_apply) {
-        raft_index last;
-
+/* Phase 1: B's leadership; the flaw's traces. */
+static void play_b(Harness *h, unsigned n_apply, raft_index *ret_last) {
         b_elected_appends(n_apply);
-        last = raft_guard_last_index(srv(B));
+        *ret_last = raft_guard_last_index(srv(B));
         assert_true(run_until(b_committed_last, 3000));
-        /* F was counted for B's entries and holds none of them. */
-        assert_true(h->n_overcredits > 0);
-        assert_true(progress_of(srv(B), F)->match_index >= 2);
-        assert_int_equal(raft_guard_term_of(srv(F), 2), 2);
-        assert_int_equal(raft_guard_term_of(srv(B), 2), 3);
-        assert_int_equal(raft_guard_term_of(srv(C), 2), 3);
-        assert_int_not_equal(raft_guard_term_of(srv(D), 2), 3);
-        assert_true(h->n_minority_commits > 0);
-        assert_int_equal(h->committed_term[last], 3);
-
-        /* F never gets B's entries: each AppendEntries from prev >= 2 is rejected at an index <= the match
-         * index B believes, which progressMaybeDecrement() drops as stale. */
         run_until(NULL, 2000);
         fprintf(stderr, "# t=%llu after 2 s more: S3 match_index for S2 %llu, S2's term at 2: %llu\n",
                 (unsigned long long) raft_fixture_time(&H->f),
                 (unsigned long long) progress_of(srv(B), F)->match_index,
                 (unsigned long long) raft_guard_term_of(srv(F), 2));
+}
+
+static void play(Harness *h, unsigned n_apply) {
+        raft_index last;
+
+        play_b(h, n_apply, &last);
+        /* F was counted for B's entries and holds none of them; B committed them with 2 of 5 holding them. */
+        assert_true(h->n_overcredits > 0);
+        assert_true(progress_of(srv(B), F)->match_index >= 2);
+        assert_int_equal(raft_guard_term_of(srv(B), 2), 3);
+        assert_int_equal(raft_guard_term_of(srv(C), 2), 3);
+        assert_int_not_equal(raft_guard_term_of(srv(D), 2), 3);
+        assert_true(h->n_minority_commits > 0);
+        assert_int_equal(h->committed_term[last], 3);
+        /* F never gets B's entries while B leads: every AppendEntries from prev >= 2 is rejected at an
+         * index <= the match index B believes, which progressMaybeDecrement() drops as stale. */
         assert_int_equal(raft_guard_term_of(srv(F), 2), 2);
 
         /* The acknowledged write is lost. */
@@ -461,11 +564,35 @@ static void test_flaw_raft_guard_does_not_cover_it(void **state) {
         play(h, 0);
 }
 
+/* The follower-side cap (prototyped here in the harness, on every server, with raft-guard.c on too): F
+ * answers B's first heartbeat with last_log_index 1, B sends it the barrier, F drops its stale tail; B
+ * commits with 3 real holders and the second leader is F (A can't win), with B's entries. */
+static void test_follower_cap_prevents_it(void **state) {
+        Harness *h = *state;
+        raft_index last;
+
+        h->guarded = true;
+        h->capped = !getenv("RAFT_OVERCREDIT_TEST_DISABLE");
+        play_b(h, 1, &last);
+        assert_int_equal(h->n_overcredits, 0);
+        assert_int_equal(h->n_minority_commits, 0);
+        assert_true(h->cap[F].n_capped > 0);
+        assert_int_equal(raft_guard_term_of(srv(F), 2), 3);
+        assert_int_equal(raft_guard_term_of(srv(F), last), 3);
+        old_log_returns();
+        assert_int_equal(old_leader, F);
+        assert_int_equal(h->n_overcredits, 0);
+        assert_int_equal(h->n_minority_commits, 0);
+        assert_int_equal(h->n_conflicts, 0);
+        assert_int_equal(h->committed_term[last], 3);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_flaw_stale_tail_counted_for_barrier, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flaw_stale_tail_counted_for_client_entries, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_flaw_raft_guard_does_not_cover_it, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_follower_cap_prevents_it, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
