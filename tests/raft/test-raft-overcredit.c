@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* test-raft-overcredit.c - libraft 0.15 credits a follower's stale tail to a new leader: shown on the fixture. */
+/* test-raft-overcredit.c - libraft 0.15 credits a follower's stale tail to a new leader, on the fixture. */
 
 /*
  * A follower that accepts an AppendEntries answers last_log_index = r->last_stored, its whole stored log,
@@ -18,8 +18,13 @@
  * different terms. The raft-guard variant (daemon/raft-guard.c between the network and recv) plays the
  * same: its check passes the result because B's own entry at 2 is of B's term.
  *
- * The tests assert the flaw (names start with test_flaw_): once a guard against it exists, a guarded
- * variant asserts the opposite.
+ * Three members (test_flaw_three_members_...): R, leader of term 2, appended entries 2 and 3 and crashed
+ * before sending them; it restarts as a follower, refuses L its vote, S elects L; L's first heartbeat to R
+ * is answered with 3 and L commits its barrier counting R, while S (cut off) lacks it: 1 of 3 holds it.
+ *
+ * The test_flaw_ tests assert the flaw. The test_follower_cap_ tests run the same with a follower-side
+ * cap prototyped here (the harness wraps the fixture io's recv, append and send, as raft-io.c would):
+ * no over-credit, no loss. RAFT_OVERCREDIT_TEST_DISABLE=1 turns the cap off and makes them fail.
  */
 
 #include <setjmp.h>
@@ -36,8 +41,7 @@
 
 #include "raft-guard.h"
 
-#define N 5
-#define QUORUM 3
+#define MAX_N 5
 #define MAX_INDEX 64
 #define A 0
 #define F 1
@@ -47,11 +51,12 @@
 
 typedef struct Harness {
         struct raft_fixture f;
-        struct raft_fsm fsms[N];
+        unsigned n;                  /* servers */
+        struct raft_fsm fsms[MAX_N];
         bool guarded;
-        RaftGuard guards[N];
-        raft_io_recv_cb recv[N];
-        raft_io_tick_cb tick[N];
+        RaftGuard guards[MAX_N];
+        raft_io_recv_cb recv[MAX_N];
+        raft_io_tick_cb tick[MAX_N];
         int (*start)(struct raft_io *, unsigned, raft_io_tick_cb, raft_io_recv_cb);
         int (*send)(struct raft_io *, struct raft_io_send *, const struct raft_message *, raft_io_send_cb);
         int (*append)(struct raft_io *, struct raft_io_append *, const struct raft_entry[], unsigned,
@@ -66,7 +71,7 @@ typedef struct Harness {
                 raft_term ctx_term;    /* ...of this term... */
                 raft_index ctx_end;    /* ...whose prev_log_index + n_entries is this */
                 unsigned n_capped;
-        } cap[N];
+        } cap[MAX_N];
         struct {
                 struct raft_io_append *req;
                 raft_io_append_cb cb;
@@ -78,13 +83,17 @@ typedef struct Harness {
 
         /* What the checker saw. */
         raft_term committed_term[MAX_INDEX + 1];
-        raft_index seen_commit[N];
+        raft_index seen_commit[MAX_N];
         unsigned n_conflicts;        /* an index seen committed with two different terms */
-        unsigned n_minority_commits; /* a leader committed an index that fewer than QUORUM hold as it does */
-        unsigned n_overcredits;      /* a leader's match_index for a follower is past what it really shares */
+        unsigned n_minority_commits; /* a leader committed an index that less than a majority hold */
+        unsigned n_overcredits;      /* a leader's match_index for a follower is past their shared log */
 } Harness;
 
 static Harness *H;
+
+static unsigned long long now(void) {
+        return (unsigned long long) raft_fixture_time(&H->f);
+}
 
 static struct raft *srv(unsigned i) {
         return &H->f.servers[i].raft;
@@ -102,7 +111,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 }
 
 static unsigned server_of(struct raft_io *io) {
-        for (unsigned i = 0; i < N; i++)
+        for (unsigned i = 0; i < H->n; i++)
                 if (&H->f.servers[i].io == io)
                         return i;
         fail_msg("unknown io");
@@ -132,7 +141,7 @@ static void check_overcredit(unsigned i) {
 
         if (r->state != RAFT_LEADER)
                 return;
-        for (unsigned j = 0; j < N; j++) {
+        for (unsigned j = 0; j < H->n; j++) {
                 raft_index m, shared;
 
                 if (j == i)
@@ -141,8 +150,9 @@ static void check_overcredit(unsigned i) {
                 shared = shared_prefix(i, j);
                 if (m > shared) {
                         fprintf(stderr, "# t=%llu S%u (leader, term %llu) has match_index %llu for S%u, "
-                                "which shares its log up to %llu only (S%u's term at %llu: %llu, S%u's: %llu)\n",
-                                (unsigned long long) raft_fixture_time(&H->f), i + 1,
+                                "which shares its log up to %llu only (S%u's term at %llu: %llu, "
+                                "S%u's: %llu)\n",
+                                now(), i + 1,
                                 (unsigned long long) r->current_term, (unsigned long long) m, j + 1,
                                 (unsigned long long) shared, j + 1, (unsigned long long) m,
                                 (unsigned long long) raft_guard_term_of(srv(j), m), i + 1,
@@ -153,7 +163,7 @@ static void check_overcredit(unsigned i) {
 }
 
 static void check(void) {
-        for (unsigned i = 0; i < N; i++) {
+        for (unsigned i = 0; i < H->n; i++) {
                 struct raft *r = srv(i);
 
                 for (raft_index k = H->seen_commit[i] + 1; k <= r->commit_index && k <= MAX_INDEX; k++) {
@@ -163,13 +173,13 @@ static void check(void) {
                         if (t == 0)
                                 continue;
                         if (r->state == RAFT_LEADER) {
-                                for (unsigned j = 0; j < N; j++)
+                                for (unsigned j = 0; j < H->n; j++)
                                         if (raft_guard_term_of(srv(j), k) == t && shared_prefix(i, j) >= k)
                                                 holders++;
-                                if (holders < QUORUM) {
+                                if (holders < H->n / 2 + 1) {
                                         fprintf(stderr, "# t=%llu S%u (leader, term %llu) commits index %llu "
                                                 "(term %llu) held by %u servers\n",
-                                                (unsigned long long) raft_fixture_time(&H->f), i + 1,
+                                                now(), i + 1,
                                                 (unsigned long long) r->current_term, (unsigned long long) k,
                                                 (unsigned long long) t, holders);
                                         H->n_minority_commits++;
@@ -179,7 +189,7 @@ static void check(void) {
                                 H->committed_term[k] = t;
                         else if (H->committed_term[k] != t) {
                                 fprintf(stderr, "# t=%llu S%u commits index %llu with term %llu, seen committed "
-                                        "with term %llu before\n", (unsigned long long) raft_fixture_time(&H->f),
+                                        "with term %llu before\n", now(),
                                         i + 1, (unsigned long long) k, (unsigned long long) t,
                                         (unsigned long long) H->committed_term[k]);
                                 H->n_conflicts++;
@@ -195,7 +205,8 @@ static void traced_recv(struct raft_io *io, struct raft_message *m) {
         struct raft *r = srv(i);
         raft_index claim = 0, passed;
 
-        if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT && r->state == RAFT_LEADER && !m->append_entries_result.rejected)
+        if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT && r->state == RAFT_LEADER &&
+            !m->append_entries_result.rejected)
                 claim = m->append_entries_result.last_log_index;
         if (H->guarded)
                 (void) raft_guard_filter_recv(&H->guards[i], r, m);
@@ -203,8 +214,8 @@ static void traced_recv(struct raft_io *io, struct raft_message *m) {
                 unsigned j = (unsigned) m->server_id - 1;
 
                 passed = m->append_entries_result.last_log_index;
-                fprintf(stderr, "# t=%llu S%u (leader, last index %llu, last stored %llu, commit %llu) gets S%u's "
-                        "result: last_log_index %llu", (unsigned long long) raft_fixture_time(&H->f), i + 1,
+                fprintf(stderr, "# t=%llu S%u (leader, last index %llu, last stored %llu, commit %llu) "
+                        "gets S%u's result: last_log_index %llu", now(), i + 1,
                         (unsigned long long) raft_guard_last_index(r), (unsigned long long) r->last_stored,
                         (unsigned long long) r->commit_index, j + 1, (unsigned long long) claim);
                 if (H->guarded)
@@ -284,7 +295,7 @@ static void cap_result(unsigned i, struct raft_message *m) {
                 return;   /* no AppendEntries of this term answered yet: not reached in 0.15 */
         if (res->last_log_index > H->cap[i].matched) {
                 fprintf(stderr, "# t=%llu S%u caps its result to S%u: last_log_index %llu -> %llu\n",
-                        (unsigned long long) raft_fixture_time(&H->f), i + 1, (unsigned) m->server_id,
+                        now(), i + 1, (unsigned) m->server_id,
                         (unsigned long long) res->last_log_index, (unsigned long long) H->cap[i].matched);
                 res->last_log_index = H->cap[i].matched;
                 H->cap[i].n_capped++;
@@ -313,7 +324,7 @@ static int traced_send(struct raft_io *io, struct raft_io_send *req, const struc
                 raft_guard_note_send(&H->guards[i], srv(i), m);
         if (m->type == RAFT_IO_APPEND_ENTRIES && srv(i)->state == RAFT_LEADER)
                 fprintf(stderr, "# t=%llu S%u -> S%u AppendEntries prev %llu/%llu, %u entries, commit %llu\n",
-                        (unsigned long long) raft_fixture_time(&H->f), i + 1, (unsigned) m->server_id,
+                        now(), i + 1, (unsigned) m->server_id,
                         (unsigned long long) m->append_entries.prev_log_index,
                         (unsigned long long) m->append_entries.prev_log_term, m->append_entries.n_entries,
                         (unsigned long long) m->append_entries.leader_commit);
@@ -332,40 +343,36 @@ static void add_entry(unsigned i, raft_term term) {
         raft_fixture_add_entry(&H->f, i, &e);
 }
 
-static int setup(void **state) {
+static int setup_n(void **state, unsigned n, void (*preload)(void)) {
         struct raft_configuration conf;
         Harness *h = calloc(1, sizeof(Harness));
 
         assert_non_null(h);
         H = h;
+        h->n = n;
         assert_int_equal(raft_fixture_initialize(&h->f), 0);
-        for (unsigned i = 0; i < N; i++) {
+        for (unsigned i = 0; i < H->n; i++) {
                 h->fsms[i] = (struct raft_fsm) { .version = 1, .apply = fsm_apply };
                 assert_int_equal(raft_fixture_grow(&h->f, &h->fsms[i]), 0);
         }
-        assert_int_equal(raft_fixture_configuration(&h->f, N, &conf), 0);
+        assert_int_equal(raft_fixture_configuration(&h->f, h->n, &conf), 0);
         assert_int_equal(raft_fixture_bootstrap(&h->f, &conf), 0);
         raft_configuration_close(&conf);
 
-        /* A, leader of term 2, got entries 2 and 3 to F only, then died. */
-        add_entry(A, 2);
-        add_entry(A, 2);
-        add_entry(F, 2);
-        add_entry(F, 2);
-        for (unsigned i = 0; i < N; i++)
+        preload();
+        for (unsigned i = 0; i < H->n; i++)
                 raft_fixture_set_term(&h->f, i, 2);
 
         h->start = h->f.servers[0].io.start;
         h->send = h->f.servers[0].io.send;
         h->append = h->f.servers[0].io.append;
-        for (unsigned i = 0; i < N; i++) {
+        for (unsigned i = 0; i < H->n; i++) {
                 h->f.servers[i].io.start = traced_start;
                 h->f.servers[i].io.send = traced_send;
                 h->f.servers[i].io.append = traced_append;
         }
         assert_int_equal(raft_fixture_start(&h->f), 0);
-        raft_fixture_kill(&h->f, A);
-        for (unsigned i = 0; i < N; i++) {
+        for (unsigned i = 0; i < H->n; i++) {
                 h->seen_commit[i] = srv(i)->commit_index;
                 for (raft_index k = 1; k <= h->seen_commit[i]; k++)
                         h->committed_term[k] = raft_guard_term_of(srv(i), k);
@@ -374,11 +381,40 @@ static int setup(void **state) {
         return 0;
 }
 
+/* A, leader of term 2, got entries 2 and 3 to F only, then died. */
+static void preload5(void) {
+        add_entry(A, 2);
+        add_entry(A, 2);
+        add_entry(F, 2);
+        add_entry(F, 2);
+}
+
+static int setup5(void **state) {
+        assert_int_equal(setup_n(state, 5, preload5), 0);
+        raft_fixture_kill(&H->f, A);
+        return 0;
+}
+
+/* Three members R (S1), L (S2), S (S3): R, leader of term 2, appended entries 2 and 3 and crashed before
+ * sending them; it restarts as a follower. */
+#define R 0
+#define L 1
+#define S 2
+
+static void preload3(void) {
+        add_entry(R, 2);
+        add_entry(R, 2);
+}
+
+static int setup3(void **state) {
+        return setup_n(state, 3, preload3);
+}
+
 static int teardown(void **state) {
         Harness *h = *state;
 
         raft_fixture_close(&h->f);
-        for (unsigned i = 0; i < N; i++)
+        for (unsigned i = 0; i < H->n; i++)
                 raft_guard_done(&h->guards[i]);
         free(h);
         H = NULL;
@@ -390,7 +426,7 @@ static void step(void) {
         check();
         if (!H->guarded)
                 return;
-        for (unsigned i = 0; i < N; i++)
+        for (unsigned i = 0; i < H->n; i++)
                 if (raft_fixture_alive(&H->f, i) && raft_guard_after(&H->guards[i], srv(i))) {
                         H->tick[i](&H->f.servers[i].io);
                         check();
@@ -417,7 +453,7 @@ static void disconnect_both(unsigned i, unsigned j) {
 
 /* Only `i` campaigns soon; the fixture's value applies from the next timer reset, so set the running one. */
 static void campaign_only(unsigned i) {
-        for (unsigned j = 0; j < N; j++) {
+        for (unsigned j = 0; j < H->n; j++) {
                 unsigned msecs = j == i ? 1000 : 30000;
 
                 raft_fixture_set_randomized_election_timeout(&H->f, j, msecs);
@@ -445,7 +481,7 @@ static void b_elected_appends(unsigned n_apply) {
         campaign_only(B);
         assert_true(run_until(b_leads, 20000));
         assert_int_equal(srv(B)->current_term, 3);
-        fprintf(stderr, "# t=%llu S3 leads term 3, last index %llu\n", (unsigned long long) raft_fixture_time(&H->f),
+        fprintf(stderr, "# t=%llu S3 leads term 3, last index %llu\n", now(),
                 (unsigned long long) raft_guard_last_index(srv(B)));
         disconnect_both(B, D);
         b.data = NULL;
@@ -486,7 +522,7 @@ static void old_log_returns(void) {
         raft_fixture_kill(&H->f, B);
         raft_fixture_revive(&H->f, A);
         campaign_only(A);
-        for (unsigned j = 0; j < N; j++) {
+        for (unsigned j = 0; j < H->n; j++) {
                 if (j == A || j == C || j == B)
                         continue;
                 raft_fixture_set_randomized_election_timeout(&H->f, j, 1200 + j * 100);
@@ -494,7 +530,7 @@ static void old_log_returns(void) {
         }
         assert_true(run_until(a_or_f_leads, 20000));
         fprintf(stderr, "# t=%llu S%u leads term %llu, its term at 2: %llu\n",
-                (unsigned long long) raft_fixture_time(&H->f), old_leader + 1,
+                now(), old_leader + 1,
                 (unsigned long long) srv(old_leader)->current_term,
                 (unsigned long long) raft_guard_term_of(srv(old_leader), 2));
         b.data = NULL;
@@ -509,7 +545,7 @@ static void play_b(Harness *h, unsigned n_apply, raft_index *ret_last) {
         assert_true(run_until(b_committed_last, 3000));
         run_until(NULL, 2000);
         fprintf(stderr, "# t=%llu after 2 s more: S3 match_index for S2 %llu, S2's term at 2: %llu\n",
-                (unsigned long long) raft_fixture_time(&H->f),
+                now(),
                 (unsigned long long) progress_of(srv(B), F)->match_index,
                 (unsigned long long) raft_guard_term_of(srv(F), 2));
 }
@@ -518,7 +554,8 @@ static void play(Harness *h, unsigned n_apply) {
         raft_index last;
 
         play_b(h, n_apply, &last);
-        /* F was counted for B's entries and holds none of them; B committed them with 2 of 5 holding them. */
+        /* F was counted for B's entries and holds none of them: B committed them with 2 of 5 holding
+         * them. */
         assert_true(h->n_overcredits > 0);
         assert_true(progress_of(srv(B), F)->match_index >= 2);
         assert_int_equal(raft_guard_term_of(srv(B), 2), 3);
@@ -587,12 +624,92 @@ static void test_follower_cap_prevents_it(void **state) {
         assert_int_equal(h->committed_term[last], 3);
 }
 
+static bool l_leads(void) {
+        return srv(L)->state == RAFT_LEADER;
+}
+
+static bool l_committed_last(void) {
+        return srv(L)->commit_index >= raft_guard_last_index(srv(L));
+}
+
+static bool r_leads(void) {
+        return srv(R)->state == RAFT_LEADER;
+}
+
+static bool r_committed_last(void) {
+        return srv(R)->state == RAFT_LEADER && srv(R)->commit_index >= raft_guard_last_index(srv(R));
+}
+
+/* Three members: the restarted old leader R answers L's first heartbeat with its unsent tail's end and is
+ * counted for L's barrier; S is slow (cut off from L). L commits its barrier held by L alone, dies; R wins
+ * with S's vote and commits its own term-2 entry at the same index. */
+static void play3(Harness *h) {
+        static struct raft_barrier b1, b2;
+
+        h->guarded = true;
+        campaign_only(L);
+        assert_true(run_until(l_leads, 20000));
+        fprintf(stderr, "# t=%llu S2 leads term %llu, last index %llu\n", now(),
+                (unsigned long long) srv(L)->current_term,
+                (unsigned long long) raft_guard_last_index(srv(L)));
+        disconnect_both(L, S);
+        b1.data = NULL;
+        assert_int_equal(raft_barrier(srv(L), &b1, barrier_done), 0);
+        assert_true(run_until(l_committed_last, 3000));
+        assert_int_equal(h->committed_term[2], 3);
+
+        raft_fixture_kill(&H->f, L);
+        raft_fixture_reconnect(&H->f, L, S);
+        raft_fixture_reconnect(&H->f, S, L);
+        campaign_only(R);
+        raft_fixture_set_randomized_election_timeout(&H->f, S, 1500);
+        srv(S)->follower_state.randomized_election_timeout = 1500;
+        assert_true(run_until(r_leads, 20000));
+        fprintf(stderr, "# t=%llu S1 leads term %llu\n", now(),
+                (unsigned long long) srv(R)->current_term);
+        b2.data = NULL;
+        assert_int_equal(raft_barrier(srv(R), &b2, barrier_done), 0);
+        assert_true(run_until(r_committed_last, 5000));
+}
+
+static void test_flaw_three_members_restarted_old_leader(void **state) {
+        Harness *h = *state;
+
+        play3(h);
+        assert_true(h->n_overcredits > 0);
+        assert_true(h->n_minority_commits > 0);
+        assert_int_equal(raft_guard_term_of(srv(R), 2), 2);
+        assert_true(h->n_conflicts > 0);
+}
+
+/* With the cap R answers 1, gets L's barrier and drops its tail: L commits with 2 of 3, R wins later
+ * holding L's entry. */
+static void test_follower_cap_three_members(void **state) {
+        Harness *h = *state;
+
+        h->capped = !getenv("RAFT_OVERCREDIT_TEST_DISABLE");
+        play3(h);
+        assert_int_equal(h->n_overcredits, 0);
+        assert_int_equal(h->n_minority_commits, 0);
+        assert_int_equal(h->n_conflicts, 0);
+        assert_true(h->cap[R].n_capped > 0);
+        assert_int_equal(raft_guard_term_of(srv(R), 2), 3);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_flaw_stale_tail_counted_for_barrier, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_flaw_stale_tail_counted_for_client_entries, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_flaw_raft_guard_does_not_cover_it, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_follower_cap_prevents_it, setup, teardown),
+                cmocka_unit_test_setup_teardown(
+                        test_flaw_stale_tail_counted_for_barrier, setup5, teardown),
+                cmocka_unit_test_setup_teardown(
+                        test_flaw_stale_tail_counted_for_client_entries, setup5, teardown),
+                cmocka_unit_test_setup_teardown(
+                        test_flaw_raft_guard_does_not_cover_it, setup5, teardown),
+                cmocka_unit_test_setup_teardown(
+                        test_follower_cap_prevents_it, setup5, teardown),
+                cmocka_unit_test_setup_teardown(
+                        test_flaw_three_members_restarted_old_leader, setup3, teardown),
+                cmocka_unit_test_setup_teardown(
+                        test_follower_cap_three_members, setup3, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
