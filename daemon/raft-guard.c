@@ -234,3 +234,49 @@ bool raft_guard_due(RaftGuard *g, struct raft *r) {
 bool raft_guard_after(RaftGuard *g, struct raft *r) {
         return guard_due(g, r, true);
 }
+
+/* ---- the follower half ---- */
+
+void raft_guard_follower_enter(RaftGuard *g, raft_term term, raft_index end) {
+        g->follower.in_context = true;
+        g->follower.context_term = term;
+        g->follower.context_end = end;
+}
+
+void raft_guard_follower_leave(RaftGuard *g) {
+        g->follower.in_context = false;
+}
+
+bool raft_guard_follower_context(const RaftGuard *g, raft_term *ret_term, raft_index *ret_end) {
+        if (!g->follower.in_context)
+                return false;
+        *ret_term = g->follower.context_term;
+        *ret_end = g->follower.context_end;
+        return true;
+}
+
+/* Why the highest end checked in the term is safe to claim: an accepted AppendEntries proves our log equal
+ * to the leader's up to its end (its prev matched, conflicting entries were deleted, the rest appended); the
+ * leader of a term never changes its own entries (its io stops the member on a failed append); and we only
+ * delete entries that conflict with its. So everything up to the highest such end stays the leader's. A
+ * claim is only ever lowered: the leader then sends from there again, and the next answer says the rest
+ * (one round trip more after an election; none in steady state, where the two agree). */
+bool raft_guard_follower_cap(RaftGuard *g, struct raft_message *m) {
+        struct raft_append_entries_result *res = &m->append_entries_result;
+        RaftGuardFollower *f = &g->follower;
+
+        if (m->type != RAFT_IO_APPEND_ENTRIES_RESULT || res->rejected != 0 || !f->in_context ||
+            f->context_term != res->term)
+                return false;
+        if (f->term != res->term) {
+                f->term = res->term;
+                f->matched = 0;
+        }
+        if (f->context_end > f->matched)
+                f->matched = f->context_end;
+        if (res->last_log_index <= f->matched)
+                return false;
+        res->last_log_index = f->matched;
+        g->n_capped++;
+        return true;
+}

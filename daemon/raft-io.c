@@ -80,6 +80,11 @@ typedef struct PendingAppend {
         void *req;
         void *cb;
         bool snapshot;
+        /* An append made while libraft handled a follower's AppendEntries: that one, for the result its
+         * completion sends (raft_guard_follower_cap()). */
+        bool ae_context;
+        raft_term ae_term;
+        raft_index ae_end;
 } PendingAppend;
 
 /* Entries appended together and made durable by one synced write. */
@@ -375,11 +380,18 @@ static unsigned group_complete(RaftIo *rio, AppendGroup *g, int r) {
         /* etcd2's WAL fsync and backend commit are both our one synced write of the group */
         metrics_observe(&metrics.wal_fsync, &metrics_disk_buckets, g->write_usec);
         metrics_observe(&metrics.backend_commit, &metrics_disk_buckets, g->write_usec);
-        for (size_t i = 0; i < n; i++)
-                if (g->appends[i].snapshot)
-                        ((raft_io_snapshot_put_cb) g->appends[i].cb)(g->appends[i].req, 0);
-                else
-                        ((raft_io_append_cb) g->appends[i].cb)(g->appends[i].req, 0);
+        for (size_t i = 0; i < n; i++) {
+                PendingAppend *a = &g->appends[i];
+
+                if (a->snapshot) {
+                        ((raft_io_snapshot_put_cb) a->cb)(a->req, 0);
+                        continue;
+                }
+                if (a->ae_context)
+                        raft_guard_follower_enter(&rio->guard, a->ae_term, a->ae_end);
+                ((raft_io_append_cb) a->cb)(a->req, 0);
+                raft_guard_follower_leave(&rio->guard);
+        }
         return (unsigned) n;
 }
 
@@ -982,11 +994,25 @@ static void rtt_result_received(uint64_t id) {
 static int io_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *message,
                    raft_io_send_cb cb) {
         RaftIo *rio = io->impl;
+        struct raft_message capped;
         int r;
 
         req->cb = cb;
         if (rio->failed)
                 return 0;   /* never sent, never completed: nothing leaves a member that is stopping */
+        if (message->type == RAFT_IO_APPEND_ENTRIES_RESULT) {
+                /* A follower claims only what the leader's AppendEntries checked (raft-guard.h). The
+                 * transport serializes the message before it returns: a copy on the stack will do. */
+                capped = *message;
+                if (raft_guard_follower_cap(&rio->guard, &capped)) {
+                        log_debug("Raft: result to %" PRIu64 " claims %" PRIu64 ", not %" PRIu64
+                                  " (entries past that are not known to be the leader's).",
+                                  (uint64_t) message->server_id,
+                                  (uint64_t) capped.append_entries_result.last_log_index,
+                                  (uint64_t) message->append_entries_result.last_log_index);
+                        message = &capped;
+                }
+        }
         if (rio->raft)
                 raft_guard_note_send(&rio->guard, rio->raft, message);
         if (message->type == RAFT_IO_APPEND_ENTRIES && message->append_entries.n_entries == 0)
@@ -1015,7 +1041,14 @@ void raft_io_deliver(RaftIo *rio, struct raft_message *message) {
          * is lowered first (raft-guard.c has the argument). */
         if (rio->raft)
                 (void) raft_guard_filter_recv(&rio->guard, rio->raft, message);
+        /* On a follower, the result libraft sends from inside (or from the completion of the append it
+         * makes) answers this AppendEntries: the guard caps its claim at what it checked. */
+        if (message->type == RAFT_IO_APPEND_ENTRIES)
+                raft_guard_follower_enter(&rio->guard, message->append_entries.term,
+                                          message->append_entries.prev_log_index +
+                                          message->append_entries.n_entries);
         rio->recv_cb(&rio->io, message);
+        raft_guard_follower_leave(&rio->guard);
         after_raft(rio);
 }
 
@@ -1051,7 +1084,10 @@ static int io_append(struct raft_io *io, struct raft_io_append *req, const struc
                 persist_batch_log_append(g->batch, ++rio->last_index, entries[i].term, entries[i].type,
                                          entries[i].buf.base, entries[i].buf.len);
         req->cb = cb;
-        g->appends[g->n++] = (PendingAppend) { .req = req, .cb = (void *) cb };
+        g->appends[g->n] = (PendingAppend) { .req = req, .cb = (void *) cb };
+        g->appends[g->n].ae_context = raft_guard_follower_context(&rio->guard, &g->appends[g->n].ae_term,
+                                                                  &g->appends[g->n].ae_end);
+        g->n++;
         raft_io_kick(rio);
         return 0;
 }

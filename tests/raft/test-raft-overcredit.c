@@ -5,7 +5,7 @@
  * A follower that accepts an AppendEntries answers last_log_index = r->last_stored, its whole stored log,
  * not prev_log_index + n_entries: the entries beyond what the message checked need not be the leader's.
  * The leader (replicationUpdate()) caps the claim only at its own last index and counts the follower
- * there (progressMaybeUpdate() -> replicationQuorum()). NOTES-overcredit.md has the analysis.
+ * there (progressMaybeUpdate() -> replicationQuorum()). README.md (libraft 0.15) and raft-guard.h say more.
  *
  * Five servers; A = S1 (index 0), F = S2, B = S3, C = S4, D = S5. Persisted state at start: everybody has
  * entry 1 (the bootstrap configuration) and has seen term 2; A (leader of term 2, then dead) got its
@@ -22,9 +22,10 @@
  * before sending them; it restarts as a follower, refuses L its vote, S elects L; L's first heartbeat to R
  * is answered with 3 and L commits its barrier counting R, while S (cut off) lacks it: 1 of 3 holds it.
  *
- * The test_flaw_ tests assert the flaw. The test_follower_cap_ tests run the same with a follower-side
- * cap prototyped here (the harness wraps the fixture io's recv, append and send, as raft-io.c would):
- * no over-credit, no loss. RAFT_OVERCREDIT_TEST_DISABLE=1 turns the cap off and makes them fail.
+ * The test_flaw_ tests assert the flaw (libraft alone, or with only the leader half of raft-guard). The
+ * test_follower_cap_ tests run the same with raft-guard's follower half (raft_guard_follower_*()), wired
+ * in the harness around the fixture io's recv, append and send as raft-io.c wires it: no over-credit, no
+ * loss. RAFT_OVERCREDIT_TEST_DISABLE=1 leaves the follower half out and makes them fail.
  */
 
 #include <setjmp.h>
@@ -62,16 +63,9 @@ typedef struct Harness {
         int (*append)(struct raft_io *, struct raft_io_append *, const struct raft_entry[], unsigned,
                       raft_io_append_cb);
 
-        /* Prototype of the follower-side cap (NOTES-overcredit.md, "guard"): what an io can see. */
+        /* The follower-side cap of raft-guard.h (raft_guard_follower_*()), wired in the harness as raft-io.c
+         * wires it: contexts around recv and append completions, the cap on every result sent. */
         bool capped;
-        struct {
-                raft_term term;        /* term of the leader `matched` was learned from */
-                raft_index matched;    /* log is the leader's up to here (accepted AppendEntries) */
-                bool in_ctx;           /* libraft is answering an AppendEntries right now... */
-                raft_term ctx_term;    /* ...of this term... */
-                raft_index ctx_end;    /* ...whose prev_log_index + n_entries is this */
-                unsigned n_capped;
-        } cap[MAX_N];
         struct {
                 struct raft_io_append *req;
                 raft_io_append_cb cb;
@@ -226,13 +220,11 @@ static void traced_recv(struct raft_io *io, struct raft_message *m) {
                         fprintf(stderr, " %llu", (unsigned long long) raft_guard_term_of(srv(j), k));
                 fprintf(stderr, "\n");
         }
-        if (m->type == RAFT_IO_APPEND_ENTRIES) {
-                H->cap[i].in_ctx = true;
-                H->cap[i].ctx_term = m->append_entries.term;
-                H->cap[i].ctx_end = m->append_entries.prev_log_index + m->append_entries.n_entries;
-        }
+        if (m->type == RAFT_IO_APPEND_ENTRIES && H->capped)
+                raft_guard_follower_enter(&H->guards[i], m->append_entries.term,
+                                          m->append_entries.prev_log_index + m->append_entries.n_entries);
         H->recv[i](io, m);
-        H->cap[i].in_ctx = false;
+        raft_guard_follower_leave(&H->guards[i]);
         if (claim > 0)
                 check_overcredit(i);
 }
@@ -247,12 +239,10 @@ static void capped_append_cb(struct raft_io_append *req, int status) {
                         continue;
                 cb = H->appends[k].cb;
                 i = H->appends[k].server;
-                H->cap[i].in_ctx = true;
-                H->cap[i].ctx_term = H->appends[k].term;
-                H->cap[i].ctx_end = H->appends[k].end;
+                raft_guard_follower_enter(&H->guards[i], H->appends[k].term, H->appends[k].end);
                 H->appends[k] = H->appends[--H->n_appends];
                 cb(req, status);
-                H->cap[i].in_ctx = false;
+                raft_guard_follower_leave(&H->guards[i]);
                 return;
         }
         fail_msg("unknown append");
@@ -261,45 +251,19 @@ static void capped_append_cb(struct raft_io_append *req, int status) {
 static int traced_append(struct raft_io *io, struct raft_io_append *req, const struct raft_entry entries[],
                          unsigned n, raft_io_append_cb cb) {
         unsigned i = server_of(io);
+        raft_term term;
+        raft_index end;
 
-        if (!H->cap[i].in_ctx)
+        if (!raft_guard_follower_context(&H->guards[i], &term, &end))
                 return H->append(io, req, entries, n, cb);
         assert_true(H->n_appends < 256);
         H->appends[H->n_appends].req = req;
         H->appends[H->n_appends].cb = cb;
         H->appends[H->n_appends].server = i;
-        H->appends[H->n_appends].term = H->cap[i].ctx_term;
-        H->appends[H->n_appends].end = H->cap[i].ctx_end;
+        H->appends[H->n_appends].term = term;
+        H->appends[H->n_appends].end = end;
         H->n_appends++;
         return H->append(io, req, entries, n, capped_append_cb);
-}
-
-/* The cap: a successful result tells at most how far the log is known to be this leader's. Every
- * successful answer to an AppendEntries of term T proves the log equal to the leader's up to
- * prev_log_index + n_entries (log matching, then conflicting entries deleted and the rest appended); a
- * leader never changes its own entries within its term, so the maximum over the term stays true. */
-static void cap_result(unsigned i, struct raft_message *m) {
-        struct raft_append_entries_result *res = &m->append_entries_result;
-
-        if (!H->capped || res->rejected != 0)
-                return;
-        if (H->cap[i].in_ctx && H->cap[i].ctx_term == res->term) {
-                if (H->cap[i].term != res->term) {
-                        H->cap[i].term = res->term;
-                        H->cap[i].matched = 0;
-                }
-                if (H->cap[i].ctx_end > H->cap[i].matched)
-                        H->cap[i].matched = H->cap[i].ctx_end;
-        }
-        if (H->cap[i].term != res->term)
-                return;   /* no AppendEntries of this term answered yet: not reached in 0.15 */
-        if (res->last_log_index > H->cap[i].matched) {
-                fprintf(stderr, "# t=%llu S%u caps its result to S%u: last_log_index %llu -> %llu\n",
-                        now(), i + 1, (unsigned) m->server_id,
-                        (unsigned long long) res->last_log_index, (unsigned long long) H->cap[i].matched);
-                res->last_log_index = H->cap[i].matched;
-                H->cap[i].n_capped++;
-        }
 }
 
 static int traced_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv) {
@@ -317,7 +281,11 @@ static int traced_send(struct raft_io *io, struct raft_io_send *req, const struc
 
         if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT && H->capped) {
                 copy = *m;
-                cap_result(i, &copy);
+                if (raft_guard_follower_cap(&H->guards[i], &copy))
+                        fprintf(stderr, "# t=%llu S%u caps its result to S%u: last_log_index %llu -> %llu\n",
+                                now(), i + 1, (unsigned) m->server_id,
+                                (unsigned long long) m->append_entries_result.last_log_index,
+                                (unsigned long long) copy.append_entries_result.last_log_index);
                 m = &copy;
         }
         if (H->guarded)
@@ -583,7 +551,7 @@ static void test_flaw_stale_tail_counted_for_barrier(void **state) {
 
 /* Barrier and one client entry: F is counted up to 3, its stale tail's end. (With two, F's claim 3 is below
  * B's last index 4: replicationQuorum() looks at last_stored only, commits nothing with F, and F is healed
- * by the next heartbeat, prev 4 > match 3; see NOTES-overcredit.md.) */
+ * by the next heartbeat, prev 4 > match 3.) */
 static void test_flaw_stale_tail_counted_for_client_entries(void **state) {
         Harness *h = *state;
 
@@ -601,7 +569,7 @@ static void test_flaw_raft_guard_does_not_cover_it(void **state) {
         play(h, 0);
 }
 
-/* The follower-side cap (prototyped here in the harness, on every server, with raft-guard.c on too): F
+/* raft-guard's follower half (on every server, with its leader half on too): F
  * answers B's first heartbeat with last_log_index 1, B sends it the barrier, F drops its stale tail; B
  * commits with 3 real holders and the second leader is F (A can't win), with B's entries. */
 static void test_follower_cap_prevents_it(void **state) {
@@ -613,7 +581,7 @@ static void test_follower_cap_prevents_it(void **state) {
         play_b(h, 1, &last);
         assert_int_equal(h->n_overcredits, 0);
         assert_int_equal(h->n_minority_commits, 0);
-        assert_true(h->cap[F].n_capped > 0);
+        assert_true(h->guards[F].n_capped > 0);
         assert_int_equal(raft_guard_term_of(srv(F), 2), 3);
         assert_int_equal(raft_guard_term_of(srv(F), last), 3);
         old_log_returns();
@@ -692,12 +660,85 @@ static void test_follower_cap_three_members(void **state) {
         assert_int_equal(h->n_overcredits, 0);
         assert_int_equal(h->n_minority_commits, 0);
         assert_int_equal(h->n_conflicts, 0);
-        assert_true(h->cap[R].n_capped > 0);
+        assert_true(h->guards[R].n_capped > 0);
         assert_int_equal(raft_guard_term_of(srv(R), 2), 3);
+}
+
+/* raft_guard_follower_cap() alone: what it lowers, what it leaves. */
+static struct raft_message result(raft_term term, raft_index last, raft_index rejected) {
+        struct raft_message m = { .type = RAFT_IO_APPEND_ENTRIES_RESULT, .server_id = 9 };
+
+        m.append_entries_result.term = term;
+        m.append_entries_result.last_log_index = last;
+        m.append_entries_result.rejected = rejected;
+        return m;
+}
+
+static void test_follower_cap_rules(void **state) {
+        RaftGuard g = {};
+        struct raft_message m;
+        raft_term t;
+        raft_index e;
+
+        (void) state;
+        /* outside an AppendEntries (an InstallSnapshot's answer): unchanged */
+        m = result(3, 10, 0);
+        assert_false(raft_guard_follower_cap(&g, &m));
+        assert_int_equal(m.append_entries_result.last_log_index, 10);
+        assert_false(raft_guard_follower_context(&g, &t, &e));
+
+        /* a heartbeat of term 3 that checked up to 4, answered with the whole log (10): 4 */
+        raft_guard_follower_enter(&g, 3, 4);
+        assert_true(raft_guard_follower_context(&g, &t, &e));
+        assert_int_equal(t, 3);
+        assert_int_equal(e, 4);
+        m = result(3, 10, 0);
+        assert_true(raft_guard_follower_cap(&g, &m));
+        assert_int_equal(m.append_entries_result.last_log_index, 4);
+        raft_guard_follower_leave(&g);
+
+        /* a rejection is a hint, left alone */
+        raft_guard_follower_enter(&g, 3, 12);
+        m = result(3, 10, 12);
+        assert_false(raft_guard_follower_cap(&g, &m));
+        assert_int_equal(m.append_entries_result.last_log_index, 10);
+        raft_guard_follower_leave(&g);
+
+        /* entries 5..8 accepted: 8; then a shorter resend (prev 2, 2 entries) still may claim 8 */
+        raft_guard_follower_enter(&g, 3, 8);
+        m = result(3, 10, 0);
+        assert_true(raft_guard_follower_cap(&g, &m));
+        assert_int_equal(m.append_entries_result.last_log_index, 8);
+        raft_guard_follower_leave(&g);
+        raft_guard_follower_enter(&g, 3, 4);
+        m = result(3, 10, 0);
+        assert_true(raft_guard_follower_cap(&g, &m));
+        assert_int_equal(m.append_entries_result.last_log_index, 8);
+        /* a claim below what was checked is never raised */
+        m = result(3, 6, 0);
+        assert_false(raft_guard_follower_cap(&g, &m));
+        assert_int_equal(m.append_entries_result.last_log_index, 6);
+        raft_guard_follower_leave(&g);
+
+        /* a new term starts from nothing */
+        raft_guard_follower_enter(&g, 4, 5);
+        m = result(4, 10, 0);
+        assert_true(raft_guard_follower_cap(&g, &m));
+        assert_int_equal(m.append_entries_result.last_log_index, 5);
+        raft_guard_follower_leave(&g);
+
+        /* a result of another term than the AppendEntries being handled: unchanged */
+        raft_guard_follower_enter(&g, 4, 5);
+        m = result(5, 10, 0);
+        assert_false(raft_guard_follower_cap(&g, &m));
+        raft_guard_follower_leave(&g);
+        assert_int_equal(g.n_capped, 4);
+        raft_guard_done(&g);
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_follower_cap_rules),
                 cmocka_unit_test_setup_teardown(
                         test_flaw_stale_tail_counted_for_barrier, setup5, teardown),
                 cmocka_unit_test_setup_teardown(
