@@ -47,17 +47,6 @@ static Server server;
 static Config config;
 static ClientApi *api, *peer_api;
 
-static void fake_free(FakeRequest *f) {
-        for (size_t i = 0; i < f->n_head; i++) {
-                free(f->head_names[i]);
-                free(f->head_values[i]);
-        }
-        http_buf_done(&f->resp_headers);
-        http_buf_done(&f->body);
-        http_buf_done(&f->h.body);
-        free(f);
-}
-
 static const char *find_sep(const char *p, const char *end) {
         for (; p + 4 <= end; p++)
                 if (memcmp(p, "\n%%\n", 4) == 0)
@@ -157,7 +146,7 @@ static void one_request(ClientApi *a, const char *p, const char *end) {
                 if (!f->done)
                         fake_finish(f);
         }
-        fake_free(f);
+        fake_release(f);
         free(line);
 }
 

@@ -162,6 +162,18 @@ static FakeRequest *fake(HttpRequest *r) {
         return (FakeRequest *) r;
 }
 
+/* Frees a fake request and what it holds (the unit test checks first that it was finished). */
+static void fake_release(FakeRequest *f) {
+        for (size_t i = 0; i < f->n_head; i++) {
+                free(f->head_names[i]);
+                free(f->head_values[i]);
+        }
+        http_buf_done(&f->resp_headers);
+        http_buf_done(&f->body);
+        http_buf_done(&f->h.body);
+        free(f);
+}
+
 /* done(), then the handler's state is gone, as the layer frees it. */
 static void fake_finish(FakeRequest *f) {
         assert_false(f->done);

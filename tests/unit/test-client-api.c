@@ -72,14 +72,7 @@ static void fake_hangup(FakeRequest *f) {
 static void fake_free(FakeRequest *f) {
         assert_true(f->done);
         /* the request's own memory is gone too: a handler holding on to it is caught by ASan */
-        for (size_t i = 0; i < f->n_head; i++) {
-                free(f->head_names[i]);
-                free(f->head_values[i]);
-        }
-        http_buf_done(&f->resp_headers);
-        http_buf_done(&f->body);
-        http_buf_done(&f->h.body);
-        free(f);
+        fake_release(f);
 }
 
 static bool has_header(FakeRequest *f, const char *line) {
